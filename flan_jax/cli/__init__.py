@@ -1,0 +1,1 @@
+"""Command-line interface: `flan-jax COMMAND ...`, one module per command."""

@@ -1,0 +1,62 @@
+"""flan_jax: FLAN-style instruction tuning in JAX/Flax.
+
+The `tasks/` and `gin_configs/` directories live at the top of the repository but are
+installed under the `flan_jax` namespace (`flan_jax.tasks`, `flan_jax.gin_configs`) so that
+no generic top-level `tasks` module lands in site-packages.
+"""
+import setuptools
+
+_TASK_PACKAGES = ["flan_jax.tasks"] + [
+    f"flan_jax.tasks.{name}" for name in setuptools.find_packages("tasks")
+]
+
+setuptools.setup(
+    name="flan_jax",
+    version="0.1.0",
+    description="FLAN collection, T5 models, a t5x-style trainer and CoT distillation in JAX.",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["flan_jax", "flan_jax.*"])
+    + _TASK_PACKAGES
+    + ["flan_jax.gin_configs"],
+    package_dir={
+        "flan_jax.tasks": "tasks",
+        "flan_jax.gin_configs": "gin_configs",
+    },
+    package_data={
+        "flan_jax.tasks": ["**/*.yaml", "**/*.tsv", "**/*.json", "**/*.csv", "**/*.txt"],
+        "flan_jax.gin_configs": ["**/*.gin"],
+    },
+    install_requires=[
+        "jax==0.10.2",
+        "jaxlib==0.10.2",
+        "flax==0.12.8",
+        "optax==0.2.8",
+        "orbax-checkpoint==0.12.8",
+        "seqio==0.0.20",
+        "tensorflow==2.21.0",
+        "tensorflow-text==2.21.1",
+        "tensorflow-datasets==4.9.10",
+        "sentencepiece==0.2.3",
+        "gin-config==0.5.0",
+        "clu==0.0.12",
+        "tensorboard==2.21.0",
+        "numpy==2.4.6",
+        "pyyaml==6.0.3",
+        "jinja2==3.1.6",
+        "tqdm==4.70.1",
+        "array-record==0.8.6",
+        "safetensors==0.8.0",
+        "matplotlib==3.11.2",
+    ],
+    extras_require={
+        # Reference implementations the tests compare against; torch comes from the local
+        # CPU wheel (`pip install torch==2.13.0`).
+        "test": [
+            "pytest==9.2.0",
+            "torch==2.13.0",
+            "transformers==5.23.0",
+            "tokenizers==0.23.3",
+        ],
+    },
+    entry_points={"console_scripts": ["flan-jax=flan_jax.cli.main:main"]},
+)

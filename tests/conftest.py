@@ -1,0 +1,1 @@
+"""Shared pytest configuration; helpers live in `flan_jax.testing`."""
