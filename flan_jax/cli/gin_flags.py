@@ -1,0 +1,96 @@
+"""t5x-style gin flags: `--gin_file=PATH` (repeatable) and `--gin.NAME=VALUE`.
+
+    flan-jax train --gin_file=runs/finetune.gin --gin_file=models/t5_1_1_small.gin \\
+        --gin.MODEL_DIR=/tmp/run --gin.TRAIN_STEPS=1000
+
+Gin files are looked up as given, then under the installed `gin_configs/` directory, so
+shipped configs are named relative to it. A value that is not a gin literal or reference
+(`/tmp/run`, `my_mixture`) is quoted for you; t5x would reject it.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+from importlib import resources
+
+import gin
+
+_GIN_FILE = "--gin_file"
+_GIN_PREFIX = "--gin."
+_REFERENCE_STARTS = ("@", "%", "[", "(", "{", '"', "'")
+
+
+def shipped_gin_dir() -> str:
+    """The directory of the gin configs installed with flan_jax."""
+    return os.fspath(resources.files("flan_jax.gin_configs"))
+
+
+@dataclasses.dataclass
+class GinArgs:
+    files: list[str] = dataclasses.field(default_factory=list)
+    bindings: list[str] = dataclasses.field(default_factory=list)
+    rest: list[str] = dataclasses.field(default_factory=list)
+
+
+def _as_gin_value(value: str) -> str:
+    stripped = value.strip()
+    if stripped.startswith(_REFERENCE_STARTS) or stripped in ("True", "False", "None"):
+        return stripped
+    try:
+        ast.literal_eval(stripped)
+        return stripped
+    except (ValueError, SyntaxError):
+        return repr(stripped)
+
+
+def split_gin_args(argv: list[str]) -> GinArgs:
+    """Separates gin flags from the command's other arguments."""
+    parsed = GinArgs()
+    args = iter(argv)
+    for arg in args:
+        if arg == _GIN_FILE:
+            path = next(args, None)
+            if path is None:
+                raise ValueError("--gin_file needs a path.")
+            parsed.files.append(path)
+        elif arg.startswith(_GIN_FILE + "="):
+            parsed.files.append(arg[len(_GIN_FILE) + 1:])
+        elif arg.startswith(_GIN_PREFIX):
+            name, sep, value = arg[len(_GIN_PREFIX):].partition("=")
+            if not sep or not name:
+                raise ValueError(f"Expected --gin.NAME=VALUE, got {arg!r}.")
+            parsed.bindings.append(f"{name} = {_as_gin_value(value)}")
+        else:
+            parsed.rest.append(arg)
+    return parsed
+
+
+def resolve_gin_file(path: str) -> str:
+    """Finds `path` as given or under the shipped gin_configs; errors list both places."""
+    candidates = [path, os.path.join(shipped_gin_dir(), path)]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f"gin file {path!r} not found; looked at {candidates}. Shipped configs: "
+        f"{', '.join(sorted(list_shipped_gin_files()))}"
+    )
+
+
+def list_shipped_gin_files() -> list[str]:
+    root = shipped_gin_dir()
+    return [
+        os.path.relpath(os.path.join(directory, name), root)
+        for directory, _, names in os.walk(root)
+        for name in names
+        if name.endswith(".gin")
+    ]
+
+
+def parse_gin(files: list[str], bindings: list[str]) -> None:
+    """Parses gin files and bindings; include statements also search the shipped dir."""
+    gin.add_config_file_search_path(shipped_gin_dir())
+    gin.parse_config_files_and_bindings(
+        [resolve_gin_file(f) for f in files], bindings, finalize_config=True
+    )

@@ -1,0 +1,218 @@
+"""`flan-jax tasks`: the catalog of registered tasks and mixtures.
+
+    flan-jax tasks list [--mixture M] [--source S] [--mixtures]
+    flan-jax tasks show NAME
+    flan-jax tasks preview NAME [-n 3] [--split train] [--seed 0] [--json]
+
+`list` prints task names (with their rate and share inside `--mixture`), or the mixtures;
+`show` describes a task (source, splits, example counts, templates, rates in every
+mixture holding it) or a mixture (tasks, share per source); `preview` renders the first
+examples a task or mixture yields, with their metadata. An unknown name is answered with
+the closest registered names.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import json
+import logging
+import sys
+from typing import Sequence
+
+import seqio
+
+from flan_jax.data import export
+from flan_jax.tasks import naming, sources
+
+# The catalog modules that can register tasks, tried in order (see `register_catalog`).
+_CATALOG_ENTRY_POINTS = (
+    ("flan_jax.tasks.registry", "register_all"),
+    ("flan_jax.tasks.demo", "register_demo_tasks"),
+)
+
+
+def register_catalog() -> str | None:
+    """Registers the task catalog through its single entry point; idempotent.
+
+    Calls `flan_jax.tasks.registry.register_all` when that module exists, otherwise the
+    demo collection's `register_demo_tasks`, so the CLIs keep working on a checkout
+    without the full catalog.
+
+    Returns:
+      "module.function" of the entry point called, or None if none is available.
+    """
+    for module_name, function_name in _CATALOG_ENTRY_POINTS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise  # A missing dependency inside the catalog is a real error.
+            continue
+        register = getattr(module, function_name, None)
+        if register is None:  # A package without its entry point (yet): try the next one.
+            continue
+        register()
+        return f"{module_name}.{function_name}"
+    logging.warning("No task catalog module found (%s); only tasks registered by the caller "
+                    "are available.", ", ".join(m for m, _ in _CATALOG_ENTRY_POINTS))
+    return None
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="flan-jax tasks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="list tasks (or mixtures)")
+    listing.add_argument("--mixture", help="only the tasks of this mixture, with their rates")
+    listing.add_argument("--source", choices=naming.SOURCES, help="only tasks of this source")
+    listing.add_argument("--mixtures", action="store_true", help="list mixtures instead")
+    show = commands.add_parser("show", help="describe a task or mixture")
+    show.add_argument("name")
+    preview = commands.add_parser("preview", help="render the first examples")
+    preview.add_argument("name")
+    preview.add_argument("-n", "--num_examples", type=int, default=3)
+    preview.add_argument("--split", default="train")
+    preview.add_argument("--seed", type=int, default=0, help="seed of the mixture sampler")
+    preview.add_argument("--json", action="store_true", help="one JSON object per line")
+    return parser.parse_args(argv)
+
+
+def _source_of(task_name: str) -> str | None:
+    try:
+        return naming.parse_task_name(task_name).source
+    except ValueError:
+        return None
+
+
+def list_tasks(mixture: str | None, source: str | None, out=sys.stdout) -> int:
+    """Prints task names, filtered by mixture and source; returns how many were printed."""
+    if mixture is None:
+        rows = [(name, None) for name in sorted(seqio.TaskRegistry.names())]
+    else:
+        provider = export.get_mixture_or_task(mixture)
+        tasks = [provider] if isinstance(provider, seqio.Task) else provider.tasks
+        rates = {t.name: 1.0 if t is provider else float(provider.get_rate(t)) for t in tasks}
+        total = sum(rates.values()) or 1.0
+        rows = [(name, (rate, rate / total)) for name, rate in sorted(rates.items())]
+    rows = [row for row in rows if source is None or _source_of(row[0]) == source]
+    for name, rate in rows:
+        print(name if rate is None else f"{name}\t{rate[0]:.6g}\t{100 * rate[1]:.3f}%", file=out)
+    return len(rows)
+
+
+def list_mixtures(out=sys.stdout) -> int:
+    """Prints each mixture with its number of tasks; returns how many were printed."""
+    names = sorted(seqio.MixtureRegistry.names())
+    for name in names:
+        print(f"{name}\t{len(seqio.get_mixture_or_task(name).tasks)} tasks", file=out)
+    return len(names)
+
+
+def _format_count(task: seqio.Task, split: str) -> str:
+    try:
+        count = task.num_input_examples(split)
+    except Exception as e:  # A source that must open its data to count (e.g. TFDS).
+        return f"unknown ({type(e).__name__}: {e})"
+    return "unknown" if count is None else f"{count:,}"
+
+
+def _describe_templates(task: seqio.Task) -> list[str]:
+    spec = getattr(task.source, "render_spec", None)
+    if not isinstance(spec, sources.RenderSpec):
+        return ["templates: not exposed by this source"]
+    types = collections.Counter(t.type for t in spec.templates)
+    lines = [f"templates: {len(spec.templates)} ("
+             + ", ".join(f"{n} {kind}" for kind, n in sorted(types.items()))
+             + f"), rendering seed {spec.seed}"]
+    if spec.few_shot is not None:
+        lines.append(f"few-shot: {spec.few_shot.num_shots} shots from a pool of "
+                     f"{len(spec.few_shot.pool)}, input budget {spec.few_shot.max_input_tokens}"
+                     " tokens")
+    for template in spec.templates:
+        lines.append(f"  [{template.index}] {template.type}: {json.dumps(template.inputs)}"
+                     f" -> {json.dumps(template.targets)}")
+    return lines
+
+
+def _describe_rates(task_name: str) -> list[str]:
+    lines = []
+    for name in sorted(seqio.MixtureRegistry.names()):
+        mixture = seqio.get_mixture_or_task(name)
+        task = next((t for t in mixture.tasks if t.name == task_name), None)
+        if task is not None:
+            rate = float(mixture.get_rate(task))
+            lines.append(f"  {name}: rate {rate:.6g} ({100 * rate / mixture.total_rate:.3f}% "
+                         "of the mixture)")
+    return ["rates:"] + lines if lines else ["rates: in no registered mixture"]
+
+
+def show_task(task: seqio.Task) -> list[str]:
+    """Lines describing a task: identity, source, counts, templates and rates."""
+    lines = [f"task: {task.name}"]
+    try:
+        task_id = naming.parse_task_name(task.name)
+        lines.append(f"source: {task_id.source}, dataset {task_id.dataset}, variant "
+                     f"{task_id.variant}{', inverted' if task_id.inverted else ''}")
+    except ValueError:
+        lines.append("source: (name not of the SOURCE__DATASET__VARIANT form)")
+    lines.append(f"data source: {type(task.source).__name__}, splits "
+                 f"{', '.join(task.splits)}")
+    lines.append("examples: " + ", ".join(
+        f"{s} {_format_count(task, s)}" for s in task.splits))
+    return lines + _describe_templates(task) + _describe_rates(task.name)
+
+
+def show_mixture(mixture: seqio.Mixture) -> list[str]:
+    """Lines describing a mixture: size, share of each source, largest tasks."""
+    rates = {task.name: float(mixture.get_rate(task)) for task in mixture.tasks}
+    total = sum(rates.values()) or 1.0
+    by_source = collections.Counter()
+    for name, rate in rates.items():
+        by_source[_source_of(name) or "(other)"] += rate
+    lines = [f"mixture: {mixture.name}", f"tasks: {len(rates)}, total rate {total:.6g}",
+             "share per source:"]
+    lines += [f"  {source}: {100 * rate / total:.2f}%" for source, rate in by_source.most_common()]
+    lines.append("largest rates:")
+    top = sorted(rates.items(), key=lambda item: (-item[1], item[0]))[:10]
+    lines += [f"  {name}: {rate:.6g} ({100 * rate / total:.3f}%)" for name, rate in top]
+    return lines
+
+
+def preview(name: str, num_examples: int, split: str, seed: int, as_json: bool,
+            out=sys.stdout) -> int:
+    """Prints the first rendered examples of a task or mixture; returns how many."""
+    sampler = export.MixtureSampler(export.get_task_rates(name, split), split=split, seed=seed)
+    count = 0
+    while count < num_examples and (example := sampler.next_example()) is not None:
+        record = export.to_json_example(example)
+        count += 1
+        if as_json:
+            print(json.dumps(record, ensure_ascii=False), file=out)
+            continue
+        metadata = ", ".join(f"{k}={v}" for k, v in record.items() if k.startswith("_"))
+        print(f"=== example {count}: {metadata}", file=out)
+        for key in ("inputs", "targets"):
+            print(f"--- {key}\n{record.get(key, '')}", file=out)
+    return count
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parse_args(argv)
+    register_catalog()
+    try:
+        if args.command == "list":
+            count = list_mixtures() if args.mixtures else list_tasks(args.mixture, args.source)
+            print(f"({count} {'mixtures' if args.mixtures else 'tasks'})", file=sys.stderr)
+        elif args.command == "show":
+            provider = export.get_mixture_or_task(args.name)
+            if isinstance(provider, seqio.Task):
+                print("\n".join(show_task(provider)))
+            else:
+                print("\n".join(show_mixture(provider)))
+        else:
+            preview(args.name, args.num_examples, args.split, args.seed, args.json)
+    except export.ExportError as e:
+        print(f"flan-jax tasks: {e}", file=sys.stderr)
+        return 2
+    return 0

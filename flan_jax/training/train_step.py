@@ -1,0 +1,318 @@
+"""The jit-compiled, sharded train step.
+
+One call of :class:`TrainStep` takes a :class:`~flan_jax.training.train_state.TrainState`
+and a global batch and returns the next state and scalar metrics:
+
+1. token weights and the normalising factor over the whole batch
+   (:func:`flan_jax.training.losses.compute_loss_weights`);
+2. the batch split into ``num_microbatches`` microbatches, gradients accumulated in f32 by
+   ``lax.scan`` (each microbatch's loss is already divided by the whole batch's factor, so
+   the sum of the microbatch gradients is the gradient of the whole batch);
+3. the optimizer update, dropped when the loss or the gradient is not finite
+   (``on_nonfinite="skip"`` counts it, ``"raise"`` stops with an error);
+4. metrics: ``loss``, ``z_loss``, ``accuracy``, ``grad_norm``, ``learning_rate``,
+   ``num_real_target_tokens``, ``num_sequences``, ``nonfinite``, ``num_skipped_steps``.
+
+Dropout keys are ``fold_in(fold_in(key(dropout_seed), step), microbatch)``: a resumed run
+draws the same masks as an uninterrupted one, and the masks do not depend on the mesh.
+
+The model enters as a *forward function* ``(params, batch, dropout_rng) -> hidden`` and an
+*output kernel function* ``params -> [embed, vocab]``;
+:func:`make_encoder_decoder_forward` builds the former for
+:class:`flan_jax.models.t5.EncoderDecoder`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from flan_jax.training import losses, partitioning
+from flan_jax.training.train_state import Optimizer, TrainState
+
+Batch = Mapping[str, jax.Array]
+ForwardFn = Callable[[Any, Batch, jax.Array], jax.Array]
+NONFINITE_MODES = ("raise", "skip")
+
+_PACKING_FEATURES = (
+    "encoder_segment_ids",
+    "decoder_segment_ids",
+    "encoder_positions",
+    "decoder_positions",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStepConfig:
+    """Options of the train step.
+
+    Attributes:
+        num_microbatches: gradient accumulation steps; must divide the global batch and
+            leave each microbatch divisible by the number of batch shards.
+        on_nonfinite: ``"raise"`` (stop with a FloatingPointError) or ``"skip"`` (keep the
+            parameters and optimizer state, count the step in ``num_skipped_steps``).
+        dropout_seed: seed of the dropout keys.
+        donate_state: let XLA reuse the input state's buffers for the output (the state
+            passed in must not be used again).
+        constrain_activations: trace the model under the mesh and the logical rules, so
+            its ``nn.with_logical_constraint`` annotations pin activation shardings;
+            without it XLA propagates shardings from the parameters and the batch alone.
+    """
+
+    num_microbatches: int = 1
+    on_nonfinite: str = "raise"
+    dropout_seed: int = 0
+    donate_state: bool = True
+    constrain_activations: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_microbatches < 1:
+            raise ValueError(
+                f"TrainStepConfig.num_microbatches must be >= 1; got {self.num_microbatches}"
+            )
+        if self.on_nonfinite not in NONFINITE_MODES:
+            raise ValueError(
+                f"TrainStepConfig.on_nonfinite must be one of {NONFINITE_MODES}; "
+                f"got {self.on_nonfinite!r}"
+            )
+
+
+def make_encoder_decoder_forward(model: nn.Module, *, enable_dropout: bool = True) -> ForwardFn:
+    """Forward function of a t5-style ``EncoderDecoder``: final decoder hidden states.
+
+    Args:
+        model: a module whose ``__call__`` accepts the feature-converter features and
+            ``return_hidden=True`` (see docs/ARCHITECTURE.md).
+        enable_dropout: apply the model's dropout during training.
+    """
+
+    def forward(params: Any, batch: Batch, dropout_rng: jax.Array) -> jax.Array:
+        packing = {name: batch[name] for name in _PACKING_FEATURES if name in batch}
+        return model.apply(
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            enable_dropout=enable_dropout,
+            return_hidden=True,
+            rngs={"dropout": dropout_rng},
+            **packing,
+        )
+
+    return forward
+
+
+def _split_microbatches(batch: Batch, num_microbatches: int, batch_sharding: NamedSharding):
+    """``[B, ...]`` -> ``[k, B / k, ...]``; microbatch i takes rows i, i + k, i + 2k, ...
+
+    Interleaving keeps every microbatch spread over all batch shards (each device keeps
+    its own rows), instead of microbatch 0 living on the first devices only.
+    """
+    spec = PartitionSpec(None, *batch_sharding.spec)
+    out = {}
+    for name, x in batch.items():
+        rows = x.shape[0] // num_microbatches
+        x = x.reshape((rows, num_microbatches) + x.shape[1:]).swapaxes(0, 1)
+        out[name] = jax.lax.with_sharding_constraint(x, NamedSharding(batch_sharding.mesh, spec))
+    return out
+
+
+class _GradientComputer:
+    """Loss and gradient of one microbatch, and their accumulation over microbatches."""
+
+    def __init__(self, forward, output_kernel_fn, loss_config, num_microbatches, batch_sharding):
+        self._forward = forward
+        self._output_kernel_fn = output_kernel_fn
+        self._loss_config = loss_config
+        self._num_microbatches = num_microbatches
+        self._batch_sharding = batch_sharding
+
+    def _loss(self, params, microbatch, weights, factor, rng):
+        hidden = self._forward(params, microbatch, rng)
+        stats = losses.compute_loss(
+            hidden,
+            self._output_kernel_fn(params),
+            microbatch,
+            self._loss_config,
+            weights=weights,
+            factor=factor,
+        )
+        return stats.loss, stats
+
+    def __call__(self, params, batch, weights, factor, rng):
+        """Returns ``(grads, LossStats)`` summed over the microbatches of ``batch``."""
+        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+        if self._num_microbatches == 1:
+            (_, stats), grads = grad_fn(params, batch, weights, factor, jax.random.fold_in(rng, 0))
+            return grads, stats
+        split = _split_microbatches(
+            {**batch, "_weights": weights}, self._num_microbatches, self._batch_sharding
+        )
+
+        def body(carry, inputs):
+            index, microbatch = inputs
+            mb_weights = microbatch.pop("_weights")
+            (_, stats), grads = grad_fn(
+                params, microbatch, mb_weights, factor, jax.random.fold_in(rng, index)
+            )
+            return jax.tree.map(jnp.add, carry, (grads, stats)), None
+
+        zeros = (
+            jax.tree.map(jnp.zeros_like, params),
+            losses.LossStats(*[jnp.zeros((), jnp.float32)] * len(losses.LossStats._fields)),
+        )
+        indices = jnp.arange(self._num_microbatches)
+        (grads, stats), _ = jax.lax.scan(body, zeros, (indices, split))
+        return grads, stats
+
+
+def _select_tree(keep_new, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(keep_new, n, o), new, old)
+
+
+def _build_step_fn(
+    compute_gradients: _GradientComputer,
+    optimizer: Optimizer,
+    loss_config: losses.LossConfig,
+    config: TrainStepConfig,
+):
+    def step_fn(state: TrainState, batch: Batch):
+        weights, factor = losses.compute_loss_weights(batch, loss_config)
+        rng = jax.random.fold_in(jax.random.key(config.dropout_seed), state.step)
+        grads, stats = compute_gradients(state.params, batch, weights, factor, rng)
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(stats.loss) & jnp.isfinite(grad_norm)
+        skipped = state.num_skipped_steps + (~finite).astype(jnp.int32)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=_select_tree(finite, new_params, state.params),
+            opt_state=_select_tree(finite, new_opt_state, state.opt_state),
+            num_skipped_steps=skipped,
+        )
+        metrics = {
+            "loss": stats.loss,
+            "z_loss": stats.z_loss,
+            "accuracy": stats.num_correct / jnp.maximum(stats.num_real_target_tokens, 1.0),
+            "grad_norm": grad_norm,
+            "learning_rate": optimizer.learning_rate(state.step - state.num_skipped_steps),
+            "num_real_target_tokens": stats.num_real_target_tokens,
+            "num_sequences": losses.count_sequences(batch),
+            "nonfinite": (~finite).astype(jnp.int32),
+            "num_skipped_steps": skipped,
+        }
+        return new_state, metrics
+
+    return step_fn
+
+
+class TrainStep:
+    """The compiled train step: ``state, metrics = train_step(state, batch)``.
+
+    Attributes:
+        mesh: the device mesh.
+        rules: the logical axis rules used for activations.
+        state_shardings: the train state's shardings (inputs and outputs).
+        batch_sharding: the sharding of every batch feature (split along the batch dim).
+        jitted: the underlying ``jax.jit`` function, e.g. for ``.lower(...).compile()``
+            cost analysis; call it under :meth:`context`.
+    """
+
+    def __init__(self, step_fn, mesh, rules, state_shardings, config: TrainStepConfig):
+        self.mesh = mesh
+        self.rules = rules
+        self.state_shardings = state_shardings
+        self.batch_sharding = _batch_sharding(mesh, rules)
+        self._config = config
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self.jitted = jax.jit(
+            step_fn,
+            in_shardings=(state_shardings, self.batch_sharding),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=(0,) if config.donate_state else (),
+        )
+
+    @contextlib.contextmanager
+    def context(self):
+        """The mesh and logical-rules context the model's sharding constraints need."""
+        if not self._config.constrain_activations:
+            yield
+            return
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
+    def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        """Runs one step; raises FloatingPointError on a non-finite step in "raise" mode."""
+        self._check_batch(batch)
+        with self.context():
+            new_state, metrics = self.jitted(state, batch)
+        if self._config.on_nonfinite == "raise" and int(metrics["nonfinite"]):
+            raise FloatingPointError(
+                f"non-finite loss or gradient at step {int(new_state.step) - 1}: "
+                f"loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])}; "
+                "the update was not applied. Lower the learning rate, check the batch for "
+                "rows without targets, compute in float32, or set "
+                "TrainStepConfig.on_nonfinite='skip' to skip such steps."
+            )
+        return new_state, metrics
+
+    def _check_batch(self, batch: Batch) -> None:
+        shards = partitioning.get_batch_shard_count(self.mesh, self.rules)
+        k = self._config.num_microbatches
+        for name, x in batch.items():
+            if x.shape[0] % (k * shards):
+                raise ValueError(
+                    f"batch feature {name!r} has {x.shape[0]} rows; the train step needs a "
+                    f"multiple of num_microbatches ({k}) x batch shards ({shards})"
+                )
+
+
+def _batch_sharding(mesh: Mesh, rules: partitioning.LogicalRules) -> NamedSharding:
+    """One sharding for every feature: the batch dim split, other dims whole."""
+    axes = partitioning.get_batch_mesh_axes(rules)
+    return NamedSharding(mesh, PartitionSpec(axes if axes else None))
+
+
+def make_train_step(
+    *,
+    forward: ForwardFn,
+    output_kernel_fn: Callable[[Any], jax.Array],
+    optimizer: Optimizer,
+    loss_config: losses.LossConfig,
+    mesh: Mesh,
+    rules: partitioning.LogicalRules,
+    state_shardings: TrainState,
+    config: TrainStepConfig = TrainStepConfig(),
+) -> TrainStep:
+    """Builds the jit-compiled train step.
+
+    Args:
+        forward: ``(params, batch, dropout_rng) -> hidden [batch, length, embed]``, e.g.
+            :func:`make_encoder_decoder_forward`.
+        output_kernel_fn: ``params -> [embed, vocab]`` with ``logits == hidden @ kernel``
+            (``flan_jax.models.t5.output_kernel``).
+        optimizer: the optax transformation, its schedule and state layout.
+        loss_config: the loss.
+        mesh: device mesh.
+        rules: logical axis rules (activations and the batch follow them).
+        state_shardings: from
+            :func:`flan_jax.training.train_state.get_train_state_shardings`.
+        config: step options.
+
+    Returns:
+        A :class:`TrainStep`.
+    """
+    batch_sharding = _batch_sharding(mesh, rules)
+    compute_gradients = _GradientComputer(
+        forward, output_kernel_fn, loss_config, config.num_microbatches, batch_sharding
+    )
+    step_fn = _build_step_fn(compute_gradients, optimizer, loss_config, config)
+    return TrainStep(step_fn, mesh, rules, state_shardings, config)

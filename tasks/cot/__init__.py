@@ -1,0 +1,13 @@
+"""Chain-of-thought tasks: 9 datasets from local TSVs, plus inverted versions."""
+from flan_jax.tasks.cot.registration import (
+    DATASETS,
+    load_cot_split,
+    load_cot_templates,
+    missing_data,
+    parse_cot_answer,
+    read_cot_tsv,
+    register_cot_tasks,
+)
+
+__all__ = ["DATASETS", "load_cot_split", "load_cot_templates", "missing_data",
+           "parse_cot_answer", "read_cot_tsv", "register_cot_tasks"]

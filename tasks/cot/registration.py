@@ -1,0 +1,148 @@
+"""The 9 chain-of-thought datasets of the Flan 2022 collection, plus their inverted versions.
+
+Local format (the Flan collection's own files, read in place): `<cot dir>/<dataset>_train.tsv`
+with one example per line and three tab-separated columns, question, answer and rationale,
+in which line breaks are written as the two characters `\\n`:
+
+    What is 2 + 3?\\nOptions:\\n- 4\\n- 5<TAB>5<TAB>Two plus three is five.
+
+becomes the fields {"question": "What is 2 + 3?\\nOptions:\\n- 4\\n- 5", "answer": "5",
+"rationale": "Two plus three is five."}. Answer options, when a dataset has them, are part of
+the question, so the CoT tasks have no "noopt" variants. Targets end in "So the answer is X."
+(`parse_cot_answer` reads X back).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Iterator, Sequence
+
+import seqio
+
+from flan_jax.tasks import data_paths, naming, sources, templates
+
+SOURCE = "cot"
+# Their example counts live in tasks/counts.tsv, not here.
+DATASETS = ("gsm8k", "strategyqa", "creak", "qasc", "esnli", "ecqa", "sensemaking", "aqua",
+            "qed")
+VARIANTS = ("zs_opt", "fs_opt")
+_TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
+_ANSWER_RE = re.compile(r"So the answer is (.+?)\.\s*$", re.DOTALL)
+HOW_TO_GET = (
+    "Copy <dataset>_train.tsv from the Flan collection's flan/v2/cot_data directory "
+    "(github.com/google-research/FLAN) into the CoT data directory "
+    "($FLAN_JAX_DATA_DIR/cot, or DataPaths.source_dirs['cot'])."
+)
+
+
+class CotFormatError(ValueError):
+    """A CoT TSV line that does not have the three expected columns."""
+
+
+def parse_cot_answer(target: str) -> str | None:
+    """Reads X from a target ending in "So the answer is X."; None when it does not."""
+    match = _ANSWER_RE.search(target)
+    return match.group(1).strip() if match else None
+
+
+@functools.cache
+def load_cot_templates(inverted: bool) -> templates.TemplateSet:
+    """The CoT template set, or its inverted counterpart."""
+    name = "cot_inverted.yaml" if inverted else "cot.yaml"
+    return templates.load_template_set(os.path.join(_TEMPLATE_DIR, name))
+
+
+def cot_file(dataset: str, paths: data_paths.DataPaths) -> str:
+    return os.path.join(paths.source_dir(SOURCE), f"{dataset}_train.tsv")
+
+
+def missing_data(dataset: str, paths: data_paths.DataPaths) -> str | None:
+    """A message when `dataset`'s file is absent, else None."""
+    try:
+        data_paths.require_path(cot_file(dataset, paths), dataset=dataset,
+                                how_to_get=HOW_TO_GET)
+    except data_paths.MissingDataError as e:
+        return str(e)
+    return None
+
+
+def _end_sentence(text: str) -> str:
+    # Some rationales (AQuA's equations) stop without punctuation; the target appends
+    # "So the answer is X.", which should start a new sentence.
+    return text if not text or text[-1] in ".!?" else text + "."
+
+
+def read_cot_tsv(path: str) -> Iterator[sources.RawExample]:
+    """Yields ("train:<line>", fields) from a CoT TSV; malformed lines name file and line."""
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            columns = line.split("\t")
+            if len(columns) != 3:
+                raise CotFormatError(
+                    f"{path}:{line_number}: expected 3 tab-separated columns (question, "
+                    f"answer, rationale), got {len(columns)}."
+                )
+            question, answer, rationale = (c.replace("\\n", "\n").strip() for c in columns)
+            yield f"train:{line_number - 1}", {
+                "question": question,
+                "answer": answer,
+                "rationale": _end_sentence(rationale),
+            }
+
+
+def load_cot_split(dataset: str, paths: data_paths.DataPaths | None, split: str
+                   ) -> Iterator[sources.RawExample]:
+    """The examples of `dataset`'s `split` (only "train" exists)."""
+    if split != "train":
+        raise ValueError(f"CoT dataset {dataset!r} has only a 'train' split, got {split!r}.")
+    path = cot_file(dataset, data_paths.resolve_data_paths(paths))
+    return read_cot_tsv(data_paths.require_path(path, dataset=dataset, how_to_get=HOW_TO_GET))
+
+
+def register_cot_tasks(
+    vocabulary: seqio.Vocabulary,
+    *,
+    datasets: Sequence[str] = DATASETS,
+    paths: data_paths.DataPaths | None = None,
+    seed: int = 0,
+    num_shots: int = 3,
+    max_input_tokens: int = 1920,
+) -> list[str]:
+    """Registers the CoT tasks (originals and inverted, zero- and few-shot); returns names.
+
+    Registration reads nothing: the TSVs are opened when a dataset is iterated, so a
+    missing file fails then, with a message naming the dataset and how to get it.
+
+    Args:
+      vocabulary: the output features' vocabulary (also counts few-shot prompt tokens).
+      datasets: which of `DATASETS` to register.
+      paths: data locations; None resolves them when data is read.
+      seed: the rendering seed.
+      num_shots: exemplars per few-shot prompt before pruning to `max_input_tokens`.
+      max_input_tokens: the few-shot input budget.
+    """
+    unknown = sorted(set(datasets) - set(DATASETS))
+    if unknown:
+        raise ValueError(f"Unknown CoT datasets {unknown}; known: {list(DATASETS)}.")
+    names = []
+    for dataset in datasets:
+        load_split = functools.partial(load_cot_split, dataset, paths)
+        for inverted in (False, True):
+            template_set = load_cot_templates(inverted)
+            for variant in VARIANTS:
+                task_id = naming.TaskId(SOURCE, dataset, variant, inverted=inverted)
+                few_shot = None
+                if task_id.few_shot:
+                    few_shot = data_paths.make_few_shot_spec(
+                        functools.partial(load_split, "train"), vocabulary,
+                        num_shots=num_shots, max_input_tokens=max_input_tokens)
+                spec = sources.RenderSpec(task_id, template_set.templates, seed=seed,
+                                          few_shot=few_shot)
+                sources.register_rendered_task(spec, load_split, vocabulary=vocabulary,
+                                               splits=["train"])
+                names.append(spec.task_name)
+    return names

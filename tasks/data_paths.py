@@ -1,0 +1,180 @@
+"""Where the local data of the Flan 2022 submixtures lives, and how a missing dataset is reported.
+
+One data root holds a directory per source; each source directory may be overridden, and
+TFDS reads from its own `data_dir`:
+
+    $FLAN_JAX_DATA_DIR/            (or `get_data_paths.root` bound by gin)
+      cot/          gsm8k_train.tsv, strategyqa_train.tsv, ...      (see tasks/cot)
+      niv2/tasks/   task001_quoref_question_generation.json, ...    (see tasks/niv2)
+      t0/           adversarial_qa/dbert/train.jsonl, ...            (see tasks/t0)
+      t0_templates/ promptsource templates tree (*/templates.yaml)   (see tasks/t0)
+      dialog/       wiki_dialog/data_train.jsonl*, qrecc/qrecc_train.json  (see tasks/dialog)
+
+Paths are resolved when data is read, never at import or registration, so a gin binding or
+an environment variable set after registration still applies. Nothing here downloads.
+
+A gin file binds the root from the outside:
+
+    from __gin__ import dynamic_registration
+    from flan_jax.tasks import data_paths
+    data_paths.get_data_paths.root = "/data/flan"
+"""
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import os
+from typing import Callable, Iterator, Mapping, Sequence
+
+import seqio
+
+from flan_jax.tasks import sources
+
+ENV_DATA_DIR = "FLAN_JAX_DATA_DIR"
+ENV_TFDS_DATA_DIR = "TFDS_DATA_DIR"
+
+
+class MissingDataError(FileNotFoundError):
+    """A dataset's local files are absent; the message says which and how to get them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPaths:
+    """The resolved data locations.
+
+    Attributes:
+      root: the data root; a source's directory defaults to `root/<source>`.
+      tfds_data_dir: TFDS `data_dir` for sources that can read prepared TFDS datasets.
+      source_dirs: per-source overrides, e.g. {"cot": "/mnt/flan/cot_data"}.
+    """
+
+    root: str | None = None
+    tfds_data_dir: str | None = None
+    source_dirs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def source_dir(self, source: str) -> str:
+        """The directory of `source`; raises MissingDataError when nothing is configured."""
+        if source in self.source_dirs:
+            return os.fspath(self.source_dirs[source])
+        if self.root is None:
+            raise MissingDataError(
+                f"No data location configured for source {source!r}: set the environment "
+                f"variable {ENV_DATA_DIR}, bind data_paths.get_data_paths.root in gin, or "
+                f"pass source_dirs={{{source!r}: DIR}}."
+            )
+        return os.path.join(self.root, source)
+
+
+def get_data_paths(
+    *,
+    root: str | None = None,
+    tfds_data_dir: str | None = None,
+    source_dirs: Mapping[str, str] | None = None,
+) -> DataPaths:
+    """Resolves the data locations: explicit (or gin-bound) arguments, then environment.
+
+    Args:
+      root: the data root; defaults to $FLAN_JAX_DATA_DIR.
+      tfds_data_dir: the TFDS data_dir; defaults to $TFDS_DATA_DIR (TFDS's own default
+        when that is unset too).
+      source_dirs: per-source directory overrides.
+    """
+    return DataPaths(
+        root=root if root is not None else os.environ.get(ENV_DATA_DIR) or None,
+        tfds_data_dir=(tfds_data_dir if tfds_data_dir is not None
+                       else os.environ.get(ENV_TFDS_DATA_DIR) or None),
+        source_dirs=dict(source_dirs or {}),
+    )
+
+
+def resolve_data_paths(paths: DataPaths | None) -> DataPaths:
+    """`paths` when given, else the locations configured now (gin binding or environment)."""
+    return paths if paths is not None else get_data_paths()
+
+
+def require_path(path: str, *, dataset: str, how_to_get: str) -> str:
+    """Returns `path` if it exists; otherwise raises MissingDataError naming the dataset."""
+    if not os.path.exists(path):
+        raise MissingDataError(
+            f"Data for dataset {dataset!r} not found: expected {path}. {how_to_get}"
+        )
+    return path
+
+
+def read_tfds_split(
+    name: str, split: str, data_dir: str | None, *, dataset: str, how_to_get: str
+) -> Iterator[dict]:
+    """Yields numpy examples of an already prepared TFDS dataset; never downloads.
+
+    Args:
+      name: the versioned TFDS name, e.g. "qrecc:1.0.0".
+      split: the split to read.
+      data_dir: the TFDS data_dir (None: TFDS's default).
+      dataset: our dataset name, for the error message.
+      how_to_get: the instructions appended to the error when the dataset is not prepared.
+    """
+    import tensorflow_datasets as tfds  # Imported here: most sources never need TFDS.
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        raise MissingDataError(
+            f"Data for dataset {dataset!r} not found: TFDS dataset {name!r} is not prepared "
+            f"in data_dir {builder.data_dir_root}. {how_to_get}"
+        )
+    yield from tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+
+
+class LazyExemplarPool(collections.abc.Sequence):
+    """Few-shot exemplars read from the train split on first use, not at registration.
+
+    `sources.FewShotSpec.pool` is indexed and iterated; this sequence defers the read so
+    registering thousands of few-shot tasks does no I/O. At most `max_size` examples are
+    kept (the first ones of the split, so the pool is the same in every process).
+    """
+
+    def __init__(self, load_examples: Callable[[], Iterator[tuple[str, Mapping]]],
+                 max_size: int = 256):
+        self._load_examples = load_examples
+        self._max_size = max_size
+        self._examples: Sequence[tuple[str, Mapping]] | None = None
+
+    def _materialize(self) -> Sequence[tuple[str, Mapping]]:
+        if self._examples is None:
+            examples = []
+            for item in self._load_examples():
+                if len(examples) >= self._max_size:
+                    break
+                examples.append(item)
+            self._examples = tuple(examples)
+        return self._examples
+
+    def __getitem__(self, index):
+        return self._materialize()[index]
+
+    def __len__(self) -> int:
+        return len(self._materialize())
+
+
+def make_few_shot_spec(
+    load_examples: Callable[[], Iterator[tuple[str, Mapping]]],
+    vocabulary: seqio.Vocabulary,
+    *,
+    num_shots: int = 5,
+    max_input_tokens: int = 1920,
+    pool_size: int = 256,
+) -> sources.FewShotSpec:
+    """A few-shot spec over a lazily read train split, pruned by `vocabulary`'s token count.
+
+    Args:
+      load_examples: yields (key, fields) train examples; called on first use only.
+      vocabulary: counts prompt tokens for the input budget.
+      num_shots: exemplars drawn per example before pruning.
+      max_input_tokens: the input budget (1920 in the Flan 2022 collection).
+      pool_size: how many train examples the pool keeps.
+    """
+    return sources.FewShotSpec(
+        pool=LazyExemplarPool(load_examples, max_size=pool_size),
+        num_shots=num_shots,
+        max_input_tokens=max_input_tokens,
+        count_tokens=lambda text: len(vocabulary.encode(text)),
+    )

@@ -1,0 +1,27 @@
+"""The built-in synthetic instruction collection that `flan-jax train` trains on by default.
+
+Nothing is registered at import: call `register_demo_tasks(get_demo_vocabulary())`.
+"""
+from flan_jax.tasks.demo.collection import (
+    CLUSTERS,
+    DEMO_MIXTURE,
+    DEMO_TASK_FEATURE_LENGTHS,
+    demo_eval_tasks,
+    exact_match,
+    extract_cot_answer,
+    get_demo_vocabulary,
+    list_demo_tasks,
+    register_demo_tasks,
+)
+
+__all__ = [
+    "CLUSTERS",
+    "DEMO_MIXTURE",
+    "DEMO_TASK_FEATURE_LENGTHS",
+    "demo_eval_tasks",
+    "exact_match",
+    "extract_cot_answer",
+    "get_demo_vocabulary",
+    "list_demo_tasks",
+    "register_demo_tasks",
+]

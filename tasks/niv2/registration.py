@@ -1,0 +1,261 @@
+"""Super-NaturalInstructions v2: one seqio task per NIv2 task, from local task JSONs.
+
+Local format: the natural-instructions repository's `tasks/` directory, read in place from
+`<niv2 dir>/tasks/<task>.json` (the `<niv2 dir>` is `$FLAN_JAX_DATA_DIR/niv2` or
+`DataPaths.source_dirs["niv2"]`; pointing it at a checkout of the repository works). A task
+file is a JSON object with, among others,
+
+    {"Definition": ["Repeat the phrase as asked."],
+     "Positive Examples": [{"input": "Repeat 2 times hi", "output": "hi hi", ...}],
+     "Instances": [{"id": "task062-...", "input": "...", "output": ["..."]}], ...}
+
+Each instance becomes one example: its definition, its input, the first of its outputs as
+the answer, and (few-shot) the task's positive examples as demonstrations. Real NIv2 files
+contain bare `NaN` values, which Python's json reads; malformed files raise errors naming
+the file and the field.
+
+The catalog (`catalog.tsv`) lists the 1,556 tasks of the Flan 2022 collection: the
+MMLU-derived tasks (ids 664-667 and 685-737) are excluded so evaluation on MMLU stays clean.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import glob
+import json
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import seqio
+
+from flan_jax.tasks import data_paths, naming, sources, templates
+
+SOURCE = "niv2"
+VARIANTS = ("zs_opt", "fs_opt")
+_HERE = os.path.dirname(__file__)
+CATALOG_PATH = os.path.join(_HERE, "catalog.tsv")
+# Task ids derived from MMLU, excluded from training (see the module docstring).
+MMLU_TASK_NUMBERS = frozenset(range(664, 668)) | frozenset(range(685, 738))
+# Words the few-shot templates add around the definition, demonstrations and input; the
+# demonstrations are pruned so that the rest of the prompt fits the budget with this room.
+_TEMPLATE_HEADROOM_TOKENS = 48
+HOW_TO_GET = (
+    "Clone github.com/allenai/natural-instructions and point the NIv2 data directory "
+    "($FLAN_JAX_DATA_DIR/niv2, or DataPaths.source_dirs['niv2']) at the checkout, so that "
+    "its tasks/ directory holds the task JSON files."
+)
+
+
+class Niv2FormatError(ValueError):
+    """A task JSON file that does not follow the NIv2 schema."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Niv2Task:
+    """One catalog row.
+
+    Attributes:
+      number: the NI task number (unique).
+      name: our dataset id, the NI file name made safe for task names.
+      ni_name: the NI file stem, or "" when only the number is known.
+      category: the task category.
+      source_dataset: the dataset the task was built from.
+      languages: the task's languages, comma separated.
+      split: the NI default English-track split ("train", "test" or "" when outside it).
+    """
+
+    number: int
+    name: str
+    ni_name: str
+    category: str
+    source_dataset: str
+    languages: str
+    split: str
+
+
+@functools.cache
+def load_niv2_catalog() -> tuple[Niv2Task, ...]:
+    """The NIv2 task catalog shipped in tasks/niv2/catalog.tsv."""
+    with open(CATALOG_PATH, encoding="utf-8") as f:
+        lines = [line for line in f if not line.startswith("#")]
+    rows = []
+    for row in csv.DictReader(lines, delimiter="\t"):
+        rows.append(Niv2Task(number=int(row["number"]), name=row["name"],
+                             ni_name=row["ni_name"], category=row["category"],
+                             source_dataset=row["source_dataset"],
+                             languages=row["languages"], split=row["split"]))
+    return tuple(rows)
+
+
+@functools.cache
+def load_niv2_templates(few_shot: bool) -> templates.TemplateSet:
+    name = "niv2_fs.yaml" if few_shot else "niv2_zs.yaml"
+    return templates.load_template_set(os.path.join(_HERE, "templates", name))
+
+
+@functools.cache
+def _catalog_by_name() -> dict[str, Niv2Task]:
+    return {task.name: task for task in load_niv2_catalog()}
+
+
+def _catalog_entry(dataset: str) -> Niv2Task:
+    if dataset not in _catalog_by_name():
+        raise ValueError(f"Unknown NIv2 task {dataset!r}; see {CATALOG_PATH}.")
+    return _catalog_by_name()[dataset]
+
+
+def find_task_file(dataset: str, paths: data_paths.DataPaths) -> str:
+    """The JSON file of catalog task `dataset`; MissingDataError when absent."""
+    task = _catalog_entry(dataset)
+    tasks_dir = os.path.join(paths.source_dir(SOURCE), "tasks")
+    if task.ni_name:
+        candidates = [os.path.join(tasks_dir, f"{task.ni_name}.json")]
+    else:
+        candidates = sorted(glob.glob(os.path.join(tasks_dir, f"task{task.number:03d}_*.json")))
+    if not candidates:
+        candidates = [os.path.join(tasks_dir, f"task{task.number:03d}_*.json")]
+    return data_paths.require_path(candidates[0], dataset=dataset, how_to_get=HOW_TO_GET)
+
+
+def missing_data(dataset: str, paths: data_paths.DataPaths) -> str | None:
+    """A message when `dataset`'s task file is absent, else None."""
+    try:
+        find_task_file(dataset, paths)
+    except data_paths.MissingDataError as e:
+        return str(e)
+    return None
+
+
+def _require_field(data: dict, field: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if field not in data:
+        raise Niv2FormatError(f"{where}: missing field {field!r}.")
+    if not isinstance(data[field], kind):
+        expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise Niv2FormatError(
+            f"{where}: field {field!r} must be a {expected}, got {type(data[field]).__name__}.")
+    return data[field]
+
+
+def read_task_file(path: str) -> dict:
+    """Parses a task JSON (bare NaN allowed) and checks the fields the templates use."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise Niv2FormatError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}.") from e
+    if not isinstance(data, dict):
+        raise Niv2FormatError(f"{path}: expected a JSON object at the top level.")
+    definition = _require_field(data, "Definition", list, path)
+    if not definition or not all(isinstance(d, str) for d in definition):
+        raise Niv2FormatError(f"{path}: field 'Definition' must be a non-empty list of strings.")
+    for field in ("Positive Examples", "Instances"):
+        for index, item in enumerate(_require_field(data, field, list, path)):
+            where = f"{path}: {field}[{index}]"
+            if not isinstance(item, dict):
+                raise Niv2FormatError(f"{where}: expected an object.")
+            _require_field(item, "input", str, where)
+            output = _require_field(item, "output", (str, list), where)
+            if not output or not all(isinstance(o, str) for o in
+                                     ([output] if isinstance(output, str) else output)):
+                raise Niv2FormatError(f"{where}: field 'output' must be non-empty text.")
+    return data
+
+
+def _first_output(output: str | list[str]) -> str:
+    return output if isinstance(output, str) else output[0]
+
+
+def format_demonstrations(
+    data: dict, *, budget: int | None, count_tokens: Callable[[str], int] | None,
+    num_shots: int,
+) -> str:
+    """The first `num_shots` positive examples as text, dropping the last ones over budget."""
+    shots = [f"Input: {ex['input']}\nOutput: {_first_output(ex['output'])}"
+             for ex in data["Positive Examples"][:num_shots]]
+    while shots and budget is not None and count_tokens("\n\n".join(shots)) > budget:
+        shots.pop()
+    return "\n\n".join(shots)
+
+
+def read_niv2_examples(
+    path: str, *, num_shots: int = 0, max_input_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> Iterator[sources.RawExample]:
+    """Yields one (key, fields) example per instance of the task file at `path`.
+
+    Args:
+      path: the task JSON.
+      num_shots: positive examples to include as `demonstrations` (0: none).
+      max_input_tokens: the few-shot input budget; demonstrations are pruned per instance
+        so that definition, demonstrations and input fit it.
+      count_tokens: the token counter for the budget.
+    """
+    data = read_task_file(path)
+    definition = "\n".join(d.strip() for d in data["Definition"])
+    for instance in data["Instances"]:
+        fields = {"definition": definition, "input": instance["input"],
+                  "answer": _first_output(instance["output"])}
+        if num_shots:
+            budget = None
+            if max_input_tokens is not None:
+                budget = (max_input_tokens - _TEMPLATE_HEADROOM_TOKENS
+                          - count_tokens(definition) - count_tokens(instance["input"]))
+            fields["demonstrations"] = format_demonstrations(
+                data, budget=budget, count_tokens=count_tokens, num_shots=num_shots)
+        yield f"train:{instance.get('id', '')}", fields
+
+
+def load_niv2_split(dataset: str, paths: data_paths.DataPaths | None, split: str,
+                    **example_options) -> Iterator[sources.RawExample]:
+    """The instances of NIv2 task `dataset` (only a "train" split: all its instances)."""
+    if split != "train":
+        raise ValueError(f"NIv2 task {dataset!r} has only a 'train' split, got {split!r}.")
+    path = find_task_file(dataset, data_paths.resolve_data_paths(paths))
+    return read_niv2_examples(path, **example_options)
+
+
+def register_niv2_tasks(
+    vocabulary: seqio.Vocabulary,
+    *,
+    datasets: Sequence[str] | None = None,
+    paths: data_paths.DataPaths | None = None,
+    seed: int = 0,
+    num_shots: int = 2,
+    max_input_tokens: int = 1920,
+) -> list[str]:
+    """Registers the zero-shot and few-shot task of each catalog NIv2 task; returns names.
+
+    Args:
+      vocabulary: the output features' vocabulary (also counts few-shot prompt tokens).
+      datasets: catalog names to register (None: the whole catalog).
+      paths: data locations; None resolves them when data is read.
+      seed: the rendering seed.
+      num_shots: positive examples shown in few-shot prompts, pruned to the budget.
+      max_input_tokens: the few-shot input budget.
+    """
+    datasets = [t.name for t in load_niv2_catalog()] if datasets is None else datasets
+    count_tokens = lambda text: len(vocabulary.encode(text))  # noqa: E731
+    names = []
+    for dataset in datasets:
+        _catalog_entry(dataset)
+        for variant in VARIANTS:
+            task_id = naming.TaskId(SOURCE, dataset, variant)
+            options = {}
+            few_shot = None
+            if task_id.few_shot:
+                options = dict(num_shots=num_shots, max_input_tokens=max_input_tokens,
+                               count_tokens=count_tokens)
+                # The demonstrations are the task's own positive examples, placed by the
+                # template; no exemplars are drawn from the instances.
+                few_shot = sources.FewShotSpec(pool=(), num_shots=0,
+                                               max_input_tokens=max_input_tokens,
+                                               count_tokens=count_tokens)
+            spec = sources.RenderSpec(
+                task_id, load_niv2_templates(task_id.few_shot).templates, seed=seed,
+                few_shot=few_shot)
+            load_split = functools.partial(load_niv2_split, dataset, paths, **options)
+            sources.register_rendered_task(spec, load_split, vocabulary=vocabulary,
+                                           splits=["train"])
+            names.append(spec.task_name)
+    return names
