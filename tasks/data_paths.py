@@ -115,11 +115,15 @@ def read_tfds_split(
     """
     import tensorflow_datasets as tfds  # Imported here: most sources never need TFDS.
 
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    except tfds.core.registered.DatasetNotFoundError:
+        prepared = False
+    if not prepared:
         raise MissingDataError(
             f"Data for dataset {dataset!r} not found: TFDS dataset {name!r} is not prepared "
-            f"in data_dir {builder.data_dir_root}. {how_to_get}"
+            f"in data_dir {data_dir or 'the TFDS default'}. {how_to_get}"
         )
     yield from tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
 

@@ -54,7 +54,7 @@ class FewShotSpec:
       count_tokens: counts the tokens of a string (a vocabulary's encode length).
     """
 
-    pool: tuple[RawExample, ...]
+    pool: Sequence[RawExample]
     num_shots: int
     max_input_tokens: int
     count_tokens: Callable[[str], int]

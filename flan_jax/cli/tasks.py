@@ -25,37 +25,39 @@ import seqio
 from flan_jax.data import export
 from flan_jax.tasks import naming, sources
 
-# The catalog modules that can register tasks, tried in order (see `register_catalog`).
-_CATALOG_ENTRY_POINTS = (
-    ("flan_jax.tasks.registry", "register_all"),
-    ("flan_jax.tasks.demo", "register_demo_tasks"),
-)
+_REGISTRY_MODULE = "flan_jax.tasks.registry"
+
+
+def _import_if_present(module_name: str):
+    """The module, or None when it does not exist (an error inside it still raises)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        return None
 
 
 def register_catalog() -> str | None:
     """Registers the task catalog through its single entry point; idempotent.
 
-    Calls `flan_jax.tasks.registry.register_all` when that module exists, otherwise the
-    demo collection's `register_demo_tasks`, so the CLIs keep working on a checkout
-    without the full catalog.
+    Calls `flan_jax.tasks.registry.register_all()` when that module exists, otherwise
+    registers the demo collection with its own vocabulary, so the CLIs keep working on a
+    checkout without the full catalog.
 
     Returns:
-      "module.function" of the entry point called, or None if none is available.
+      The name of the entry point called, or None if none is available.
     """
-    for module_name, function_name in _CATALOG_ENTRY_POINTS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise  # A missing dependency inside the catalog is a real error.
-            continue
-        register = getattr(module, function_name, None)
-        if register is None:  # A package without its entry point (yet): try the next one.
-            continue
-        register()
-        return f"{module_name}.{function_name}"
-    logging.warning("No task catalog module found (%s); only tasks registered by the caller "
-                    "are available.", ", ".join(m for m, _ in _CATALOG_ENTRY_POINTS))
+    registry = _import_if_present(_REGISTRY_MODULE)
+    if registry is not None and hasattr(registry, "register_all"):
+        registry.register_all()
+        return f"{_REGISTRY_MODULE}.register_all"
+    demo = _import_if_present("flan_jax.tasks.demo")
+    if demo is not None and hasattr(demo, "register_demo_tasks"):
+        demo.register_demo_tasks(demo.get_demo_vocabulary())
+        return "flan_jax.tasks.demo.register_demo_tasks"
+    logging.warning("Neither %s nor the demo collection is available; only tasks registered "
+                    "by the caller are listed.", _REGISTRY_MODULE)
     return None
 
 
@@ -85,8 +87,8 @@ def _source_of(task_name: str) -> str | None:
         return None
 
 
-def list_tasks(mixture: str | None, source: str | None, out=sys.stdout) -> int:
-    """Prints task names, filtered by mixture and source; returns how many were printed."""
+def list_tasks(mixture: str | None, source: str | None) -> list[str]:
+    """Task names (with rate and share inside `mixture`), filtered by mixture and source."""
     if mixture is None:
         rows = [(name, None) for name in sorted(seqio.TaskRegistry.names())]
     else:
@@ -95,18 +97,14 @@ def list_tasks(mixture: str | None, source: str | None, out=sys.stdout) -> int:
         rates = {t.name: 1.0 if t is provider else float(provider.get_rate(t)) for t in tasks}
         total = sum(rates.values()) or 1.0
         rows = [(name, (rate, rate / total)) for name, rate in sorted(rates.items())]
-    rows = [row for row in rows if source is None or _source_of(row[0]) == source]
-    for name, rate in rows:
-        print(name if rate is None else f"{name}\t{rate[0]:.6g}\t{100 * rate[1]:.3f}%", file=out)
-    return len(rows)
+    return [name if rate is None else f"{name}\t{rate[0]:.6g}\t{100 * rate[1]:.3f}%"
+            for name, rate in rows if source is None or _source_of(name) == source]
 
 
-def list_mixtures(out=sys.stdout) -> int:
-    """Prints each mixture with its number of tasks; returns how many were printed."""
-    names = sorted(seqio.MixtureRegistry.names())
-    for name in names:
-        print(f"{name}\t{len(seqio.get_mixture_or_task(name).tasks)} tasks", file=out)
-    return len(names)
+def list_mixtures() -> list[str]:
+    """Each registered mixture with its number of tasks."""
+    return [f"{name}\t{len(seqio.get_mixture_or_task(name).tasks)} tasks"
+            for name in sorted(seqio.MixtureRegistry.names())]
 
 
 def _format_count(task: seqio.Task, split: str) -> str:
@@ -160,7 +158,17 @@ def show_task(task: seqio.Task) -> list[str]:
                  f"{', '.join(task.splits)}")
     lines.append("examples: " + ", ".join(
         f"{s} {_format_count(task, s)}" for s in task.splits))
+    lines += _describe_cap(_source_of(task.name))
     return lines + _describe_templates(task) + _describe_rates(task.name)
+
+
+def _describe_cap(source: str | None) -> list[str]:
+    mixtures = _import_if_present("flan_jax.tasks.mixtures")
+    caps = getattr(mixtures, "CAPS", {}) if mixtures is not None else {}
+    if source not in caps:
+        return []
+    return [f"cap: {caps[source]:,} examples (examples-proportional rate = "
+            "min(cap, examples))"]
 
 
 def show_mixture(mixture: seqio.Mixture) -> list[str]:
@@ -179,40 +187,44 @@ def show_mixture(mixture: seqio.Mixture) -> list[str]:
     return lines
 
 
-def preview(name: str, num_examples: int, split: str, seed: int, as_json: bool,
-            out=sys.stdout) -> int:
-    """Prints the first rendered examples of a task or mixture; returns how many."""
+def preview(name: str, num_examples: int, split: str, seed: int,
+            as_json: bool) -> list[str]:
+    """The first rendered examples of a task or mixture, with their metadata."""
     sampler = export.MixtureSampler(export.get_task_rates(name, split), split=split, seed=seed)
-    count = 0
-    while count < num_examples and (example := sampler.next_example()) is not None:
+    lines = []
+    for count in range(1, num_examples + 1):
+        example = sampler.next_example()
+        if example is None:
+            break
         record = export.to_json_example(example)
-        count += 1
         if as_json:
-            print(json.dumps(record, ensure_ascii=False), file=out)
+            lines.append(json.dumps(record, ensure_ascii=False))
             continue
         metadata = ", ".join(f"{k}={v}" for k, v in record.items() if k.startswith("_"))
-        print(f"=== example {count}: {metadata}", file=out)
-        for key in ("inputs", "targets"):
-            print(f"--- {key}\n{record.get(key, '')}", file=out)
-    return count
+        lines.append(f"=== example {count}: {metadata}")
+        lines += [f"--- {key}\n{record.get(key, '')}" for key in ("inputs", "targets")]
+    return lines
+
+
+def _run_command(args: argparse.Namespace) -> list[str]:
+    if args.command == "list":
+        return list_mixtures() if args.mixtures else list_tasks(args.mixture, args.source)
+    if args.command == "preview":
+        return preview(args.name, args.num_examples, args.split, args.seed, args.json)
+    provider = export.get_mixture_or_task(args.name)
+    return show_task(provider) if isinstance(provider, seqio.Task) else show_mixture(provider)
 
 
 def main(argv: Sequence[str]) -> int:
     args = _parse_args(argv)
     register_catalog()
     try:
-        if args.command == "list":
-            count = list_mixtures() if args.mixtures else list_tasks(args.mixture, args.source)
-            print(f"({count} {'mixtures' if args.mixtures else 'tasks'})", file=sys.stderr)
-        elif args.command == "show":
-            provider = export.get_mixture_or_task(args.name)
-            if isinstance(provider, seqio.Task):
-                print("\n".join(show_task(provider)))
-            else:
-                print("\n".join(show_mixture(provider)))
-        else:
-            preview(args.name, args.num_examples, args.split, args.seed, args.json)
+        lines = _run_command(args)
     except export.ExportError as e:
         print(f"flan-jax tasks: {e}", file=sys.stderr)
         return 2
+    if lines:
+        print("\n".join(lines))
+    if args.command == "list":
+        print(f"({len(lines)} {'mixtures' if args.mixtures else 'tasks'})", file=sys.stderr)
     return 0

@@ -5,29 +5,32 @@ with EOS (id 1). A packed row holds several examples side by side in both stream
 segment `k` of the encoder row and segment `k` of the decoder row are the same example, so
 a row is a bin with two capacities, `inputs_length` and `targets_length`.
 
-The packer works on a buffer of examples (for example 1024 shuffled examples): it sorts them
-by their combined normalised size, largest first, and puts each into the fullest open row
-that still has room in both streams (best-fit decreasing), opening a new row only when none
-fits. This is denser than seqio's `trim_and_pack`, which fills one row at a time in arrival
-order and closes it at the first example that does not fit.
+The packer works on a buffer of examples (for example 1024 shuffled examples): it puts each
+example into the open row that it fits best in both streams (the row left with the least
+room, in L2 norm over the two normalised streams), opening a new row only when none fits;
+it tries this largest-first and in arrival order and keeps the denser result. This is
+denser than seqio's `trim_and_pack`, which fills one row at a time in arrival order and
+closes it at the first example that does not fit.
 
 Worked example, `inputs_length=8`, `targets_length=6`, three examples:
 
-    A: inputs [11, 12, 1]       targets [21, 1]            size 3/8 + 2/6 = 0.71
-    B: inputs [13, 14, 15, 1]   targets [22, 23, 1]        size 4/8 + 3/6 = 1.00
-    C: inputs [16, 1]           targets [24, 25, 26, 1]    size 2/8 + 4/6 = 0.92
+    A: inputs [11, 12, 1]       targets [21, 1]            size max(3/8, 2/6) = 0.38
+    B: inputs [13, 14, 15, 1]   targets [22, 23, 1]        size max(4/8, 3/6) = 0.50
+    C: inputs [16, 1]           targets [24, 25, 26, 1]    size max(2/8, 4/6) = 0.67
 
-B opens row 0; C does not fit beside B (3 + 4 > 6 targets) and opens row 1; A fits in both
-rows and goes to the fuller one, row 0. The features (t5x / seqio names) are:
+Largest first, C opens row 0; B does not fit beside C (4 + 3 > 6 targets) and opens row 1;
+A fits in both rows and goes to row 1, which it leaves with less room (1 input and 1 target
+slot, against 3 inputs and 0 targets in row 0). Arrival order also needs two rows, so the
+largest-first layout stays. The features (t5x / seqio names) are:
 
-    encoder_input_tokens  [[13, 14, 15,  1, 11, 12,  1,  0],   [[16, 1, 0, 0, 0, 0, 0, 0],
-    encoder_segment_ids    [ 1,  1,  1,  1,  2,  2,  2,  0],    [ 1, 1, 0, 0, 0, 0, 0, 0],
-    encoder_positions      [ 0,  1,  2,  3,  0,  1,  2,  0]]    [ 0, 1, 0, 0, 0, 0, 0, 0]]
-    decoder_target_tokens  [[22, 23,  1, 21,  1,  0],           [[24, 25, 26,  1, 0, 0],
-    decoder_input_tokens   [ 0, 22, 23,  0, 21,  0],            [ 0, 24, 25, 26, 0, 0],
-    decoder_segment_ids    [ 1,  1,  1,  2,  2,  0],            [ 1,  1,  1,  1, 0, 0],
-    decoder_positions      [ 0,  1,  2,  0,  1,  0],            [ 0,  1,  2,  3, 0, 0],
-    decoder_loss_weights   [ 1,  1,  1,  1,  1,  0]]            [ 1,  1,  1,  1, 0, 0]]
+    encoder_input_tokens  [[16, 1, 0, 0, 0, 0, 0, 0],   [[13, 14, 15,  1, 11, 12,  1,  0],
+    encoder_segment_ids    [ 1, 1, 0, 0, 0, 0, 0, 0],    [ 1,  1,  1,  1,  2,  2,  2,  0],
+    encoder_positions      [ 0, 1, 0, 0, 0, 0, 0, 0]]    [ 0,  1,  2,  3,  0,  1,  2,  0]]
+    decoder_target_tokens  [[24, 25, 26,  1, 0, 0],      [[22, 23,  1, 21,  1,  0],
+    decoder_input_tokens   [ 0, 24, 25, 26, 0, 0],       [ 0, 22, 23,  0, 21,  0],
+    decoder_segment_ids    [ 1,  1,  1,  1, 0, 0],       [ 1,  1,  1,  2,  2,  0],
+    decoder_positions      [ 0,  1,  2,  3, 0, 0],       [ 0,  1,  2,  0,  1,  0],
+    decoder_loss_weights   [ 1,  1,  1,  1, 0, 0]]       [ 1,  1,  1,  1,  1,  0]]
 
 (row 0 on the left, row 1 on the right). `decoder_input_tokens` is the target shifted right
 inside each segment, starting from 0 at every segment start, so no segment sees another's
@@ -101,9 +104,42 @@ def trim_example(example: Example, lengths: FeatureLengths) -> dict[str, np.ndar
     }
 
 
+def _best_fit(in_len: np.ndarray, tgt_len: np.ndarray, order: np.ndarray,
+              lengths: FeatureLengths) -> list[list[int]]:
+    """Places examples in `order`, each into the row it fits best (or a new row)."""
+    free_in = np.zeros(len(order), np.int64)
+    free_tgt = np.zeros(len(order), np.int64)
+    rows: list[list[int]] = []
+    for index in order:
+        opened = len(rows)
+        left_in = free_in[:opened] - in_len[index]
+        left_tgt = free_tgt[:opened] - tgt_len[index]
+        fits = (left_in >= 0) & (left_tgt >= 0)
+        if fits.any():
+            # Norm-based best fit: the row whose room left after the placement is smallest
+            # in L2 norm. Squaring penalises room left in one stream only, so rows fill in
+            # both streams instead of running out of one while the other idles.
+            room = (left_in / lengths.inputs) ** 2 + (left_tgt / lengths.targets) ** 2
+            row = int(np.argmin(np.where(fits, room, np.inf)))
+        else:
+            row = opened
+            rows.append([])
+            free_in[row] = lengths.inputs
+            free_tgt[row] = lengths.targets
+        rows[row].append(int(index))
+        free_in[row] -= in_len[index]
+        free_tgt[row] -= tgt_len[index]
+    return rows
+
+
 def assign_rows(input_lengths: Sequence[int], target_lengths: Sequence[int],
                 lengths: FeatureLengths) -> list[list[int]]:
-    """Best-fit decreasing assignment of examples to rows.
+    """Best-fit assignment of one buffer of examples to rows.
+
+    Two placement orders are tried and the one giving fewer rows is kept (the decreasing
+    order on a tie): largest first (best-fit decreasing, strongest when one stream is
+    the bottleneck) and arrival order (which mixes input-heavy and target-heavy examples
+    in the same rows, strongest when both streams are nearly balanced).
 
     Args:
       input_lengths: per example, the encoder length (each <= `lengths.inputs`).
@@ -120,29 +156,11 @@ def assign_rows(input_lengths: Sequence[int], target_lengths: Sequence[int],
         raise ValueError("input_lengths and target_lengths must be 1-D of the same size.")
     if (in_len > lengths.inputs).any() or (tgt_len > lengths.targets).any():
         raise ValueError(f"An example is longer than the row capacities {lengths}; trim first.")
-    size = in_len / lengths.inputs + tgt_len / lengths.targets
+    size = np.maximum(in_len / lengths.inputs, tgt_len / lengths.targets)
     # A stable sort keeps ties in arrival order, so the result depends only on the buffer.
-    order = np.argsort(-size, kind="stable")
-    count = len(order)
-    load_in = np.zeros(count, np.int64)
-    load_tgt = np.zeros(count, np.int64)
-    fill = np.zeros(count, np.float64)
-    rows: list[list[int]] = []
-    for index in order:
-        opened = len(rows)
-        fits = ((load_in[:opened] + in_len[index] <= lengths.inputs)
-                & (load_tgt[:opened] + tgt_len[index] <= lengths.targets))
-        if fits.any():
-            # The fullest row that fits leaves the least room unused after the placement.
-            row = int(np.argmax(np.where(fits, fill[:opened], -1.0)))
-        else:
-            row = opened
-            rows.append([])
-        rows[row].append(int(index))
-        load_in[row] += in_len[index]
-        load_tgt[row] += tgt_len[index]
-        fill[row] = load_in[row] / lengths.inputs + load_tgt[row] / lengths.targets
-    return rows
+    decreasing = _best_fit(in_len, tgt_len, np.argsort(-size, kind="stable"), lengths)
+    arrival = _best_fit(in_len, tgt_len, np.arange(len(size)), lengths)
+    return arrival if len(arrival) < len(decreasing) else decreasing
 
 
 def _fill_stream(sequences: Sequence[np.ndarray], rows: Sequence[Sequence[int]],

@@ -10,8 +10,8 @@ where s are the teacher tokens, t the student tokens and c the Levenshtein dista
 the tokens' strings after removing whitespace and the word markers ("▁" of SentencePiece,
 "Ġ"/"Ċ" of byte-level BPE). The backtrace from the last cell pairs every token with at least
 one token of the other side; moves are diagonal (one-to-one), up (two teacher tokens share a
-student token) or left (two student tokens share a teacher token), and ties prefer diagonal,
-then up, then left.
+student token) or left (two student tokens share a teacher token); `backtrace` says how ties
+are broken.
 
 A student token paired with exactly one teacher token that is paired only with it, with equal
 normalised strings, takes the teacher's top-k distribution (converted into student ids;
@@ -20,10 +20,15 @@ to a one-hot target on itself.
 
 Worked example::
 
-    teacher  [" $", "1", ",", "000", "."]        normalised  ["$", "1", ",", "000", "."]
-    student  ["▁$", "1,000", "."]                normalised  ["$", "1,000", "."]
-    pairs    (0,0) (1,1) (2,1) (3,1) (4,2)
-    targets  "▁$": teacher top-k of " $";  "1,000": one-hot;  ".": teacher top-k of "."
+    teacher  [" is", " 12", "34", "."]      normalised  ["is", "12", "34", "."]
+    student  ["▁is", "▁1234", "."]          normalised  ["is", "1234", "."]
+    pairs    (0,0) (1,1) (2,1) (3,2)        cost 0 + 2 + 2 + 0 = 4
+    targets  "▁is": teacher top-k of " is";  "▁1234": one-hot;  ".": teacher top-k of "."
+
+Summing Levenshtein costs favours short groups: teacher [" $", "1", ",", "000"] against
+student ["▁$", "1,000"] pairs " $", "1" and "," with "▁$" (cost 0 + 1 + 1) rather than "1"
+and "," with "1,000" (4 + 4), so "▁$" falls back too. This is the paper's cost, kept as is;
+the fallback rate reports what it costs.
 
 Both dynamic programmes (Levenshtein between all token pairs, and the alignment itself) are
 vectorised with numpy: along one axis each cell depends on its left neighbour through
@@ -62,48 +67,68 @@ def to_sentencepiece_piece(token: str) -> str:
     return token.replace("Ġ", " ").replace("Ċ", "\n").replace(" ", SENTENCEPIECE_SPACE)
 
 
-def _encode_strings(strings: Sequence[str], pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """Code points `[n, max_len]` padded with `pad`, and lengths `[n]`."""
-    lengths = np.array([len(s) for s in strings], np.int64)
-    codes = np.full((len(strings), max(lengths.max(initial=0), 1)), pad, np.int64)
-    for row, string in enumerate(strings):
-        codes[row, :len(string)] = [ord(ch) for ch in string]
-    return codes, lengths
+def _encode_strings(strings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Code points `[n, max_len]` of a numpy unicode array (0-padded), and lengths `[n]`."""
+    width = max(strings.dtype.itemsize // 4, 1)
+    codes = np.ascontiguousarray(strings, dtype=f"<U{width}").view(np.int32)
+    return codes.reshape(len(strings), width), np.char.str_len(strings)
+
+
+def _edit_distance_block(codes_a: np.ndarray, len_a: np.ndarray, codes_b: np.ndarray,
+                         len_b: np.ndarray) -> np.ndarray:
+    """Levenshtein `[X, Y]` for code points sorted so that `len_a` is non-increasing.
+
+    One vectorised step per character of a; strings of a that are finished drop out. Padding
+    needs no special value: a's characters are read only while a is unfinished, and cells
+    beyond len(b) never feed the cells read at len(b).
+    """
+    width = int(len_b.max()) + 1
+    codes_b = codes_b[:, :width - 1].T  # [q, y]
+    ramp = np.arange(width, dtype=np.int16)[:, None, None]
+    # prev[q, x, y]: distance between the current prefix of a_x and b_y[:q]; q first so the
+    # prefix minimum runs over contiguous rows.
+    prev = np.broadcast_to(ramp, (width, len(len_a), len(len_b))).astype(np.int16)
+    result = np.broadcast_to(len_b, (len(len_a), len(len_b))).astype(np.int16)
+    columns = np.arange(len(len_b))
+    for p in range(int(len_a.max(initial=0))):
+        active = int(np.count_nonzero(len_a > p))
+        prev = prev[:, :active]
+        mismatch = codes_a[None, :active, p, None] != codes_b[:, None, :]  # [q, x, y]
+        candidates = np.empty_like(prev)
+        candidates[0] = p + 1
+        np.minimum(prev[1:] + 1, prev[:-1] + mismatch, out=candidates[1:])
+        # cur[q] = min(candidates[q], cur[q-1] + 1) == q + prefix-min(candidates - q).
+        candidates -= ramp
+        prev = np.minimum.accumulate(candidates, axis=0) + ramp
+        done = np.flatnonzero(len_a[:active] == p + 1)
+        result[done] = prev[len_b[None, :], done[:, None], columns[None, :]]
+    return result
 
 
 def pairwise_edit_distance(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
     """Levenshtein distance between every string of `a` and every string of `b`.
 
-    Runs the character-level DP for all pairs at once: one vectorised step per character of
-    the longest string in `a`, each a prefix minimum over the characters of `b`.
+    Runs the character-level DP for all pairs of distinct strings at once, with the strings
+    of b grouped by length (1, 2-3, 4-7, ...) so that short strings do not pay for the
+    longest one.
 
     Returns:
       int32 `[len(a), len(b)]`.
     """
-    unique_a, inverse_a = np.unique(np.asarray(list(a), dtype=object).astype(str),
-                                    return_inverse=True) if len(a) else ([], np.zeros(0, int))
-    unique_b, inverse_b = np.unique(np.asarray(list(b), dtype=object).astype(str),
-                                    return_inverse=True) if len(b) else ([], np.zeros(0, int))
-    if len(unique_a) == 0 or len(unique_b) == 0:
+    if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)), np.int32)
-    codes_a, len_a = _encode_strings(unique_a, pad=-1)
-    codes_b, len_b = _encode_strings(unique_b, pad=-2)
-    width = codes_b.shape[1] + 1
-    ramp = np.arange(width)
-    # prev[x, y, q]: distance between the current prefix of a_x and b_y[:q].
-    prev = np.broadcast_to(ramp, (len(unique_a), len(unique_b), width))
-    result = np.broadcast_to(len_b, (len(unique_a), len(unique_b))).copy()  # for empty a_x
-    rows_b = np.arange(len(unique_b))
-    for p in range(codes_a.shape[1]):
-        mismatch = codes_a[:, p, None, None] != codes_b[None, :, :]  # [xa, yb, q]
-        candidates = np.empty_like(prev)
-        candidates[..., 0] = p + 1
-        candidates[..., 1:] = np.minimum(prev[..., 1:] + 1, prev[..., :-1] + mismatch)
-        # cur[q] = min(candidates[q], cur[q-1] + 1) == q + prefix-min(candidates - q).
-        prev = ramp + np.minimum.accumulate(candidates - ramp, axis=-1)
-        done = len_a == p + 1
-        result[done] = prev[done][:, rows_b, len_b]
-    return result[inverse_a.reshape(-1)][:, inverse_b.reshape(-1)].astype(np.int32)
+    unique_a, inverse_a = np.unique(np.array(list(a), dtype=str), return_inverse=True)
+    unique_b, inverse_b = np.unique(np.array(list(b), dtype=str), return_inverse=True)
+    by_length = np.argsort(-np.char.str_len(unique_a), kind="stable")
+    codes_a, len_a = _encode_strings(unique_a[by_length])
+    codes_b, len_b = _encode_strings(unique_b)
+    distances = np.empty((len(unique_a), len(unique_b)), np.int32)
+    groups = np.frexp(np.maximum(len_b, 1))[1]  # 1 -> 1, 2-3 -> 2, 4-7 -> 3, ...
+    for group in np.unique(groups):
+        members = np.flatnonzero(groups == group)
+        distances[by_length[:, None], members[None, :]] = _edit_distance_block(
+            codes_a, len_a, codes_b[members], len_b[members])
+    return distances[inverse_a.reshape(-1)][:, inverse_b.reshape(-1)]
 
 
 def alignment_costs(cost: np.ndarray) -> np.ndarray:
@@ -117,21 +142,29 @@ def alignment_costs(cost: np.ndarray) -> np.ndarray:
     table = np.zeros((m, n), np.int64)
     if m == 0 or n == 0:
         return table
-    cost = cost.astype(np.int64)
-    table[0] = np.cumsum(cost[0])
+    inclusive = np.cumsum(cost, axis=1, dtype=np.int64)  # S[j] for every row at once
+    exclusive = inclusive - cost  # S[j - 1]
+    table[0] = inclusive[0]
+    best_prev = np.empty((n,), np.int64)
     for i in range(1, m):
         above = table[i - 1]
-        best_prev = above.copy()
-        best_prev[1:] = np.minimum(above[1:], above[:-1])
-        inclusive = np.cumsum(cost[i])
-        table[i] = inclusive + np.minimum.accumulate(best_prev - (inclusive - cost[i]))
+        best_prev[0] = above[0]
+        np.minimum(above[1:], above[:-1], out=best_prev[1:])
+        np.subtract(best_prev, exclusive[i], out=best_prev)
+        np.minimum.accumulate(best_prev, out=best_prev)
+        np.add(inclusive[i], best_prev, out=table[i])
     return table
 
 
-def backtrace(table: np.ndarray) -> np.ndarray:
-    """Pairs `[P, 2]` (teacher index, student index) of the optimal path, in order.
+def backtrace(table: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Pairs `[P, 2]` (teacher index, student index) of an optimal path, in order.
 
-    Ties prefer the diagonal, then up (previous teacher token), then left.
+    Among equally cheap predecessors, a cell whose tokens match exactly (cost 0) prefers the
+    diagonal, and a mismatched cell prefers up, then left, then the diagonal. Mismatched
+    pieces of a split token then stay grouped with each other instead of attaching to an
+    exactly matching neighbour, which would cost that neighbour its one-to-one match: with
+    teacher [" is", " 12", "34"] and student ["▁is", "▁1234"] both paths cost 4, and this rule
+    keeps "is"-"is" one-to-one.
     """
     m, n = table.shape
     if m == 0 or n == 0:
@@ -145,9 +178,10 @@ def backtrace(table: np.ndarray) -> np.ndarray:
             i -= 1
         else:
             diagonal, up, left = table[i - 1, j - 1], table[i - 1, j], table[i, j - 1]
-            if diagonal <= up and diagonal <= left:
+            best = min(diagonal, up, left)
+            if diagonal == best and (cost[i, j] == 0 or (up > best and left > best)):
                 i, j = i - 1, j - 1
-            elif up <= left:
+            elif up == best:
                 i -= 1
             else:
                 j -= 1
@@ -175,8 +209,9 @@ def align_tokens(teacher_tokens: Sequence[str], student_tokens: Sequence[str]) -
     """Aligns two tokenisations of (about) the same text; see the module docstring."""
     teacher_norm = [normalize_token(t) for t in teacher_tokens]
     student_norm = [normalize_token(t) for t in student_tokens]
-    table = alignment_costs(pairwise_edit_distance(teacher_norm, student_norm))
-    pairs = backtrace(table)
+    cost = pairwise_edit_distance(teacher_norm, student_norm)
+    table = alignment_costs(cost)
+    pairs = backtrace(table, cost)
     matched = np.full((len(student_tokens),), -1, np.int64)
     if len(pairs):
         per_teacher = np.bincount(pairs[:, 0], minlength=len(teacher_tokens))
@@ -184,8 +219,7 @@ def align_tokens(teacher_tokens: Sequence[str], student_tokens: Sequence[str]) -
         for i, j in pairs[(per_teacher[pairs[:, 0]] == 1) & (per_student[pairs[:, 1]] == 1)]:
             if teacher_norm[i] == student_norm[j]:
                 matched[j] = i
-    cost = int(table[-1, -1]) if table.size else 0
-    return TokenAlignment(pairs, matched, cost)
+    return TokenAlignment(pairs, matched, int(table[-1, -1]) if table.size else 0)
 
 
 def map_teacher_vocabulary(teacher_vocabulary: Sequence[str], piece_to_id: Mapping[str, int], *,

@@ -25,7 +25,7 @@ def naive_levenshtein(a: str, b: str) -> int:
 
 def naive_align(teacher_tokens: Sequence[str],
                 student_tokens: Sequence[str]) -> tuple[list[list[int]], list[tuple[int, int]]]:
-    """(cost table, path) of the alignment DP, cell by cell, same tie-breaking as the library."""
+    """(cost table, path) of the alignment DP, cell by cell, with the library's tie-breaking."""
     s = [normalize_token(t) for t in teacher_tokens]
     t = [normalize_token(t) for t in student_tokens]
     m, n = len(s), len(t)
@@ -50,11 +50,15 @@ def naive_align(teacher_tokens: Sequence[str],
             j -= 1
         elif j == 0:
             i -= 1
-        elif table[i - 1][j - 1] <= min(table[i - 1][j], table[i][j - 1]):
-            i, j = i - 1, j - 1
-        elif table[i - 1][j] <= table[i][j - 1]:
-            i -= 1
         else:
-            j -= 1
+            diagonal, up, left = table[i - 1][j - 1], table[i - 1][j], table[i][j - 1]
+            best = min(diagonal, up, left)
+            exact = s[i] == t[j]
+            if diagonal == best and (exact or (up > best and left > best)):
+                i, j = i - 1, j - 1
+            elif up == best:
+                i -= 1
+            else:
+                j -= 1
         path.append((i, j))
     return table, path[::-1]

@@ -9,6 +9,12 @@ data and optimizer.
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -64,29 +70,38 @@ def make_random_batch(
     }
 
 
-def pack_two_examples(
-    first: dict[str, np.ndarray], second: dict[str, np.ndarray], encoder_length: int, decoder_length: int
+def pack_examples(
+    examples: Sequence[Mapping[str, Sequence[int]]], encoder_length: int, decoder_length: int
 ) -> dict[str, np.ndarray]:
-    """Packs two single-example features (1-D, unpadded) into one row, by hand.
+    """Packs examples into one row by hand, as a feature converter with packing would.
 
-    ``first`` and ``second`` hold ``inputs`` and ``targets`` token lists; the result is
-    a batch of one row with segment ids 1 and 2, per-segment positions, and padding.
+    Args:
+        examples: each with ``inputs`` and ``targets`` token lists (EOS included).
+        encoder_length, decoder_length: the row lengths.
+
+    Returns:
+        A one-row batch with segment ids ``1, 2, ...``, per-segment positions, decoder
+        inputs shifted right within each segment, and zero padding.
+
+    Example: targets ``[7, 1]`` and ``[9, 4, 1]`` in a row of 6 give
+    ``decoder_target_tokens [[7, 1, 9, 4, 1, 0]]``, ``decoder_input_tokens
+    [[0, 7, 0, 9, 4, 0]]``, ``decoder_segment_ids [[1, 1, 2, 2, 2, 0]]`` and
+    ``decoder_positions [[0, 1, 0, 1, 2, 0]]``.
     """
 
     def row(key, length, shift):
-        tokens = np.zeros(length, np.int32)
-        segments = np.zeros(length, np.int32)
-        positions = np.zeros(length, np.int32)
+        tokens, segments, positions = (np.zeros(length, np.int32) for _ in range(3))
         offset = 0
-        for segment, example in enumerate((first, second), start=1):
+        for segment, example in enumerate(examples, start=1):
             seq = np.asarray(example[key], np.int32)
             if shift:
-                seq = np.concatenate([[0], seq[:-1]])
-            tokens[offset : offset + len(seq)] = seq
-            segments[offset : offset + len(seq)] = segment
-            positions[offset : offset + len(seq)] = np.arange(len(seq))
-            offset += len(seq)
-        assert offset <= length, "examples do not fit the packed length"
+                seq = np.concatenate([[0], seq[:-1]]).astype(np.int32)
+            end = offset + len(seq)
+            if end > length:
+                raise ValueError(f"the examples' {key} need {end} positions; the row has {length}")
+            tokens[offset:end], segments[offset:end] = seq, segment
+            positions[offset:end] = np.arange(len(seq))
+            offset = end
         return tokens[None], segments[None], positions[None]
 
     enc, enc_seg, enc_pos = row("inputs", encoder_length, shift=False)
@@ -152,14 +167,29 @@ class TinyRun:
         )
 
 
-def run_tiny_training(run: TinyRun, devices: list[jax.Device] | None = None) -> dict[str, np.ndarray]:
-    """Trains the tiny T5 for ``run.num_steps`` steps; every process gets the full result.
+@dataclasses.dataclass
+class TinyTrainer:
+    """A built tiny run: its initial state, compiled step, mesh and rules."""
 
-    Returns:
-        ``{"loss": [steps], "grad_norm": [steps], "param/<path>": array, ...}`` as numpy.
-    """
+    state: train_state.TrainState
+    step: train_step.TrainStep
+    mesh: jax.sharding.Mesh
+    rules: partitioning.LogicalRules
+
+    def global_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's rows of a global numpy batch, assembled into global arrays."""
+        rows = partitioning.get_local_batch_rows(self.mesh, len(next(iter(batch.values()))), self.rules)
+        local = {k: v[rows] for k, v in batch.items()}
+        return partitioning.make_global_batch(local, self.mesh, self.rules)
+
+
+def make_tiny_trainer(
+    run: TinyRun,
+    devices: list[jax.Device] | None = None,
+    step_config: train_step.TrainStepConfig | None = None,
+) -> TinyTrainer:
+    """Builds the tiny T5, its sharded Adafactor state and the train step of ``run``."""
     config = make_tiny_t5_config(**dict(run.model_overrides))
-    model = t5.EncoderDecoder(config)
     mesh = partitioning.make_mesh(run.mesh, devices)
     rules = partitioning.get_logical_axis_rules(run.rules)
     param_axes = t5.param_logical_axes(config)
@@ -169,25 +199,35 @@ def run_tiny_training(run: TinyRun, devices: list[jax.Device] | None = None) -> 
     abstract = t5.abstract_params(config)
     shardings = train_state.get_train_state_shardings(abstract, param_axes, optimizer, mesh, rules)
     host_params = jax.tree.map(np.asarray, t5.init_params(config, jax.random.key(run.seed)))
-    state = train_state.init_sharded_train_state(host_params, optimizer, shardings)
     step = train_step.make_train_step(
-        forward=train_step.make_encoder_decoder_forward(model),
+        forward=train_step.make_encoder_decoder_forward(t5.EncoderDecoder(config)),
         output_kernel_fn=t5.output_kernel,
         optimizer=optimizer,
         loss_config=run.loss,
         mesh=mesh,
         rules=rules,
         state_shardings=shardings,
-        config=train_step.TrainStepConfig(
+        config=step_config
+        or train_step.TrainStepConfig(
             num_microbatches=run.num_microbatches,
             constrain_activations=run.constrain_activations,
         ),
     )
-    rows = partitioning.get_local_batch_rows(mesh, run.batch_size, rules)
+    state = train_state.init_sharded_train_state(host_params, optimizer, shardings)
+    return TinyTrainer(state, step, mesh, rules)
+
+
+def run_tiny_training(run: TinyRun, devices: list[jax.Device] | None = None) -> dict[str, np.ndarray]:
+    """Trains the tiny T5 for ``run.num_steps`` steps; every process gets the full result.
+
+    Returns:
+        ``{"loss": [steps], "grad_norm": [steps], "param/<path>": array, ...}`` as numpy.
+    """
+    trainer = make_tiny_trainer(run, devices)
+    state = trainer.state
     history: dict[str, list[float]] = {"loss": [], "grad_norm": []}
     for i in range(run.num_steps):
-        local = {k: v[rows] for k, v in run.make_batch(i).items()}
-        state, metrics = step(state, partitioning.make_global_batch(local, mesh, rules))
+        state, metrics = trainer.step(state, trainer.global_batch(run.make_batch(i)))
         for name in history:
             history[name].append(float(metrics[name]))
     params = multihost_utils.process_allgather(state.params, tiled=True)
@@ -196,3 +236,67 @@ def run_tiny_training(run: TinyRun, devices: list[jax.Device] | None = None) -> 
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
     }
     return {**{k: np.asarray(v) for k, v in history.items()}, **flat}
+
+
+def assert_results_match(
+    result: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], rtol: float = 1e-5
+) -> None:
+    """Asserts two :func:`run_tiny_training` results agree to ``rtol``, array by array.
+
+    Each array is compared elementwise with ``rtol`` and an absolute floor of ``rtol``
+    times the array's largest magnitude: "relative" to the array's own scale, so that
+    entries that happen to be near zero are not held to an impossible bound.
+    """
+    assert sorted(result) == sorted(reference), "the runs have different parameters"
+    for name, expected in reference.items():
+        np.testing.assert_allclose(
+            result[name],
+            expected,
+            rtol=rtol,
+            atol=rtol * float(np.max(np.abs(expected))),
+            err_msg=name,
+        )
+
+
+def find_free_port() -> int:
+    """A TCP port on localhost that was free a moment ago (for a jax coordinator)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_python_script(
+    script: str, args: Sequence[str], *, num_cpu_devices: int
+) -> subprocess.Popen:
+    """Starts ``python script args...`` with ``num_cpu_devices`` fake CPU devices.
+
+    JAX reads ``XLA_FLAGS`` once at import, so each device count needs its own process.
+    """
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_cpu_devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.Popen(
+        [sys.executable, script, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_scripts(processes: Sequence[subprocess.Popen], timeout: float) -> None:
+    """Waits for all processes; kills them all and fails on a timeout or a non-zero exit."""
+    deadline = time.monotonic() + timeout
+    try:
+        outputs = [
+            p.communicate(timeout=max(deadline - time.monotonic(), 1.0))[0] for p in processes
+        ]
+    except subprocess.TimeoutExpired:
+        for p in processes:
+            p.kill()
+        for p in processes:
+            p.communicate()
+        raise AssertionError(f"subprocesses did not finish within {timeout} s") from None
+    for p, out in zip(processes, outputs):
+        if p.returncode != 0:
+            raise AssertionError(f"{p.args} exited with {p.returncode}:\n{out[-4000:]}")

@@ -161,7 +161,7 @@ def get_logical_axis_rules(rules: str | Sequence[tuple[Any, Any]]) -> LogicalRul
     """
     if isinstance(rules, str):
         if rules not in LOGICAL_AXIS_RULES:
-            close = difflib.get_close_matches(rules, list(LOGICAL_AXIS_RULES), n=3)
+            close = difflib.get_close_matches(rules.lower(), list(LOGICAL_AXIS_RULES), n=3)
             raise ValueError(
                 f"unknown logical axis rules preset {rules!r}; known presets: "
                 f"{sorted(LOGICAL_AXIS_RULES)}" + (f" (did you mean {close}?)" if close else "")

@@ -4,7 +4,7 @@ Each generator turns a `numpy.random.Generator` into one example's fields (the t
 placeholders, plus `answer` and, for option tasks, `options`). Examples are short so a
 tiny T5 learns them on a laptop CPU in minutes, yet each cluster needs a different skill:
 
-- arith: 2-3 step word problems; the target is a chain of thought ending in
+- arith: 2-3 step word problems with small numbers; the target is a chain of thought ending in
   "So the answer is N.".
 - sentiment: generated opinions whose polarity may be flipped by "not".
 - nli: premise/hypothesis pairs from location facts, rules and comparisons.
@@ -35,7 +35,6 @@ CITIES = {"Paris": "France", "Lima": "Peru", "Oslo": "Norway", "Cairo": "Egypt",
           "Dublin": "Ireland", "Madrid": "Spain"}
 JOBS = {"baker": "oven", "farmer": "tractor", "painter": "ladder", "sailor": "boat",
         "doctor": "stethoscope", "teacher": "whiteboard", "pilot": "map", "tailor": "needle"}
-PETS = ("cat", "dog", "parrot", "rabbit", "turtle", "goldfish", "hamster")
 SUBJECTS = ("The soup", "The movie", "The hotel room", "The new phone", "The concert",
             "The service", "The bike", "The book", "The train ride", "The museum")
 POSITIVE = ("great", "lovely", "excellent", "wonderful", "fun", "comfortable", "tasty")
@@ -61,12 +60,12 @@ def _pick_distinct(rng: np.random.Generator, items, count: int) -> list:
 def generate_arith(rng: np.random.Generator) -> Fields:
     """A 2-3 step word problem with its worked solution."""
     name, obj = _pick(rng, NAMES), _pick(rng, OBJECTS)
-    value = int(rng.integers(2, 16))
+    value = int(rng.integers(2, 10))
     sentences = [f"{name} has {value} {obj}."]
     steps = []
     for step in range(int(rng.integers(2, 4))):
         kind = _pick(rng, ("add", "add", "sub", "sub", "double"))
-        if kind == "double" and value <= 12:
+        if kind == "double" and value <= 9:
             sentences.append(f"{name} doubles the {obj}.")
             steps.append(f"{value} * 2 = {value * 2}.")
             value *= 2
@@ -77,7 +76,7 @@ def generate_arith(rng: np.random.Generator) -> Fields:
             steps.append(f"{value} - {amount} = {value - amount}.")
             value -= amount
         else:
-            amount = int(rng.integers(1, 10))
+            amount = int(rng.integers(1, 6))
             verb = _pick(rng, ("buys", "finds", "gets"))
             sentences.append(f"{'Then ' if step else ''}{name} {verb} {amount} more.")
             steps.append(f"{value} + {amount} = {value + amount}.")
@@ -161,16 +160,13 @@ def generate_reading(rng: np.random.Generator) -> Fields:
     people = _pick_distinct(rng, NAMES, 2)
     cities = _pick_distinct(rng, CITIES, 3)
     jobs = _pick_distinct(rng, JOBS, 3)
-    pets = _pick_distinct(rng, PETS, 3)
-    context = " ".join(
-        f"{person} lives in {cities[i]}, works as a {jobs[i]} and has a {pets[i]}."
-        for i, person in enumerate(people))
+    context = " ".join(f"{person} lives in {cities[i]} and works as a {jobs[i]}."
+                       for i, person in enumerate(people))
     who = int(rng.integers(2))
     name = people[who]
     question, pool = _pick(rng, (
         (f"Where does {name} live?", cities),
         (f"What is {name}'s job?", jobs),
-        (f"Which pet does {name} have?", pets),
     ))
     options = list(pool)
     rng.shuffle(options)

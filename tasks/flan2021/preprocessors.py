@@ -202,9 +202,13 @@ def rotten_tomatoes_consensus(example: Fields) -> Fields:
             "summary": example["_critic_consensus"]}
 
 
+def _normalize_spaces(text: str) -> str:
+    return " ".join(text.split())
+
+
 def lambada_last_word(example: Fields) -> Fields | None:
     """LAMBADA: the passage without its last word, and that word."""
-    head, _, last = example["passage"].strip().rpartition(" ")
+    head, _, last = _normalize_spaces(example["passage"]).rpartition(" ")
     if not head:
         return None
     return {"context": head, "answer": last.strip(string.punctuation) or last}
@@ -215,28 +219,28 @@ _PUNCTUATION_TABLE = str.maketrans("", "", string.punctuation)
 
 def strip_punctuation(example: Fields) -> Fields | None:
     """fix_punct: a sentence with its punctuation removed; restore it."""
-    text = example["text"].strip()
-    corrupted = " ".join(text.translate(_PUNCTUATION_TABLE).split())
+    text = _normalize_spaces(example["text"])
+    corrupted = _normalize_spaces(text.translate(_PUNCTUATION_TABLE))
     return None if corrupted == text or not corrupted else {"corrupted": corrupted,
                                                             "text": text}
 
 
 def lowercase_text(example: Fields) -> Fields | None:
     """true_case: a sentence in lower case; restore the casing."""
-    text = example["text"].strip()
+    text = _normalize_spaces(example["text"])
     return None if text.lower() == text else {"corrupted": text.lower(), "text": text}
 
 
 def remove_spaces(example: Fields) -> Fields | None:
     """word_segment: a sentence with its spaces removed; put them back."""
-    text = example["text"].strip()
+    text = _normalize_spaces(example["text"])
     return None if " " not in text else {"corrupted": text.replace(" ", ""), "text": text}
 
 
 PREPROCESSORS: dict[str, Callable[[Fields], Fields | None]] = {
     f.__name__: f for f in (
         arc_choices, record_cloze, coqa_conversation, squad_v2_answer, quac_answer,
-        story_cloze_ending, wsc_spans, stsb_score, join_triples, join_webnlg_triples, join_concepts,
-        idebate_argument, rotten_tomatoes_consensus, lambada_last_word,
+        story_cloze_ending, wsc_spans, stsb_score, join_triples, join_webnlg_triples,
+        join_concepts, idebate_argument, rotten_tomatoes_consensus, lambada_last_word,
         strip_punctuation, lowercase_text, remove_spaces)
 }

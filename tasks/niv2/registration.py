@@ -25,6 +25,7 @@ import functools
 import glob
 import json
 import os
+import re
 from typing import Any, Callable, Iterator, Sequence
 
 import seqio
@@ -94,6 +95,12 @@ def load_niv2_templates(few_shot: bool) -> templates.TemplateSet:
     return templates.load_template_set(os.path.join(_HERE, "templates", name))
 
 
+def make_safe_name(ni_name: str) -> str:
+    """An NI file stem as a dataset id: characters other than letters, digits, "_" and "."
+    become "_", runs of "_" collapse (task names use "__" as their separator)."""
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_.]", "_", ni_name)).strip("_")
+
+
 @functools.cache
 def _catalog_by_name() -> dict[str, Niv2Task]:
     return {task.name: task for task in load_niv2_catalog()}
@@ -112,7 +119,12 @@ def find_task_file(dataset: str, paths: data_paths.DataPaths) -> str:
     if task.ni_name:
         candidates = [os.path.join(tasks_dir, f"{task.ni_name}.json")]
     else:
-        candidates = sorted(glob.glob(os.path.join(tasks_dir, f"task{task.number:03d}_*.json")))
+        # NI task numbers are not unique (two task1168 files exist): among the files with
+        # the number, take the one whose name made safe is ours.
+        candidates = [
+            path for path in sorted(glob.glob(os.path.join(tasks_dir, f"task{task.number:03d}_*.json")))
+            if make_safe_name(os.path.basename(path)[:-len(".json")]) == task.name
+        ]
     if not candidates:
         candidates = [os.path.join(tasks_dir, f"task{task.number:03d}_*.json")]
     return data_paths.require_path(candidates[0], dataset=dataset, how_to_get=HOW_TO_GET)

@@ -1,6 +1,8 @@
 """`flan-jax tasks list/show/preview` and `flan-jax data export` on small registered tasks."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import seqio
@@ -41,6 +43,13 @@ def colour_tasks():
         seqio.MixtureRegistry.add(MIXTURE, [(specs[0].task_name, 3.0),
                                             (specs[1].task_name, 1.0)])
     return specs
+
+
+@pytest.fixture(autouse=True)
+def only_test_tasks(monkeypatch):
+    """In this process the CLIs see only the tasks registered here: the catalog (whose
+    vocabulary other tests may register differently) is exercised in a subprocess below."""
+    monkeypatch.setattr(tasks_cli, "register_catalog", lambda: None)
 
 
 def run_cli(module, capsys, *argv):
@@ -122,3 +131,14 @@ def test_data_export_unknown_mixture_suggests(capsys, tmp_path):
     code, _, err = run_cli(data_cli, capsys, "export", "--mixture", "cli_colours_mixx",
                            "--out", str(tmp_path))
     assert code == 2 and f"Did you mean: {MIXTURE}" in err
+
+
+@pytest.mark.slow
+def test_the_command_registers_the_catalog_in_a_fresh_process():
+    result = subprocess.run(
+        [sys.executable, "-m", "flan_jax.cli.main", "tasks", "list", "--mixtures"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    mixtures = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    assert mixtures, f"no mixture registered by the catalog entry point: {result.stderr}"
+    assert all(int(line.split("\t")[1].split()[0]) > 0 for line in result.stdout.splitlines())

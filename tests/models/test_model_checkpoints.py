@@ -68,3 +68,22 @@ def test_config_that_does_not_match_the_weights_is_reported(tmp_path, vocab_path
     with pytest.raises(ValueError, match=r"do not match the model config.*stored \(32, 48\), "
                                          r"config expects \(32, 50\)"):
         load_model_checkpoint(ckpt)
+
+
+def test_loads_params_from_a_step_with_trainer_items(tmp_path, vocab_path):
+    import orbax.checkpoint as ocp
+
+    config = tiny_config()
+    params = t5.init_params(config, jax.random.key(0))
+    ckpt = tmp_path / "ckpt"
+    save_model_checkpoint(ckpt, params=params, config=config, vocab_path=vocab_path,
+                          extra_ids=0)
+    manager = ocp.CheckpointManager(ckpt)
+    trained = jax.tree_util.tree_map(lambda x: x * 2.0, params)
+    manager.save(9, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(trained),
+        opt_state=ocp.args.StandardSave({"count": np.array(9)})))
+    manager.wait_until_finished()
+    loaded = load_model_checkpoint(ckpt)
+    assert loaded.step == 9
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params, trained)

@@ -10,6 +10,7 @@ parameter as independent matrices per layer.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -172,3 +173,19 @@ def test_unknown_logical_axis_is_a_clear_error():
     params = {"w": jnp.zeros((128, 128))}
     with pytest.raises(ValueError, match=r"\['w'\].*'mystery'.*factor_rules"):
         adafactor.adafactor(1e-3, param_axes={"w": P("embed", "mystery")}).init(params)
+
+
+def test_schedules_match_formulas_and_optax():
+    steps = np.array([0, 1, 5, 9, 10, 11, 50, 99, 100, 150])
+    rsqrt = schedules.rsqrt_decay(scale=1.0, warmup_steps=10)
+    np.testing.assert_allclose([rsqrt(s) for s in steps], 1 / np.sqrt(np.maximum(steps, 10)), rtol=1e-6)
+    np.testing.assert_allclose([schedules.constant(3e-4)(s) for s in steps], 3e-4, rtol=1e-6)
+    cosine = schedules.cosine_decay(peak_value=0.5, total_steps=100, warmup_steps=10, end_value=0.05)
+    ref_cosine = optax.warmup_cosine_decay_schedule(0.0, 0.5, 10, 100, end_value=0.05)
+    np.testing.assert_allclose([cosine(s) for s in steps], [ref_cosine(s) for s in steps], rtol=1e-5, atol=1e-7)
+    linear = schedules.linear_decay(peak_value=0.5, total_steps=100, warmup_steps=10, end_value=0.05)
+    ref_linear = optax.join_schedules(
+        [optax.linear_schedule(0.0, 0.5, 10), optax.linear_schedule(0.5, 0.05, 90)], [10])
+    np.testing.assert_allclose([linear(s) for s in steps], [ref_linear(s) for s in steps], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="total_steps .* must be >= warmup_steps"):
+        schedules.linear_decay(1.0, total_steps=5, warmup_steps=10)

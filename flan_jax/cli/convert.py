@@ -1,0 +1,79 @@
+"""`flan-jax convert`: Hugging Face T5 / Flan-T5 directories to and from flan_jax checkpoints.
+
+    flan-jax convert --from-hf HF_DIR --out CKPT_DIR [--dtype bfloat16] [--scan_layers]
+    flan-jax convert --to-hf CKPT_DIR --out HF_DIR [--step N]
+
+The Hugging Face directory holds config.json, the weights (safetensors or pytorch_model.bin)
+and spiece.model; the exported one loads with
+`transformers.T5ForConditionalGeneration.from_pretrained`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flan-jax convert",
+                                     description=__doc__.split("\n")[0])
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from-hf", dest="from_hf", metavar="HF_DIR",
+                           help="import a Hugging Face directory")
+    direction.add_argument("--to-hf", dest="to_hf", metavar="CKPT_DIR",
+                           help="export a flan_jax checkpoint directory")
+    parser.add_argument("--out", required=True, help="output directory (must be new or empty)")
+    parser.add_argument("--vocab", default=None,
+                        help="SentencePiece model when HF_DIR has no spiece.model")
+    parser.add_argument("--extra_ids", type=int, default=100,
+                        help="sentinel ids on top of the SentencePiece vocabulary (T5: 100)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                        help="activation dtype recorded in the imported config")
+    parser.add_argument("--scan_layers", action="store_true",
+                        help="store the imported layers stacked for nn.scan")
+    parser.add_argument("--step", type=int, default=None, help="step to export (default latest)")
+    return parser
+
+
+def _check_new_directory(path: Path) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path} already exists and is not empty.")
+
+
+def import_from_hf(args: argparse.Namespace) -> Path:
+    """`--from-hf`: reads the Hugging Face directory and writes a flan_jax checkpoint."""
+    from flan_jax.checkpoints import save_model_checkpoint
+    from flan_jax.models.hf_convert import load_hf_directory
+
+    out = Path(args.out)
+    _check_new_directory(out)
+    params, config, vocab_path = load_hf_directory(args.from_hf, dtype=args.dtype,
+                                                   scan_layers=args.scan_layers)
+    vocab_path = Path(args.vocab) if args.vocab else vocab_path
+    if vocab_path is None:
+        raise FileNotFoundError(f"{args.from_hf} has no spiece.model; pass --vocab PATH.")
+    return save_model_checkpoint(out, params=params, config=config, vocab_path=vocab_path,
+                                 extra_ids=args.extra_ids)
+
+
+def export_to_hf(args: argparse.Namespace) -> Path:
+    """`--to-hf`: reads a flan_jax checkpoint and writes a Hugging Face directory."""
+    from flan_jax.checkpoints import load_model_checkpoint, read_model_metadata
+    from flan_jax.models.hf_convert import save_hf_directory
+
+    loaded = load_model_checkpoint(args.to_hf, step=args.step)
+    vocab_path = read_model_metadata(args.to_hf).vocab_path
+    return save_hf_directory(args.out, params=loaded.params, config=loaded.config,
+                             vocab_path=vocab_path)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `flan-jax convert`."""
+    args = _build_parser().parse_args(argv)
+    try:
+        out = import_from_hf(args) if args.from_hf else export_to_hf(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"flan-jax convert: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,183 @@
+"""`flan-jax infer`: decode a prediction for every line of a JSONL file.
+
+    flan-jax infer --checkpoint CKPT_DIR --input_file in.jsonl --output_file out.jsonl \\
+        [--decode greedy|sample|beam] [--num_beams 4] [--temperature 1.0] [--max_decode_len 128]
+
+Each input line is a JSON object with an "inputs" string; the output repeats it with a
+"prediction" string added. The JSONL helpers here are shared with `flan-jax score`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+EOS_ID = 1
+
+
+class InputError(ValueError):
+    """Bad user input (a file or a line in it), reported without a traceback."""
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str]) -> list[dict[str, Any]]:
+    """Reads a JSONL file of objects that each have the `required` string fields.
+
+    Raises:
+      InputError: naming the file and line of the first bad line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file.")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(f"{path}:{number}: not valid JSON ({error.msg}).") from error
+            if not isinstance(record, dict):
+                raise InputError(f"{path}:{number}: expected a JSON object, "
+                                 f"got {type(record).__name__}.")
+            for field in required:
+                if not isinstance(record.get(field), str):
+                    raise InputError(f"{path}:{number}: field {field!r} must be a string, "
+                                     f"got {record.get(field)!r}.")
+            records.append(record)
+    return records
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """Writes records as JSONL through a temporary file renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pad_rows(rows: Sequence[Sequence[int]], *, multiple: int = 32) -> np.ndarray:
+    """Right-pads token lists with 0 to a shared length rounded up to `multiple`.
+
+    Rounding keeps the number of distinct shapes, hence of jit compilations, small.
+    """
+    longest = max(1, max(len(r) for r in rows))
+    length = -(-longest // multiple) * multiple
+    out = np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def tokenize(vocabulary: Any, text: str, max_len: int) -> list[int]:
+    """Token ids of `text` followed by EOS, truncated to `max_len` (EOS kept)."""
+    return list(vocabulary.encode(text))[:max_len - 1] + [EOS_ID]
+
+
+def batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    """Consecutive slices of `items` of at most `size` elements."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by `infer` and `score`."""
+    parser.add_argument("--checkpoint", required=True, help="flan_jax checkpoint directory")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    parser.add_argument("--input_file", required=True)
+    parser.add_argument("--output_file", required=True)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--max_input_len", type=int, default=512,
+                        help="inputs are truncated to this many tokens (EOS included)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
+                        help="activation dtype (default: the checkpoint's)")
+
+
+def load_for_inference(args: argparse.Namespace) -> Any:
+    """Loads the checkpoint named by the arguments, applying --dtype."""
+    from flan_jax.checkpoints import load_model_checkpoint
+
+    loaded = load_model_checkpoint(args.checkpoint, step=args.step)
+    if args.dtype is not None:
+        loaded = type(loaded)(loaded.params, loaded.config.replace(dtype=args.dtype),
+                              loaded.vocabulary, loaded.step)
+    return loaded
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flan-jax infer", description=__doc__.split("\n")[0])
+    add_checkpoint_arguments(parser)
+    parser.add_argument("--decode", choices=("greedy", "sample", "beam"), default="greedy")
+    parser.add_argument("--num_beams", type=int, default=4)
+    parser.add_argument("--alpha", type=float, default=0.6, help="beam length penalty")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_decode_len", type=int, default=128)
+    return parser
+
+
+def _decode_batch(args: argparse.Namespace, loaded: Any, tokens: np.ndarray,
+                  rng: Any) -> np.ndarray:
+    from flan_jax.models import decoding
+
+    config, params = loaded.config, loaded.params
+    if args.decode == "beam":
+        result = decoding.beam_search(config, params, tokens, max_decode_len=args.max_decode_len,
+                                      num_beams=args.num_beams, alpha=args.alpha)
+        return np.asarray(result.tokens[:, 0])
+    temperature = 0.0 if args.decode == "greedy" else args.temperature
+    result = decoding.temperature_sample(config, params, tokens, rng=rng,
+                                         max_decode_len=args.max_decode_len,
+                                         temperature=temperature, top_k=args.top_k,
+                                         top_p=args.top_p)
+    return np.asarray(result.tokens)
+
+
+def _strip_eos(row: np.ndarray) -> list[int]:
+    ids = row.tolist()
+    return ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids
+
+
+def run(args: argparse.Namespace) -> int:
+    """Reads, decodes and writes; returns the number of predictions."""
+    import jax
+
+    records = read_jsonl(args.input_file, required=("inputs",))
+    loaded = load_for_inference(args)
+    rng = jax.random.key(args.seed)
+    predictions: list[str] = []
+    for chunk in batches(records, args.batch_size):
+        tokens = pad_rows([tokenize(loaded.vocabulary, r["inputs"], args.max_input_len)
+                           for r in chunk])
+        rng, step_rng = jax.random.split(rng)
+        decoded = _decode_batch(args, loaded, tokens, step_rng)
+        predictions += [loaded.vocabulary.decode(_strip_eos(row)) for row in decoded]
+    write_jsonl(args.output_file, ({**r, "prediction": p} for r, p in zip(records, predictions)))
+    return len(predictions)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `flan-jax infer`."""
+    args = _build_parser().parse_args(argv)
+    try:
+        count = run(args)
+    except (InputError, FileNotFoundError, ValueError) as error:
+        print(f"flan-jax infer: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {count} predictions to {args.output_file}")
+    return 0

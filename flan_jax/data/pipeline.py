@@ -1,0 +1,305 @@
+"""The training input pipeline: seqio examples -> packed numpy batches, resumable.
+
+`make_train_iterator` reads a seqio task or mixture (shuffled with `seed`, repeated
+forever, this process's shard only), cuts the example stream into buffers of
+`buffer_size` examples, packs each buffer with the best-fit packer of `packing.py`,
+shuffles the packed rows of the buffer with a generator seeded by (seed, shard, buffer),
+and serves batches of `batch_size // num_shards` rows:
+
+    it = make_train_iterator("demo_mixture", task_feature_lengths={"inputs": 64,
+                             "targets": 32}, batch_size=8, seed=0)
+    batch = next(it)   # {"encoder_input_tokens": int32 [8, 64], ..., "decoder_loss_weights"}
+    state = it.get_state()   # small JSON dict, saved with the checkpoint
+    ...
+    it = make_train_iterator(..., state=state)   # continues with exactly the next batch
+
+Everything a batch depends on is a function of (seed, shard, position), so the position
+(buffer index, rows already served from that buffer) is the whole state. Restoring replays
+the example stream up to the buffer's start (`tf.data` `skip`), which reads but does not
+pack the skipped examples; with `use_cached=True` tasks that replay is fast.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import seqio
+
+from flan_jax.data import packing
+
+STATE_VERSION = 1
+# Fields of the state that must match the iterator it is restored into.
+_STATE_IDENTITY = ("mixture_or_task_name", "split", "seed", "shard_index", "num_shards",
+                   "pack", "buffer_size", "batch_size", "task_feature_lengths")
+
+
+@dataclasses.dataclass
+class PackingStats:
+    """Cumulative real (non-padding) and total token slots of the served batches."""
+
+    encoder_real: int = 0
+    encoder_total: int = 0
+    decoder_real: int = 0
+    decoder_total: int = 0
+    examples: int = 0
+    rows: int = 0
+
+    def add_batch(self, batch: Mapping[str, np.ndarray]) -> None:
+        for name, value in packing.count_real_tokens(batch).items():
+            setattr(self, name, getattr(self, name) + value)
+        self.examples += count_examples(batch)
+        self.rows += int(np.shape(batch["decoder_target_tokens"])[0])
+
+    @property
+    def encoder_efficiency(self) -> float:
+        return self.encoder_real / max(self.encoder_total, 1)
+
+    @property
+    def decoder_efficiency(self) -> float:
+        return self.decoder_real / max(self.decoder_total, 1)
+
+    @property
+    def efficiency(self) -> float:
+        """Share of real tokens over both streams (the packing efficiency)."""
+        return (self.encoder_real + self.decoder_real) / max(
+            self.encoder_total + self.decoder_total, 1)
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def count_examples(batch: Mapping[str, np.ndarray]) -> int:
+    """Examples (segments) in a batch, packed or not."""
+    targets = np.asarray(batch["decoder_target_tokens"])
+    if "decoder_positions" in batch:
+        return int(np.count_nonzero((np.asarray(batch["decoder_positions"]) == 0) & (targets > 0)))
+    return int(np.count_nonzero(targets[:, 0]))
+
+
+class TrainIterator:
+    """Deterministic, resumable iterator of training batches (see the module docstring).
+
+    Use `make_train_iterator` to build one; iterate it for batch dicts of int32 arrays
+    `[batch_size // num_shards, length]`.
+    """
+
+    def __init__(self, mixture_or_task_name: str, *, task_feature_lengths: Mapping[str, int],
+                 batch_size: int, seed: int, shard_index: int, num_shards: int, pack: bool,
+                 use_cached: bool, buffer_size: int, split: str, num_epochs: int | None):
+        if num_shards < 1 or not 0 <= shard_index < num_shards:
+            raise ValueError(f"shard_index must be in [0, num_shards={num_shards}), got "
+                             f"{shard_index}.")
+        if batch_size < 1 or batch_size % num_shards:
+            raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of "
+                             f"num_shards ({num_shards}): each process serves batch_size / "
+                             "num_shards rows.")
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}.")
+        self._lengths = packing.FeatureLengths.from_mapping(task_feature_lengths)
+        self._config = {
+            "mixture_or_task_name": mixture_or_task_name, "split": split, "seed": int(seed),
+            "shard_index": int(shard_index), "num_shards": int(num_shards), "pack": bool(pack),
+            "buffer_size": int(buffer_size), "batch_size": int(batch_size),
+            "task_feature_lengths": {"inputs": self._lengths.inputs,
+                                     "targets": self._lengths.targets},
+        }
+        # Raises a clear error for an unknown name before any data is read.
+        self._provider = seqio.get_mixture_or_task(mixture_or_task_name)
+        self._use_cached = use_cached
+        self._num_epochs = num_epochs
+        self.local_batch_size = batch_size // num_shards
+        self.stats = PackingStats()
+        self._buffer_index = 0
+        self._row_offset = 0
+        self._batches = 0
+        self._examples: Iterator[dict] | None = None
+        self._rows: dict[str, np.ndarray] | None = None
+
+    def _open_examples(self, skip: int) -> Iterator[dict]:
+        config = self._config
+        dataset = self._provider.get_dataset(
+            sequence_length=config["task_feature_lengths"], split=config["split"],
+            use_cached=self._use_cached, shuffle=True, seed=config["seed"],
+            shard_info=seqio.ShardInfo(config["shard_index"], config["num_shards"]),
+            num_epochs=self._num_epochs)
+        dataset = dataset.map(lambda ex: {k: ex[k] for k in ("inputs", "targets") if k in ex})
+        return dataset.skip(skip).as_numpy_iterator()
+
+    def _load_buffer(self) -> bool:
+        """Packs buffer `_buffer_index` from the open stream; False at the end of data."""
+        if self._examples is None:
+            self._examples = self._open_examples(self._buffer_index * self._config["buffer_size"])
+        examples = [
+            {"inputs": ex.get("inputs", np.zeros([0], np.int32)), "targets": ex["targets"]}
+            for ex in itertools.islice(self._examples, self._config["buffer_size"])]
+        if not examples:
+            return False
+        if self._config["pack"]:
+            rows = packing.pack_examples(examples, self._lengths)
+            # Best-fit emits rows roughly from the longest examples down; shuffling the
+            # rows keeps batches from being sorted by length.
+            order = np.random.default_rng(
+                [self._config["seed"], self._config["shard_index"], self._buffer_index]
+            ).permutation(len(rows["decoder_target_tokens"]))
+            rows = {name: value[order] for name, value in rows.items()}
+        else:
+            rows = packing.pad_examples(examples, self._lengths)
+        self._rows = rows
+        return True
+
+    def _take_rows(self, count: int) -> list[dict[str, np.ndarray]] | None:
+        pieces = []
+        while count:
+            if self._rows is None and not self._load_buffer():
+                return None
+            available = len(self._rows["decoder_target_tokens"]) - self._row_offset
+            if available <= 0:
+                self._buffer_index += 1
+                self._row_offset = 0
+                self._rows = None
+                continue
+            take = min(count, available)
+            pieces.append({k: v[self._row_offset:self._row_offset + take]
+                           for k, v in self._rows.items()})
+            self._row_offset += take
+            count -= take
+        return pieces
+
+    def __iter__(self) -> "TrainIterator":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        pieces = self._take_rows(self.local_batch_size)
+        if pieces is None:  # Only finite streams (num_epochs set) end; the rest is dropped.
+            raise StopIteration
+        batch = {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}
+        self.stats.add_batch(batch)
+        self._batches += 1
+        return batch
+
+    @property
+    def packing_efficiency(self) -> float:
+        return self.stats.efficiency
+
+    def get_state(self) -> dict[str, Any]:
+        """The position after the last served batch, as a small JSON-serialisable dict."""
+        return {"version": STATE_VERSION, **self._config, "buffer_index": self._buffer_index,
+                "row_offset": self._row_offset, "batches": self._batches,
+                "stats": self.stats.to_dict()}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Continues from `state` (from `get_state` of an identically configured iterator)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data state version {state.get('version')!r} is not supported "
+                             f"(expected {STATE_VERSION}).")
+        for key in _STATE_IDENTITY:
+            if state.get(key) != self._config[key]:
+                raise ValueError(
+                    f"data state field {key!r} is {state.get(key)!r} but this iterator has "
+                    f"{self._config[key]!r}; resume with the configuration it was saved with.")
+        self._buffer_index = int(state["buffer_index"])
+        self._row_offset = int(state["row_offset"])
+        self._batches = int(state["batches"])
+        self.stats = PackingStats(**state["stats"])
+        self._examples = None
+        self._rows = None
+
+
+def make_train_iterator(
+    mixture_or_task_name: str,
+    *,
+    task_feature_lengths: Mapping[str, int],
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    pack: bool = True,
+    use_cached: bool = False,
+    buffer_size: int = 1024,
+    split: str = "train",
+    num_epochs: int | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> TrainIterator:
+    """Builds the training batch iterator of one process.
+
+    Args:
+      mixture_or_task_name: a registered seqio task or mixture.
+      task_feature_lengths: {"inputs": encoder length, "targets": decoder length}.
+      batch_size: the global batch size (rows); each process serves
+        `batch_size // num_shards` rows.
+      seed: shuffling, mixing and row-order seed.
+      shard_index: this process's shard (`jax.process_index()`).
+      num_shards: the number of shards (`jax.process_count()`).
+      pack: best-fit pack examples (features with segment ids and positions); if False,
+        one example per row, as seqio's unpacked `EncDecFeatureConverter`.
+      use_cached: read the task's offline seqio cache.
+      buffer_size: examples per packing buffer (larger packs denser; 1024 is plenty).
+      split: the split to read.
+      num_epochs: None repeats forever; a number ends the iterator after that many passes
+        (the last partial batch is dropped).
+      state: a `get_state()` dict to continue from.
+    """
+    iterator = TrainIterator(
+        mixture_or_task_name, task_feature_lengths=task_feature_lengths,
+        batch_size=batch_size, seed=seed, shard_index=shard_index, num_shards=num_shards,
+        pack=pack, use_cached=use_cached, buffer_size=buffer_size, split=split,
+        num_epochs=num_epochs)
+    if state is not None:
+        iterator.set_state(state)
+    return iterator
+
+
+def _as_python(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iu":
+        return value.astype(np.int32)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def make_eval_examples(
+    task_name: str,
+    split: str = "validation",
+    *,
+    task_feature_lengths: Mapping[str, int],
+    max_examples: int | None = None,
+    shard_index: int = 0,
+    num_shards: int = 1,
+) -> list[dict[str, Any]]:
+    """The examples of one task split in their fixed source order, unpacked.
+
+    Returns dicts with token arrays "inputs" and "targets" (trimmed to the lengths, with
+    EOS), their "*_pretokenized" strings, and the task's metadata fields (strings decoded).
+    """
+    task = seqio.get_mixture_or_task(task_name)
+    if not isinstance(task, seqio.Task):
+        raise ValueError(f"make_eval_examples needs a task, got mixture {task_name!r}; "
+                         "evaluate its tasks one by one.")
+    dataset = task.get_dataset(
+        sequence_length=dict(task_feature_lengths), split=split, shuffle=False, num_epochs=1,
+        shard_info=seqio.ShardInfo(shard_index, num_shards))
+    if max_examples is not None:
+        dataset = dataset.take(max_examples)
+    return [{k: _as_python(v) for k, v in ex.items()} for ex in dataset.as_numpy_iterator()]
+
+
+def make_eval_batches(
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int,
+    task_feature_lengths: Mapping[str, int],
+) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """Unpacked batches of `examples` in order; yields (features, number of real rows).
+
+    The last batch is filled with empty rows (all padding) so every batch has the same
+    shape; its real rows come first.
+    """
+    lengths = packing.FeatureLengths.from_mapping(task_feature_lengths)
+    empty = {"inputs": np.zeros([0], np.int32), "targets": np.zeros([0], np.int32)}
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start:start + batch_size])
+        real = len(chunk)
+        chunk += [empty] * (batch_size - real)
+        yield packing.pad_examples(chunk, lengths), real

@@ -1,0 +1,326 @@
+"""Decoding and scoring with the T5 encoder-decoder: jit-compiled, batched, KV-cached.
+
+- `greedy_decode`: the most likely token at every step.
+- `temperature_sample`: sampling with temperature, top-k and top-p (nucleus) filtering;
+  temperature 0 is greedy decoding.
+- `beam_search`: beam search with the GNMT length penalty ((5 + length) / 6) ** alpha.
+- `score_targets`: summed log-likelihood of given targets (EOS included), for rank
+  classification.
+
+Generated token arrays are [batch, max_decode_len]: the tokens after the start token 0, with
+EOS (id 1 by default) included and 0 after it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from flan_jax.models.config import T5Config
+from flan_jax.models.t5 import EncoderDecoder
+
+Array = jax.Array
+Params = dict[str, Any]
+Cache = dict[str, Any]
+
+# Log-probability of impossible hypotheses; finite so that arithmetic on it never gives NaN.
+NEG_INF = -1.0e7
+EOS_ID = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeResult:
+    """Decoded sequences.
+
+    Attributes:
+      tokens: [batch, max_decode_len] for greedy / sampling; [batch, num_beams,
+        max_decode_len] for beam search, best beam first.
+      scores: [batch] summed log-probabilities of the tokens (greedy / sampling), or
+        [batch, num_beams] length-penalised beam scores.
+    """
+
+    tokens: Array
+    scores: Array
+
+
+# ------------------------------------------------------------------------------------------
+# The cached decoder
+# ------------------------------------------------------------------------------------------
+def _encode(config: T5Config, params: Params, encoder_input_tokens: Array) -> Array:
+    return EncoderDecoder(config).apply({"params": params}, encoder_input_tokens,
+                                        method=EncoderDecoder.encode)
+
+
+def _init_cache(config: T5Config, params: Params, encoded: Array,
+                encoder_input_tokens: Array, max_decode_len: int) -> Cache:
+    """Creates the self-attention cache and the projected cross-attention keys/values."""
+    dummy = jnp.zeros((encoded.shape[0], max_decode_len), jnp.int32)
+    _, variables = EncoderDecoder(config).apply(
+        {"params": params}, encoded, encoder_input_tokens, dummy, decode=True,
+        method=EncoderDecoder.decode, mutable=["cache"])
+    return variables["cache"]
+
+
+def _decode_step(config: T5Config, params: Params, cache: Cache, encoded: Array,
+                 encoder_input_tokens: Array, tokens: Array, max_decode_len: int
+                 ) -> tuple[Array, Cache]:
+    """Feeds `tokens` [batch] at the cache position; returns log-probs [batch, vocab]."""
+    logits, variables = EncoderDecoder(config).apply(
+        {"params": params, "cache": cache}, encoded, encoder_input_tokens, tokens[:, None],
+        decode=True, max_decode_len=max_decode_len, method=EncoderDecoder.decode,
+        mutable=["cache"])
+    return jax.nn.log_softmax(logits[:, 0, :]), variables["cache"]
+
+
+# ------------------------------------------------------------------------------------------
+# Greedy decoding and sampling
+# ------------------------------------------------------------------------------------------
+def filter_logits(logits: Array, *, top_k: int = 0, top_p: float = 1.0) -> Array:
+    """Sets logits outside the top-k / nucleus (top-p) set to NEG_INF.
+
+    Args:
+      logits: [batch, vocab].
+      top_k: Keep the k largest logits; 0 keeps all.
+      top_p: Keep the smallest set of most likely tokens whose probability reaches top_p;
+        1.0 keeps all. The most likely token is always kept.
+    """
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, NEG_INF, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # The smallest kept logit: the last sorted entry whose preceding mass is < top_p.
+        num_kept = jnp.sum(mass_before < top_p, axis=-1, keepdims=True)
+        threshold = jnp.take_along_axis(sorted_logits, num_kept - 1, axis=-1)
+        logits = jnp.where(logits < threshold, NEG_INF, logits)
+    return logits
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_decode_len", "eos_id",
+                                             "temperature", "top_k", "top_p"))
+def _sample_loop(config: T5Config, params: Params, encoder_input_tokens: Array, rng: Array, *,
+                 max_decode_len: int, eos_id: int, temperature: float, top_k: int,
+                 top_p: float) -> tuple[Array, Array]:
+    batch = encoder_input_tokens.shape[0]
+    encoded = _encode(config, params, encoder_input_tokens)
+    cache = _init_cache(config, params, encoded, encoder_input_tokens, max_decode_len)
+
+    def select(log_probs: Array, key: Array) -> Array:
+        if temperature == 0.0:
+            return jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+        filtered = filter_logits(log_probs / temperature, top_k=top_k, top_p=top_p)
+        return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+
+    def cond(state: tuple) -> Array:
+        step, _, _, done, _, _, _ = state
+        return (step < max_decode_len) & ~jnp.all(done)
+
+    def body(state: tuple) -> tuple:
+        step, last, out, done, total, cache, key = state
+        log_probs, cache = _decode_step(config, params, cache, encoded, encoder_input_tokens,
+                                        last, max_decode_len)
+        key, step_key = jax.random.split(key)
+        token = jnp.where(done, 0, select(log_probs, step_key))
+        chosen = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+        total = total + jnp.where(done, 0.0, chosen)
+        out = out.at[:, step].set(token)
+        return step + 1, token, out, done | (token == eos_id), total, cache, key
+
+    init = (jnp.array(0), jnp.zeros((batch,), jnp.int32),
+            jnp.zeros((batch, max_decode_len), jnp.int32), jnp.zeros((batch,), bool),
+            jnp.zeros((batch,), jnp.float32), cache, rng)
+    _, _, out, _, total, _, _ = jax.lax.while_loop(cond, body, init)
+    return out, total
+
+
+def temperature_sample(config: T5Config, params: Params, encoder_input_tokens: Array, *,
+                       rng: Array | None = None, max_decode_len: int, temperature: float = 1.0,
+                       top_k: int = 0, top_p: float = 1.0, eos_id: int = EOS_ID
+                       ) -> DecodeResult:
+    """Samples continuations, stopping each row at EOS.
+
+    Args:
+      config: The model config (static under jit).
+      params: Model parameters.
+      encoder_input_tokens: [batch, enc_len] int, 0-padded.
+      rng: PRNG key; required unless temperature is 0.
+      max_decode_len: Maximum number of generated tokens.
+      temperature: Softmax temperature; 0 selects the most likely token (greedy).
+      top_k: Sample among the k most likely tokens (0: all).
+      top_p: Sample within the nucleus of probability top_p (1.0: all).
+      eos_id: The end-of-sequence id.
+
+    Returns:
+      DecodeResult with tokens [batch, max_decode_len] and their summed log-probabilities
+      under the unmodified model distribution.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}.")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}.")
+    if rng is None:
+        if temperature != 0.0:
+            raise ValueError("temperature_sample needs an rng unless temperature is 0.")
+        rng = jax.random.key(0)
+    tokens, scores = _sample_loop(config, params, jnp.asarray(encoder_input_tokens), rng,
+                                  max_decode_len=max_decode_len, eos_id=eos_id,
+                                  temperature=float(temperature), top_k=int(top_k),
+                                  top_p=float(top_p))
+    return DecodeResult(tokens, scores)
+
+
+def greedy_decode(config: T5Config, params: Params, encoder_input_tokens: Array, *,
+                  max_decode_len: int, eos_id: int = EOS_ID) -> DecodeResult:
+    """Greedy decoding: `temperature_sample` at temperature 0."""
+    return temperature_sample(config, params, encoder_input_tokens, temperature=0.0,
+                              max_decode_len=max_decode_len, eos_id=eos_id)
+
+
+# ------------------------------------------------------------------------------------------
+# Beam search
+# ------------------------------------------------------------------------------------------
+def length_penalty(length: Array | int, alpha: float) -> Array:
+    """The GNMT length penalty ((5 + length) / 6) ** alpha that beam scores are divided by."""
+    return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+def _gather_beams(cache: Cache, flat_indices: Array, scan_layers: bool) -> Cache:
+    """Reorders the batch*beam rows of every cache array (scalars are shared)."""
+    def gather(path: tuple, leaf: Array) -> Array:
+        if leaf.ndim == 0:
+            return leaf
+        # Scanned layers stack the cache along a leading layer axis.
+        scanned = scan_layers and any(getattr(k, "key", None) == "layers" for k in path)
+        return jnp.take(leaf, flat_indices, axis=1 if scanned else 0)
+
+    return jax.tree_util.tree_map_with_path(gather, cache)
+
+
+def _top_k_along(values: Array, k: int, *arrays: Array) -> tuple[Array, ...]:
+    """The k largest `values` [batch, n] and the matching rows of each [batch, n, ...] array."""
+    top_values, indices = jax.lax.top_k(values, k)
+    gathered = tuple(jnp.take_along_axis(a, indices.reshape(indices.shape + (1,) * (a.ndim - 2)),
+                                         axis=1) for a in arrays)
+    return (top_values, indices) + gathered
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_beams", "alpha", "max_decode_len",
+                                             "eos_id"))
+def _beam_search(config: T5Config, params: Params, encoder_input_tokens: Array, *,
+                 num_beams: int, alpha: float, max_decode_len: int, eos_id: int
+                 ) -> tuple[Array, Array]:
+    batch, k, length = encoder_input_tokens.shape[0], num_beams, max_decode_len
+    enc_tokens = jnp.repeat(encoder_input_tokens, k, axis=0)  # [batch * k, enc_len]
+    encoded = _encode(config, params, enc_tokens)
+    cache = _init_cache(config, params, encoded, enc_tokens, length)
+    best_bound = length_penalty(length, alpha)
+
+    def cond(state: tuple) -> Array:
+        step, _, alive_logp, _, finished_scores, _ = state
+        # No alive hypothesis can still enter the finished top-k: its log-probability only
+        # falls, and the largest penalty divisor is that of the maximum length.
+        hopeless = jnp.min(finished_scores, axis=1) >= jnp.max(alive_logp, axis=1) / best_bound
+        return (step < length) & ~jnp.all(hopeless)
+
+    def body(state: tuple) -> tuple:
+        step, alive_seqs, alive_logp, finished_seqs, finished_scores, cache = state
+        last = jnp.where(step == 0, 0, alive_seqs[:, :, jnp.maximum(step - 1, 0)])
+        log_probs, cache = _decode_step(config, params, cache, encoded, enc_tokens,
+                                        last.reshape(-1), length)
+        vocab = log_probs.shape[-1]
+        candidates = (alive_logp[:, :, None] + log_probs.reshape(batch, k, vocab))
+        # 2k candidates always leave k that did not just end with EOS.
+        cand_logp, flat = jax.lax.top_k(candidates.reshape(batch, k * vocab), 2 * k)
+        cand_beam, cand_token = flat // vocab, flat % vocab
+        cand_seqs = jnp.take_along_axis(alive_seqs, cand_beam[:, :, None], axis=1)
+        cand_seqs = cand_seqs.at[:, :, step].set(cand_token)
+        ends = (cand_token == eos_id) | (step + 1 == length)
+        real = cand_logp > NEG_INF / 2
+        cand_scores = jnp.where(ends & real, cand_logp / length_penalty(step + 1, alpha),
+                                NEG_INF)
+        alive_logp, chosen, alive_seqs, beam = _top_k_along(
+            jnp.where(cand_token == eos_id, NEG_INF, cand_logp), k, cand_seqs, cand_beam)
+        rows = jnp.arange(batch)[:, None] * k
+        cache = _gather_beams(cache, (rows + beam).reshape(-1), config.scan_layers)
+        finished_scores, _, finished_seqs = _top_k_along(
+            jnp.concatenate([finished_scores, cand_scores], axis=1), k,
+            jnp.concatenate([finished_seqs, cand_seqs], axis=1))
+        return step + 1, alive_seqs, alive_logp, finished_seqs, finished_scores, cache
+
+    alive_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1)), (batch, 1))
+    seqs = jnp.zeros((batch, k, length), jnp.int32)
+    init = (jnp.array(0), seqs, alive_logp, seqs, jnp.full((batch, k), NEG_INF), cache)
+    _, _, _, finished_seqs, finished_scores, _ = jax.lax.while_loop(cond, body, init)
+    return finished_seqs, finished_scores
+
+
+def beam_search(config: T5Config, params: Params, encoder_input_tokens: Array, *,
+                max_decode_len: int, num_beams: int = 4, alpha: float = 0.6,
+                eos_id: int = EOS_ID) -> DecodeResult:
+    """Beam search for the sequences of highest length-penalised log-probability.
+
+    A hypothesis is complete when it emits EOS or reaches `max_decode_len` tokens; its score
+    is log p(tokens) / ((5 + number of tokens) / 6) ** alpha. The search stops early once no
+    unfinished hypothesis can still beat the k best complete ones.
+
+    Args:
+      config: The model config (static under jit).
+      params: Model parameters.
+      encoder_input_tokens: [batch, enc_len] int, 0-padded.
+      max_decode_len: Maximum number of generated tokens.
+      num_beams: Beam width k.
+      alpha: Length penalty exponent (0 disables it).
+      eos_id: The end-of-sequence id.
+
+    Returns:
+      DecodeResult with tokens [batch, num_beams, max_decode_len] and scores
+      [batch, num_beams], best first.
+    """
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}.")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}.")
+    tokens, scores = _beam_search(config, params, jnp.asarray(encoder_input_tokens),
+                                  num_beams=int(num_beams), alpha=float(alpha),
+                                  max_decode_len=int(max_decode_len), eos_id=eos_id)
+    return DecodeResult(tokens, scores)
+
+
+# ------------------------------------------------------------------------------------------
+# Scoring
+# ------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("config",))
+def token_log_likelihoods(config: T5Config, params: Params, encoder_input_tokens: Array,
+                          decoder_target_tokens: Array) -> Array:
+    """Log-probability of every target token [batch, dec_len]; 0 at padding (id 0)."""
+    targets = jnp.asarray(decoder_target_tokens)
+    decoder_inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))  # shift right, start at 0
+    logits = EncoderDecoder(config).apply({"params": params}, encoder_input_tokens,
+                                          decoder_inputs)
+    log_probs = jax.nn.log_softmax(logits)
+    chosen = jnp.take_along_axis(log_probs, targets[:, :, None], axis=-1)[:, :, 0]
+    return jnp.where(targets > 0, chosen, 0.0)
+
+
+def score_targets(config: T5Config, params: Params, encoder_input_tokens: Array,
+                  decoder_target_tokens: Array) -> Array:
+    """Summed log-likelihood of each row's targets (EOS included, 0-padding excluded).
+
+    Args:
+      config: The model config.
+      params: Model parameters.
+      encoder_input_tokens: [batch, enc_len] int, 0-padded.
+      decoder_target_tokens: [batch, dec_len] int targets ending with EOS, then 0-padded.
+
+    Returns:
+      [batch] float32 log-likelihoods.
+    """
+    return jnp.sum(token_log_likelihoods(config, params, encoder_input_tokens,
+                                         decoder_target_tokens), axis=-1)

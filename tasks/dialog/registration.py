@@ -1,0 +1,192 @@
+"""Dialog tasks of the Flan 2022 collection: wiki_dialog and qrecc, plus inverted versions.
+
+Both datasets are read in their public release formats, in place, under the dialog data
+directory (`$FLAN_JAX_DATA_DIR/dialog` or `DataPaths.source_dirs["dialog"]`):
+
+- wiki_dialog: `wiki_dialog/data_<split>.jsonl[-NNNNN-of-NNNNN][.gz]`, the WikiDialog-OQ
+  release shards, one dialog per line:
+
+      {"pid": "...", "title": "...", "passage": "...", "sentences": [...],
+       "utterances": ["Who was ...?", "She was ...", ...], "author_num": [0, 1, ...]}
+
+  A dialog becomes one example: its last utterance is the reply, the one before it the
+  question, and the earlier ones the history.
+- qrecc: `qrecc/qrecc_<split>.json`, the QReCC release (a JSON list of turns):
+
+      [{"Context": ["q1", "a1"], "Question": "q2", "Rewrite": "...", "Answer": "a2", ...}]
+
+  Each turn with a non-empty answer becomes one example.
+
+When a local file is absent, the prepared TFDS datasets `wiki_dialog/OQ` and `qrecc` in the
+TFDS data_dir are read instead (never downloaded). The inverted tasks ask for the question
+given the history and the reply.
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import gzip
+import json
+import os
+from typing import Any, Iterator, Sequence
+
+import seqio
+
+from flan_jax.tasks import data_paths, naming, sources, templates
+
+SOURCE = "dialog"
+DATASETS = ("wiki_dialog", "qrecc")
+VARIANTS = ("zs_opt", "fs_opt")
+SPLITS = {"wiki_dialog": ("train", "validation"), "qrecc": ("train", "test")}
+TFDS_NAMES = {"wiki_dialog": "wiki_dialog/OQ:1.0.0", "qrecc": "q_re_cc:1.0.0"}
+_HERE = os.path.dirname(__file__)
+_NO_HISTORY = "(this is the start of the conversation)"
+HOW_TO_GET = {
+    "wiki_dialog": "Download the WikiDialog-OQ shards (github.com/google-research/"
+                   "dialog-inpainting) into <dialog dir>/wiki_dialog/, or prepare the TFDS "
+                   "dataset wiki_dialog/OQ in the TFDS data_dir.",
+    "qrecc": "Unpack qrecc_train.json and qrecc_test.json from github.com/apple/ml-qrecc "
+             "into <dialog dir>/qrecc/, or prepare the TFDS dataset q_re_cc in the TFDS "
+             "data_dir.",
+}
+
+
+@functools.cache
+def load_dialog_templates(inverted: bool) -> templates.TemplateSet:
+    name = "dialog_inverted.yaml" if inverted else "dialog.yaml"
+    return templates.load_template_set(os.path.join(_HERE, "templates", name))
+
+
+def format_history(turns: Sequence[str]) -> str:
+    """Earlier turns as alternating "User:" / "Assistant:" lines ending before the question.
+
+    The turn right before the question is the assistant's, so labels are assigned from the
+    end backwards.
+    """
+    if not turns:
+        return _NO_HISTORY
+    labels = ["Assistant", "User"]
+    lines = [f"{labels[(len(turns) - 1 - i) % 2]}: {turn.strip()}" for i, turn in enumerate(turns)]
+    return "\n".join(lines)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def wiki_dialog_example(dialog: dict) -> dict[str, str] | None:
+    """Fields of one WikiDialog dialog; None when it has fewer than two utterances."""
+    utterances = [_text(u) for u in dialog["utterances"]]
+    if len(utterances) < 2:
+        return None
+    return {"history": format_history(utterances[:-2]), "question": utterances[-2].strip(),
+            "response": utterances[-1].strip()}
+
+
+def qrecc_example(turn: dict) -> dict[str, str] | None:
+    """Fields of one QReCC turn; None when its answer is empty."""
+    answer = _text(turn["Answer"]).strip()
+    if not answer:
+        return None
+    return {"history": format_history([_text(t) for t in turn["Context"]]),
+            "question": _text(turn["Question"]).strip(), "response": answer}
+
+
+def local_files(dataset: str, split: str, paths: data_paths.DataPaths) -> list[str]:
+    """The local release files of `dataset`'s `split` ([] when none, or no directory is set)."""
+    try:
+        directory = os.path.join(paths.source_dir(SOURCE), dataset)
+    except data_paths.MissingDataError:
+        return []  # No local directory configured: TFDS may still have the dataset.
+    if dataset == "qrecc":
+        candidates = [os.path.join(directory, f"qrecc_{split}.json")]
+        return [path for path in candidates if os.path.exists(path)]
+    return sorted(glob.glob(os.path.join(directory, f"data_{split}.jsonl*")))
+
+
+def _read_local(dataset: str, files: Sequence[str]) -> Iterator[dict]:
+    for path in files:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            if dataset == "qrecc":
+                yield from json.load(f)
+            else:
+                for line_number, line in enumerate(f, start=1):
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}:{line_number}: invalid JSON: {e.msg}.") from e
+
+
+def _read_tfds(dataset: str, split: str, paths: data_paths.DataPaths) -> Iterator[dict]:
+    for row in data_paths.read_tfds_split(TFDS_NAMES[dataset], split, paths.tfds_data_dir,
+                                          dataset=dataset, how_to_get=HOW_TO_GET[dataset]):
+        if dataset == "qrecc":  # TFDS renames the release's fields.
+            row = {"Context": row["context"], "Question": row["question"],
+                   "Answer": row["answer"]}
+        yield row
+
+
+def missing_data(dataset: str, paths: data_paths.DataPaths) -> str | None:
+    """A message when `dataset` has neither local train files nor a prepared TFDS copy."""
+    if local_files(dataset, "train", paths):
+        return None
+    try:
+        next(iter(_read_tfds(dataset, "train", paths)), None)
+    except data_paths.MissingDataError as e:
+        return str(e)
+    return None
+
+
+def load_dialog_split(dataset: str, paths: data_paths.DataPaths | None, split: str
+                      ) -> Iterator[sources.RawExample]:
+    """The examples of `dataset`'s `split`, local files first, then TFDS."""
+    paths = data_paths.resolve_data_paths(paths)
+    files = local_files(dataset, split, paths)
+    rows = _read_local(dataset, files) if files else _read_tfds(dataset, split, paths)
+    make_example = qrecc_example if dataset == "qrecc" else wiki_dialog_example
+    for index, row in enumerate(rows):
+        fields = make_example(row)
+        if fields is not None:
+            yield f"{split}:{index}", fields
+
+
+def register_dialog_tasks(
+    vocabulary: seqio.Vocabulary,
+    *,
+    datasets: Sequence[str] = DATASETS,
+    paths: data_paths.DataPaths | None = None,
+    seed: int = 0,
+    num_shots: int = 2,
+    max_input_tokens: int = 1920,
+) -> list[str]:
+    """Registers the dialog tasks (originals and inverted, zero- and few-shot).
+
+    Args:
+      vocabulary: the output features' vocabulary (also counts few-shot prompt tokens).
+      datasets: which of `DATASETS` to register.
+      paths: data locations; None resolves them when data is read.
+      seed: the rendering seed.
+      num_shots: exemplars per few-shot prompt before pruning to `max_input_tokens`.
+      max_input_tokens: the few-shot input budget.
+    """
+    unknown = sorted(set(datasets) - set(DATASETS))
+    if unknown:
+        raise ValueError(f"Unknown dialog datasets {unknown}; known: {list(DATASETS)}.")
+    names = []
+    for dataset in datasets:
+        load_split = functools.partial(load_dialog_split, dataset, paths)
+        for inverted in (False, True):
+            for variant in VARIANTS:
+                task_id = naming.TaskId(SOURCE, dataset, variant, inverted=inverted)
+                few_shot = None
+                if task_id.few_shot:
+                    few_shot = data_paths.make_few_shot_spec(
+                        functools.partial(load_split, "train"), vocabulary,
+                        num_shots=num_shots, max_input_tokens=max_input_tokens)
+                spec = sources.RenderSpec(task_id, load_dialog_templates(inverted).templates,
+                                          seed=seed, few_shot=few_shot)
+                sources.register_rendered_task(spec, load_split, vocabulary=vocabulary,
+                                               splits=list(SPLITS[dataset]))
+                names.append(spec.task_name)
+    return names

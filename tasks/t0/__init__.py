@@ -1,0 +1,13 @@
+"""T0-SF tasks: 193 P3 prompts (promptsource format) over local dataset rows."""
+from flan_jax.tasks.t0.registration import (
+    T0Task,
+    find_prompt,
+    load_t0_catalog,
+    load_t0_split,
+    missing_data,
+    register_t0_tasks,
+    render_rows,
+)
+
+__all__ = ["T0Task", "find_prompt", "load_t0_catalog", "load_t0_split", "missing_data",
+           "register_t0_tasks", "render_rows"]

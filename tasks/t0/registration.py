@@ -1,0 +1,202 @@
+"""T0-SF: the 193 P3 tasks of the Flan 2022 collection that do not overlap Flan 2021.
+
+Each task is one promptsource prompt applied to one dataset (`catalog.tsv`). Two local
+directories are read, in place:
+
+- the promptsource templates: `<t0_templates dir>/<dataset>/[<subset>/]templates.yaml`
+  (`$FLAN_JAX_DATA_DIR/t0_templates` or `DataPaths.source_dirs["t0_templates"]`; the
+  extracted promptsource package, with its `promptsource/templates/` prefix, works too);
+- the dataset rows: `<t0 dir>/<dataset>/[<subset>/]<split>.jsonl`, one JSON object per line
+  with the fields of the dataset's public (Hugging Face) schema, which the prompts refer to:
+
+      {"context": "...", "question": "...", "answers": {"text": ["..."], "answer_start": [3]}}
+
+A row is rendered through the prompt (input, target, answer choices) and then through our
+wrapper template, so "opt" variants can add a seeded options block when the prompt has
+answer choices it does not already list. Rows for which the prompt yields no target are
+skipped, as in P3.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import os
+from typing import Iterator, Sequence
+
+import seqio
+
+from flan_jax.tasks import data_paths, naming, sources, templates
+from flan_jax.tasks.t0 import promptsource
+
+SOURCE = "t0"
+TEMPLATES_SOURCE = "t0_templates"
+SPLITS = ("train", "validation")
+_HERE = os.path.dirname(__file__)
+CATALOG_PATH = os.path.join(_HERE, "catalog.tsv")
+HOW_TO_GET_DATA = (
+    "Export the dataset's rows from the Hugging Face hub (datasets.load_dataset(dataset, "
+    "subset)[split].to_json(path)) into <t0 dir>/<dataset>/[<subset>/]<split>.jsonl, with "
+    "<t0 dir> = $FLAN_JAX_DATA_DIR/t0 or DataPaths.source_dirs['t0']."
+)
+HOW_TO_GET_TEMPLATES = (
+    "Unpack the promptsource 0.2.3 templates (the promptsource/templates tree of its sdist) "
+    "into $FLAN_JAX_DATA_DIR/t0_templates or DataPaths.source_dirs['t0_templates']."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class T0Task:
+    """One catalog row: a P3 task name and the promptsource prompt it uses."""
+
+    name: str
+    dataset: str
+    subset: str
+    prompt: str
+    category: str
+
+
+@functools.cache
+def load_t0_catalog() -> tuple[T0Task, ...]:
+    """The T0-SF catalog shipped in tasks/t0/catalog.tsv."""
+    with open(CATALOG_PATH, encoding="utf-8") as f:
+        lines = [line for line in f if not line.startswith("#")]
+    return tuple(T0Task(**row) for row in csv.DictReader(lines, delimiter="\t"))
+
+
+@functools.cache
+def _catalog_by_name() -> dict[str, T0Task]:
+    return {task.name: task for task in load_t0_catalog()}
+
+
+def _catalog_entry(dataset: str) -> T0Task:
+    if dataset not in _catalog_by_name():
+        raise ValueError(f"Unknown T0 task {dataset!r}; see {CATALOG_PATH}.")
+    return _catalog_by_name()[dataset]
+
+
+@functools.cache
+def load_t0_wrapper_templates() -> templates.TemplateSet:
+    return templates.load_template_set(os.path.join(_HERE, "templates", "t0.yaml"))
+
+
+def templates_file(task: T0Task, paths: data_paths.DataPaths) -> str:
+    """The templates.yaml of `task`'s dataset; MissingDataError when absent."""
+    root = paths.source_dir(TEMPLATES_SOURCE)
+    relative = os.path.join(task.dataset, task.subset, "templates.yaml")
+    for prefix in ("", os.path.join("promptsource", "templates")):
+        path = os.path.join(root, prefix, relative)
+        if os.path.exists(path):
+            return path
+    return data_paths.require_path(os.path.join(root, relative), dataset=task.name,
+                                   how_to_get=HOW_TO_GET_TEMPLATES)
+
+
+def find_prompt(task: T0Task, paths: data_paths.DataPaths) -> promptsource.PromptTemplate:
+    """The promptsource prompt named by `task`."""
+    path = templates_file(task, paths)
+    for prompt in promptsource.read_templates_file(path):
+        if prompt.name == task.prompt:
+            return prompt
+    raise promptsource.PromptTemplateError(
+        f"{path}: no prompt named {task.prompt!r} (needed by T0 task {task.name!r}).")
+
+
+def rows_file(task: T0Task, split: str, paths: data_paths.DataPaths) -> str:
+    return os.path.join(paths.source_dir(SOURCE), task.dataset, task.subset, f"{split}.jsonl")
+
+
+def missing_data(dataset: str, paths: data_paths.DataPaths) -> str | None:
+    """A message when `dataset`'s prompt file or train rows are absent, else None."""
+    task = _catalog_entry(dataset)
+    try:
+        templates_file(task, paths)
+        data_paths.require_path(rows_file(task, "train", paths), dataset=dataset,
+                                how_to_get=HOW_TO_GET_DATA)
+    except data_paths.MissingDataError as e:
+        return str(e)
+    return None
+
+
+def read_rows(path: str) -> Iterator[tuple[int, dict]]:
+    """(line index, row) of a JSONL file; a malformed line names file and line."""
+    with open(path, encoding="utf-8") as f:
+        for index, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{index + 1}: invalid JSON: {e.msg}.") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{index + 1}: expected a JSON object per line.")
+            yield index, row
+
+
+def render_rows(
+    task: T0Task, prompt: promptsource.PromptTemplate, rows: Iterator[tuple[int, dict]],
+    split: str, seed: int,
+) -> Iterator[sources.RawExample]:
+    """Renders dataset rows through the prompt into our wrapper template's fields."""
+    for index, row in rows:
+        key = f"{split}:{index}"
+        rng = templates.example_rng(seed, f"promptsource:{task.name}", key)
+        rendered = promptsource.render_prompt(prompt, row, rng)
+        if rendered is None:
+            continue
+        fields = {"prompt": rendered.inputs, "answer": rendered.targets}
+        # A prompt that already lists its choices must not get a second options block.
+        if rendered.answer_choices and not prompt.choices_in_prompt:
+            fields["options"] = list(rendered.answer_choices)
+        yield key, fields
+
+
+def load_t0_split(dataset: str, paths: data_paths.DataPaths | None, seed: int, split: str
+                  ) -> Iterator[sources.RawExample]:
+    """The rendered examples of T0 task `dataset` for `split`."""
+    task = _catalog_entry(dataset)
+    paths = data_paths.resolve_data_paths(paths)
+    prompt = find_prompt(task, paths)
+    path = data_paths.require_path(rows_file(task, split, paths), dataset=dataset,
+                                   how_to_get=HOW_TO_GET_DATA)
+    return render_rows(task, prompt, read_rows(path), split, seed)
+
+
+def register_t0_tasks(
+    vocabulary: seqio.Vocabulary,
+    *,
+    datasets: Sequence[str] | None = None,
+    paths: data_paths.DataPaths | None = None,
+    seed: int = 0,
+    num_shots: int = 3,
+    max_input_tokens: int = 1920,
+) -> list[str]:
+    """Registers the four variants of each catalog T0 task; returns the task names.
+
+    Args:
+      vocabulary: the output features' vocabulary (also counts few-shot prompt tokens).
+      datasets: catalog names to register (None: all 193).
+      paths: data locations; None resolves them when data is read.
+      seed: the rendering seed.
+      num_shots: exemplars per few-shot prompt before pruning to `max_input_tokens`.
+      max_input_tokens: the few-shot input budget.
+    """
+    datasets = [t.name for t in load_t0_catalog()] if datasets is None else datasets
+    wrapper = load_t0_wrapper_templates().templates
+    names = []
+    for dataset in datasets:
+        _catalog_entry(dataset)
+        load_split = functools.partial(load_t0_split, dataset, paths, seed)
+        for variant in naming.VARIANTS:
+            task_id = naming.TaskId(SOURCE, dataset, variant)
+            few_shot = None
+            if task_id.few_shot:
+                few_shot = data_paths.make_few_shot_spec(
+                    functools.partial(load_split, "train"), vocabulary,
+                    num_shots=num_shots, max_input_tokens=max_input_tokens)
+            spec = sources.RenderSpec(task_id, wrapper, seed=seed, few_shot=few_shot)
+            sources.register_rendered_task(spec, load_split, vocabulary=vocabulary,
+                                           splits=list(SPLITS))
+            names.append(spec.task_name)
+    return names
