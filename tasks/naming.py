@@ -14,7 +14,8 @@ SOURCES = ("flan2021", "t0", "niv2", "cot", "dialog", "demo")
 VARIANTS = ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt")
 _SEPARATOR = "__"
 _INVERTED = "inverted"
-_DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]*$")
+# Must not end in "_": "x_" + "__" + variant would parse as dataset "x" and "_variant".
+_DATASET_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.]*[A-Za-z0-9.])?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,8 @@ class TaskId:
             raise ValueError(f"TaskId.variant must be one of {VARIANTS}, got {self.variant!r}.")
         if not _DATASET_RE.match(self.dataset) or _SEPARATOR in self.dataset:
             raise ValueError(
-                "TaskId.dataset must be letters, digits, '_' or '.', without '__', "
+                "TaskId.dataset must be letters, digits, '_' or '.', without '__' and "
+                "not ending in '_', "
                 f"got {self.dataset!r}."
             )
 

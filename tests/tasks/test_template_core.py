@@ -98,6 +98,8 @@ def test_task_names_round_trip():
         "cot__gsm8k__inverted__fs_opt"
     with pytest.raises(ValueError, match="variant"):
         naming.TaskId("cot", "gsm8k", "few")
+    with pytest.raises(ValueError, match="not ending in '_'"):
+        naming.TaskId("t0", "quoref_Read_And_Extract_", "zs_opt")
     with pytest.raises(ValueError, match="SOURCE__DATASET"):
         naming.parse_task_name("cot_gsm8k")
 
