@@ -80,7 +80,8 @@ def bench_torch(config: T5Config, params: dict, enc: np.ndarray, targets: np.nda
     hf_config = transformers.T5Config(**{k: v for k, v in hf_config_from_config(config).items()
                                          if k not in ("architectures", "model_type")})
     model = transformers.T5ForConditionalGeneration(hf_config)
-    state = {k: torch.from_numpy(v) for k, v in hf_state_dict_from_params(params, config).items()}
+    state = {k: torch.from_numpy(np.array(v))
+             for k, v in hf_state_dict_from_params(params, config).items()}
     model.load_state_dict(state, strict=False)
     model = model.to(getattr(torch, dtype))
     enc_t, labels = torch.from_numpy(enc).long(), torch.from_numpy(targets).long()

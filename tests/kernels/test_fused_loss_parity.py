@@ -11,7 +11,7 @@ from flan_jax.testing import kernels as ref
 
 VOCAB = 37  # prime, so most chunk sizes leave a ragged last chunk
 EMBED = 16
-CHUNK_SIZES = (5, 8, 16, 37, 64)
+CHUNK_SIZES = (5, 16, 37, 64)  # ragged, ragged, == V, > V
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 

@@ -71,8 +71,13 @@ def _nan_batch(run):
     return batch
 
 
-def test_step_metrics_match_a_direct_computation():
-    trainer, run = _trainer()
+@pytest.fixture(scope="module")
+def skip_trainer():
+    return _trainer(on_nonfinite="skip")
+
+
+def test_step_metrics_match_a_direct_computation(skip_trainer):
+    trainer, run = skip_trainer
     batch = run.make_batch(0)
     _, metrics = trainer.step(trainer.state, trainer.global_batch(batch))
     model = t5.EncoderDecoder(training.make_tiny_t5_config())
@@ -82,7 +87,7 @@ def test_step_metrics_match_a_direct_computation():
                              batch["decoder_input_tokens"], return_hidden=True)
         return losses.compute_loss(hidden, t5.output_kernel(params), batch, run.loss).loss
 
-    loss, grads = jax.value_and_grad(loss_fn)(trainer.state.params)
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(trainer.state.params)
     np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
     np.testing.assert_allclose(metrics["grad_norm"], optax.global_norm(grads), rtol=1e-4)
     real = batch["decoder_loss_weights"] > 0
@@ -93,8 +98,8 @@ def test_step_metrics_match_a_direct_computation():
     assert int(metrics["nonfinite"]) == 0
 
 
-def test_nonfinite_step_is_skipped_and_counted():
-    trainer, run = _trainer(on_nonfinite="skip")
+def test_nonfinite_step_is_skipped_and_counted(skip_trainer):
+    trainer, run = skip_trainer
     skipped, metrics = trainer.step(trainer.state, trainer.global_batch(_nan_batch(run)))
     assert int(metrics["nonfinite"]) == 1 and int(skipped.num_skipped_steps) == 1
     assert int(skipped.step) == 1
@@ -115,8 +120,8 @@ def test_nonfinite_step_raises_with_a_clear_message():
         trainer.step(trainer.state, trainer.global_batch(_nan_batch(run)))
 
 
-def test_bfloat16_compute_tracks_float32():
-    f32, run = _trainer()
+def test_bfloat16_compute_tracks_float32(skip_trainer):
+    f32, run = skip_trainer
     bf16, _ = _trainer(model_overrides=(("dtype", "bfloat16"),))
     batch = run.make_batch(0)
     _, m32 = f32.step(f32.state, f32.global_batch(batch))
@@ -125,8 +130,8 @@ def test_bfloat16_compute_tracks_float32():
     np.testing.assert_allclose(m16["loss"], m32["loss"], rtol=2e-2)  # bf16 activations
 
 
-def test_batch_rows_must_split_into_microbatches():
-    trainer, run = _trainer()
+def test_batch_rows_must_split_into_microbatches(skip_trainer):
+    trainer, run = skip_trainer
     step = train_step.make_train_step(
         forward=lambda *a: None, output_kernel_fn=lambda p: None, optimizer=None,
         loss_config=run.loss, mesh=trainer.mesh, rules=trainer.rules,
