@@ -152,6 +152,14 @@ def iterate_rendered(spec: RenderSpec, raw_examples: Iterable[RawExample]) -> It
         yield render_example(spec, key, example)
 
 
+class RenderedSource(seqio.FunctionDataSource):
+    """A function source that also exposes its `RenderSpec` (templates, variant, seed)."""
+
+    def __init__(self, render_spec: RenderSpec, dataset_fn, **kwargs):
+        super().__init__(dataset_fn, **kwargs)
+        self.render_spec = render_spec
+
+
 def make_rendered_source(
     spec: RenderSpec,
     load_split: LoadSplitFn,
@@ -161,15 +169,16 @@ def make_rendered_source(
 ) -> seqio.DataSource:
     """A seqio source yielding `load_split(split)` rendered through `spec`."""
 
-    def dataset_fn(split: str, shuffle_files: bool) -> tf.data.Dataset:
-        del shuffle_files  # Examples are shuffled downstream, seeded by the pipeline.
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        # Rendering is seeded per example; shuffling happens downstream, seeded by the pipeline.
+        del shuffle_files, seed
         return tf.data.Dataset.from_generator(
             lambda: iterate_rendered(spec, load_split(split)),
             output_signature=RENDERED_SIGNATURE,
         )
 
-    return seqio.FunctionDataSource(
-        dataset_fn, splits=list(splits), num_input_examples=num_input_examples
+    return RenderedSource(
+        spec, dataset_fn, splits=list(splits), num_input_examples=num_input_examples
     )
 
 

@@ -2,6 +2,7 @@
 
     flan-jax data export --mixture NAME --out DIR --format jsonl|arrayrecord
         [--max_examples N] [--split train] [--seed S] [--examples_per_shard K]
+        [--vocabulary SPM_MODEL]
 
 Rerunning the same command after an interruption resumes from the last completed shard;
 the finished directory is identical to an uninterrupted export (see
@@ -25,6 +26,7 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("export", help="export a task or mixture (resumable)")
+    tasks_cli.add_catalog_arguments(run)
     run.add_argument("--mixture", required=True, help="a registered mixture or task")
     run.add_argument("--out", required=True, help="the export directory")
     run.add_argument("--format", choices=export.FORMATS, default="jsonl")
@@ -51,7 +53,7 @@ def run_export(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str]) -> int:
     args = _parse_args(argv)
-    tasks_cli.register_catalog()
+    tasks_cli.register_catalog(args.vocabulary, args.extra_ids)
     try:
         manifest = run_export(args)
     except export.ExportError as e:

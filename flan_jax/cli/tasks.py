@@ -1,6 +1,6 @@
 """`flan-jax tasks`: the catalog of registered tasks and mixtures.
 
-    flan-jax tasks list [--mixture M] [--source S] [--mixtures]
+    flan-jax tasks [--vocabulary SPM_MODEL] list [--mixture M] [--source S] [--mixtures]
     flan-jax tasks show NAME
     flan-jax tasks preview NAME [-n 3] [--split train] [--seed 0] [--json]
 
@@ -38,22 +38,48 @@ def _import_if_present(module_name: str):
         return None
 
 
-def register_catalog() -> str | None:
+def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags `register_catalog` needs, shared by the commands that read tasks."""
+    parser.add_argument(
+        "--vocabulary", default=None,
+        help="SentencePiece model of the tasks' output features (it also counts few-shot "
+             "prompt tokens, so exports depend on it); default: the built-in demo vocabulary")
+    parser.add_argument("--extra_ids", type=int, default=100,
+                        help="sentinel ids on top of --vocabulary (T5: 100)")
+
+
+def register_catalog(vocabulary_path: str | None = None, extra_ids: int = 100) -> str | None:
     """Registers the task catalog through its single entry point; idempotent.
 
-    Calls `flan_jax.tasks.registry.register_all()` when that module exists, otherwise
-    registers the demo collection with its own vocabulary, so the CLIs keep working on a
-    checkout without the full catalog.
+    Calls `flan_jax.tasks.registry.register_all(vocabulary)` when that module exists,
+    otherwise registers the demo collection, so the CLIs keep working on a checkout
+    without the full catalog.
+
+    Args:
+      vocabulary_path: a SentencePiece model; None uses the demo vocabulary (built offline).
+      extra_ids: sentinel ids added on top of `vocabulary_path`.
 
     Returns:
       The name of the entry point called, or None if none is available.
     """
-    registry = _import_if_present(_REGISTRY_MODULE)
-    if registry is not None and hasattr(registry, "register_all"):
-        registry.register_all()
-        return f"{_REGISTRY_MODULE}.register_all"
+    from flan_jax.data import vocabularies
+
     demo = _import_if_present("flan_jax.tasks.demo")
-    if demo is not None and hasattr(demo, "register_demo_tasks"):
+    has_demo = demo is not None and hasattr(demo, "register_demo_tasks")
+    if vocabulary_path is not None:
+        vocabulary = vocabularies.get_vocabulary(vocabulary_path, extra_ids)
+    elif has_demo:
+        vocabulary = demo.get_demo_vocabulary()
+    else:
+        vocabulary = None
+    registry = _import_if_present(_REGISTRY_MODULE)
+    if registry is not None and hasattr(registry, "register_all") and vocabulary is not None:
+        if vocabulary_path is None:
+            logging.warning("No --vocabulary given: tasks are registered with the demo "
+                            "vocabulary, which also prunes few-shot prompts.")
+        registry.register_all(vocabulary)
+        return f"{_REGISTRY_MODULE}.register_all"
+    if has_demo:
         demo.register_demo_tasks(demo.get_demo_vocabulary())
         return "flan_jax.tasks.demo.register_demo_tasks"
     logging.warning("Neither %s nor the demo collection is available; only tasks registered "
@@ -64,6 +90,7 @@ def register_catalog() -> str | None:
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="flan-jax tasks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_catalog_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="list tasks (or mixtures)")
     listing.add_argument("--mixture", help="only the tasks of this mixture, with their rates")
@@ -217,7 +244,7 @@ def _run_command(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str]) -> int:
     args = _parse_args(argv)
-    register_catalog()
+    register_catalog(args.vocabulary, args.extra_ids)
     try:
         lines = _run_command(args)
     except export.ExportError as e:

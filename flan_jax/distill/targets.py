@@ -80,6 +80,16 @@ def encode_text(vocabulary: seqio.SentencePieceVocabulary, text: str) -> np.ndar
     return np.asarray(list(vocabulary.encode(text)) + [EOS_ID], np.int32)
 
 
+def encode_inputs(vocabulary: seqio.SentencePieceVocabulary, texts: Sequence[str],
+                  max_length: int) -> np.ndarray:
+    """Encoder tokens ``[len(texts), longest]`` (EOS appended, cut to ``max_length``, 0-padded)."""
+    rows = [(list(vocabulary.encode(text)) + [EOS_ID])[:max_length] for text in texts]
+    out = np.zeros((len(rows), max(len(row) for row in rows)), np.int32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
 def _one_hot_example(vocabulary, inputs: str, targets: str, k: int, fmt: str,
                      key: str) -> StudentExample:
     target_ids = encode_text(vocabulary, targets)
@@ -110,18 +120,26 @@ def build_gold_examples(examples: Sequence[MathExample], vocabulary: seqio.Sente
 
 
 def _sample_item(metadata: Mapping, key: str, config: formats.FormatConfig) -> MathExample:
-    """The teacher sample as a MathExample whose rationale is the sample's own reasoning."""
+    """The teacher sample as a MathExample whose rationale is the sample's own reasoning.
+
+    Only the rendered *inputs* depend on it; the targets of CoT formats are the sample itself.
+    """
     missing = [name for name in ("question", "answer", "text") if metadata.get(name) is None]
     if missing:
         raise ValueError(f"teacher store example {key!r}: metadata lacks {missing}; the "
                          "student's inputs are rendered from the question and answer")
-    rationale = formats.rationale_from_completion(str(metadata["text"]), config)
+    text = str(metadata["text"])
+    try:
+        rationale = formats.rationale_from_completion(text, config)
+    except ValueError:  # a correct sample may state its answer without the answer sentence
+        rationale = text
     return MathExample(question=str(metadata["question"]), answer=str(metadata["answer"]),
                        rationale=rationale, source=str(metadata.get("source", "teacher")),
                        id=key)
 
 
-def _sentencepiece_encoder(vocabulary: seqio.SentencePieceVocabulary):
+def sentencepiece_encoder(vocabulary: seqio.SentencePieceVocabulary):
+    """The alignment's student tokenizer ``text -> (ids, pieces)`` and its piece -> id table."""
     processor = vocabulary.tokenizer
     pieces = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
 
@@ -168,7 +186,7 @@ def build_teacher_examples(store: TeacherStore, vocabulary: seqio.SentencePieceV
     demonstrations = formats.DemonstrationPool(pool)
     aligned_iter: Iterator | None = None
     if distribution:
-        encode, pieces = _sentencepiece_encoder(vocabulary)
+        encode, pieces = sentencepiece_encoder(vocabulary)
         aligned_iter = alignment.align_teacher_store(store, encode, pieces, k=k, stats=stats)
     out = []
     for example in store:
@@ -220,14 +238,18 @@ def make_features(examples: Sequence[StudentExample], *, inputs_length: int,
 
 def iterate_batches(examples: Sequence[StudentExample], *, batch_size: int, inputs_length: int,
                     targets_length: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
-    """Endless batches: each epoch a fresh permutation (seeded by epoch), no partial batch."""
-    if len(examples) < batch_size:
-        raise ValueError(f"{len(examples)} examples cannot fill one batch of {batch_size}")
-    epoch = 0
+    """Endless batches over successive seeded permutations (epochs run into each other)."""
+    if not examples:
+        raise ValueError("iterate_batches needs at least one example (did the teacher keep "
+                         "no sample?)")
+
+    def indices() -> Iterator[int]:
+        epoch = 0
+        while True:
+            yield from np.random.default_rng([seed, epoch]).permutation(len(examples))
+            epoch += 1
+
+    stream = indices()
     while True:
-        order = np.random.default_rng([seed, epoch]).permutation(len(examples))
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            chosen = [examples[i] for i in order[start:start + batch_size]]
-            yield make_features(chosen, inputs_length=inputs_length,
-                                targets_length=targets_length)
-        epoch += 1
+        chosen = [examples[next(stream)] for _ in range(batch_size)]
+        yield make_features(chosen, inputs_length=inputs_length, targets_length=targets_length)

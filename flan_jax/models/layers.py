@@ -113,6 +113,35 @@ def relative_position_bucket(relative_position: Array, *, bidirectional: bool,
 # ------------------------------------------------------------------------------------------
 # Modules
 # ------------------------------------------------------------------------------------------
+class EinsumDense(nn.Module):
+    """A bias-free projection `einsum(equation, x, kernel)`.
+
+    Unlike `nn.DenseGeneral`, which initialises a flattened 2-D kernel and reshapes it, the
+    kernel is created at its final shape, so its logical axis names are valid under a mesh.
+
+    Attributes:
+      kernel_shape: Kernel shape; a 0 entry takes the size of the input's last axis.
+      kernel_axes: Logical axis name of each kernel dimension.
+      equation: The einsum contracting the input with the kernel.
+      stddev: Standard deviation of the normal initialiser.
+      dtype: Computation dtype (the float32 kernel is cast to it).
+    """
+
+    kernel_shape: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    equation: str
+    stddev: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        shape = tuple(x.shape[-1] if size == 0 else size for size in self.kernel_shape)
+        kernel = self.param("kernel", nn.with_logical_partitioning(normal_init(self.stddev),
+                                                                   self.kernel_axes),
+                            shape, jnp.float32)
+        return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+
+
 class RMSNorm(nn.Module):
     """T5 layer norm: scale by the root mean square, no mean subtraction and no bias.
 
@@ -189,12 +218,9 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     cache_mode: str = "append"
 
-    def _projection(self, name: str, stddev: float) -> nn.DenseGeneral:
-        return nn.DenseGeneral(
-            features=(self.num_heads, self.head_dim), axis=-1, use_bias=False, dtype=self.dtype,
-            param_dtype=jnp.float32, name=name,
-            kernel_init=nn.with_logical_partitioning(normal_init(stddev),
-                                                     ("embed", "heads", "kv")))
+    def _projection(self, name: str, stddev: float) -> "EinsumDense":
+        return EinsumDense((0, self.num_heads, self.head_dim), ("embed", "heads", "kv"),
+                           "bld,dhk->blhk", stddev, self.dtype, name=name)
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array | None, *,
@@ -232,12 +258,9 @@ class MultiHeadAttention(nn.Module):
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         mixed = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [batch, q, heads, kv]
-        out = nn.DenseGeneral(
-            features=emb_dim, axis=(-2, -1), use_bias=False, dtype=self.dtype,
-            param_dtype=jnp.float32, name="out",
-            kernel_init=nn.with_logical_partitioning(
-                normal_init((self.num_heads * self.head_dim) ** -0.5),
-                ("heads", "kv", "embed")))(mixed)
+        out = EinsumDense((self.num_heads, self.head_dim, emb_dim), ("heads", "kv", "embed"),
+                          "blhk,hkd->bld", (self.num_heads * self.head_dim) ** -0.5, self.dtype,
+                          name="out")(mixed)
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))
 
     def _cached_key_value(self, inputs_kv: Array, key_proj: nn.Module, value_proj: nn.Module,

@@ -178,7 +178,8 @@ class TinyTrainer:
 
     def global_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows of a global numpy batch, assembled into global arrays."""
-        rows = partitioning.get_local_batch_rows(self.mesh, len(next(iter(batch.values()))), self.rules)
+        num_rows = len(next(iter(batch.values())))
+        rows = partitioning.get_local_batch_rows(self.mesh, num_rows, self.rules)
         local = {k: v[rows] for k, v in batch.items()}
         return partitioning.make_global_batch(local, self.mesh, self.rules)
 
@@ -217,7 +218,9 @@ def make_tiny_trainer(
     return TinyTrainer(state, step, mesh, rules)
 
 
-def run_tiny_training(run: TinyRun, devices: list[jax.Device] | None = None) -> dict[str, np.ndarray]:
+def run_tiny_training(
+    run: TinyRun, devices: list[jax.Device] | None = None
+) -> dict[str, np.ndarray]:
     """Trains the tiny T5 for ``run.num_steps`` steps; every process gets the full result.
 
     Returns:

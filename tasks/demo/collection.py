@@ -176,48 +176,33 @@ def _load_split_fn(cluster: str):
     return load_split
 
 
+def _same_vocabulary(a: seqio.Vocabulary, b: seqio.Vocabulary) -> bool:
+    # The same model cached in two directories is the same vocabulary; seqio's equality
+    # also compares the file paths.
+    if isinstance(a, seqio.SentencePieceVocabulary) and isinstance(
+            b, seqio.SentencePieceVocabulary):
+        return a.sp_model == b.sp_model and a.extra_ids == b.extra_ids
+    return a == b
+
+
 def _check_vocabulary(task_name: str, vocabulary: seqio.Vocabulary) -> None:
     registered = seqio.TaskRegistry.get(task_name).output_features["targets"].vocabulary
-    if registered != vocabulary:
+    if not _same_vocabulary(registered, vocabulary):
         raise ValueError(
             f"Demo task {task_name} is already registered with another vocabulary "
             f"({getattr(registered, 'sentencepiece_model_file', registered)}); register the "
             "demo tasks once per process with one vocabulary.")
 
 
-def _make_seedable_source(task: DemoTask) -> seqio.DataSource:
-    """The rendered source of `task`, accepting the `seed` argument seqio passes.
-
-    `sources.make_rendered_source` builds a `dataset_fn(split, shuffle_files)`, which seqio
-    rejects as soon as a seed is given (every seeded training pipeline). The examples are
-    rendered deterministically and shuffled downstream, so the seed is not needed here.
-    """
-    rendered = sources.make_rendered_source(
-        task.spec, _load_split_fn(task.cluster), splits=task.splits)
-
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
-        del seed  # Rendering is seeded per example; shuffling happens downstream.
-        return rendered.get_dataset(split=split, shuffle=shuffle_files)
-
-    return seqio.FunctionDataSource(
-        dataset_fn, splits=list(task.splits),
-        num_input_examples={split: split_size(split) for split in task.splits})
-
-
 def _register_task(task: DemoTask, vocabulary: seqio.Vocabulary) -> seqio.Task:
-    # Same task layout as `sources.register_rendered_task`, with the seedable source; use
-    # that function directly once `sources.make_rendered_source` accepts `seed`.
-    return seqio.TaskRegistry.add(
-        task.name,
-        source=_make_seedable_source(task),
-        preprocessors=[
-            seqio.preprocessors.tokenize,
-            seqio.CacheDatasetPlaceholder(),
-            seqio.preprocessors.append_eos_after_trim,
-        ],
-        output_features=sources.make_output_features(vocabulary),
-        postprocess_fn=postprocess_cot_answer if task.chain_of_thought else postprocess_answer,
+    return sources.register_rendered_task(
+        task.spec,
+        _load_split_fn(task.cluster),
+        vocabulary=vocabulary,
+        splits=task.splits,
+        num_input_examples={split: split_size(split) for split in task.splits},
         metric_fns=[exact_match],
+        postprocess_fn=postprocess_cot_answer if task.chain_of_thought else postprocess_answer,
     )
 
 

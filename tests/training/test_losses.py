@@ -85,7 +85,8 @@ def test_average_per_sequence_unpacked_rows_are_sequences():
     np.testing.assert_allclose(weights[0], [0.2] * 5 + [0.0], rtol=1e-6)
     assert float(factor) == 3.0
     stats = losses.compute_loss(jnp.asarray(hidden), jnp.asarray(kernel), batch, config)
-    np.testing.assert_allclose(stats.loss, _reference_loss(batch, hidden, kernel, config), rtol=RTOL)
+    expected = _reference_loss(batch, hidden, kernel, config)
+    np.testing.assert_allclose(stats.loss, expected, rtol=RTOL)
 
 
 def test_statistics_and_sequence_count():

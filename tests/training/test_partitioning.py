@@ -69,10 +69,12 @@ def test_t5_parameter_specs_are_golden(preset, column):
 
 def test_activation_and_batch_specs():
     # In activations the batch takes (data, fsdp), so embed falls back to unsharded.
-    assert nn.logical_to_mesh_axes(("batch", "length", "embed"), R2) == P(("data", "fsdp"), None, None)
-    assert nn.logical_to_mesh_axes(("batch", "length", "mlp"), R1) == P(("data", "fsdp"), None, "model")
+    batch_axes = ("data", "fsdp")
+    assert nn.logical_to_mesh_axes(("batch", "length", "embed"), R2) == P(batch_axes, None, None)
+    assert nn.logical_to_mesh_axes(("batch", "length", "mlp"), R1) == P(batch_axes, None, "model")
     batch = training.make_random_batch(0, 4, 6, 5, 32)
-    assert partitioning.get_batch_logical_axes(batch)["decoder_target_tokens"] == P("batch", "length")
+    batch_axes = partitioning.get_batch_logical_axes(batch)
+    assert batch_axes["decoder_target_tokens"] == P("batch", "length")
     assert partitioning.get_batch_mesh_axes(R1) == ("data", "fsdp")
 
 

@@ -1,42 +1,53 @@
-"""Sharded training equals single-device training (8 fake CPU devices, f32).
+"""The train step: sharded equals single-device (8 fake CPU devices, f32), and its guards.
 
-The runs happen in a subprocess because the fake device count is fixed when JAX is
+The sharded runs happen in a subprocess because the fake device count is fixed when JAX is
 imported. Dropout is on, so the test also checks that dropout masks do not depend on the
-mesh; one run accumulates gradients over microbatches on a sharded mesh.
+mesh; one sharded run accumulates gradients over microbatches. The in-process tests check the metrics against a direct computation, the non-finite
+guard, bf16 compute and the batch checks.
 """
 
+import dataclasses
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from flan_jax.models import t5
 from flan_jax.testing import training
+from flan_jax.training import losses, train_step
 
 SCRIPT = str(pathlib.Path(__file__).with_name("run_sharded_training.py"))
 
+# name: (mesh spec "DATA,FSDP,MODEL,RULES,MICROBATCHES,DROPOUT", reference run name)
 RUNS = {
-    "single": "1,1,1,1d",
-    "data8": "8,1,1,1d",
-    "data4_model2": "4,1,2,1d",
-    "data2_fsdp2_model2": "2,2,2,2d",
+    "single": ("1,1,1,1d,1,0.1", None),
+    "data8": ("8,1,1,1d,1,0.1", "single"),
+    "data4_model2": ("4,1,2,1d,1,0.1", "single"),
+    "data2_fsdp2_model2": ("2,2,2,2d,1,0.1", "single"),
+    # Dropout masks depend on the microbatch split, so accumulation is compared without.
+    "single_no_dropout": ("1,1,1,1d,1,0", None),
+    "data4_model2_microbatches2": ("4,1,2,1d,2,0", "single_no_dropout"),
 }
 
 
 @pytest.fixture(scope="module")
 def sharded_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded")
-    specs = [f"{name}={spec}" for name, spec in RUNS.items()]
+    specs = [f"{name}={spec}" for name, (spec, _) in RUNS.items()]
     process = training.start_python_script(
-        SCRIPT, ["--out", str(out), "--dropout", "0.1", "--steps", "5", *specs], num_cpu_devices=8
+        SCRIPT, ["--out", str(out), "--steps", "5", *specs], num_cpu_devices=8
     )
     training.wait_for_scripts([process], timeout=540)
     return {name: dict(np.load(out / f"{name}.npz")) for name in RUNS}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mesh", [name for name in RUNS if name != "single"])
+@pytest.mark.parametrize("mesh", [name for name, (_, ref) in RUNS.items() if ref])
 def test_sharded_training_matches_single_device(sharded_results, mesh):
-    reference = sharded_results["single"]
+    reference = sharded_results[RUNS[mesh][1]]
     assert reference["loss"].shape == (5,)
     assert np.all(np.isfinite(reference["loss"]))
     assert reference["loss"][-1] != reference["loss"][0]  # the runs actually train
@@ -44,15 +55,6 @@ def test_sharded_training_matches_single_device(sharded_results, mesh):
 
 
 # In-process checks of the train step itself (one CPU device).
-
-import dataclasses  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-
-from flan_jax.models import t5  # noqa: E402
-from flan_jax.training import losses, train_step  # noqa: E402
 
 RUN = training.TinyRun(batch_size=4)
 
@@ -116,7 +118,8 @@ def test_nonfinite_step_is_skipped_and_counted(skip_trainer):
 
 def test_nonfinite_step_raises_with_a_clear_message():
     trainer, run = _trainer(on_nonfinite="raise")
-    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step 0.*on_nonfinite='skip'"):
+    message = r"non-finite loss or gradient at step 0.*on_nonfinite='skip'"
+    with pytest.raises(FloatingPointError, match=message):
         trainer.step(trainer.state, trainer.global_batch(_nan_batch(run)))
 
 
@@ -139,3 +142,17 @@ def test_batch_rows_must_split_into_microbatches(skip_trainer):
         config=train_step.TrainStepConfig(num_microbatches=3))
     with pytest.raises(ValueError, match=r"has 4 rows.*num_microbatches \(3\)"):
         step(trainer.state, trainer.global_batch(run.make_batch(0)))
+
+
+@pytest.mark.xfail(
+    raises=ValueError, strict=False,
+    reason="flan_jax.models.layers builds attention kernels with flax DenseGeneral, whose "
+           "3-D logical names are applied to a flat 2-D kernel when traced under a mesh")
+def test_activation_constraints_do_not_change_the_step(skip_trainer):
+    trainer, run = skip_trainer
+    constrained, _ = _trainer(constrain_activations=True)
+    batch = run.make_batch(0)
+    _, expected = trainer.step(trainer.state, trainer.global_batch(batch))
+    _, metrics = constrained.step(constrained.state, constrained.global_batch(batch))
+    np.testing.assert_allclose(metrics["loss"], expected["loss"], rtol=1e-5)
+    np.testing.assert_allclose(metrics["grad_norm"], expected["grad_norm"], rtol=1e-5)

@@ -1,0 +1,198 @@
+"""`flan-jax distill`: build teacher stores and alignments, and run the CPU experiment.
+
+    flan-jax distill ingest-openai --input completions.jsonl --out STORE [--k 5]
+        [--keep_correct]
+    flan-jax distill generate --teacher CKPT --questions q.jsonl --out STORE
+        --num_samples 40 --temperature 0.5 [--top_k 5] [--dataset gsm8k]
+    flan-jax distill align --store STORE --student_vocab spiece.model --out ALIGNED
+        [--teacher_vocab vocab.json] [--k 5]
+    flan-jax distill run-experiment --out_dir benchmarks/results [--preset cpu]
+
+`--questions` is a JSONL file of {"question", "answer"[, "id"]} objects, or with `--dataset`
+a file in that data set's original format (gsm8k, multiarith, asdiv, svamp). `align` writes
+`ALIGNED/aligned.npz` (per example: student ids, top-k rows, fallback flags) and
+`ALIGNED/summary.json` with the fallback rate, which it also prints. Training aligns on the
+fly (`flan_jax.distill.targets`); `align` reports the rate before a run and keeps the result.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from flan_jax.cli.infer import InputError, read_jsonl
+
+
+def _add_ingest(sub) -> None:
+    parser = sub.add_parser("ingest-openai", help="OpenAI-style completion JSONL -> store")
+    parser.add_argument("--input", required=True, nargs="+", help="completion JSONL file(s)")
+    parser.add_argument("--out", required=True, help="teacher store directory (appended)")
+    parser.add_argument("--k", type=int, default=5, help="top-k kept per position")
+    parser.add_argument("--keep_correct", action="store_true",
+                        help="keep only choices whose answer equals metadata.answer")
+
+
+def _add_generate(sub) -> None:
+    parser = sub.add_parser("generate", help="sample a local teacher, store correct samples")
+    parser.add_argument("--teacher", required=True, help="flan_jax checkpoint directory")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    parser.add_argument("--questions", required=True, help="questions file")
+    parser.add_argument("--dataset", default=None,
+                        help="read --questions in this data set's format (e.g. gsm8k)")
+    parser.add_argument("--out", required=True, help="teacher store directory (appended)")
+    parser.add_argument("--num_samples", type=int, default=4)
+    parser.add_argument("--temperature", type=float, default=0.5)
+    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--max_decode_len", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _add_align(sub) -> None:
+    parser = sub.add_parser("align", help="align a store to a student tokenizer")
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--student_vocab", required=True, help="student SentencePiece model")
+    parser.add_argument("--teacher_vocab", default=None,
+                        help="JSON list of teacher token strings (default: the store's)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--k", type=int, default=None, help="target width (default: store k)")
+
+
+def _add_experiment(sub) -> None:
+    parser = sub.add_parser("run-experiment", help="the end-to-end CPU comparison")
+    parser.add_argument("--out_dir", default=os.path.join("benchmarks", "results"))
+    parser.add_argument("--work_dir", default=None, help="checkpoints and stores (default: tmp)")
+    parser.add_argument("--preset", default="cpu", help="experiment size: 'cpu' or 'smoke'")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flan-jax distill", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_ingest, _add_generate, _add_align, _add_experiment):
+        add(sub)
+    return parser
+
+
+def run_ingest(args: argparse.Namespace) -> str:
+    from flan_jax.distill.teacher_store import TeacherStoreWriter, ingest_openai_jsonl
+    from flan_jax.evaluation.answers import answers_match
+
+    def keep(record, choice) -> bool:
+        gold = (record.get("metadata") or {}).get("answer")
+        if gold is None:
+            raise InputError(f"--keep_correct needs metadata.answer in every record; record "
+                             f"{record.get('id')!r} has none")
+        return answers_match(str(choice.get("text") or ""), str(gold))
+
+    added = skipped = 0
+    with TeacherStoreWriter(args.out, k=args.k, metadata={"producer": "openai"}) as writer:
+        for path in args.input:
+            a, s = ingest_openai_jsonl(path, writer, keep=keep if args.keep_correct else None)
+            added, skipped = added + a, skipped + s
+    return f"added {added} samples to {args.out} ({skipped} skipped as incorrect)"
+
+
+def _read_questions(path: str, dataset: str | None):
+    from flan_jax.evaluation.math_datasets import MathExample, load_math_dataset
+
+    if dataset is not None:
+        return load_math_dataset(dataset, path)
+    records = read_jsonl(path, required=("question", "answer"))
+    return [MathExample(question=r["question"], answer=r["answer"], rationale=None,
+                        source=os.path.basename(path), id=str(r.get("id", f"q{i}")))
+            for i, r in enumerate(records)]
+
+
+def run_generate(args: argparse.Namespace) -> str:
+    from flan_jax.checkpoints import load_model_checkpoint
+    from flan_jax.distill import teacher_generation
+    from flan_jax.distill.teacher_store import TeacherStoreWriter
+
+    questions = _read_questions(args.questions, args.dataset)
+    loaded = load_model_checkpoint(args.teacher, step=args.step)
+    generation = teacher_generation.GenerationConfig(
+        num_samples=args.num_samples, temperature=args.temperature, top_k=args.top_k,
+        max_decode_len=args.max_decode_len, batch_size=args.batch_size, seed=args.seed)
+    names = teacher_generation.teacher_vocabulary(loaded.vocabulary, loaded.config.vocab_size)
+    with TeacherStoreWriter(args.out, k=args.top_k, vocabulary=names,
+                            metadata={"producer": "flan_jax", "teacher": args.teacher}) as writer:
+        stats = teacher_generation.generate_teacher_store(
+            model_config=loaded.config, params=loaded.params, vocabulary=loaded.vocabulary,
+            examples=questions, writer=writer, generation=generation)
+    return (f"kept {stats.num_kept} of {stats.num_samples} samples "
+            f"({stats.kept_rate:.1%}) for {stats.num_questions} questions in {args.out}")
+
+
+def _write_npz_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
+    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def run_align(args: argparse.Namespace) -> str:
+    from flan_jax.data.vocabularies import get_vocabulary
+    from flan_jax.distill import alignment, targets
+    from flan_jax.distill.teacher_store import TeacherStore
+    from flan_jax.training.evaluation import write_json_atomically
+
+    store = TeacherStore(args.store)
+    if args.teacher_vocab is not None:
+        with open(args.teacher_vocab, encoding="utf-8") as f:
+            store.vocabulary = list(json.load(f))
+    encode, pieces = targets.sentencepiece_encoder(get_vocabulary(args.student_vocab))
+    stats = alignment.AlignmentStats()
+    keys, student_ids, rows = [], [], []
+    for key, ids, aligned in alignment.align_teacher_store(store, encode, pieces, k=args.k,
+                                                           stats=stats):
+        keys.append(key)
+        student_ids.append(np.asarray(ids, np.int32))
+        rows.append(aligned)
+    os.makedirs(args.out, exist_ok=True)
+    offsets = np.cumsum([0] + [len(ids) for ids in student_ids])
+    k = rows[0].ids.shape[1] if rows else (args.k or store.k)
+    _write_npz_atomically(os.path.join(args.out, "aligned.npz"), {
+        "keys": np.asarray(keys, str), "offsets": offsets,
+        "student_ids": np.concatenate(student_ids or [np.zeros((0,), np.int32)]),
+        "ids": np.concatenate([r.ids for r in rows] or [np.zeros((0, k), np.int32)]),
+        "logprobs": np.concatenate([r.logprobs for r in rows] or [np.zeros((0, k), np.float32)]),
+        "fallback": np.concatenate([r.fallback for r in rows] or [np.zeros((0,), bool)])})
+    summary = {"store": args.store, "student_vocab": args.student_vocab,
+               "num_examples": stats.num_examples,
+               "num_student_tokens": stats.num_student_tokens,
+               "num_fallback": stats.num_fallback, "fallback_rate": stats.fallback_rate}
+    write_json_atomically(os.path.join(args.out, "summary.json"), summary)
+    return (f"aligned {stats.num_examples} examples ({stats.num_student_tokens} student tokens); "
+            f"fallback rate {stats.fallback_rate:.2%}; wrote {args.out}")
+
+
+def run_experiment(args: argparse.Namespace) -> str:
+    from flan_jax.distill import experiment
+
+    result = experiment.run_experiment(out_dir=args.out_dir, work_dir=args.work_dir,
+                                       config=experiment.get_preset(args.preset))
+    return f"wrote {result.table_path}, {result.json_path} and {result.plot_path}"
+
+
+_COMMANDS = {"ingest-openai": run_ingest, "generate": run_generate, "align": run_align,
+             "run-experiment": run_experiment}
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `flan-jax distill`."""
+    args = _build_parser().parse_args(argv)
+    try:
+        message = _COMMANDS[args.command](args)
+    except (InputError, FileNotFoundError, ValueError) as error:
+        print(f"flan-jax distill {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    print(message)
+    return 0
