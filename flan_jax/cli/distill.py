@@ -175,8 +175,11 @@ def run_align(args: argparse.Namespace) -> str:
 
 
 def run_experiment(args: argparse.Namespace) -> str:
+    import logging
+
     from flan_jax.distill import experiment
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = experiment.run_experiment(out_dir=args.out_dir, work_dir=args.work_dir,
                                        config=experiment.get_preset(args.preset))
     return f"wrote {result.table_path}, {result.json_path} and {result.plot_path}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import time
@@ -44,6 +45,8 @@ from flan_jax.tasks.demo import generators
 from flan_jax.training import adafactor, losses
 
 MODES = ("answer_only", "sample_matching", "distribution_matching")
+_LOG = logging.getLogger(__name__)
+_PER_TOKEN = "num_real_target_tokens"  # per-token losses, comparable across batches
 _FORMAT_OF_MODE = {"answer_only": formats.ZS_ANSWER_ONLY, "sample_matching": formats.ZS_COT,
                    "distribution_matching": formats.ZS_COT}
 
@@ -147,7 +150,9 @@ def train_teacher(cfg: ExperimentConfig, vocabulary, train: Sequence[MathExample
     examples = targets.build_gold_examples(train, vocabulary, ratios={formats.ZS_COT: 1.0},
                                            seed=cfg.seed)
     trainer = student_training.build_student_trainer(
-        model_config, _train_config(cfg, cfg.teacher_steps, losses.LossConfig(chunk_size=512)))
+        model_config,
+        _train_config(cfg, cfg.teacher_steps,
+                      losses.LossConfig(chunk_size=512, normalization=_PER_TOKEN)))
     batches = targets.iterate_batches(examples, batch_size=cfg.batch_size,
                                       inputs_length=cfg.inputs_length,
                                       targets_length=cfg.targets_length, seed=cfg.seed)
@@ -169,8 +174,8 @@ def _student_examples(mode: str, cfg: ExperimentConfig, vocabulary, train, store
 def train_student(mode: str, cfg: ExperimentConfig, vocabulary, examples, heldout,
                   model_config: T5Config) -> dict[str, Any]:
     """One student: loss at every step and held-out accuracy at evenly spaced steps."""
-    loss = (losses.LossConfig(kind=SPARSE_KL, chunk_size=512)
-            if mode == "distribution_matching" else losses.LossConfig(chunk_size=512))
+    kind = SPARSE_KL if mode == "distribution_matching" else "cross_entropy"
+    loss = losses.LossConfig(kind=kind, chunk_size=512, normalization=_PER_TOKEN)
     trainer = student_training.build_student_trainer(
         model_config, _train_config(cfg, cfg.student_steps, loss))
     eval_steps = sorted({round(cfg.student_steps * (i + 1) / cfg.num_evals)
@@ -281,15 +286,19 @@ def run_experiment(*, out_dir: str, work_dir: str | None = None,
     teacher_params, teacher_loss = train_teacher(cfg, vocabulary, train, teacher_config)
     teacher_accuracy = evaluate_accuracy(teacher_config, teacher_params, vocabulary, heldout,
                                          format_name=formats.ZS_COT, cfg=cfg)
+    _LOG.info("teacher: final loss %.4f, held-out accuracy %.3f", teacher_loss[-1],
+              teacher_accuracy)
     store_dir = os.path.join(work_dir, "teacher_store")
     generation = generate_teacher_samples(cfg, vocabulary, teacher_config, teacher_params,
                                           train, store_dir)
+    _LOG.info("teacher samples: kept %d of %d", generation.num_kept, generation.num_samples)
     store = TeacherStore(store_dir)
     stats = alignment.AlignmentStats()
     students = {}
     for mode in MODES:
         examples = _student_examples(mode, cfg, vocabulary, train, store, stats)
         students[mode] = train_student(mode, cfg, vocabulary, examples, heldout, student_config)
+        _LOG.info("%s: held-out accuracy %s", mode, students[mode]["heldout_accuracy"])
     results = {
         "config": dataclasses.asdict(cfg),
         "device": str(jax.devices()[0].platform),

@@ -153,7 +153,7 @@ class TinyRun:
     learning_rate: float = 1e-2
     model_overrides: tuple[tuple[str, Any], ...] = ()
     seed: int = 0
-    constrain_activations: bool = False
+    constrain_activations: bool = True
 
     def make_batch(self, step: int) -> dict[str, np.ndarray]:
         """The global batch of ``step``."""

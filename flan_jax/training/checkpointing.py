@@ -202,6 +202,14 @@ class TrainCheckpointManager:
         )
         return RestoredTrainState(state, restored[DATA_STATE_ITEM], int(step))
 
+    def read_data_state(self, step: int | None = None) -> Any:
+        """The data state saved with a step (default: the latest), without any arrays."""
+        step = self.latest_step() if step is None else step
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(**{DATA_STATE_ITEM: ocp.args.JsonRestore()})
+        )
+        return restored[DATA_STATE_ITEM]
+
     def wait_until_finished(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
         self._manager.wait_until_finished()

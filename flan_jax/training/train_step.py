@@ -65,16 +65,14 @@ class TrainStepConfig:
         constrain_activations: trace the model under the mesh and the logical rules, so
             its ``nn.with_logical_constraint`` annotations pin activation shardings;
             without it XLA propagates shardings from the parameters and the batch alone
-            (same numbers, possibly more communication on large meshes). Off by default
-            while the T5 attention projections (flax ``DenseGeneral`` with 3-D logical
-            kernel names) cannot be traced under a mesh context.
+            (same numbers, possibly more communication on large meshes).
     """
 
     num_microbatches: int = 1
     on_nonfinite: str = "raise"
     dropout_seed: int = 0
     donate_state: bool = True
-    constrain_activations: bool = False
+    constrain_activations: bool = True
 
     def __post_init__(self) -> None:
         if self.num_microbatches < 1:

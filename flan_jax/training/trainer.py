@@ -72,8 +72,8 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(
-                    f"train: {name} must be a non-empty string (gin macro {name.upper()}); "
-                    f"got {value!r}"
+                    f"train: {name} must be a non-empty string; got {value!r}. Set the gin "
+                    f"macro with --gin.{name.upper()}=..."
                 )
         lengths = dict(self.task_feature_lengths or {})
         if set(lengths) != {"inputs", "targets"} or not all(

@@ -77,9 +77,6 @@ def test_show_task_gives_source_counts_and_rates(capsys, colour_tasks):
     assert "source: demo, dataset clicolours, variant zs_opt" in out
     assert "examples: train 12" in out
     assert f"{MIXTURE}: rate 3 (75.000% of the mixture)" in out
-    if not isinstance(getattr(seqio.get_mixture_or_task("demo__clicolours__zs_opt").source,
-                              "render_spec", None), sources.RenderSpec):
-        pytest.skip("tasks/sources.py does not attach `render_spec` to its sources yet")
     assert "templates: 3 (1 inverted, 2 zs), rendering seed 1" in out
     assert '[2] inverted: "Which item is {answer}?" -> "item {number}"' in out
 
