@@ -38,9 +38,9 @@ import seqio
 
 from flan_jax.data import export, packing, vocabularies
 from flan_jax.tasks import cot, data_paths, naming
+from flan_jax.testing.shared_data import shared_data_dir
 
-COT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                       "data", "flan_cot_data")
+COT_DIR = os.path.join(shared_data_dir(), "flan_cot_data")
 RESULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                             "data_bench.json")
 MIXTURE = "bench_cot_mixture"

@@ -35,11 +35,12 @@ from flan_jax.distill import alignment
 from flan_jax.kernels import fused_loss
 from flan_jax.testing import alignment as naive_alignment
 from flan_jax.testing import kernels as naive_kernels
+from flan_jax.testing.shared_data import shared_data_dir
 
 VOCAB = 32128
 TOP_K = 5
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
-GSM8K = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+GSM8K = pathlib.Path(shared_data_dir()) / "gsm8k" / "test.jsonl"
 
 
 def _loss_functions(targets, top_ids, top_logprobs, chunk_size):

@@ -23,6 +23,7 @@ import numpy as np
 
 from flan_jax.data import packing
 from flan_jax.testing import data as data_testing
+from flan_jax.testing.shared_data import shared_data_dir
 
 CAPACITIES = ({"inputs": 256, "targets": 256}, {"inputs": 512, "targets": 512},
               {"inputs": 1024, "targets": 1024}, {"inputs": 512, "targets": 256})
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pairs = data_testing.load_instruction_lengths()
     if not pairs:
-        print(f"No real data under {data_testing.shared_data_dir()}; nothing to measure.")
+        print(f"No real data under {shared_data_dir()}; nothing to measure.")
         return 1
     rng = np.random.default_rng(args.seed)
     sample = [pairs[int(i)] for i in rng.choice(len(pairs), size=min(args.num_examples,

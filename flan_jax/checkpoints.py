@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 import seqio
 
+from flan_jax.data import file_io
 from flan_jax.models.config import T5Config
 from flan_jax.models.t5 import abstract_params
 
@@ -68,13 +67,6 @@ class LoadedCheckpoint:
     step: int
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_model_metadata(ckpt_dir: str | os.PathLike, *, config: T5Config,
                          vocab_path: str | os.PathLike, extra_ids: int) -> None:
     """Writes `flan_jax_config.json` and copies the SentencePiece model into `ckpt_dir`.
@@ -92,13 +84,12 @@ def write_model_metadata(ckpt_dir: str | os.PathLike, *, config: T5Config,
         raise FileNotFoundError(f"SentencePiece model {vocab_path} does not exist.")
     target = ckpt_dir / VOCAB_FILENAME
     if not target.exists() or not os.path.samefile(vocab_path, target):
-        handle, tmp = tempfile.mkstemp(dir=ckpt_dir, prefix=f".{VOCAB_FILENAME}.")
-        os.close(handle)
-        shutil.copyfile(vocab_path, tmp)
-        os.replace(tmp, target)
+        model_bytes = vocab_path.read_bytes()
+        file_io.write_atomically(target, lambda f: f.write(model_bytes), mode="wb")
     metadata = {"model": config.to_dict(),
                 "vocabulary": {"path": VOCAB_FILENAME, "extra_ids": int(extra_ids)}}
-    _write_text_atomically(ckpt_dir / CONFIG_FILENAME, json.dumps(metadata, indent=2) + "\n")
+    text = json.dumps(metadata, indent=2) + "\n"
+    file_io.write_atomically(ckpt_dir / CONFIG_FILENAME, lambda f: f.write(text))
 
 
 def read_model_metadata(ckpt_dir: str | os.PathLike) -> ModelMetadata:

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
 import os
 from typing import Callable, Iterator, Mapping, Sequence
 
 import seqio
 
-from flan_jax.tasks import sources
+from flan_jax.tasks import naming, sources, templates
 
 ENV_DATA_DIR = "FLAN_JAX_DATA_DIR"
 ENV_TFDS_DATA_DIR = "TFDS_DATA_DIR"
@@ -182,3 +183,38 @@ def make_few_shot_spec(
         max_input_tokens=max_input_tokens,
         count_tokens=lambda text: len(vocabulary.encode(text)),
     )
+
+
+def register_dataset_task(
+    task_id: naming.TaskId,
+    task_templates: Sequence[templates.Template],
+    load_split: sources.LoadSplitFn,
+    vocabulary: seqio.Vocabulary,
+    *,
+    splits: Sequence[str],
+    seed: int,
+    num_shots: int,
+    max_input_tokens: int,
+) -> str:
+    """Registers one variant of a dataset read from local files; returns its task name.
+
+    The registration the CoT, dialog and T0 sources share: few-shot variants draw their
+    exemplars from `load_split("train")`, read on first use (see `make_few_shot_spec`).
+
+    Args:
+      task_id: the task's identity (source, dataset, variant, inverted).
+      task_templates: the templates one is drawn from per example.
+      load_split: yields the (key, fields) examples of a split; reads nothing until called.
+      vocabulary: the output features' vocabulary (also counts few-shot prompt tokens).
+      splits: the splits the task offers.
+      seed: the rendering seed.
+      num_shots: exemplars per few-shot prompt before pruning to `max_input_tokens`.
+      max_input_tokens: the few-shot input budget.
+    """
+    few_shot = None
+    if task_id.few_shot:
+        few_shot = make_few_shot_spec(functools.partial(load_split, "train"), vocabulary,
+                                      num_shots=num_shots, max_input_tokens=max_input_tokens)
+    spec = sources.RenderSpec(task_id, task_templates, seed=seed, few_shot=few_shot)
+    sources.register_rendered_task(spec, load_split, vocabulary=vocabulary, splits=list(splits))
+    return spec.task_name

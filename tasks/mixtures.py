@@ -16,15 +16,14 @@ each part. Example: two CoT datasets of 7,473 and 150,000 examples get rates 7,4
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import os
-import tempfile
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import seqio
 
+from flan_jax.data import file_io
 from flan_jax.tasks import data_paths, naming
 
 COUNTS_PATH = os.path.join(os.path.dirname(__file__), "counts.tsv")
@@ -91,15 +90,15 @@ def write_count_table(rows: Sequence[CountRow], path: str = COUNTS_PATH) -> None
     """Writes the table atomically (temp file, then rename), keeping the header comment."""
     with open(path, encoding="utf-8") as f:
         comments = [line for line in f if line.startswith("#")]
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=directory, delete=False,
-                                     suffix=".tmp") as f:
+
+    def write_table(f) -> None:
         f.writelines(comments)
         f.write("\t".join(_COUNT_COLUMNS) + "\n")
         for r in rows:
             count = "" if r.num_examples is None else str(r.num_examples)
             f.write("\t".join([r.source, r.dataset, r.split, count, r.origin]) + "\n")
-    os.replace(f.name, path)
+
+    file_io.write_atomically(path, write_table)
 
 
 def recompute_counts(
@@ -185,8 +184,8 @@ def register_flan2022_mixtures(task_names: Sequence[str], counts: Counts) -> lis
     """
     submixes = register_source_mixtures(task_names, counts)
     names = []
-    for source, submix in submixes.items():
-        names.extend(m for m, _ in seqio.get_mixture_or_task(submix).rate_per_task_name.items())
+    for submix in submixes.values():
+        names.extend(seqio.get_mixture_or_task(submix).rate_per_task_name)
         names.append(submix)
     present = [(submixes[s], w) for s, w in SUBMIX_WEIGHTS.items() if s in submixes]
     if present:

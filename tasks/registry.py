@@ -3,7 +3,7 @@
     import seqio
     from flan_jax.tasks import registry
     report = registry.register_all(vocabulary, skip_missing=True)
-    report.skipped   # {"t0__adversarial_qa_dbert_based_on": "Data for dataset ... not found ..."}
+    report.skipped   # {"t0/adversarial_qa_dbert_based_on": "Data for dataset ... not found ..."}
     seqio.get_mixture_or_task("flan2022_submix")
 
 Registration is explicit and idempotent; it reads only our own template and catalog files
@@ -13,7 +13,6 @@ them) and leaves out, by name, those that do not.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 from types import ModuleType
 from typing import Callable, Iterable, Sequence
@@ -21,6 +20,8 @@ from typing import Callable, Iterable, Sequence
 import seqio
 
 from flan_jax.tasks import cot, data_paths, dialog, mixtures, niv2, t0
+from flan_jax.tasks.flan2021 import catalog as flan2021_catalog
+from flan_jax.tasks.flan2021 import register as flan2021_register
 
 FAMILY_SOURCES = ("flan2021", "t0", "niv2", "cot", "dialog")
 
@@ -32,7 +33,7 @@ class RegistrationReport:
     Attributes:
       tasks: registered task names.
       mixtures: registered mixture names.
-      skipped: {source or source/dataset: why it was left out}.
+      skipped: {"source/dataset": why it was left out}.
     """
 
     tasks: tuple[str, ...]
@@ -69,25 +70,19 @@ def _local_family(module: ModuleType, source: str) -> _Family:
     )
 
 
-def _flan2021_family() -> _Family | None:
-    # Written as a separate part; absent from a checkout until it lands.
-    try:
-        register = importlib.import_module("flan_jax.tasks.flan2021.register")
-        catalog = importlib.import_module("flan_jax.tasks.flan2021.catalog")
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("flan_jax.tasks.flan2021"):
-            raise
-        return None
+def _flan2021_family() -> _Family:
     tfds_dir = lambda paths: paths.tfds_data_dir if paths is not None else None  # noqa: E731
     return _Family(
-        datasets=lambda: tuple(entry.name for entry in catalog.load_catalog()),
-        missing_data=lambda d, paths: register.missing_data(d, tfds_data_dir=tfds_dir(paths)),
-        register=lambda vocabulary, datasets, paths, seed: register.register_flan2021_tasks(
-            vocabulary, datasets=datasets, tfds_data_dir=tfds_dir(paths), seed=seed),
+        datasets=lambda: tuple(entry.name for entry in flan2021_catalog.load_catalog()),
+        missing_data=lambda d, paths: flan2021_register.missing_data(
+            d, tfds_data_dir=tfds_dir(paths)),
+        register=lambda vocabulary, datasets, paths, seed: (
+            flan2021_register.register_flan2021_tasks(
+                vocabulary, datasets=datasets, tfds_data_dir=tfds_dir(paths), seed=seed)),
     )
 
 
-def _family(source: str) -> _Family | None:
+def _family(source: str) -> _Family:
     if source == "flan2021":
         return _flan2021_family()
     return _local_family({"t0": t0, "niv2": niv2, "cot": cot, "dialog": dialog}[source], source)
@@ -95,10 +90,7 @@ def _family(source: str) -> _Family | None:
 
 def _flan2021_counts() -> dict[tuple[str, str], int | None]:
     # The Flan 2021 catalog carries its own train counts.
-    if _flan2021_family() is None:
-        return {}
-    catalog = importlib.import_module("flan_jax.tasks.flan2021.catalog")
-    return {("flan2021", e.name): e.train_examples for e in catalog.load_catalog()}
+    return {("flan2021", e.name): e.train_examples for e in flan2021_catalog.load_catalog()}
 
 
 def register_all(
@@ -128,9 +120,6 @@ def register_all(
     tasks: list[str] = []
     for source in sources:
         family = _family(source)
-        if family is None:
-            skipped[source] = f"the {source} family is not installed in this checkout."
-            continue
         datasets = family.datasets()
         if skip_missing:
             resolved = data_paths.resolve_data_paths(paths)
@@ -153,7 +142,7 @@ def register_all(
 def count_local_examples(source: str, dataset: str, paths: data_paths.DataPaths) -> int | None:
     """Training examples of a dataset read from local data; None when it is absent."""
     family = _family(source)
-    if family is None or family.load_train is None or family.missing_data(dataset, paths):
+    if family.load_train is None or family.missing_data(dataset, paths):
         return None
     return sum(1 for _ in family.load_train(dataset, paths))
 

@@ -4,19 +4,20 @@
         [--decode greedy|sample|beam] [--num_beams 4] [--temperature 1.0] [--max_decode_len 128]
 
 Each input line is a JSON object with an "inputs" string; the output repeats it with a
-"prediction" string added. The JSONL helpers here are shared with `flan-jax score`.
+"prediction" string added. The input reading and batching helpers here are shared with
+`flan-jax score`.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from flan_jax.data import file_io
 
 EOS_ID = 1
 
@@ -35,38 +36,13 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str]) -> list[dict[st
     if not path.is_file():
         raise InputError(f"{path}: no such file.")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}:{number}: not valid JSON ({error.msg}).") from error
-            if not isinstance(record, dict):
-                raise InputError(f"{path}:{number}: expected a JSON object, "
-                                 f"got {type(record).__name__}.")
-            for field in required:
-                if not isinstance(record.get(field), str):
-                    raise InputError(f"{path}:{number}: field {field!r} must be a string, "
-                                     f"got {record.get(field)!r}.")
-            records.append(record)
+    for number, record in file_io.read_jsonl_objects(path, error_type=InputError):
+        for field in required:
+            if not isinstance(record.get(field), str):
+                raise InputError(f"{path}:{number}: field {field!r} must be a string, "
+                                 f"got {record.get(field)!r}.")
+        records.append(record)
     return records
-
-
-def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
-    """Writes records as JSONL through a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def pad_rows(rows: Sequence[Sequence[int]], *, multiple: int = 32) -> np.ndarray:
@@ -167,17 +143,30 @@ def run(args: argparse.Namespace) -> int:
         rng, step_rng = jax.random.split(rng)
         decoded = _decode_batch(args, loaded, tokens, step_rng)
         predictions += [loaded.vocabulary.decode(_strip_eos(row)) for row in decoded]
-    write_jsonl(args.output_file, ({**r, "prediction": p} for r, p in zip(records, predictions)))
+    file_io.write_jsonl(args.output_file,
+                        ({**r, "prediction": p} for r, p in zip(records, predictions)))
     return len(predictions)
+
+
+def run_reporting_errors(command: str, run_fn: Callable[[argparse.Namespace], int],
+                         args: argparse.Namespace, written: str) -> int:
+    """Runs `run_fn(args)`: bad input is one line on stderr and exit status 1, not a traceback.
+
+    Args:
+      command: the subcommand name, for the error prefix.
+      run_fn: reads, computes and writes `args.output_file`; returns the number of lines.
+      args: the parsed arguments.
+      written: what the output lines hold, for the summary ("predictions").
+    """
+    try:
+        count = run_fn(args)
+    except (InputError, FileNotFoundError, ValueError) as error:
+        print(f"flan-jax {command}: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {count} {written} to {args.output_file}")
+    return 0
 
 
 def main(argv: list[str]) -> int:
     """Entry point of `flan-jax infer`."""
-    args = _build_parser().parse_args(argv)
-    try:
-        count = run(args)
-    except (InputError, FileNotFoundError, ValueError) as error:
-        print(f"flan-jax infer: error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {count} predictions to {args.output_file}")
-    return 0
+    return run_reporting_errors("infer", run, _build_parser().parse_args(argv), "predictions")

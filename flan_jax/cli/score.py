@@ -9,13 +9,12 @@ Ranking the options of a multiple-choice question by this score is rank classifi
 from __future__ import annotations
 
 import argparse
-import sys
 
 import numpy as np
 
-from flan_jax.cli.infer import (InputError, add_checkpoint_arguments, batches,
-                                load_for_inference, pad_rows, read_jsonl, tokenize,
-                                write_jsonl)
+from flan_jax.cli.infer import (add_checkpoint_arguments, batches, load_for_inference,
+                                pad_rows, read_jsonl, run_reporting_errors, tokenize)
+from flan_jax.data import file_io
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -42,17 +41,10 @@ def run(args: argparse.Namespace) -> int:
                                           pad_rows(target_ids)))
         outputs += [{**r, "log_likelihood": float(s), "num_target_tokens": len(t)}
                     for r, s, t in zip(chunk, scores, target_ids)]
-    write_jsonl(args.output_file, outputs)
+    file_io.write_jsonl(args.output_file, outputs)
     return len(outputs)
 
 
 def main(argv: list[str]) -> int:
     """Entry point of `flan-jax score`."""
-    args = _build_parser().parse_args(argv)
-    try:
-        count = run(args)
-    except (InputError, FileNotFoundError, ValueError) as error:
-        print(f"flan-jax score: error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {count} scores to {args.output_file}")
-    return 0
+    return run_reporting_errors("score", run, _build_parser().parse_args(argv), "scores")

@@ -1,6 +1,6 @@
 """`flan-jax train`: train from gin configs, t5x style; with no arguments, the CPU demo.
 
-    flan-jax train                                  # the demo: runs/demo_cpu.gin
+    flan-jax train                                  # the demo (DEMO_GIN_FILES)
     flan-jax train --gin_file=models/t5_1_1_small.gin --gin_file=runs/finetune.gin \\
         --gin.MODEL_DIR=/tmp/run --gin.MIXTURE_OR_TASK_NAME=demo_mixture
 
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-DEMO_GIN_FILES = ("runs/demo_cpu.gin",)
+DEMO_GIN_FILES = ("models/t5_1_1_tiny.gin", "runs/finetune.gin", "runs/demo_cpu.gin")
 
 
 def run(entry_point: Callable[[], Any] | None = None) -> Any:

@@ -17,11 +17,12 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from typing import Callable, Iterable, Sequence
 
 import seqio
 import sentencepiece as spm
+
+from flan_jax.data import file_io
 
 PAD_ID = 0
 EOS_ID = 1
@@ -65,21 +66,6 @@ def default_cache_dir() -> str:
     """`$FLAN_JAX_CACHE_DIR`, else `~/.cache/flan_jax`."""
     return os.environ.get(CACHE_DIR_ENV) or os.path.join(
         os.path.expanduser("~"), ".cache", "flan_jax")
-
-
-def write_file_atomically(path: str, data: bytes) -> None:
-    """Writes `data` to a temporary file beside `path`, then renames it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".partial")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
 
 
 def train_sentencepiece_bytes(texts: Iterable[str], settings: SentencePieceSettings) -> bytes:
@@ -127,7 +113,7 @@ def build_sentencepiece_model(texts: Iterable[str], out_prefix: str,
     model_bytes = train_sentencepiece_bytes(
         texts, SentencePieceSettings(vocab_size=vocab_size, **settings))
     path = f"{out_prefix}.model"
-    write_file_atomically(path, model_bytes)
+    file_io.write_atomically(path, lambda f: f.write(model_bytes), mode="wb")
     return path
 
 
@@ -177,5 +163,6 @@ def get_or_build_vocabulary(
     cache_dir = cache_dir or default_cache_dir()
     path = os.path.join(cache_dir, f"{name}_{corpus_digest(texts, settings)[:16]}.model")
     if not os.path.exists(path):
-        write_file_atomically(path, train_sentencepiece_bytes(texts, settings))
+        model_bytes = train_sentencepiece_bytes(texts, settings)
+        file_io.write_atomically(path, lambda f: f.write(model_bytes), mode="wb")
     return get_vocabulary(path, extra_ids=extra_ids)

@@ -4,6 +4,8 @@ Phases (each a function below):
 
 1. :func:`load_arith_problems`: the demo collection's multi-step arithmetic problems
    (``flan_jax.tasks.demo.generators``), train and held-out by the collection's content split;
+   the training problems are split into the teacher's own training set and the students'
+   questions, with no question in both (as the paper's teacher had never seen GSM8K);
 2. :func:`train_teacher`: a small T5 trained on the gold CoT solutions (zero-shot CoT format);
 3. :func:`generate_teacher_store` (producer (b)): the teacher sampled ``num_samples`` times
    per training question, correct samples and their top-k kept in a teacher store;
@@ -39,6 +41,7 @@ from flan_jax.distill.kl_loss import SPARSE_KL
 from flan_jax.distill.teacher_store import TeacherStore, TeacherStoreWriter
 from flan_jax.evaluation import answers
 from flan_jax.evaluation.math_datasets import MathExample
+from flan_jax.evaluation.splits import normalise_question
 from flan_jax.models import decoding, t5
 from flan_jax.models.config import T5Config
 from flan_jax.tasks.demo import generators
@@ -56,7 +59,8 @@ class ExperimentConfig:
     """Sizes of the experiment.
 
     Attributes:
-      num_train: training questions (teacher and students).
+      num_train: the students' training questions (the teacher is sampled on them).
+      num_teacher_train: the teacher's own training problems (disjoint from the students').
       num_heldout: held-out evaluation questions.
       teacher_steps, student_steps: train steps.
       batch_size: rows per step.
@@ -69,9 +73,10 @@ class ExperimentConfig:
     """
 
     num_train: int = 512
+    num_teacher_train: int = 2048
     num_heldout: int = 128
-    teacher_steps: int = 600
-    student_steps: int = 300
+    teacher_steps: int = 800
+    student_steps: int = 600
     batch_size: int = 32
     num_samples: int = 4
     temperature: float = 0.7
@@ -87,7 +92,8 @@ class ExperimentConfig:
 
 _PRESETS = {
     "cpu": ExperimentConfig(),
-    "smoke": ExperimentConfig(num_train=32, num_heldout=8, teacher_steps=6, student_steps=4,
+    "smoke": ExperimentConfig(num_train=32, num_teacher_train=32, num_heldout=8,
+                              teacher_steps=6, student_steps=4,
                               batch_size=8, num_samples=2, num_evals=1,
                               teacher_dims=(32, 2, 8, 32, 1), student_dims=(16, 2, 8, 32, 1),
                               targets_length=32),
@@ -116,6 +122,15 @@ def load_arith_problems(split: str, count: int, seed: int) -> list[MathExample]:
     return [MathExample(question=f["question"], answer=f["answer"], rationale=f["rationale"],
                         source="demo_arith", id=f"demo_arith/{key}")
             for key, f in generators.iterate_examples("arith", split, count, seed=seed)]
+
+
+def split_teacher_questions(problems: Sequence[MathExample], num_students: int
+                            ) -> tuple[list[MathExample], list[MathExample]]:
+    """``(students' questions, teacher's training problems)``, no question in both."""
+    students = list(problems[:num_students])
+    seen = {normalise_question(p.question) for p in students}
+    return students, [p for p in problems[num_students:]
+                      if normalise_question(p.question) not in seen]
 
 
 def _model_config(dims: Sequence[int], vocab_size: int) -> T5Config:
@@ -231,12 +246,15 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([mode, str(r["num_train_examples"])] + accs + [
             f"{np.mean(r['loss'][-10:]):.4f}", f"{r['seconds']:.0f}"]) + " |")
     teacher = results["teacher"]
-    lines += ["", f"Teacher: held-out accuracy {teacher['heldout_accuracy']:.3f} (zero-shot CoT, "
-                  f"greedy); kept {teacher['num_kept']} of {teacher['num_samples']} samples "
-                  f"({teacher['kept_rate']:.1%}); alignment fallback rate "
-                  f"{results['alignment_fallback_rate']:.2%}.",
-              "Final train loss = mean of the last 10 steps; the modes' losses are different "
-              "quantities (answer-only NLL, sample NLL, KL to the teacher)."]
+    teacher_line = (
+        f"Teacher ({teacher['num_train_problems']} training problems, none of them a student "
+        f"question): held-out accuracy {teacher['heldout_accuracy']:.3f} (zero-shot CoT, "
+        f"greedy); kept {teacher['num_kept']} of {teacher['num_samples']} samples "
+        f"({teacher['kept_rate']:.1%}); alignment fallback rate "
+        f"{results['alignment_fallback_rate']:.2%}.")
+    loss_line = ("Final train loss = mean of the last 10 steps; the modes' losses are different "
+                 "quantities (answer-only NLL, sample NLL, KL to the teacher).")
+    lines += ["", teacher_line, loss_line]
     return "\n".join(lines) + "\n"
 
 
@@ -278,12 +296,15 @@ def run_experiment(*, out_dir: str, work_dir: str | None = None,
     work_dir = work_dir or tempfile.mkdtemp(prefix="distill_experiment_")
     vocabulary = get_demo_vocabulary()
     vocab_size = -(-vocabulary.vocab_size // 128) * 128
-    train = load_arith_problems("train", cfg.num_train, cfg.seed)
+    train, teacher_train = split_teacher_questions(
+        load_arith_problems("train", cfg.num_train + cfg.num_teacher_train, cfg.seed),
+        cfg.num_train)
     heldout = load_arith_problems("validation", cfg.num_heldout, cfg.seed)
     teacher_config = _model_config(cfg.teacher_dims, vocab_size)
     student_config = _model_config(cfg.student_dims, vocab_size)
     start = time.perf_counter()
-    teacher_params, teacher_loss = train_teacher(cfg, vocabulary, train, teacher_config)
+    teacher_params, teacher_loss = train_teacher(cfg, vocabulary, teacher_train,
+                                                 teacher_config)
     teacher_accuracy = evaluate_accuracy(teacher_config, teacher_params, vocabulary, heldout,
                                          format_name=formats.ZS_COT, cfg=cfg)
     _LOG.info("teacher: final loss %.4f, held-out accuracy %.3f", teacher_loss[-1],
@@ -303,6 +324,7 @@ def run_experiment(*, out_dir: str, work_dir: str | None = None,
         "config": dataclasses.asdict(cfg),
         "device": str(jax.devices()[0].platform),
         "teacher": {"heldout_accuracy": teacher_accuracy, "loss": teacher_loss,
+                    "num_train_problems": len(teacher_train),
                     "num_samples": generation.num_samples, "num_kept": generation.num_kept,
                     "kept_rate": generation.kept_rate,
                     "num_params": int(sum(x.size for x in jax.tree.leaves(teacher_params)))},

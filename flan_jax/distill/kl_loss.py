@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import jax
-import jax.numpy as jnp
 
 from flan_jax.kernels import fused_loss
 from flan_jax.training import losses

@@ -126,7 +126,8 @@ def run_student_training(trainer: StudentTrainer, batches: Iterator[Mapping[str,
       batches: global numpy batches (e.g. :func:`flan_jax.distill.targets.iterate_batches`).
       num_steps: steps to run.
       callback: ``callback(step, params)`` after the steps in ``callback_steps`` (step 0
-        means before training).
+        means before training); ``params`` are valid during the call only, since the next
+        step donates the state's buffers (copy them to keep them).
       callback_steps: the steps (counted after the update) to call back at.
 
     Returns:
@@ -137,8 +138,8 @@ def run_student_training(trainer: StudentTrainer, batches: Iterator[Mapping[str,
         callback(0, trainer.state.params)
     for step in range(1, num_steps + 1):
         trainer.state, metrics = trainer.step(trainer.state, trainer.place_batch(next(batches)))
-        for name in history:
-            history[name].append(float(metrics[name]))
+        for name, values in history.items():
+            values.append(float(metrics[name]))
         if callback is not None and step in callback_steps:
             callback(step, trainer.state.params)
     return history

@@ -35,11 +35,12 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from flan_jax.data import file_io
 
 STORE_FORMAT = "flan_jax.teacher_store"
 STORE_VERSION = 1
@@ -76,25 +77,8 @@ class TeacherExample:
     metadata: dict[str, Any]
 
 
-def _write_atomically(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Writes via `write(file)` to a temporary file in the same directory, then renames."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
 def _write_json_atomically(path: str, payload: Any) -> None:
-    _write_atomically(path, lambda handle: json.dump(payload, handle, ensure_ascii=False),
-                      mode="w")
+    file_io.write_atomically(path, lambda handle: json.dump(payload, handle, ensure_ascii=False))
 
 
 def _read_json(path: str) -> Any:
@@ -275,8 +259,8 @@ class TeacherStoreWriter:
             return
         shard_name = f"shard-{len(self._index['shards']):05d}.npz"
         arrays = _pack_shard(self._buffer, self.k)
-        _write_atomically(os.path.join(self._dir, shard_name),
-                          lambda handle: np.savez(handle, **arrays))
+        file_io.write_atomically(os.path.join(self._dir, shard_name),
+                                 lambda handle: np.savez(handle, **arrays), mode="wb")
         _write_json_atomically(os.path.join(self._dir, VOCABULARY_FILE), self._vocabulary)
         self._index["shards"].append({"file": shard_name, "num_examples": len(self._buffer),
                                       "num_positions": int(arrays["offsets"][-1])})
@@ -430,28 +414,21 @@ def ingest_openai_jsonl(path: str, writer: TeacherStoreWriter, *,
       TeacherStoreError: naming the file and line of malformed input.
     """
     added = skipped = 0
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
+    for line_number, record in file_io.read_jsonl_objects(path, error_type=TeacherStoreError):
+        where = f"{path}:{line_number}"
+        if not isinstance(record.get("choices"), list):
+            raise TeacherStoreError(f"{where}: expected an object with a 'choices' list.")
+        record_id = str(record.get("id") or f"{os.path.basename(path)}:{line_number}")
+        for position, choice in enumerate(record["choices"]):
+            parsed = _parse_completion_choice(choice, f"{where}: choices[{position}]")
+            if keep is not None and not keep(record, choice):
+                skipped += 1
                 continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise TeacherStoreError(f"{where}: not valid JSON ({error.msg}).") from error
-            if not isinstance(record, dict) or not isinstance(record.get("choices"), list):
-                raise TeacherStoreError(f"{where}: expected an object with a 'choices' list.")
-            record_id = str(record.get("id") or f"{os.path.basename(path)}:{line_number}")
-            for position, choice in enumerate(record["choices"]):
-                parsed = _parse_completion_choice(choice, f"{where}: choices[{position}]")
-                if keep is not None and not keep(record, choice):
-                    skipped += 1
-                    continue
-                tokens, token_logprobs, tops = parsed
-                metadata = dict(record.get("metadata") or {})
-                metadata.update(source=f"{where}", text=choice.get("text"),
-                                finish_reason=choice.get("finish_reason"))
-                writer.add_strings(f"{record_id}/{choice.get('index', position)}", tokens, tops,
-                                   token_logprobs=token_logprobs, metadata=metadata)
-                added += 1
+            tokens, token_logprobs, tops = parsed
+            metadata = dict(record.get("metadata") or {})
+            metadata.update(source=f"{where}", text=choice.get("text"),
+                            finish_reason=choice.get("finish_reason"))
+            writer.add_strings(f"{record_id}/{choice.get('index', position)}", tokens, tops,
+                               token_logprobs=token_logprobs, metadata=metadata)
+            added += 1
     return added, skipped

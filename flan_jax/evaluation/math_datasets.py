@@ -86,7 +86,9 @@ def _read_json_lines(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line_number, row
 
 
-def _read_json_list(path: str) -> list[Any]:
+def _read_json_problems(path: str, required: tuple[str, ...]
+                        ) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """(position, problem, where) for each object of a JSON list that has `required` keys."""
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
@@ -94,7 +96,12 @@ def _read_json_list(path: str) -> list[Any]:
             raise MathDataError(f"{path}:{error.lineno}: invalid JSON ({error.msg}).") from None
     if not isinstance(data, list):
         raise MathDataError(f"{path}: expected a JSON list of problems, got {type(data).__name__}.")
-    return data
+    for position, row in enumerate(data):
+        where = f"{path}: problem {position}"
+        if not isinstance(row, dict):
+            raise MathDataError(f"{where}: expected an object, got {type(row).__name__}.")
+        _require(row, required, where)
+        yield position, row, where
 
 
 def _require(row: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
@@ -147,11 +154,7 @@ def load_multiarith(path: str | os.PathLike) -> list[MathExample]:
     """MultiArith JSON: a list of `{"iIndex", "sQuestion", "lSolutions": [x], ...}`."""
     path = os.fspath(path)
     examples = []
-    for position, row in enumerate(_read_json_list(path)):
-        where = f"{path}: problem {position}"
-        if not isinstance(row, dict):
-            raise MathDataError(f"{where}: expected an object, got {type(row).__name__}.")
-        _require(row, ("sQuestion", "lSolutions"), where)
+    for position, row, where in _read_json_problems(path, ("sQuestion", "lSolutions")):
         solutions = row["lSolutions"]
         if not isinstance(solutions, list) or len(solutions) != 1:
             raise MathDataError(f"{where}: lSolutions must hold exactly one value, got "
@@ -170,11 +173,7 @@ def load_svamp(path: str | os.PathLike) -> list[MathExample]:
     """SVAMP JSON: a list of `{"ID", "Body", "Question", "Equation", "Answer", "Type"}`."""
     path = os.fspath(path)
     examples = []
-    for position, row in enumerate(_read_json_list(path)):
-        where = f"{path}: problem {position}"
-        if not isinstance(row, dict):
-            raise MathDataError(f"{where}: expected an object, got {type(row).__name__}.")
-        _require(row, ("Body", "Question", "Answer"), where)
+    for position, row, where in _read_json_problems(path, ("Body", "Question", "Answer")):
         examples.append(MathExample(
             question=_join_body_question(str(row["Body"]), str(row["Question"])),
             answer=_canonical_number(row["Answer"], where),

@@ -14,16 +14,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-SHARED_DATA_ENV = "FLAN_JAX_SHARED_DATA"
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from flan_jax.testing.shared_data import shared_data_dir
+
 # A tokenizer-free length proxy: words and punctuation marks, about one subword each.
 _PIECE_RE = re.compile(r"\w+|[^\w\s]")
-
-
-def shared_data_dir() -> str:
-    """`$FLAN_JAX_SHARED_DATA`, else `../shared/data` beside the repository."""
-    return os.environ.get(SHARED_DATA_ENV) or os.path.normpath(
-        os.path.join(_REPO_ROOT, "..", "shared", "data"))
 
 
 def count_pieces(text: str) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from flan_jax.data import vocabularies
 from flan_jax.models.config import T5Config
 
 # Configurations that stress the parts of the architecture parity tests should cover:
@@ -93,8 +94,6 @@ def write_test_sentencepiece(out_dir: str | os.PathLike, *, vocab_size: int = 96
     Returns:
       The path of the model file.
     """
-    import sentencepiece as spm
-
     rng = np.random.default_rng(seed)
     # Real words plus made-up ones from random syllables, so there are enough distinct
     # pieces to reach `vocab_size`.
@@ -105,10 +104,5 @@ def write_test_sentencepiece(out_dir: str | os.PathLike, *, vocab_size: int = 96
     words = list(_WORDS) + invented
     sentences = [" ".join(rng.choice(words, size=int(rng.integers(3, 12))))
                  for _ in range(2000)]
-    prefix = Path(out_dir) / "test_spiece"
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_prefix=str(prefix), vocab_size=vocab_size,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram",
-        character_coverage=1.0, minloglevel=2)
-    return prefix.with_suffix(".model")
+    return Path(vocabularies.build_sentencepiece_model(
+        sentences, str(Path(out_dir) / "test_spiece"), vocab_size))

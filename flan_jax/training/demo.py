@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+from absl import logging as absl_logging
 
 from flan_jax.models import t5
 from flan_jax.models.config import T5Config
@@ -113,6 +114,9 @@ def run_demo(
         eval_batch_size: rows per decoding batch.
         seed: the trainer's seed (the "before" model is its initialisation).
     """
+    # seqio warns once per task that the generated demo tasks are not cached; the demo
+    # knows, and the warnings would bury its table.
+    absl_logging.set_verbosity(absl_logging.ERROR)
     vocabulary = demo_tasks.get_demo_vocabulary()
     demo_tasks.register_demo_tasks(vocabulary)
     eval_tasks = demo_tasks.demo_eval_tasks()

@@ -252,14 +252,29 @@ def get_batch_shard_count(mesh: Mesh, rules: LogicalRules) -> int:
     return int(np.prod([mesh.shape[a] for a in get_batch_mesh_axes(rules)]))
 
 
+def get_process_batch_fraction(mesh: Mesh, rules: LogicalRules) -> tuple[int, int]:
+    """``(local, total)``: this process holds ``local`` of the ``total`` batch shards.
+
+    The global batch has ``total / local`` times the rows of this process's part. With
+    data parallelism across processes that is ``process_count``; when only the model axis
+    spans processes, every process holds the whole batch (``local == total``).
+    """
+    total = get_batch_shard_count(mesh, rules)
+    sharding = get_batch_shardings({"x": np.empty((total, 1))}, mesh, rules)["x"]
+    index_map = sharding.addressable_devices_indices_map((total, 1))
+    local = len({idx[0].indices(total)[:2] for idx in index_map.values()})
+    return local, total
+
+
 def make_global_batch(
     local_batch: Mapping[str, np.ndarray], mesh: Mesh, rules: LogicalRules
 ) -> dict[str, jax.Array]:
     """Assembles global, batch-sharded arrays from this process's rows.
 
     On one process this is a sharded ``device_put``; on several, each process passes the
-    rows :func:`get_local_batch_rows` names and the global batch has
-    ``process_count`` times as many rows.
+    rows :func:`get_local_batch_rows` names (with data parallelism across processes the
+    global batch has ``process_count`` times as many rows; see
+    :func:`get_process_batch_fraction`).
 
     Args:
         local_batch: feature name -> ``[local_batch, length]`` numpy array.
@@ -270,10 +285,12 @@ def make_global_batch(
         feature name -> global ``jax.Array`` sharded along the batch dimension.
     """
     shardings = get_batch_shardings(local_batch, mesh, rules)
+    local_shards, total_shards = get_process_batch_fraction(mesh, rules)
     out = {}
     for name, local in local_batch.items():
         local = np.asarray(local)
-        global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
+        global_rows = local.shape[0] * total_shards // local_shards
+        global_shape = (global_rows,) + local.shape[1:]
         out[name] = jax.make_array_from_process_local_data(shardings[name], local, global_shape)
     return out
 

@@ -37,6 +37,36 @@ class Optimizer:
     state_logical_axes: Callable[[Any], Any]
 
 
+def make_optax_optimizer(
+    tx: optax.GradientTransformation, learning_rate: optax.Schedule, param_axes: Any
+) -> Optimizer:
+    """Wraps any optax transformation whose state holds params-shaped trees.
+
+    Params-shaped parts of the state (Adam's first and second moments, momentum, ...) get
+    the parameters' logical axes; everything else (counts, scalars) is replicated. For
+    Adafactor use :func:`flan_jax.training.adafactor.make_adafactor`, whose factored
+    statistics are not params-shaped.
+
+    Args:
+        tx: the transformation (e.g. ``optax.adamw(schedule, b2=0.95)``).
+        learning_rate: the schedule ``tx`` was built with (reported as a metric).
+        param_axes: tree of logical ``PartitionSpec`` with the params' structure.
+    """
+
+    def state_axes(params):
+        abstract_state = jax.eval_shape(tx.init, params)
+        return optax.tree_map_params(
+            tx,
+            lambda _, axes: axes,
+            abstract_state,
+            param_axes,
+            transform_non_params=lambda _: PartitionSpec(),
+            is_leaf=lambda x: isinstance(x, PartitionSpec),
+        )
+
+    return Optimizer(tx=tx, learning_rate=learning_rate, state_logical_axes=state_axes)
+
+
 @flax.struct.dataclass
 class TrainState:
     """Everything a training run updates, as one pytree.

@@ -251,7 +251,11 @@ class TrainStep:
             yield
 
     def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        """Runs one step; raises FloatingPointError on a non-finite step in "raise" mode."""
+        """Runs one step; raises FloatingPointError on a non-finite step in "raise" mode.
+
+        In "raise" mode the call waits for the step to finish (to read the flag); in
+        "skip" mode it returns as soon as the step is dispatched.
+        """
         self._check_batch(batch)
         with self.context():
             new_state, metrics = self.jitted(state, batch)

@@ -132,17 +132,10 @@ def register_cot_tasks(
     for dataset in datasets:
         load_split = functools.partial(load_cot_split, dataset, paths)
         for inverted in (False, True):
-            template_set = load_cot_templates(inverted)
             for variant in VARIANTS:
-                task_id = naming.TaskId(SOURCE, dataset, variant, inverted=inverted)
-                few_shot = None
-                if task_id.few_shot:
-                    few_shot = data_paths.make_few_shot_spec(
-                        functools.partial(load_split, "train"), vocabulary,
-                        num_shots=num_shots, max_input_tokens=max_input_tokens)
-                spec = sources.RenderSpec(task_id, template_set.templates, seed=seed,
-                                          few_shot=few_shot)
-                sources.register_rendered_task(spec, load_split, vocabulary=vocabulary,
-                                               splits=["train"])
-                names.append(spec.task_name)
+                names.append(data_paths.register_dataset_task(
+                    naming.TaskId(SOURCE, dataset, variant, inverted=inverted),
+                    load_cot_templates(inverted).templates, load_split, vocabulary,
+                    splits=["train"], seed=seed, num_shots=num_shots,
+                    max_input_tokens=max_input_tokens))
     return names

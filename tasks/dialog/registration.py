@@ -178,15 +178,9 @@ def register_dialog_tasks(
         load_split = functools.partial(load_dialog_split, dataset, paths)
         for inverted in (False, True):
             for variant in VARIANTS:
-                task_id = naming.TaskId(SOURCE, dataset, variant, inverted=inverted)
-                few_shot = None
-                if task_id.few_shot:
-                    few_shot = data_paths.make_few_shot_spec(
-                        functools.partial(load_split, "train"), vocabulary,
-                        num_shots=num_shots, max_input_tokens=max_input_tokens)
-                spec = sources.RenderSpec(task_id, load_dialog_templates(inverted).templates,
-                                          seed=seed, few_shot=few_shot)
-                sources.register_rendered_task(spec, load_split, vocabulary=vocabulary,
-                                               splits=list(SPLITS[dataset]))
-                names.append(spec.task_name)
+                names.append(data_paths.register_dataset_task(
+                    naming.TaskId(SOURCE, dataset, variant, inverted=inverted),
+                    load_dialog_templates(inverted).templates, load_split, vocabulary,
+                    splits=SPLITS[dataset], seed=seed, num_shots=num_shots,
+                    max_input_tokens=max_input_tokens))
     return names

@@ -21,12 +21,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import json
 import os
 from typing import Iterator, Sequence
 
 import seqio
 
+from flan_jax.data import file_io
 from flan_jax.tasks import data_paths, naming, sources, templates
 from flan_jax.tasks.t0 import promptsource
 
@@ -121,17 +121,8 @@ def missing_data(dataset: str, paths: data_paths.DataPaths) -> str | None:
 
 def read_rows(path: str) -> Iterator[tuple[int, dict]]:
     """(line index, row) of a JSONL file; a malformed line names file and line."""
-    with open(path, encoding="utf-8") as f:
-        for index, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{index + 1}: invalid JSON: {e.msg}.") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{index + 1}: expected a JSON object per line.")
-            yield index, row
+    for line_number, row in file_io.read_jsonl_objects(path):
+        yield line_number - 1, row
 
 
 def render_rows(
@@ -189,14 +180,8 @@ def register_t0_tasks(
         _catalog_entry(dataset)
         load_split = functools.partial(load_t0_split, dataset, paths, seed)
         for variant in naming.VARIANTS:
-            task_id = naming.TaskId(SOURCE, dataset, variant)
-            few_shot = None
-            if task_id.few_shot:
-                few_shot = data_paths.make_few_shot_spec(
-                    functools.partial(load_split, "train"), vocabulary,
-                    num_shots=num_shots, max_input_tokens=max_input_tokens)
-            spec = sources.RenderSpec(task_id, wrapper, seed=seed, few_shot=few_shot)
-            sources.register_rendered_task(spec, load_split, vocabulary=vocabulary,
-                                           splits=list(SPLITS))
-            names.append(spec.task_name)
+            names.append(data_paths.register_dataset_task(
+                naming.TaskId(SOURCE, dataset, variant), wrapper, load_split, vocabulary,
+                splits=SPLITS, seed=seed, num_shots=num_shots,
+                max_input_tokens=max_input_tokens))
     return names

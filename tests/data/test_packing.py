@@ -6,6 +6,7 @@ import pytest
 
 from flan_jax.data import packing
 from flan_jax.testing import data as data_testing
+from flan_jax.testing.shared_data import shared_data_dir
 
 LENGTHS = packing.FeatureLengths(inputs=8, targets=6)
 
@@ -119,7 +120,7 @@ def test_denser_than_seqio_trim_and_pack_on_real_instruction_lengths():
     pairs = data_testing.load_instruction_lengths()
     if not pairs:
         pytest.skip(f"real data absent: no flan_cot_data or gsm8k under "
-                    f"{data_testing.shared_data_dir()}")
+                    f"{shared_data_dir()}")
     rng = np.random.default_rng(0)
     sample = [pairs[int(i)] for i in rng.choice(len(pairs), size=1024, replace=False)]
     # Equal capacities: the targets (rationales) are the scarcer stream in this data.

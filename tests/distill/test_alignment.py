@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import numpy as np
@@ -11,10 +10,9 @@ import pytest
 from flan_jax.distill import alignment as al
 from flan_jax.distill import teacher_store as ts
 from flan_jax.testing.alignment import naive_align, naive_levenshtein
+from flan_jax.testing.shared_data import shared_data_dir
 
-GSM8K_TRAIN = pathlib.Path(os.environ.get(
-    "FLAN_JAX_SHARED_DATA", pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"),
-) / "gsm8k" / "train.jsonl"
+GSM8K_TRAIN = pathlib.Path(shared_data_dir()) / "gsm8k" / "train.jsonl"
 
 
 @pytest.mark.parametrize("name,teacher,student,pairs,matched", [

@@ -6,7 +6,8 @@ import pytest
 
 from flan_jax.distill import formats
 from flan_jax.evaluation import answers, math_datasets
-from flan_jax.testing.math import make_examples, shared_data_path
+from flan_jax.testing.math import make_examples
+from flan_jax.testing.shared_data import shared_data_path
 
 Q0 = "Tom has 0 apples and buys 2 more. How many apples does he have?"
 Q1 = "Tom has 1 apples and buys 2 more. How many apples does he have?"

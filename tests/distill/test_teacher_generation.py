@@ -119,7 +119,7 @@ def test_distribution_targets_carry_the_teacher_top_k(tmp_path, vocabulary, teac
     store, _ = _generate(tmp_path, vocabulary, teacher,
                          sample_fn=None, is_correct=lambda text, gold: True, num_samples=2)
     stats = alignment.AlignmentStats()
-    common = dict(vocabulary=vocabulary, ratios={"zs_cot": 1.0}, seed=0)
+    common = {"vocabulary": vocabulary, "ratios": {"zs_cot": 1.0}, "seed": 0}
     dist = targets.build_teacher_examples(store, distribution=True, stats=stats, **common)
     samp = targets.build_teacher_examples(store, distribution=False, **common)
     assert len(dist) == len(samp) == len(store) == 6

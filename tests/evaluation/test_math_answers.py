@@ -6,7 +6,7 @@ import pytest
 
 from flan_jax.evaluation import answers
 from flan_jax.evaluation.math_datasets import unescape_tsv_field
-from flan_jax.testing.math import shared_data_path
+from flan_jax.testing.shared_data import shared_data_path
 
 F = fractions.Fraction
 

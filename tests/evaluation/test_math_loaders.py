@@ -7,7 +7,7 @@ import pytest
 from flan_jax.evaluation import math_datasets
 from flan_jax.evaluation.math_datasets import MathDataError
 from flan_jax.evaluation.splits import normalise_question
-from flan_jax.testing.math import shared_data_path
+from flan_jax.testing.shared_data import shared_data_path
 
 
 def test_gsm8k_loader_reads_every_row():

@@ -4,7 +4,8 @@ import dataclasses
 import pytest
 
 from flan_jax.evaluation import math_datasets, splits
-from flan_jax.testing.math import make_examples, shared_data_path
+from flan_jax.testing.math import make_examples
+from flan_jax.testing.shared_data import shared_data_path
 
 
 @pytest.mark.parametrize("a, b", [

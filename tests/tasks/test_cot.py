@@ -1,13 +1,13 @@
 """CoT tasks: the real Flan CoT TSVs render through every template, parseably."""
 import os
 
-import numpy as np
 import pytest
 import seqio
 
 from flan_jax.tasks import cot, data_paths, templates
+from flan_jax.testing.shared_data import shared_data_dir
 
-COT_DIR = "/work/shared/data/flan_cot_data"
+COT_DIR = os.path.join(shared_data_dir(), "flan_cot_data")
 needs_data = pytest.mark.skipif(not os.path.isdir(COT_DIR),
                                 reason=f"shared CoT data not found at {COT_DIR}")
 LOCAL = ("aqua", "creak", "ecqa", "gsm8k", "qasc", "sensemaking", "strategyqa")

@@ -58,7 +58,7 @@ def test_registration_is_idempotent_and_rejects_another_vocabulary(vocabulary, t
     assert "demo__arith__zs_noopt" in names and "demo__nli__inverted__zs_noopt" in names
     mixture = seqio.get_mixture_or_task(demo.DEMO_MIXTURE)
     assert {t.name for t in mixture.tasks} == {n for n in names if ".unseen" not in n}
-    for cluster, pair in demo.demo_eval_tasks().items():
+    for pair in demo.demo_eval_tasks().values():
         assert set(pair) == {"seen", "unseen"} and all(n in names for n in pair.values())
     other = vocabularies.get_vocabulary(vocabularies.build_sentencepiece_model(
         ["a b c d e f g"] * 20, str(tmp_path / "other"), 30, hard_vocab_limit=False))

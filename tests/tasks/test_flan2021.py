@@ -19,7 +19,7 @@ import yaml
 
 from flan_jax.tasks import data_paths, naming, templates
 from flan_jax.tasks.flan2021 import catalog, preprocessors, register
-from flan_jax.testing.data import shared_data_dir
+from flan_jax.testing.shared_data import shared_data_dir
 
 FIXTURES = yaml.safe_load(open(os.path.join(os.path.dirname(__file__),
                                             "flan2021_fixtures.yaml"), encoding="utf-8"))

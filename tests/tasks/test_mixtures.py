@@ -6,8 +6,9 @@ import pytest
 import seqio
 
 from flan_jax.tasks import data_paths, mixtures, naming, registry
+from flan_jax.testing.shared_data import shared_data_dir
 
-COT_DIR = "/work/shared/data/flan_cot_data"
+COT_DIR = os.path.join(shared_data_dir(), "flan_cot_data")
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import pytest
 import seqio
 
 from flan_jax.tasks import data_paths, niv2, templates
+from flan_jax.testing.shared_data import shared_data_dir
 
-NIV2_DIR = "/work/shared/data/super_natural_instructions"
+NIV2_DIR = os.path.join(shared_data_dir(), "super_natural_instructions")
 needs_data = pytest.mark.skipif(not os.path.isdir(NIV2_DIR),
                                 reason=f"shared NIv2 data not found at {NIV2_DIR}")
 

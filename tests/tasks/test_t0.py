@@ -12,9 +12,11 @@ import seqio
 
 from flan_jax.tasks import data_paths, t0, templates
 from flan_jax.tasks.t0 import promptsource
+from flan_jax.testing.shared_data import shared_data_dir
 
-ARCHIVE = "/work/shared/data/promptsource_templates/promptsource-0.2.3-templates.tar.gz"
-CATALOG_CSV = "/work/shared/data/flan_cot_data/flan_collection_info.csv"
+ARCHIVE = os.path.join(shared_data_dir(), "promptsource_templates",
+                       "promptsource-0.2.3-templates.tar.gz")
+CATALOG_CSV = os.path.join(shared_data_dir(), "flan_cot_data", "flan_collection_info.csv")
 needs_archive = pytest.mark.skipif(not os.path.exists(ARCHIVE),
                                    reason=f"shared promptsource archive not found at {ARCHIVE}")
 

@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -109,3 +110,23 @@ def test_initialize_distributed_arguments():
         partitioning.initialize_distributed("localhost:1234")
     with pytest.raises(ValueError, match=r"process_id must be in \[0, 2\)"):
         partitioning.initialize_distributed("localhost:1234", 2, 5)
+
+
+def test_optax_optimizer_state_follows_param_axes():
+    """Adam's moments shard like the params; its count is replicated."""
+    params = {"w": jax.ShapeDtypeStruct((8, 16), np.float32),
+              "b": jax.ShapeDtypeStruct((16,), np.float32)}
+    axes = {"w": P("embed", "mlp"), "b": P("mlp")}
+    schedule = optax.constant_schedule(1e-3)
+    opt = train_state.make_optax_optimizer(optax.adamw(schedule), schedule, axes)
+    state_axes = opt.state_logical_axes(params)
+    adam = state_axes[0]
+    assert adam.mu == axes and adam.nu == axes and adam.count == P()
+    real = jax.eval_shape(opt.tx.init, params)
+    assert jax.tree.structure(real) == jax.tree.structure(
+        state_axes, is_leaf=lambda x: isinstance(x, P))
+
+
+def test_process_batch_fraction_on_one_process():
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(), jax.devices()[:1])
+    assert partitioning.get_process_batch_fraction(mesh, R1) == (1, 1)

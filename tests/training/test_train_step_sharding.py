@@ -2,8 +2,9 @@
 
 The sharded runs happen in a subprocess because the fake device count is fixed when JAX is
 imported. Dropout is on, so the test also checks that dropout masks do not depend on the
-mesh; one sharded run accumulates gradients over microbatches. The in-process tests check the metrics against a direct computation, the non-finite
-guard, bf16 compute and the batch checks.
+mesh; one sharded run accumulates gradients over microbatches. The in-process tests check
+the metrics against a direct computation, the non-finite guard, bf16 compute, activation
+constraints and the batch checks.
 """
 
 import dataclasses

@@ -1,0 +1,253 @@
+"""Training throughput: flan_jax's packed, jitted Adafactor step vs PyTorch T5, same examples.
+
+For each size (T5 1.1 "tiny" and "small" dimensions, float32 on CPU):
+
+- flan_jax: examples best-fit packed into rows (segment ids, positions), the sharded train
+  step of :mod:`flan_jax.training.train_step` with Adafactor (z-loss, fused loss kernel);
+- PyTorch: transformers' ``T5ForConditionalGeneration`` with ``torch.optim.AdamW``, one
+  example per row padded to the longest in its batch (dynamic padding, the usual practice);
+
+both on the same examples, whose (input, target) lengths come from real instruction data
+(``../shared/data/flan_cot_data`` and ``gsm8k``; see ``benchmarks/packing_bench.py``).
+The figure of merit is real (non-padding) target tokens per second. MFU is the model's
+matmul FLOPs per second of the padded shapes over the matmul peak of this CPU, measured
+here by timing a large float32 matmul in JAX. Packing efficiency of our packer vs seqio's
+``trim_and_pack`` on the same data is reported too (from ``packing_bench``).
+
+Prints a table and writes ``benchmarks/results/train_bench.json``.
+
+    python benchmarks/train_bench.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import packing_bench  # noqa: E402  (sibling benchmark script, reused)
+
+from flan_jax.data import packing  # noqa: E402
+from flan_jax.models import t5  # noqa: E402
+from flan_jax.models.config import T5Config  # noqa: E402
+from flan_jax.testing import data as data_testing  # noqa: E402
+from flan_jax.training import (  # noqa: E402
+    adafactor,
+    losses,
+    metrics,
+    partitioning,
+    train_state,
+    train_step,
+)
+
+RESULTS = Path(__file__).parent / "results" / "train_bench.json"
+SIZES = {
+    "tiny": dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256, num_encoder_layers=2,
+                 num_decoder_layers=2),
+    "small": dict(emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024, num_encoder_layers=8,
+                  num_decoder_layers=8),
+}
+# Rows per step and row lengths per size; small is kept short so a CPU step takes seconds.
+SHAPES = {"tiny": (8, {"inputs": 256, "targets": 128}),
+          "small": (4, {"inputs": 192, "targets": 128})}
+
+
+def measure_matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a jitted float32 ``[size, size] @ [size, size]`` matmul on this machine."""
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = matmul(a, a)
+    out.block_until_ready()
+    return 2.0 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def make_model_config(size: str) -> T5Config:
+    return T5Config(vocab_size=32128, dtype="float32", **SIZES[size])
+
+
+def build_jax_step(config: T5Config):
+    """The train step and a fresh state on all local devices."""
+    mesh = partitioning.make_mesh(partitioning.MeshConfig())
+    rules = partitioning.get_logical_axis_rules("1d")
+    param_axes = t5.param_logical_axes(config)
+    optimizer = adafactor.make_adafactor(1e-3, param_axes=param_axes)
+    shardings = train_state.get_train_state_shardings(
+        t5.abstract_params(config), param_axes, optimizer, mesh, rules)
+    params = jax.tree.map(np.asarray, t5.init_params(config, jax.random.key(0)))
+    state = train_state.init_sharded_train_state(params, optimizer, shardings)
+    step = train_step.make_train_step(
+        forward=train_step.make_encoder_decoder_forward(t5.EncoderDecoder(config)),
+        output_kernel_fn=t5.output_kernel, optimizer=optimizer,
+        loss_config=losses.LossConfig(normalization="average_per_sequence"), mesh=mesh,
+        rules=rules, state_shardings=shardings)
+    return step, state, mesh, rules
+
+
+def make_packed_batches(examples, rows: int, lengths: dict, count: int) -> list[dict]:
+    """``count`` batches of ``rows`` packed rows, from one 1024-example buffer whose rows are
+    shuffled (as the training pipeline does), so batches mix long and short examples."""
+    packed = packing.pack_examples(examples[:1024], packing.FeatureLengths.from_mapping(lengths))
+    order = np.random.default_rng(0).permutation(len(packed["decoder_target_tokens"]))
+    if len(order) < rows * count:
+        raise ValueError(f"only {len(order)} packed rows for {count} batches of {rows}")
+    return [{k: v[order[i * rows:(i + 1) * rows]] for k, v in packed.items()}
+            for i in range(count)]
+
+
+def bench_flan_jax(config: T5Config, batches: list[dict], lengths: dict) -> dict:
+    """Real target tokens/s of packed training; the first batch only compiles."""
+    step, state, mesh, rules = build_jax_step(config)
+    rows = len(batches[0]["decoder_target_tokens"])
+    state, _ = step(state, partitioning.make_global_batch(batches[0], mesh, rules))
+    jax.block_until_ready(state)
+    tokens = sequences = 0.0
+    start = time.perf_counter()
+    for batch in batches[1:]:
+        state, out = step(state, partitioning.make_global_batch(batch, mesh, rules))
+        tokens += float(out["num_real_target_tokens"])
+        sequences += float(out["num_sequences"])
+    seconds = time.perf_counter() - start
+    steps = len(batches) - 1
+    flops = metrics.estimate_train_flops_per_step(
+        config, batch_size=rows, inputs_length=lengths["inputs"],
+        targets_length=lengths["targets"]) * steps
+    return {"seconds_per_step": seconds / steps, "real_target_tokens_per_s": tokens / seconds,
+            "sequences_per_s": sequences / seconds, "flops_per_s": flops / seconds}
+
+
+def _torch_batch(examples, torch):
+    """One example per row, padded to the longest input / target of the batch."""
+    enc_len = max(len(e["inputs"]) for e in examples)
+    dec_len = max(len(e["targets"]) for e in examples)
+    enc = np.zeros((len(examples), enc_len), np.int64)
+    labels = np.full((len(examples), dec_len), -100, np.int64)  # -100: ignored by HF
+    for i, e in enumerate(examples):
+        enc[i, :len(e["inputs"])] = e["inputs"]
+        labels[i, :len(e["targets"])] = e["targets"]
+    return torch.from_numpy(enc), torch.from_numpy(enc > 0), torch.from_numpy(labels)
+
+
+def bench_torch(config: T5Config, packed_batches: list[dict]) -> dict:
+    """Real target tokens/s of transformers' T5 training with AdamW on the same examples:
+    step i trains on exactly the examples packed into flan_jax's batch i."""
+    import torch
+    import transformers
+
+    from flan_jax.models.hf_convert import hf_config_from_config
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    hf = {k: v for k, v in hf_config_from_config(config).items()
+          if k not in ("architectures", "model_type")}
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**hf)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batches = [_torch_batch(data_testing.unpack_rows(b), torch) for b in packed_batches]
+    steps = len(batches) - 1
+
+    def train_one(batch):
+        enc, mask, labels = batch
+        optimizer.zero_grad(set_to_none=True)
+        model(input_ids=enc, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+
+    train_one(batches[0])  # warm-up
+    tokens = flops = sequences = 0.0
+    start = time.perf_counter()
+    for batch in batches[1:]:
+        train_one(batch)
+        tokens += float((batch[2] >= 0).sum())
+        sequences += batch[0].shape[0]
+        flops += metrics.estimate_train_flops_per_step(
+            config, batch_size=batch[0].shape[0], inputs_length=batch[0].shape[1],
+            targets_length=batch[2].shape[1])
+    seconds = time.perf_counter() - start
+    return {"seconds_per_step": seconds / steps, "real_target_tokens_per_s": tokens / seconds,
+            "sequences_per_s": sequences / seconds, "flops_per_s": flops / seconds}
+
+
+def bench_size(size: str, examples, steps: int, peak: float) -> dict:
+    config = make_model_config(size)
+    rows, lengths = SHAPES[size]
+    batches = make_packed_batches(examples, rows, lengths, steps + 1)
+    ours = bench_flan_jax(config, batches, lengths)
+    theirs = bench_torch(config, batches)
+    for result in (ours, theirs):
+        result["mfu"] = result["flops_per_s"] / peak
+    return {"size": size, "rows": rows, "lengths": lengths, "flan_jax": ours,
+            "pytorch": theirs, "tokens_per_s_ratio": ours["real_target_tokens_per_s"]
+            / theirs["real_target_tokens_per_s"]}
+
+
+def bench_packing(examples) -> list[dict]:
+    rows = []
+    for lengths in packing_bench.CAPACITIES[:2]:
+        rows.append({"lengths": lengths,
+                     "flan_jax": packing_bench.run_ours(examples, lengths, 1024),
+                     "seqio_trim_and_pack": packing_bench.run_seqio(examples, lengths)})
+    return rows
+
+
+def print_tables(peak: float, runs: list[dict], packing_rows: list[dict]) -> None:
+    print(f"\nmeasured f32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    header = (f"{'size':<6} | {'framework':<9} | {'s/step':>7} | {'real tgt tok/s':>14} | "
+              f"{'seq/s':>7} | {'MFU':>6} | {'ratio':>6}")
+    print(header + "\n" + "-" * len(header))
+    for run in runs:
+        for name in ("flan_jax", "pytorch"):
+            r = run[name]
+            ratio = f"{run['tokens_per_s_ratio']:.2f}x" if name == "flan_jax" else ""
+            print(f"{run['size']:<6} | {name:<9} | {r['seconds_per_step']:>7.3f} | "
+                  f"{r['real_target_tokens_per_s']:>14,.0f} | {r['sequences_per_s']:>7.1f} | "
+                  f"{r['mfu']:>6.1%} | {ratio:>6}")
+    print("\npacking efficiency (share of real tokens, both streams; bottleneck stream)")
+    for row in packing_rows:
+        ours, theirs = row["flan_jax"], row["seqio_trim_and_pack"]
+        print(f"  {row['lengths']['inputs']}/{row['lengths']['targets']}: flan_jax "
+              f"{ours['combined']:.1%} ({ours['bottleneck']:.1%}) vs seqio "
+              f"{theirs['combined']:.1%} ({theirs['bottleneck']:.1%})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer timed steps")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per framework")
+    args = parser.parse_args(argv)
+    steps = args.steps or (2 if args.quick else 5)
+    pairs = data_testing.load_instruction_lengths()
+    if not pairs:
+        print(f"No real data under {data_testing.shared_data_dir()}; nothing to measure.")
+        return 1
+    rng = np.random.default_rng(0)
+    sample = [pairs[int(i)] for i in rng.choice(len(pairs), size=min(4096, len(pairs)),
+                                                replace=False)]
+    examples = data_testing.make_examples_from_lengths(sample, 0)
+    peak = measure_matmul_peak()
+    runs = [bench_size(size, examples, steps, peak) for size in SIZES]
+    packing_rows = bench_packing(examples[: 2048 if args.quick else 4096])
+    print_tables(peak, runs, packing_rows)
+    result = {"machine": platform.processor() or platform.machine(),
+              "devices": [str(d) for d in jax.devices()], "quick": args.quick,
+              "timed_steps": steps, "matmul_peak_flops_per_s": peak, "runs": runs,
+              "packing": packing_rows}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    name = RESULTS.with_name("train_bench_quick.json" if args.quick else RESULTS.name)
+    tmp = name.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, name)
+    print(f"wrote {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Every shipped gin file parses, and the run configs build valid config objects."""
+from __future__ import annotations
+
+import gin
+import pytest
+
+from flan_jax.cli import gin_flags
+from flan_jax.cli import train as train_cli
+from flan_jax.models.config import T5Config
+from flan_jax.training import (
+    adafactor,
+    checkpointing,
+    evaluation,
+    losses,
+    metrics,
+    partitioning,
+    train_step,
+    trainer,
+)
+
+SHIPPED = sorted(gin_flags.list_shipped_gin_files())
+RUN_STACKS = (
+    train_cli.DEMO_GIN_FILES,
+    ("models/t5_1_1_small.gin", "runs/finetune.gin"),
+    ("models/t5_1_1_base.gin", "runs/finetune.gin", "runs/pretrain.gin"),
+)
+CONFIG_CLASSES = (trainer.DataConfig, trainer.PartitioningConfig, partitioning.MeshConfig,
+                  adafactor.AdafactorConfig, losses.LossConfig, train_step.TrainStepConfig,
+                  checkpointing.CheckpointConfig, evaluation.EvalConfig, metrics.MetricsConfig)
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def test_the_run_configs_are_shipped():
+    for name in ("finetune", "pretrain", "eval", "infer", "demo_cpu"):
+        assert f"runs/{name}.gin" in SHIPPED
+
+
+def _stack_of(path: str) -> list[str]:
+    """The files a shipped file is parsed with: its run stack when it ends one, else alone."""
+    for stack in RUN_STACKS:
+        if stack[-1] == path:
+            return list(stack)
+    return [path]
+
+
+@pytest.mark.parametrize("path", SHIPPED)
+def test_every_shipped_gin_file_parses(path):
+    gin_flags.parse_gin(_stack_of(path), [])
+
+
+@pytest.mark.parametrize("files", RUN_STACKS, ids="+".join)
+def test_run_configs_build_valid_objects(files):
+    gin_flags.parse_gin(list(files), ["MODEL_DIR = '/tmp/run'", "MIXTURE_OR_TASK_NAME = 'x'"])
+    model = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+    assert isinstance(model, T5Config)
+    for cls in CONFIG_CLASSES:  # __post_init__ validates every bound field.
+        gin.get_configurable(cls)()
+    assert gin.query_parameter("trainer.train.model_dir") is not None
+    entry = gin.query_parameter("train_cli.run.entry_point")
+    assert entry is not None
+
+
+def test_demo_config_matches_the_demo_collection():
+    from flan_jax.tasks import demo
+
+    gin_flags.parse_gin(list(train_cli.DEMO_GIN_FILES), [])
+    model = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+    assert model.vocab_size % 128 == 0 and model.dtype == "float32"
+    assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == demo.DEMO_MIXTURE
+    tasks = gin.query_parameter("evaluation.EvalConfig.tasks")
+    unseen = {t["unseen"] for t in demo.demo_eval_tasks().values()}
+    assert set(tasks) == unseen
+
+
+def test_unknown_gin_name_is_one_clear_error(capsys):
+    code = train_cli.main([f"--gin_file={f}" for f in train_cli.DEMO_GIN_FILES]
+                          + ["--gin.trainer.train.bogus=1"])
+    assert code == 2
+    assert "bogus" in capsys.readouterr().err
+
+
+def test_missing_model_dir_is_one_clear_error(capsys):
+    code = train_cli.main(["--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/finetune.gin",
+                           "--gin.MIXTURE_OR_TASK_NAME=demo_mixture"])
+    assert code == 2
+    assert "--gin.MODEL_DIR" in capsys.readouterr().err
