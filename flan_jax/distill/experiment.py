@@ -237,11 +237,15 @@ def _write_text_atomically(path: str, text: str) -> None:
 
 def format_table(results: dict[str, Any]) -> str:
     """The markdown table: per mode, held-out accuracy at each evaluated step and final loss."""
-    steps = sorted({int(s) for r in results["students"].values() for s in r["heldout_accuracy"]})
+    trained = {m: r for m, r in results["students"].items() if "skipped" not in r}
+    steps = sorted({int(s) for r in trained.values() for s in r["heldout_accuracy"]})
     header = ["mode", "train examples"] + [f"acc @{s}" for s in steps] + ["final train loss",
                                                                          "seconds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for mode, r in results["students"].items():
+        if mode not in trained:
+            lines.append(f"| {mode} | 0 | {r['skipped']} |")
+            continue
         accs = [f"{r['heldout_accuracy'].get(str(s), float('nan')):.3f}" for s in steps]
         lines.append("| " + " | ".join([mode, str(r["num_train_examples"])] + accs + [
             f"{np.mean(r['loss'][-10:]):.4f}", f"{r['seconds']:.0f}"]) + " |")
@@ -267,6 +271,8 @@ def plot_results(results: dict[str, Any], path: str) -> None:
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for mode, r in results["students"].items():
+        if "skipped" in r:
+            continue
         ax_loss.plot(np.arange(1, len(r["loss"]) + 1), r["loss"], label=mode)
         steps = sorted(int(s) for s in r["heldout_accuracy"])
         ax_acc.plot(steps, [r["heldout_accuracy"][str(s)] for s in steps], marker="o",
@@ -318,6 +324,10 @@ def run_experiment(*, out_dir: str, work_dir: str | None = None,
     students = {}
     for mode in MODES:
         examples = _student_examples(mode, cfg, vocabulary, train, store, stats)
+        if not examples:  # e.g. an untrained teacher that got no question right
+            students[mode] = {"skipped": "no training examples (the teacher kept no sample)"}
+            _LOG.info("%s: skipped, no training examples", mode)
+            continue
         students[mode] = train_student(mode, cfg, vocabulary, examples, heldout, student_config)
         _LOG.info("%s: held-out accuracy %s", mode, students[mode]["heldout_accuracy"])
     results = {

@@ -87,8 +87,7 @@ def write_new_instructions(model_dir: str) -> str:
     path = os.path.join(model_dir, "new_instructions.jsonl")
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        for text in NEW_INSTRUCTIONS:
-            f.write(json.dumps({"inputs": text}) + "\n")
+        f.writelines(json.dumps({"inputs": text}) + "\n" for text in NEW_INSTRUCTIONS)
     os.replace(tmp, path)
     return path
 

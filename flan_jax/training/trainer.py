@@ -34,11 +34,11 @@ from flan_jax.training import (
     checkpointing,
     evaluation,
     losses,
-    metrics as metrics_lib,
     partitioning,
     train_state,
     train_step,
 )
+from flan_jax.training import metrics as metrics_lib
 
 
 @dataclasses.dataclass(frozen=True)

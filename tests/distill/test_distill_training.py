@@ -1,6 +1,8 @@
 """Distillation training modes through the trainer's train step: KL against naive dense math."""
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,3 +161,20 @@ def test_unknown_kind_option_is_named():
     loss = losses.LossConfig(kind=kl_loss.SPARSE_KL, kind_options={"temprature": 2.0})
     with pytest.raises(ValueError, match="temprature"):
         losses.compute_loss(hidden, kernel, _distill_batch(5), loss)
+
+
+def test_distill_gin_builds_a_sparse_kl_run():
+    import gin
+
+    import flan_jax.gin_configs
+
+    path = os.path.join(os.path.dirname(flan_jax.gin_configs.__file__), "runs", "distill.gin")
+    gin.clear_config()
+    try:
+        gin.parse_config_file(path)
+        config = gin.get_configurable(student_training.StudentTrainConfig)()
+    finally:
+        gin.clear_config()
+    assert config.loss.kind == kl_loss.SPARSE_KL
+    assert dict(config.loss.kind_options) == {"missing_mass": "drop", "temperature": 1.0}
+    assert config.num_steps == 1000

@@ -47,7 +47,8 @@ def test_two_steps_then_eval_and_checkpoint(tmp_path):
     }
     assert np.isfinite(result.eval_metrics["eval/demo__sentiment.unseen__zs_opt/loss"])
 
-    lines = [json.loads(x) for x in open(os.path.join(model_dir, "metrics.jsonl"))]
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        lines = [json.loads(x) for x in f]
     assert [x["step"] for x in lines if "train/loss" in x] == [1, 2]
     assert os.listdir(os.path.join(model_dir, "tensorboard"))
 
