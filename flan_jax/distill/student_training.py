@@ -40,8 +40,7 @@ class StudentTrainConfig:
       seed: parameter-initialisation seed (when no initial parameters are given).
       dropout_seed: seed of the dropout masks.
       constrain_activations: trace the model under the mesh and rules (see
-        ``TrainStepConfig``); off by default: the distillation runs are single-device, and
-        the model's activation constraints currently fail on some attention tensors there.
+        ``TrainStepConfig``).
     """
 
     num_steps: int = 100
@@ -52,7 +51,7 @@ class StudentTrainConfig:
     rules: str = "1d"
     seed: int = 0
     dropout_seed: int = 0
-    constrain_activations: bool = False
+    constrain_activations: bool = True
 
     def __post_init__(self) -> None:
         if self.num_steps < 0:
