@@ -178,6 +178,10 @@ def test_catalog_prompts_exist_and_a_fixture_task_renders_end_to_end(template_ro
     name = next(t.name for t in t0.load_t0_catalog() if t.dataset == "amazon_polarity"
                 and not t0.find_prompt(t, paths).choices_in_prompt)
     vocab = seqio.PassThroughVocabulary(10)
+    # Registration is idempotent per name: drop registrations other tests made with other
+    # data paths, so these tasks read this test's rows.
+    for variant in ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt"):
+        seqio.TaskRegistry.remove(f"t0__{name}__{variant}")
     t0.register_t0_tasks(vocab, datasets=[name], paths=paths)
     plain = list(t0.load_t0_split(name, paths, 0, "train"))
     assert len(plain) == 6 and plain[1][1]["answer"] in plain[1][1]["options"]
