@@ -89,7 +89,13 @@ def list_shipped_gin_files() -> list[str]:
 
 
 def parse_gin(files: list[str], bindings: list[str]) -> None:
-    """Parses gin files and bindings; include statements also search the shipped dir."""
+    """Parses gin files and bindings into a fresh configuration.
+
+    Each command invocation starts from a clean gin state (so two commands run in one
+    process, as in tests, do not see each other's bindings); include statements also search
+    the shipped dir.
+    """
+    gin.clear_config()
     gin.add_config_file_search_path(shipped_gin_dir())
     gin.parse_config_files_and_bindings(
         [resolve_gin_file(f) for f in files], bindings, finalize_config=True

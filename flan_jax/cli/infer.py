@@ -2,6 +2,11 @@
 
     flan-jax infer --checkpoint CKPT_DIR --input_file in.jsonl --output_file out.jsonl \\
         [--decode greedy|sample|beam] [--num_beams 4] [--temperature 1.0] [--max_decode_len 128]
+    flan-jax infer --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH=CKPT_DIR \\
+        --gin.INPUT_FILE=in.jsonl --gin.OUTPUT_FILE=out.jsonl
+
+The gin macros of `runs/infer.gin` stand for the flags (`GIN_MACRO_FLAGS`); flags given
+next to gin files override them.
 
 Each input line is a JSON object with an "inputs" string; the output repeats it with a
 "prediction" string added. The input reading and batching helpers here are shared with
@@ -93,6 +98,43 @@ def load_for_inference(args: argparse.Namespace) -> Any:
     return loaded
 
 
+# gin macro (t5x style, see gin_configs/runs/infer.gin) -> the flag it stands for.
+GIN_MACRO_FLAGS = {
+    "CHECKPOINT_PATH": "--checkpoint",
+    "INPUT_FILE": "--input_file",
+    "OUTPUT_FILE": "--output_file",
+    "DECODE": "--decode",
+    "MAX_DECODE_LEN": "--max_decode_len",
+    "NUM_BEAMS": "--num_beams",
+    "TEMPERATURE": "--temperature",
+    "BATCH_SIZE": "--batch_size",
+}
+
+
+def flags_from_gin(argv: list[str]) -> list[str]:
+    """Turns `--gin_file` / `--gin.MACRO=VALUE` arguments into the equivalent flags.
+
+    Flags given explicitly come after those from gin, so argparse lets them win.
+    """
+    import gin
+
+    from flan_jax.cli import gin_flags
+
+    args = gin_flags.split_gin_args(argv)
+    if not args.files and not args.bindings:
+        return argv
+    gin_flags.parse_gin(args.files, args.bindings)
+    flags = []
+    for macro, flag in GIN_MACRO_FLAGS.items():
+        try:
+            value = gin.query_parameter(f"%{macro}")
+        except ValueError:  # The macro is not bound by these gin files.
+            continue
+        if value is not None:
+            flags += [flag, str(value)]
+    return flags + args.rest
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flan-jax infer", description=__doc__.split("\n")[0])
     add_checkpoint_arguments(parser)
@@ -169,4 +211,9 @@ def run_reporting_errors(command: str, run_fn: Callable[[argparse.Namespace], in
 
 def main(argv: list[str]) -> int:
     """Entry point of `flan-jax infer`."""
+    try:
+        argv = flags_from_gin(argv)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"flan-jax infer: error: {error}", file=sys.stderr)
+        return 2
     return run_reporting_errors("infer", run, _build_parser().parse_args(argv), "predictions")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib
 import json
 import logging
 import sys
@@ -23,20 +22,7 @@ from typing import Sequence
 import seqio
 
 from flan_jax.data import export
-from flan_jax.tasks import naming, sources
-
-_REGISTRY_MODULE = "flan_jax.tasks.registry"
-
-
-def _import_if_present(module_name: str):
-    """The module, or None when it does not exist (an error inside it still raises)."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:
-            raise
-        return None
-
+from flan_jax.tasks import mixtures, naming, sources
 
 def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags `register_catalog` needs, shared by the commands that read tasks."""
@@ -48,43 +34,27 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sentinel ids on top of --vocabulary (T5: 100)")
 
 
-def register_catalog(vocabulary_path: str | None = None, extra_ids: int = 100) -> str | None:
-    """Registers the task catalog through its single entry point; idempotent.
-
-    Calls `flan_jax.tasks.registry.register_all(vocabulary)` when that module exists,
-    otherwise registers the demo collection, so the CLIs keep working on a checkout
-    without the full catalog.
+def register_catalog(vocabulary_path: str | None = None, extra_ids: int = 100) -> None:
+    """Registers the Flan 2022 collection and the demo collection; idempotent.
 
     Args:
-      vocabulary_path: a SentencePiece model; None uses the demo vocabulary (built offline).
+      vocabulary_path: the SentencePiece model of the Flan 2022 tasks' features; None uses
+        the demo vocabulary (built offline), with a warning, since the real T5 vocabulary
+        must be supplied by the user.
       extra_ids: sentinel ids added on top of `vocabulary_path`.
-
-    Returns:
-      The name of the entry point called, or None if none is available.
     """
     from flan_jax.data import vocabularies
+    from flan_jax.tasks import demo, registry
 
-    demo = _import_if_present("flan_jax.tasks.demo")
-    has_demo = demo is not None and hasattr(demo, "register_demo_tasks")
-    if vocabulary_path is not None:
-        vocabulary = vocabularies.get_vocabulary(vocabulary_path, extra_ids)
-    elif has_demo:
-        vocabulary = demo.get_demo_vocabulary()
+    demo_vocabulary = demo.get_demo_vocabulary()
+    demo.register_demo_tasks(demo_vocabulary)
+    if vocabulary_path is None:
+        logging.warning("No vocabulary given: the Flan 2022 tasks are registered with the "
+                        "demo vocabulary, which also prunes few-shot prompts.")
+        vocabulary = demo_vocabulary
     else:
-        vocabulary = None
-    registry = _import_if_present(_REGISTRY_MODULE)
-    if registry is not None and hasattr(registry, "register_all") and vocabulary is not None:
-        if vocabulary_path is None:
-            logging.warning("No --vocabulary given: tasks are registered with the demo "
-                            "vocabulary, which also prunes few-shot prompts.")
-        registry.register_all(vocabulary)
-        return f"{_REGISTRY_MODULE}.register_all"
-    if has_demo:
-        demo.register_demo_tasks(demo.get_demo_vocabulary())
-        return "flan_jax.tasks.demo.register_demo_tasks"
-    logging.warning("Neither %s nor the demo collection is available; only tasks registered "
-                    "by the caller are listed.", _REGISTRY_MODULE)
-    return None
+        vocabulary = vocabularies.get_vocabulary(vocabulary_path, extra_ids)
+    registry.register_all(vocabulary)
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -190,8 +160,7 @@ def show_task(task: seqio.Task) -> list[str]:
 
 
 def _describe_cap(source: str | None) -> list[str]:
-    mixtures = _import_if_present("flan_jax.tasks.mixtures")
-    caps = getattr(mixtures, "CAPS", {}) if mixtures is not None else {}
+    caps = mixtures.CAPS
     if source not in caps:
         return []
     return [f"cap: {caps[source]:,} examples (examples-proportional rate = "

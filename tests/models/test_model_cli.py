@@ -63,6 +63,20 @@ def test_infer_adds_predictions(workdir, decode):
     assert all(isinstance(r["prediction"], str) for r in records)
 
 
+def test_infer_from_gin_macros_equals_infer_from_flags(workdir):
+    root, _ = workdir
+    by_flags, by_gin = root / "by_flags.jsonl", root / "by_gin.jsonl"
+    assert cli.main(["infer", "--checkpoint", str(root / "ckpt"), "--input_file",
+                     str(root / "in.jsonl"), "--output_file", str(by_flags),
+                     "--max_decode_len", "6", "--decode", "beam", "--num_beams", "2"]) == 0
+    assert cli.main(["infer", "--gin_file=runs/infer.gin",
+                     f"--gin.CHECKPOINT_PATH={root / 'ckpt'}",
+                     f"--gin.INPUT_FILE={root / 'in.jsonl'}",
+                     f"--gin.OUTPUT_FILE={by_gin}", "--gin.MAX_DECODE_LEN=6",
+                     "--gin.DECODE=beam", "--gin.NUM_BEAMS=2"]) == 0
+    assert _read(by_gin) == _read(by_flags)
+
+
 def test_greedy_predictions_match_transformers_generate(workdir):
     from flan_jax.checkpoints import load_model_checkpoint
 
