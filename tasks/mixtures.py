@@ -27,6 +27,7 @@ from flan_jax.data import file_io
 from flan_jax.tasks import data_paths, naming
 
 COUNTS_PATH = os.path.join(os.path.dirname(__file__), "counts.tsv")
+RECOUNTED_ORIGIN = "counted: recompute_counts on local data"
 # Per-task caps for examples-proportional mixing, from the Flan 2022 collection's public
 # mixture configuration (Longpre et al. 2023, "The Flan Collection"; see REFERENCE.md).
 CAPS = {"flan2021": 30_000, "t0": 20_000, "niv2": 5_000, "cot": 100_000, "dialog": 200_000}
@@ -125,7 +126,7 @@ def recompute_counts(
         count = count_examples(row.source, row.dataset, paths)
         if count is not None:
             row = dataclasses.replace(row, num_examples=count,
-                                      origin="counted: recompute_counts on local data")
+                                      origin=RECOUNTED_ORIGIN)
         rows.append(row)
     write_count_table(rows, path)
     return rows

@@ -3,12 +3,15 @@
     flan-jax tasks [--vocabulary SPM_MODEL] list [--mixture M] [--source S] [--mixtures]
     flan-jax tasks show NAME
     flan-jax tasks preview NAME [-n 3] [--split train] [--seed 0] [--json]
+    flan-jax tasks recount [--data_root DIR] [--table PATH]
 
 `list` prints task names (with their rate and share inside `--mixture`), or the mixtures;
 `show` describes a task (source, splits, example counts, templates, rates in every
 mixture holding it) or a mixture (tasks, share per source); `preview` renders the first
-examples a task or mixture yields, with their metadata. An unknown name is answered with
-the closest registered names.
+examples a task or mixture yields, with their metadata; `recount` rewrites the example-count
+table the mixture rates come from (`tasks/counts.tsv`) by counting the local data under the
+data root, keeping the rows whose data is absent. An unknown name is answered with the
+closest registered names.
 """
 from __future__ import annotations
 
@@ -74,7 +77,25 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     preview.add_argument("--split", default="train")
     preview.add_argument("--seed", type=int, default=0, help="seed of the mixture sampler")
     preview.add_argument("--json", action="store_true", help="one JSON object per line")
+    recount = commands.add_parser("recount", help="recount examples from local data")
+    recount.add_argument("--data_root", default=None,
+                         help="the data root (default: $FLAN_JAX_DATA_DIR)")
+    recount.add_argument("--table", default=mixtures.COUNTS_PATH,
+                         help="the count table to rewrite (default: the shipped one)")
     return parser.parse_args(argv)
+
+
+def recount(data_root: str | None, table: str) -> list[str]:
+    """Recounts the table from local data; one line per source: counted rows / all rows."""
+    from flan_jax.tasks import registry
+
+    rows = registry.recompute_counts(data_root, path=table)
+    totals, counted = collections.Counter(), collections.Counter()
+    for row in rows:
+        totals[row.source] += 1
+        counted[row.source] += row.origin == mixtures.RECOUNTED_ORIGIN
+    return [f"{source}: {counted[source]} of {totals[source]} datasets counted from local data"
+            for source in sorted(totals)] + [f"wrote {table}"]
 
 
 def _source_of(task_name: str) -> str | None:
@@ -213,6 +234,9 @@ def _run_command(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str]) -> int:
     args = _parse_args(argv)
+    if args.command == "recount":
+        print("\n".join(recount(args.data_root, args.table)))
+        return 0
     register_catalog(args.vocabulary, args.extra_ids)
     try:
         lines = _run_command(args)

@@ -139,3 +139,23 @@ def test_the_command_registers_the_catalog_in_a_fresh_process():
     mixtures = [line.split("\t")[0] for line in result.stdout.splitlines()]
     assert mixtures, f"no mixture registered by the catalog entry point: {result.stderr}"
     assert all(int(line.split("\t")[1].split()[0]) > 0 for line in result.stdout.splitlines())
+
+
+def test_recount_counts_local_data_and_keeps_absent_rows(tmp_path, capsys):
+    from flan_jax.tasks import mixtures
+
+    table = tmp_path / "counts.tsv"
+    table.write_text(open(mixtures.COUNTS_PATH).read())
+    (tmp_path / "data" / "cot").mkdir(parents=True)
+    (tmp_path / "data" / "cot" / "qasc_train.tsv").write_text(
+        "".join(f"Question {i}?\tanswer {i}\tBecause {i}.\n" for i in range(5)))
+    code, out, _ = run_cli(tasks_cli, capsys, "recount", "--data_root",
+                           str(tmp_path / "data"), "--table", str(table))
+    assert code == 0
+    assert "cot: 1 of 9 datasets counted from local data" in out
+    before = {(r.source, r.dataset): r for r in mixtures.read_count_table(mixtures.COUNTS_PATH)}
+    for row in mixtures.read_count_table(str(table)):
+        if (row.source, row.dataset) == ("cot", "qasc"):
+            assert row.num_examples == 5 and row.origin == mixtures.RECOUNTED_ORIGIN
+        else:
+            assert row == before[(row.source, row.dataset)]
