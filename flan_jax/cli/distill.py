@@ -1,4 +1,4 @@
-"""`flan-jax distill`: build teacher stores and alignments, and run the CPU experiment.
+"""`flan-jax distill`: teacher stores, alignment, student training and checkpoint selection.
 
     flan-jax distill ingest-openai --input completions.jsonl --out STORE [--k 5]
         [--keep_correct]
@@ -7,12 +7,24 @@
     flan-jax distill align --store STORE --student_vocab spiece.model --out ALIGNED
         [--teacher_vocab vocab.json] [--k 5]
     flan-jax distill run-experiment --out_dir benchmarks/results [--preset cpu]
+    flan-jax distill train --gin_file=runs/distill.gin --gin.STORE=STORE \\
+        --gin.STUDENT=CKPT_DIR --gin.MODEL_DIR=OUT [--gin.TRAIN_STEPS=N ...]
+    flan-jax distill select --checkpoint_dir OUT --eval gsm8k=PATH --eval svamp=PATH
+        --dev svamp [--format zs_cot] [--num_samples N --temperature T] [--max_decode_len 256]
+        [--max_examples N] [--train_questions PATH [--train_dataset gsm8k]] --out RESULTS.json
 
 `--questions` is a JSONL file of {"question", "answer"[, "id"]} objects, or with `--dataset`
 a file in that data set's original format (gsm8k, multiarith, asdiv, svamp). `align` writes
 `ALIGNED/aligned.npz` (per example: student ids, top-k rows, fallback flags) and
 `ALIGNED/summary.json` with the fallback rate, which it also prints. Training aligns on the
 fly (`flan_jax.distill.targets`); `align` reports the rate before a run and keeps the result.
+
+`train` runs `flan_jax.distill.train_student.train_student` as bound by the gin files (see
+`runs/distill.gin` for its macros; sample matching is `--gin.LOSS_KIND='"cross_entropy"'
+--gin.KIND_OPTIONS={}`). `select` decodes every step of a checkpoint directory
+on the `--eval` sets (each NAME is the set's original format: gsm8k, multiarith, asdiv,
+svamp), prints the accuracy table and the step that is best on the `--dev` sets, and writes
+both to `--out`; with `--train_questions`, a dev set sharing a question with them is an error.
 """
 from __future__ import annotations
 
@@ -69,11 +81,34 @@ def _add_experiment(sub) -> None:
     parser.add_argument("--preset", default="cpu", help="experiment size: 'cpu' or 'smoke'")
 
 
+def _add_select(sub) -> None:
+    parser = sub.add_parser("select", help="accuracy of every saved step; best step on dev")
+    parser.add_argument("--checkpoint_dir", required=True, help="directory of step dirs")
+    parser.add_argument("--eval", required=True, action="append", metavar="NAME=PATH",
+                        help="an evaluation set in its original format (repeatable)")
+    parser.add_argument("--dev", required=True, help="comma-separated selection sets")
+    parser.add_argument("--format", default="zs_cot", choices=("zs_cot", "zs_answer_only"))
+    parser.add_argument("--num_samples", type=int, default=1,
+                        help="1: greedy; N > 1: N samples and a majority vote")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--max_decode_len", type=int, default=256)
+    parser.add_argument("--max_input_len", type=int, default=512)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_examples", type=int, default=None, help="per evaluation set")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train_questions", default=None,
+                        help="training questions; the dev sets must not overlap them")
+    parser.add_argument("--train_dataset", default=None,
+                        help="read --train_questions in this format (default: JSONL)")
+    parser.add_argument("--out", required=True, help="results JSON (written atomically)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flan-jax distill", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_ingest, _add_generate, _add_align, _add_experiment):
+    for add in (_add_ingest, _add_generate, _add_align, _add_experiment, _add_select):
         add(sub)
+    sub.add_parser("train", help="train a student from gin configs (runs/distill.gin)")
     return parser
 
 
@@ -185,12 +220,59 @@ def run_experiment(args: argparse.Namespace) -> str:
     return f"wrote {result.table_path}, {result.json_path} and {result.plot_path}"
 
 
+def run_select(args: argparse.Namespace) -> str:
+    from flan_jax.distill import select_checkpoints as select
+
+    eval_sets = select.load_eval_sets(select.parse_eval_specs(args.eval),
+                                      max_examples=args.max_examples)
+    training = (_read_questions(args.train_questions, args.train_dataset)
+                if args.train_questions else None)
+    decode = select.DecodeConfig(
+        format_name=args.format, num_samples=args.num_samples, temperature=args.temperature,
+        max_decode_len=args.max_decode_len, max_input_len=args.max_input_len,
+        batch_size=args.batch_size, seed=args.seed)
+    result = select.run_selection(
+        checkpoint_dir=args.checkpoint_dir, eval_sets=eval_sets,
+        dev_sets=[name for name in args.dev.split(",") if name], decode=decode,
+        training=training)
+    select.write_selection(args.out, result)
+    chosen = result.selection
+    return (f"{result.table.to_markdown()}\n\nselected step {chosen.step} (mean dev accuracy "
+            f"{chosen.dev_accuracy:.3f} on {', '.join(chosen.dev_sets)}); wrote {args.out}")
+
+
+def run_train(argv: list[str]) -> int:
+    """`flan-jax distill train`: the gin-bound `train_student.train_student`."""
+    import logging
+
+    from flan_jax.cli import gin_flags
+    from flan_jax.cli.train import run_gin
+    from flan_jax.distill import train_student
+
+    if argv and argv[0] in ("-h", "--help"):
+        print(train_student.__doc__)
+        return 0
+    try:
+        args = gin_flags.split_gin_args(argv)
+    except ValueError as error:
+        print(f"flan-jax distill train: error: {error}", file=sys.stderr)
+        return 2
+    if args.rest or not args.files:
+        print(f"flan-jax distill train: expected --gin_file=runs/distill.gin and "
+              f"--gin.NAME=VALUE flags; got {args.rest or 'no gin file'}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    return run_gin("distill train", args.files, args.bindings, train_student.train_student)
+
+
 _COMMANDS = {"ingest-openai": run_ingest, "generate": run_generate, "align": run_align,
-             "run-experiment": run_experiment}
+             "run-experiment": run_experiment, "select": run_select}
 
 
 def main(argv: list[str]) -> int:
     """Entry point of `flan-jax distill`."""
+    if argv and argv[0] == "train":  # gin flags are not argparse flags
+        return run_train(argv[1:])
     args = _build_parser().parse_args(argv)
     try:
         message = _COMMANDS[args.command](args)

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("flan_jax.cli.infer", "decode predictions for a JSONL file of inputs"),
     "score": ("flan_jax.cli.score", "log-likelihood of given targets for a JSONL file"),
     "convert": ("flan_jax.cli.convert", "convert checkpoints to and from Hugging Face T5"),
-    "distill": ("flan_jax.cli.distill", "teacher store and tokenizer alignment for distillation"),
+    "distill": ("flan_jax.cli.distill", "CoT distillation: teacher store, alignment, training, model selection"),
     "data": ("flan_jax.cli.data", "export rendered mixtures to JSONL / ArrayRecord"),
     "tasks": ("flan_jax.cli.tasks", "list, show and preview registered tasks"),
 }

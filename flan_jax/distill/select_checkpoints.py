@@ -1,0 +1,200 @@
+"""`flan-jax distill select`: math accuracy of every saved step, and the step chosen on dev sets.
+
+For every step directory of a checkpoint directory (e.g. ``MODEL_DIR`` of ``flan-jax distill
+train``), each evaluation set, read in its original format by
+:func:`flan_jax.evaluation.math_datasets.load_math_dataset`, is rendered in one zero-shot
+format (:func:`flan_jax.distill.formats.render_inputs`) and decoded: greedily, or
+``num_samples`` times at ``temperature`` and reduced by majority vote (self-consistency).
+Predictions are scored by :mod:`flan_jax.evaluation.selection` (final answers compared with
+:func:`flan_jax.evaluation.answers.answers_match`), which builds the
+:class:`~flan_jax.evaluation.selection.AccuracyTable` and picks the step with the best mean
+accuracy on the dev sets. Dev sets must share no question with the training data; given the
+training problems, :func:`run_selection` checks that with
+:func:`flan_jax.evaluation.splits.check_no_overlap` before decoding anything.
+
+Worked example::
+
+    result = run_selection(checkpoint_dir="/runs/student",
+                           eval_sets={"gsm8k": gsm8k_test, "svamp": svamp},
+                           dev_sets=["svamp"], decode=DecodeConfig(max_decode_len=256),
+                           training=gsm8k_train)
+    result.table.to_markdown(); result.selection.step
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from flan_jax import checkpoints
+from flan_jax.distill import formats, targets
+from flan_jax.distill.teacher_generation import completion_length
+from flan_jax.evaluation import selection, splits
+from flan_jax.evaluation.math_datasets import MathExample, load_math_dataset
+from flan_jax.models import decoding
+from flan_jax.training.evaluation import write_json_atomically
+
+ZERO_SHOT_FORMATS = (formats.ZS_COT, formats.ZS_ANSWER_ONLY)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """How predictions are decoded.
+
+    Attributes:
+      format_name: the zero-shot format the questions are rendered in.
+      num_samples: 1 for greedy decoding; N > 1 samples voted on (self-consistency).
+      temperature: sampling temperature (used when ``num_samples > 1``).
+      max_decode_len: generated tokens per prediction.
+      max_input_len: encoder tokens kept per question.
+      batch_size: encoder rows per decoding call (samples included).
+      seed: sampling seed.
+    """
+
+    format_name: str = formats.ZS_COT
+    num_samples: int = 1
+    temperature: float = 0.7
+    max_decode_len: int = 256
+    max_input_len: int = 512
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.format_name not in ZERO_SHOT_FORMATS:
+            raise ValueError(f"DecodeConfig.format_name must be one of {ZERO_SHOT_FORMATS}; "
+                             f"got {self.format_name!r}.")
+        if self.num_samples < 1 or self.batch_size < 1 or self.max_decode_len < 1:
+            raise ValueError("DecodeConfig: num_samples, batch_size and max_decode_len must "
+                             f"be positive; got {self}.")
+        if self.num_samples > 1 and not self.temperature > 0:
+            raise ValueError("DecodeConfig.temperature must be > 0 with num_samples > 1; got "
+                             f"{self.temperature}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionResult:
+    """The accuracy table and the selected step."""
+
+    checkpoint_dir: str
+    table: selection.AccuracyTable
+    selection: selection.Selection
+    decode: DecodeConfig
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The table, per-step accuracies, the selection and the decoding options."""
+        accuracy = {str(step): {name: self.table.accuracy(step, name)
+                                for name in self.table.set_sizes}
+                    for step in self.table.steps}
+        return {"checkpoint_dir": self.checkpoint_dir, "decode": dataclasses.asdict(self.decode),
+                "table": self.table.to_json_dict(), "accuracy": accuracy,
+                "selection": dataclasses.asdict(self.selection)}
+
+
+def parse_eval_specs(specs: Sequence[str]) -> dict[str, str]:
+    """``["gsm8k=PATH", "svamp=PATH"]`` -> ``{"gsm8k": PATH, ...}`` (names are data set formats)."""
+    parsed: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--eval expects NAME=PATH (e.g. svamp=/data/svamp.json); got "
+                             f"{spec!r}.")
+        if name in parsed:
+            raise ValueError(f"--eval names {name!r} twice.")
+        parsed[name] = path
+    return parsed
+
+
+def load_eval_sets(paths: Mapping[str, str], *, max_examples: int | None = None
+                   ) -> dict[str, list[MathExample]]:
+    """Each set in its original format (its name is the format), cut to ``max_examples``."""
+    return {name: load_math_dataset(name, path)[:max_examples] for name, path in paths.items()}
+
+
+def _decode_texts(loaded: checkpoints.LoadedCheckpoint, encoder: np.ndarray,
+                  decode: DecodeConfig) -> list[str]:
+    """Decoded texts of every encoder row, in fixed-size batches (one compilation per set)."""
+    texts: list[str] = []
+    size = decode.batch_size
+    for start in range(0, len(encoder), size):
+        rows = encoder[start:start + size]
+        batch = np.pad(rows, ((0, size - len(rows)), (0, 0)))
+        if decode.num_samples == 1:
+            tokens = decoding.greedy_decode(loaded.config, loaded.params, batch,
+                                            max_decode_len=decode.max_decode_len).tokens
+        else:
+            rng = jax.random.fold_in(jax.random.key(decode.seed), start)
+            tokens = decoding.temperature_sample(
+                loaded.config, loaded.params, batch, rng=rng, temperature=decode.temperature,
+                max_decode_len=decode.max_decode_len).tokens
+        for row in np.asarray(tokens)[:len(rows)]:
+            texts.append(loaded.vocabulary.decode(row[:completion_length(row)].tolist()))
+    return texts
+
+
+def make_checkpoint_predictor(checkpoint_dir: str, decode: DecodeConfig,
+                              format_config: formats.FormatConfig = formats.FormatConfig(),
+                              ) -> selection.PredictFn:
+    """``predict(step, examples)`` for :func:`selection.evaluate_checkpoints`.
+
+    Each call restores step ``step`` (the last restored step is kept for the next set).
+    Greedy predictions are texts; with ``num_samples > 1`` each is the list of its samples.
+    """
+    cache: dict[int, checkpoints.LoadedCheckpoint] = {}
+
+    def predict(step: int, examples: Sequence[MathExample]) -> list[Any]:
+        if step not in cache:
+            cache.clear()
+            cache[step] = checkpoints.load_model_checkpoint(checkpoint_dir, step=step)
+        loaded = cache[step]
+        prompts = [formats.render_inputs(e, decode.format_name, config=format_config)
+                   for e in examples]
+        encoder = targets.encode_inputs(loaded.vocabulary, prompts, decode.max_input_len)
+        encoder = np.repeat(encoder, decode.num_samples, axis=0)
+        texts = _decode_texts(loaded, encoder, decode)
+        if decode.num_samples == 1:
+            return texts
+        n = decode.num_samples
+        return [texts[i:i + n] for i in range(0, len(texts), n)]
+
+    return predict
+
+
+def run_selection(*, checkpoint_dir: str, eval_sets: Mapping[str, Sequence[MathExample]],
+                  dev_sets: Sequence[str], decode: DecodeConfig = DecodeConfig(),
+                  training: Sequence[MathExample] | None = None,
+                  format_config: formats.FormatConfig = formats.FormatConfig(),
+                  ) -> SelectionResult:
+    """Accuracy of every saved step on every set, and the best step on ``dev_sets``.
+
+    Args:
+      checkpoint_dir: a checkpoint directory with step directories.
+      eval_sets: set name -> problems.
+      dev_sets: the selection sets (names in ``eval_sets``).
+      decode: decoding options.
+      training: the training problems; when given, a dev set sharing a question with them
+        raises ValueError before anything is decoded.
+      format_config: the wording of the format.
+    """
+    unknown = sorted(set(dev_sets) - set(eval_sets))
+    if unknown or not dev_sets:
+        raise ValueError(f"dev set(s) {unknown or list(dev_sets)} are not among the evaluation "
+                         f"sets {sorted(eval_sets)}.")
+    if training is not None:
+        for name in dev_sets:
+            splits.check_no_overlap(eval_sets[name], training, what=f"dev set {name!r}")
+    steps = selection.list_checkpoint_steps(checkpoint_dir)
+    if not steps:
+        raise FileNotFoundError(f"{checkpoint_dir} holds no checkpoint step directories.")
+    predict = make_checkpoint_predictor(checkpoint_dir, decode, format_config)
+    table = selection.evaluate_checkpoints(steps, eval_sets, predict)
+    best = selection.select_best_checkpoint(table, dev_sets=list(dev_sets))
+    return SelectionResult(os.fspath(checkpoint_dir), table, best, decode)
+
+
+def write_selection(path: str, result: SelectionResult) -> None:
+    """Writes :meth:`SelectionResult.to_json_dict` atomically."""
+    write_json_atomically(path, result.to_json_dict())
