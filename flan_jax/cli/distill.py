@@ -246,23 +246,13 @@ def run_train(argv: list[str]) -> int:
     import logging
 
     from flan_jax.cli import gin_flags
-    from flan_jax.cli.train import run_gin
     from flan_jax.distill import train_student
 
     if argv and argv[0] in ("-h", "--help"):
         print(train_student.__doc__)
         return 0
-    try:
-        args = gin_flags.split_gin_args(argv)
-    except ValueError as error:
-        print(f"flan-jax distill train: error: {error}", file=sys.stderr)
-        return 2
-    if args.rest or not args.files:
-        print(f"flan-jax distill train: expected --gin_file=runs/distill.gin and "
-              f"--gin.NAME=VALUE flags; got {args.rest or 'no gin file'}", file=sys.stderr)
-        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    return run_gin("distill train", args.files, args.bindings, train_student.train_student)
+    return gin_flags.run_gin_command("distill train", argv, train_student.train_student)
 
 
 _COMMANDS = {"ingest-openai": run_ingest, "generate": run_generate, "align": run_align,

@@ -10,7 +10,6 @@ Prints one line per metric (`eval/<task>/<metric> = value`) and, with
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,14 +34,6 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0 if argv else 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from flan_jax.cli import gin_flags, train
+    from flan_jax.cli import gin_flags
 
-    try:
-        args = gin_flags.split_gin_args(argv)
-    except ValueError as error:
-        print(f"flan-jax eval: error: {error}", file=sys.stderr)
-        return 2
-    if args.rest:
-        print(f"flan-jax eval: unexpected arguments {args.rest}", file=sys.stderr)
-        return 2
-    return train.run_gin("eval", args.files, args.bindings, run)
+    return gin_flags.run_gin_command("eval", argv, run)

@@ -12,7 +12,10 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
+import sys
+from collections.abc import Callable, Sequence
 from importlib import resources
+from typing import Any
 
 import gin
 
@@ -100,3 +103,32 @@ def parse_gin(files: list[str], bindings: list[str]) -> None:
     gin.parse_config_files_and_bindings(
         [resolve_gin_file(f) for f in files], bindings, finalize_config=True
     )
+
+
+def run_gin_command(command: str, argv: list[str], function: Callable[..., Any], *,
+                    default_files: Sequence[str] = ()) -> int:
+    """Runs the gin-bound `function` of a command; bad input is one line and exit status 2.
+
+    Args:
+      command: the command name for messages (`train`, `eval`, `distill train`).
+      argv: the command's arguments: only `--gin_file` and `--gin.NAME=VALUE` flags.
+      function: a gin configurable, called with the parsed bindings.
+      default_files: the gin files used when `argv` names none.
+    """
+    try:
+        args = split_gin_args(argv)
+    except ValueError as error:
+        print(f"flan-jax {command}: error: {error}", file=sys.stderr)
+        return 2
+    files = args.files or list(default_files)
+    if args.rest or not files:
+        print(f"flan-jax {command}: error: expected --gin_file=PATH and --gin.NAME=VALUE "
+              f"flags; got {args.rest or 'no gin file'}", file=sys.stderr)
+        return 2
+    try:
+        parse_gin(files, args.bindings)
+        gin.get_configurable(function)()
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as error:
+        print(f"flan-jax {command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -11,7 +11,6 @@ under the shipped `gin_configs/`.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -30,22 +29,6 @@ def run(entry_point: Callable[[], Any] | None = None) -> Any:
     return entry_point()
 
 
-def run_gin(command: str, files: list[str], bindings: list[str],
-            function: Callable[..., Any]) -> int:
-    """Parses gin and calls ``function`` through gin; one clear line for bad input."""
-    import gin
-
-    from flan_jax.cli import gin_flags
-
-    try:
-        gin_flags.parse_gin(files, bindings)
-        gin.get_configurable(function)()
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as error:
-        print(f"flan-jax {command}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def main(argv: list[str]) -> int:
     """Entry point of `flan-jax train`."""
     if argv and argv[0] in ("-h", "--help"):
@@ -55,14 +38,4 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from flan_jax.cli import gin_flags
 
-    try:
-        args = gin_flags.split_gin_args(argv)
-    except ValueError as error:
-        print(f"flan-jax train: error: {error}", file=sys.stderr)
-        return 2
-    if args.rest:
-        print(f"flan-jax train: unexpected arguments {args.rest}; use --gin_file=PATH and "
-              "--gin.NAME=VALUE", file=sys.stderr)
-        return 2
-    files = args.files or list(DEMO_GIN_FILES)
-    return run_gin("train", files, args.bindings, run)
+    return gin_flags.run_gin_command("train", argv, run, default_files=DEMO_GIN_FILES)
