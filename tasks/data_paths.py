@@ -218,3 +218,36 @@ def register_dataset_task(
     spec = sources.RenderSpec(task_id, task_templates, seed=seed, few_shot=few_shot)
     sources.register_rendered_task(spec, load_split, vocabulary=vocabulary, splits=list(splits))
     return spec.task_name
+
+
+def register_original_and_inverted(
+    source: str,
+    dataset: str,
+    variants: Sequence[str],
+    load_templates: Callable[[bool], templates.TemplateSet],
+    load_split: sources.LoadSplitFn,
+    vocabulary: seqio.Vocabulary,
+    *,
+    splits: Sequence[str],
+    seed: int,
+    num_shots: int,
+    max_input_tokens: int,
+) -> list[str]:
+    """Registers every variant of a dataset, with the original and the inverted templates.
+
+    Args:
+      source: the submixture (`cot`, `dialog`).
+      dataset: the dataset name.
+      variants: the variants to register.
+      load_templates: `inverted -> TemplateSet`.
+      load_split: yields the (key, fields) examples of a split.
+      vocabulary, splits, seed, num_shots, max_input_tokens: as in `register_dataset_task`.
+    """
+    return [
+        register_dataset_task(
+            naming.TaskId(source, dataset, variant, inverted=inverted),
+            load_templates(inverted).templates, load_split, vocabulary, splits=splits,
+            seed=seed, num_shots=num_shots, max_input_tokens=max_input_tokens)
+        for inverted in (False, True)
+        for variant in variants
+    ]

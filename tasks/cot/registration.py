@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 
 import seqio
 
-from flan_jax.tasks import data_paths, naming, sources, templates
+from flan_jax.tasks import data_paths, sources, templates
 
 SOURCE = "cot"
 # Their example counts live in tasks/counts.tsv, not here.
@@ -130,12 +130,8 @@ def register_cot_tasks(
         raise ValueError(f"Unknown CoT datasets {unknown}; known: {list(DATASETS)}.")
     names = []
     for dataset in datasets:
-        load_split = functools.partial(load_cot_split, dataset, paths)
-        for inverted in (False, True):
-            for variant in VARIANTS:
-                names.append(data_paths.register_dataset_task(
-                    naming.TaskId(SOURCE, dataset, variant, inverted=inverted),
-                    load_cot_templates(inverted).templates, load_split, vocabulary,
-                    splits=["train"], seed=seed, num_shots=num_shots,
-                    max_input_tokens=max_input_tokens))
+        names += data_paths.register_original_and_inverted(
+            SOURCE, dataset, VARIANTS, load_cot_templates,
+            functools.partial(load_cot_split, dataset, paths), vocabulary, splits=["train"],
+            seed=seed, num_shots=num_shots, max_input_tokens=max_input_tokens)
     return names

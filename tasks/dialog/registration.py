@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 
 import seqio
 
-from flan_jax.tasks import data_paths, naming, sources, templates
+from flan_jax.tasks import data_paths, sources, templates
 
 SOURCE = "dialog"
 DATASETS = ("wiki_dialog", "qrecc")
@@ -175,12 +175,8 @@ def register_dialog_tasks(
         raise ValueError(f"Unknown dialog datasets {unknown}; known: {list(DATASETS)}.")
     names = []
     for dataset in datasets:
-        load_split = functools.partial(load_dialog_split, dataset, paths)
-        for inverted in (False, True):
-            for variant in VARIANTS:
-                names.append(data_paths.register_dataset_task(
-                    naming.TaskId(SOURCE, dataset, variant, inverted=inverted),
-                    load_dialog_templates(inverted).templates, load_split, vocabulary,
-                    splits=SPLITS[dataset], seed=seed, num_shots=num_shots,
-                    max_input_tokens=max_input_tokens))
+        names += data_paths.register_original_and_inverted(
+            SOURCE, dataset, VARIANTS, load_dialog_templates,
+            functools.partial(load_dialog_split, dataset, paths), vocabulary, splits=SPLITS[dataset],
+            seed=seed, num_shots=num_shots, max_input_tokens=max_input_tokens)
     return names
