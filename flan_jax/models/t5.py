@@ -16,8 +16,11 @@ subtree whose leaves carry a leading "layers" axis):
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any, Callable
 
+import flax.struct
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -384,3 +387,114 @@ def param_logical_axes(config: T5Config) -> Params:
     boxed = jax.eval_shape(lambda: EncoderDecoder(config).init(
         jax.random.key(0), *_dummy_inputs())["params"])
     return nn.get_partition_spec(boxed)
+
+
+# ------------------------------------------------------------------------------------------
+# The model interface (flan_jax.models.interface.Model) for the trainer and the predictor
+# ------------------------------------------------------------------------------------------
+_PACKING_FEATURES = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
+                     "decoder_positions")
+
+
+@flax.struct.dataclass
+class T5DecodeState:
+    """What one cached decoding step of the encoder-decoder reads.
+
+    Attributes:
+      cache: the decoder's key/value cache and step counter.
+      encoded: encoder output [batch, enc_len, embed].
+      encoder_input_tokens: [batch, enc_len]; masks the cross-attention to padding.
+      max_decode_len: the cache length (static).
+    """
+
+    cache: Any
+    encoded: Array
+    encoder_input_tokens: Array
+    max_decode_len: int = flax.struct.field(pytree_node=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Model:
+    """The T5 encoder-decoder behind :class:`flan_jax.models.interface.Model`.
+
+    Attributes:
+      config: the architecture.
+    """
+
+    config: T5Config
+
+    @property
+    def module(self) -> EncoderDecoder:
+        return EncoderDecoder(self.config)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def init_params(self, rng: Array) -> Params:
+        return init_params(self.config, rng)
+
+    def abstract_params(self) -> Params:
+        return abstract_params(self.config)
+
+    def param_logical_axes(self) -> Params:
+        return param_logical_axes(self.config)
+
+    def output_kernel(self, params: Params) -> Array:
+        return output_kernel(params)
+
+    def hidden_states(self, params: Params, batch: Mapping[str, Array], *,
+                      dropout_rng: Array | None = None) -> Array:
+        packing = {name: batch[name] for name in _PACKING_FEATURES if name in batch}
+        return self.module.apply(
+            {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+            enable_dropout=dropout_rng is not None, return_hidden=True,
+            rngs=None if dropout_rng is None else {"dropout": dropout_rng}, **packing)
+
+    def train_flops_per_step(self, *, batch_size: int, feature_lengths: Mapping[str, int]
+                             ) -> float:
+        # Imported here: metrics sits in the training layer above the models.
+        from flan_jax.training import metrics
+        return metrics.estimate_train_flops_per_step(
+            self.config, batch_size=batch_size, inputs_length=feature_lengths["inputs"],
+            targets_length=feature_lengths["targets"])
+
+    def make_scoring_batch(self, inputs: Array, targets: Array) -> dict[str, Array]:
+        targets = jnp.asarray(targets)
+        return {
+            "encoder_input_tokens": jnp.asarray(inputs),
+            "decoder_input_tokens": jnp.pad(targets[:, :-1], ((0, 0), (1, 0))),
+            "decoder_target_tokens": targets,
+            "decoder_loss_weights": (targets > 0).astype(jnp.float32),
+        }
+
+    def init_decode_state(self, params: Params, inputs: Array, *,
+                          max_decode_len: int) -> T5DecodeState:
+        module = self.module
+        encoded = module.apply({"params": params}, inputs, method=EncoderDecoder.encode)
+        dummy = jnp.zeros((inputs.shape[0], max_decode_len), jnp.int32)
+        _, variables = module.apply({"params": params}, encoded, inputs, dummy, decode=True,
+                                    method=EncoderDecoder.decode, mutable=["cache"])
+        return T5DecodeState(variables["cache"], encoded, inputs, max_decode_len)
+
+    def decode_step(self, params: Params, state: T5DecodeState, tokens: Array
+                    ) -> tuple[Array, T5DecodeState]:
+        logits, variables = self.module.apply(
+            {"params": params, "cache": state.cache}, state.encoded,
+            state.encoder_input_tokens, tokens[:, None], decode=True,
+            max_decode_len=state.max_decode_len, method=EncoderDecoder.decode,
+            mutable=["cache"])
+        return logits[:, 0, :], state.replace(cache=variables["cache"])
+
+    def reorder_decode_state(self, state: T5DecodeState, indices: Array) -> T5DecodeState:
+        # Beams of one input share its encoder rows, so only the self-attention cache moves.
+        scanned = self.config.scan_layers
+
+        def gather(path: tuple, leaf: Array) -> Array:
+            if leaf.ndim == 0:
+                return leaf
+            # Scanned layers stack the cache along a leading layer axis.
+            stacked = scanned and any(getattr(k, "key", None) == "layers" for k in path)
+            return jnp.take(leaf, indices, axis=1 if stacked else 0)
+
+        return state.replace(cache=jax.tree_util.tree_map_with_path(gather, state.cache))
