@@ -183,8 +183,8 @@ def measure_train_step(size: str, batches: list[dict], timed_steps: int = 2) -> 
     params = jax.tree.map(np.asarray, t5.init_params(config, jax.random.key(0)))
     state = train_state.init_sharded_train_state(params, optimizer, shardings)
     step = train_step.make_train_step(
-        forward=train_step.make_encoder_decoder_forward(t5.EncoderDecoder(config)),
-        output_kernel_fn=t5.output_kernel, optimizer=optimizer, loss_config=losses.LossConfig(),
+        model=t5.T5Model(config),
+        optimizer=optimizer, loss_config=losses.LossConfig(),
         mesh=mesh, rules=rules, state_shardings=shardings,
         # One device: activation constraints would change nothing.
         config=train_step.TrainStepConfig(constrain_activations=False))

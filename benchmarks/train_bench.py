@@ -94,8 +94,8 @@ def build_jax_step(config: T5Config):
     params = jax.tree.map(np.asarray, t5.init_params(config, jax.random.key(0)))
     state = train_state.init_sharded_train_state(params, optimizer, shardings)
     step = train_step.make_train_step(
-        forward=train_step.make_encoder_decoder_forward(t5.EncoderDecoder(config)),
-        output_kernel_fn=t5.output_kernel, optimizer=optimizer,
+        model=t5.T5Model(config),
+        optimizer=optimizer,
         loss_config=losses.LossConfig(normalization="average_per_sequence"), mesh=mesh,
         rules=rules, state_shardings=shardings)
     return step, state, mesh, rules

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import seqio
 
-from flan_jax.data import packing
+from flan_jax.data import batch_source, packing
 
 STATE_VERSION = 1
 # Fields of the state that must match the iterator it is restored into.
@@ -182,6 +182,10 @@ class TrainIterator:
     @property
     def packing_efficiency(self) -> float:
         return self.stats.efficiency
+
+    def log_scalars(self) -> dict[str, float]:
+        """The share of real tokens in the batches served so far."""
+        return {batch_source.PACKING_EFFICIENCY: self.stats.efficiency}
 
     def get_state(self) -> dict[str, Any]:
         """The position after the last served batch, as a small JSON-serialisable dict."""

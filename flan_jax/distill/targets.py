@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import seqio
@@ -236,20 +237,72 @@ def make_features(examples: Sequence[StudentExample], *, inputs_length: int,
     return features
 
 
-def iterate_batches(examples: Sequence[StudentExample], *, batch_size: int, inputs_length: int,
-                    targets_length: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
-    """Endless batches over successive seeded permutations (epochs run into each other)."""
-    if not examples:
-        raise ValueError("iterate_batches needs at least one example (did the teacher keep "
-                         "no sample?)")
+class DistillationBatches:
+    """The distillation batch source: seeded epochs over the examples, resumable.
 
-    def indices() -> Iterator[int]:
-        epoch = 0
-        while True:
-            yield from np.random.default_rng([seed, epoch]).permutation(len(examples))
-            epoch += 1
+    Epoch ``e`` visits the examples in the order ``default_rng([seed, e]).permutation``;
+    epochs run into each other, so a batch may hold the end of one and the start of the
+    next. Every process draws the same global batch of ``batch_size`` rows and serves its
+    contiguous ``1 / num_shards`` of them (as the seqio pipeline shards by process). A
+    :class:`flan_jax.data.batch_source.BatchSource`: the state is the position in the
+    stream, so a resumed run reads the same batches as an uninterrupted one.
 
-    stream = indices()
-    while True:
-        chosen = [examples[next(stream)] for _ in range(batch_size)]
-        yield make_features(chosen, inputs_length=inputs_length, targets_length=targets_length)
+    Args:
+      examples: the student examples.
+      batch_size: global rows per batch.
+      inputs_length, targets_length: feature lengths; longer examples are cut.
+      seed: the order seed.
+      shard_index, num_shards: this process's share of every batch.
+    """
+
+    def __init__(self, examples: Sequence[StudentExample], *, batch_size: int,
+                 inputs_length: int, targets_length: int, seed: int, shard_index: int = 0,
+                 num_shards: int = 1):
+        if not examples:
+            raise ValueError("DistillationBatches needs at least one example (did the teacher "
+                             "keep no sample?)")
+        if batch_size < 1 or batch_size % num_shards:
+            raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of the "
+                             f"number of processes ({num_shards})")
+        self._examples = examples
+        self._lengths = {"inputs_length": inputs_length, "targets_length": targets_length}
+        local = batch_size // num_shards
+        self._rows = slice(shard_index * local, (shard_index + 1) * local)
+        self._identity = {"seed": int(seed), "num_examples": len(examples),
+                          "batch_size": int(batch_size)}
+        self._epoch, self._position = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self._identity["seed"], epoch]).permutation(
+            len(self._examples))
+
+    def _next_index(self) -> int:
+        if self._position == len(self._order):
+            self._epoch, self._position = self._epoch + 1, 0
+            self._order = self._permutation(self._epoch)
+        self._position += 1
+        return int(self._order[self._position - 1])
+
+    def __iter__(self) -> DistillationBatches:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        chosen = [self._examples[self._next_index()]
+                  for _ in range(self._identity["batch_size"])]
+        return make_features(chosen[self._rows], **self._lengths)
+
+    def get_state(self) -> dict[str, Any]:
+        return {**self._identity, "epoch": self._epoch, "position": self._position}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        for key, value in self._identity.items():
+            if state.get(key) != value:
+                raise ValueError(f"distillation data state: {key} is {state.get(key)!r} in the "
+                                 f"checkpoint but {value!r} in this run; resume with the same "
+                                 "store, formats, BATCH_SIZE and SEED")
+        self._epoch, self._position = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation(self._epoch)
+
+    def log_scalars(self) -> dict[str, float]:
+        return {"train/epoch": self._epoch + self._position / len(self._order)}

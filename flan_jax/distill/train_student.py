@@ -9,8 +9,9 @@ inputs::
 
 Steps:
 
-1. the student checkpoint (params, config, vocabulary) is loaded with
-   :func:`flan_jax.checkpoints.load_model_checkpoint`;
+1. the student checkpoint's config and vocabulary are read
+   (:func:`flan_jax.checkpoints.read_model_metadata`); its parameters become the trainer's
+   initial parameters;
 2. the teacher store is re-rendered in the configured formats and tokenised by the student
    (:func:`flan_jax.distill.targets.build_teacher_examples`); with ``loss.kind ==
    "sparse_kl"`` (distribution matching) every CoT target token takes its row from the
@@ -20,11 +21,12 @@ Steps:
    formats are mixed in with one-hot rows (answer-only fine-tuning is ``store_dir=None``
    with ``gold_ratios={"zs_answer_only": 1}``); they are also the pool of in-context
    demonstrations;
-4. :mod:`flan_jax.distill.student_training` runs the trainer's train step for
-   ``config.num_steps`` steps, in chunks of ``save_period`` steps; after each chunk the
-   parameters are saved as step directory ``MODEL_DIR/<step>`` (a self-contained checkpoint
-   directory that ``flan-jax distill select`` and ``flan-jax infer`` read) and the chunk's
-   per-step metrics are appended to ``MODEL_DIR/metrics.jsonl``.
+4. the one trainer (:func:`flan_jax.training.trainer.fit`) trains on
+   :class:`flan_jax.distill.targets.DistillationBatches`: async orbax checkpoints every
+   ``SAVE_PERIOD`` steps with the optimizer and data state (so a killed run resumes
+   exactly; every step is kept for ``flan-jax distill select``, and each step directory
+   loads in ``flan-jax infer``), metrics in ``MODEL_DIR/metrics.jsonl`` and TensorBoard,
+   and the progress bar.
 
 ``MODEL_DIR/distill_summary.json`` records the inputs, the example counts per format and the
 alignment fallback rate.
@@ -38,13 +40,20 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
+import optax
+
 from flan_jax import checkpoints
-from flan_jax.distill import alignment, formats, student_training, targets
+from flan_jax.data.vocabularies import get_vocabulary
+from flan_jax.distill import alignment, formats, targets
 from flan_jax.distill.kl_loss import SPARSE_KL
 from flan_jax.distill.teacher_store import TeacherStore
 from flan_jax.evaluation.math_datasets import MathExample, load_math_dataset
+from flan_jax.evaluation.selection import list_checkpoint_steps
+from flan_jax.models import t5
+from flan_jax.training import (adafactor, checkpointing, losses, metrics, train_step,
+                               trainer)
 from flan_jax.training.evaluation import write_json_atomically
-from flan_jax.training.metrics import MetricsWriter
 
 _LOG = logging.getLogger(__name__)
 SUMMARY_FILENAME = "distill_summary.json"
@@ -59,14 +68,14 @@ class StudentRunResult:
       saved_steps: the saved steps, ascending.
       num_examples: training examples per format.
       fallback_rate: the alignment's fallback rate (None without distribution matching).
-      history: per-step ``loss``, ``accuracy`` and ``grad_norm``.
+      train: the trainer's result (final state and metrics).
     """
 
     model_dir: str
     saved_steps: tuple[int, ...]
     num_examples: Mapping[str, int]
     fallback_rate: float | None
-    history: Mapping[str, list[float]]
+    train: trainer.TrainResult
 
 
 def _require(value: Any, macro: str) -> Any:
@@ -119,58 +128,46 @@ def build_training_examples(*, vocabulary, store: TeacherStore | None, distribut
     return examples
 
 
-def _save_steps(num_steps: int, save_period: int) -> list[int]:
-    """Multiples of ``save_period``, and the last step (none for a 0-step run)."""
-    if num_steps == 0:
-        return []
-    return sorted(set(range(save_period, num_steps + 1, save_period)) | {num_steps})
+def _initial_student_params(student_dir: str, step: int | None, model_config):
+    """The trainer's ``initial_params`` hook: the student checkpoint, straight into shardings."""
 
+    def load(abstract_params: Any, shardings: Any) -> Any:
+        return checkpointing.load_initial_params(
+            student_dir, model_config=model_config, abstract_params=abstract_params,
+            shardings=shardings, step=step)
 
-def _train_and_save(trainer: student_training.StudentTrainer, batches, *, num_steps: int,
-                    save_period: int, model_dir: str, vocab_path: str, extra_ids: int
-                    ) -> tuple[list[int], dict[str, list[float]]]:
-    """Runs the steps in chunks ending at the save steps; saves and logs after each chunk."""
-    history: dict[str, list[float]] = collections.defaultdict(list)
-    writer = MetricsWriter(model_dir, tensorboard=False)
-    saved, done = [], 0
-    try:
-        for step in _save_steps(num_steps, save_period):
-            chunk = student_training.run_student_training(trainer, batches,
-                                                          num_steps=step - done)
-            for offset in range(step - done):
-                writer.write_scalars(done + offset + 1,
-                                     {name: values[offset] for name, values in chunk.items()})
-            for name, values in chunk.items():
-                history[name] += values
-            checkpoints.save_model_checkpoint(
-                model_dir, params=trainer.params, config=trainer.model_config,
-                vocab_path=vocab_path, extra_ids=extra_ids, step=step)
-            saved.append(step)
-            done = step
-            _LOG.info("distill train: step %d, loss %.4f, saved %s/%d", step, chunk["loss"][-1],
-                      model_dir, step)
-    finally:
-        writer.close()
-    return saved, dict(history)
+    return load
 
 
 def train_student(*, store_dir: str | None, student_dir: str | None, model_dir: str | None,
-                  config: student_training.StudentTrainConfig,
+                  train_steps: int,
+                  loss_config: losses.LossConfig,
+                  learning_rate: float | optax.Schedule = 1e-3,
                   teacher_ratios: Mapping[str, float] | None = None,
                   train_data: str | None = None, train_data_format: str = "gsm8k",
                   gold_ratios: Mapping[str, float] | None = None,
                   format_config: formats.FormatConfig = formats.FormatConfig(),
                   batch_size: int = 8,
                   feature_lengths: Mapping[str, int] | None = None,
-                  save_period: int = 100, student_step: int | None = None,
-                  seed: int = 0) -> StudentRunResult:
+                  student_step: int | None = None,
+                  seed: int = 0,
+                  optimizer_config: adafactor.AdafactorConfig = adafactor.AdafactorConfig(),
+                  step_config: train_step.TrainStepConfig = train_step.TrainStepConfig(),
+                  partitioning_config: trainer.PartitioningConfig = trainer.PartitioningConfig(),
+                  checkpoint_config: checkpointing.CheckpointConfig = checkpointing.CheckpointConfig(
+                      period=100, keep=None),
+                  metrics_config: metrics.MetricsConfig = metrics.MetricsConfig(),
+                  ) -> StudentRunResult:
     """Trains a student checkpoint on a teacher store; see the module docstring.
 
     Args:
       store_dir: the teacher store (gin macro STORE); None for gold-only fine-tuning.
       student_dir: the student's checkpoint directory (STUDENT).
-      model_dir: the output checkpoint directory (MODEL_DIR).
-      config: steps, learning rate, loss (its ``kind`` picks the mode) and optimizer.
+      model_dir: the output checkpoint directory (MODEL_DIR); resumed if it has steps.
+      train_steps: total train steps (TRAIN_STEPS).
+      loss_config: the loss; its ``kind`` picks the mode (``"sparse_kl"``: distribution
+        matching; ``"cross_entropy"``: sample matching and answer-only fine-tuning).
+      learning_rate: a constant or a schedule (t5x fine-tuning: constant 1e-3).
       teacher_ratios: format ratios of the teacher samples (default: zero-shot CoT only).
       train_data: gold training problems in ``train_data_format`` (a
         :func:`flan_jax.evaluation.math_datasets.load_math_dataset` name).
@@ -180,31 +177,33 @@ def train_student(*, store_dir: str | None, student_dir: str | None, model_dir: 
       batch_size: rows per step.
       feature_lengths: ``{"inputs": N, "targets": M}`` (default 512 / 256); longer examples
         are cut.
-      save_period: save a step directory every this many steps (and at the end).
       student_step: the student step to start from (default: its latest).
       seed: format mixture and batch order seed.
+      optimizer_config, step_config, partitioning_config, checkpoint_config, metrics_config:
+        the trainer's knobs (:func:`flan_jax.training.trainer.fit`); checkpoints keep every
+        saved step by default, for ``flan-jax distill select``.
 
     Returns:
-      The saved steps, example counts, fallback rate and metrics.
+      The saved steps, example counts, fallback rate and the trainer's result.
     """
     student_dir, model_dir = _require(student_dir, "STUDENT"), _require(model_dir, "MODEL_DIR")
-    if save_period <= 0 or batch_size <= 0:
-        raise ValueError(f"distill train: SAVE_PERIOD ({save_period}) and BATCH_SIZE "
-                         f"({batch_size}) must be positive.")
+    if batch_size <= 0:
+        raise ValueError(f"distill train: BATCH_SIZE must be positive; got {batch_size}.")
     teacher_ratios = teacher_ratios or {formats.ZS_COT: 1.0}
     feature_lengths = feature_lengths or {"inputs": 512, "targets": 256}
     missing = {"inputs", "targets"} - set(feature_lengths)
     if missing:
         raise ValueError(f"distill train: FEATURE_LENGTHS lacks {sorted(missing)}; got "
                          f"{dict(feature_lengths)}.")
-    student = checkpoints.load_model_checkpoint(student_dir, step=student_step)
+    trainer.initialize_distributed_run(partitioning_config)
     metadata = checkpoints.read_model_metadata(student_dir)
+    vocabulary = get_vocabulary(str(metadata.vocab_path), metadata.extra_ids)
     store = TeacherStore(store_dir) if store_dir is not None else None
     gold = load_math_dataset(train_data_format, train_data) if train_data else []
-    distribution = config.loss.kind == SPARSE_KL
+    distribution = loss_config.kind == SPARSE_KL
     stats = alignment.AlignmentStats()
     examples = build_training_examples(
-        vocabulary=student.vocabulary, store=store, distribution=distribution,
+        vocabulary=vocabulary, store=store, distribution=distribution,
         teacher_ratios=teacher_ratios, gold=gold, gold_ratios=gold_ratios, seed=seed,
         format_config=format_config, stats=stats)
     fallback_rate = stats.fallback_rate if distribution and store is not None else None
@@ -212,17 +211,21 @@ def train_student(*, store_dir: str | None, student_dir: str | None, model_dir: 
     _LOG.info("distill train: %d examples %s; alignment fallback rate %s", len(examples),
               counts, "n/a" if fallback_rate is None else f"{fallback_rate:.2%}")
     write_json_atomically(os.path.join(model_dir, SUMMARY_FILENAME), {
-        "store": store_dir, "student": student_dir, "student_step": student.step,
-        "loss_kind": config.loss.kind, "num_examples": counts,
+        "store": store_dir, "student": student_dir, "student_step": student_step,
+        "loss_kind": loss_config.kind, "num_examples": counts,
         "alignment_fallback_rate": fallback_rate,
         "num_student_tokens": stats.num_student_tokens, "num_fallback": stats.num_fallback})
-    trainer = student_training.build_student_trainer(student.config, config,
-                                                     init_params=student.params)
-    batches = targets.iterate_batches(examples, batch_size=batch_size,
-                                      inputs_length=feature_lengths["inputs"],
-                                      targets_length=feature_lengths["targets"], seed=seed)
-    saved, history = _train_and_save(trainer, batches, num_steps=config.num_steps,
-                                     save_period=save_period, model_dir=model_dir,
-                                     vocab_path=str(metadata.vocab_path),
-                                     extra_ids=metadata.extra_ids)
-    return StudentRunResult(model_dir, tuple(saved), counts, fallback_rate, history)
+    batches = targets.DistillationBatches(
+        examples, batch_size=batch_size, inputs_length=feature_lengths["inputs"],
+        targets_length=feature_lengths["targets"], seed=seed,
+        shard_index=jax.process_index(), num_shards=jax.process_count())
+    result = trainer.fit(
+        model=t5.T5Model(metadata.config), batch_source=batches, vocabulary=vocabulary,
+        model_dir=model_dir, train_steps=train_steps, batch_size=batch_size,
+        feature_lengths=feature_lengths, learning_rate=learning_rate,
+        initial_params=_initial_student_params(student_dir, student_step, metadata.config),
+        seed=seed, optimizer_config=optimizer_config, loss_config=loss_config,
+        step_config=step_config, partitioning_config=partitioning_config,
+        checkpoint_config=checkpoint_config, metrics_config=metrics_config)
+    saved = tuple(list_checkpoint_steps(model_dir))
+    return StudentRunResult(model_dir, saved, counts, fallback_rate, result)

@@ -8,6 +8,7 @@ data and optimizer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -201,8 +202,7 @@ def make_tiny_trainer(
     shardings = train_state.get_train_state_shardings(abstract, param_axes, optimizer, mesh, rules)
     host_params = jax.tree.map(np.asarray, t5.init_params(config, jax.random.key(run.seed)))
     step = train_step.make_train_step(
-        forward=train_step.make_encoder_decoder_forward(t5.EncoderDecoder(config)),
-        output_kernel_fn=t5.output_kernel,
+        model=t5.T5Model(config),
         optimizer=optimizer,
         loss_config=run.loss,
         mesh=mesh,
@@ -303,3 +303,62 @@ def wait_for_scripts(processes: Sequence[subprocess.Popen], timeout: float) -> N
     for p, out in zip(processes, outputs):
         if p.returncode != 0:
             raise AssertionError(f"{p.args} exited with {p.returncode}:\n{out[-4000:]}")
+
+
+_READ_METHODS = ("__array__", "item", "tolist")
+
+
+@contextlib.contextmanager
+def forbid_device_to_host_reads():
+    """Fails any read of a ``jax.Array``'s value on the host inside the block.
+
+    ``jax.transfer_guard_device_to_host("disallow")`` catches such reads on accelerators;
+    on the CPU backend device memory is host memory and the guard stays silent, so the
+    array's Python read paths (``int``/``float``/``bool``, ``.item()``, ``.tolist()``,
+    ``__array__``, ``jax.device_get``) are made to raise as well. Reads through numpy's
+    buffer protocol (``np.asarray`` of a CPU array) are not caught.
+    """
+    array_type = type(jax.numpy.zeros(()))
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("device-to-host read inside forbid_device_to_host_reads()")
+
+    saved = {name: array_type.__dict__[name] for name in ("_value",) + _READ_METHODS}
+    try:
+        array_type._value = property(refuse)
+        for name in _READ_METHODS:
+            setattr(array_type, name, refuse)
+        with jax.transfer_guard_device_to_host("disallow"):
+            yield
+    finally:
+        for name, value in saved.items():
+            setattr(array_type, name, value)
+
+
+class SyntheticBatches:
+    """A :class:`flan_jax.data.batch_source.BatchSource` over ``run.make_batch(step)``.
+
+    Args:
+        run: the tiny run whose batches are served (global batches; one process).
+        overrides: ``{batch index: batch}`` served instead of the synthetic batch (e.g. a
+            batch with a NaN weight).
+    """
+
+    def __init__(self, run: TinyRun, overrides: Mapping[int, Mapping[str, np.ndarray]] | None = None):
+        self._run = run
+        self._overrides = dict(overrides or {})
+        self._served = 0
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self._overrides.get(self._served) or self._run.make_batch(self._served)
+        self._served += 1
+        return dict(batch)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"served": self._served}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self._served = int(state["served"])
+
+    def log_scalars(self) -> dict[str, float]:
+        return {}

@@ -179,10 +179,11 @@ class ProgressBar:
             self._bar = tqdm.tqdm(initial=start, total=total, unit="step", desc="train",
                                   dynamic_ncols=True)
 
-    def update(self, scalars: Mapping[str, float] | None = None) -> None:
+    def update(self, num_steps: int, scalars: Mapping[str, float] | None = None) -> None:
+        """Advances by ``num_steps``; shows ``scalars`` when given (a logging step)."""
         if self._bar is None:
             return
-        self._bar.update(1)
+        self._bar.update(num_steps)
         if scalars:
             shown = {k.split("/")[-1]: v for k, v in scalars.items()
                      if k.endswith(("loss", "accuracy", "real_target_tokens_per_s"))}

@@ -8,26 +8,28 @@ and a global batch and returns the next state and scalar metrics:
 2. the batch split into ``num_microbatches`` microbatches, gradients accumulated in f32 by
    ``lax.scan`` (each microbatch's loss is already divided by the whole batch's factor, so
    the sum of the microbatch gradients is the gradient of the whole batch);
-3. the optimizer update, dropped when the loss or the gradient is not finite
-   (``on_nonfinite="skip"`` counts it, ``"raise"`` stops with an error);
+3. the optimizer update, dropped when the loss or the gradient is not finite (the step
+   counts in ``num_skipped_steps``);
 4. metrics: ``loss``, ``z_loss``, ``accuracy``, ``grad_norm``, ``learning_rate``,
    ``num_real_target_tokens``, ``num_sequences``, ``nonfinite``, ``num_skipped_steps``.
+
+A call returns as soon as the step is dispatched: nothing is read back to the host, so the
+device never waits for Python between steps. The trainer fetches the metrics of all steps
+since the last logging step at once and acts on ``nonfinite`` there
+(``TrainStepConfig.on_nonfinite``: stop the run or go on skipping).
 
 Dropout keys are ``fold_in(fold_in(key(dropout_seed), step), microbatch)``: a resumed run
 draws the same masks as an uninterrupted one, and the masks do not depend on the mesh.
 
-The model enters as a *forward function* ``(params, batch, dropout_rng) -> hidden`` and an
-*output kernel function* ``params -> [embed, vocab]``;
-:func:`make_encoder_decoder_forward` builds the former for
-:class:`flan_jax.models.t5.EncoderDecoder`.
+The model enters through :class:`flan_jax.models.interface.Model`: its final hidden states
+and its output kernel, which the fused loss kernel combines chunk by chunk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
@@ -35,19 +37,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flan_jax.models.interface import Model
 from flan_jax.training import losses, partitioning
 from flan_jax.training.train_state import Optimizer, TrainState
 
 Batch = Mapping[str, jax.Array]
-ForwardFn = Callable[[Any, Batch, jax.Array], jax.Array]
 NONFINITE_MODES = ("raise", "skip")
-
-_PACKING_FEATURES = (
-    "encoder_segment_ids",
-    "decoder_segment_ids",
-    "encoder_positions",
-    "decoder_positions",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +52,10 @@ class TrainStepConfig:
     Attributes:
         num_microbatches: gradient accumulation steps; must divide the global batch and
             leave each microbatch divisible by the number of batch shards.
-        on_nonfinite: ``"raise"`` (stop with a FloatingPointError) or ``"skip"`` (keep the
-            parameters and optimizer state, count the step in ``num_skipped_steps``).
+        on_nonfinite: what the trainer does, at the next logging step, about steps whose
+            loss or gradient was not finite (their updates are never applied):
+            ``"raise"`` stops the run with a FloatingPointError naming the steps,
+            ``"skip"`` logs them and goes on.
         dropout_seed: seed of the dropout keys.
         donate_state: let XLA reuse the input state's buffers for the output (the state
             passed in must not be used again).
@@ -66,6 +63,7 @@ class TrainStepConfig:
             its ``nn.with_logical_constraint`` annotations pin activation shardings;
             without it XLA propagates shardings from the parameters and the batch alone
             (same numbers, possibly more communication on large meshes).
+        enable_dropout: apply the model's dropout (at its configured rate) in training.
     """
 
     num_microbatches: int = 1
@@ -73,6 +71,7 @@ class TrainStepConfig:
     dropout_seed: int = 0
     donate_state: bool = True
     constrain_activations: bool = True
+    enable_dropout: bool = True
 
     def __post_init__(self) -> None:
         if self.num_microbatches < 1:
@@ -84,30 +83,6 @@ class TrainStepConfig:
                 f"TrainStepConfig.on_nonfinite must be one of {NONFINITE_MODES}; "
                 f"got {self.on_nonfinite!r}"
             )
-
-
-def make_encoder_decoder_forward(model: nn.Module, *, enable_dropout: bool = True) -> ForwardFn:
-    """Forward function of a t5-style ``EncoderDecoder``: final decoder hidden states.
-
-    Args:
-        model: a module whose ``__call__`` accepts the feature-converter features and
-            ``return_hidden=True`` (see docs/ARCHITECTURE.md).
-        enable_dropout: apply the model's dropout during training.
-    """
-
-    def forward(params: Any, batch: Batch, dropout_rng: jax.Array) -> jax.Array:
-        packing = {name: batch[name] for name in _PACKING_FEATURES if name in batch}
-        return model.apply(
-            {"params": params},
-            batch["encoder_input_tokens"],
-            batch["decoder_input_tokens"],
-            enable_dropout=enable_dropout,
-            return_hidden=True,
-            rngs={"dropout": dropout_rng},
-            **packing,
-        )
-
-    return forward
 
 
 def _split_microbatches(batch: Batch, num_microbatches: int, batch_sharding: NamedSharding):
@@ -128,18 +103,21 @@ def _split_microbatches(batch: Batch, num_microbatches: int, batch_sharding: Nam
 class _GradientComputer:
     """Loss and gradient of one microbatch, and their accumulation over microbatches."""
 
-    def __init__(self, forward, output_kernel_fn, loss_config, num_microbatches, batch_sharding):
-        self._forward = forward
-        self._output_kernel_fn = output_kernel_fn
+    def __init__(self, model: Model, loss_config, num_microbatches, batch_sharding, *,
+                 enable_dropout: bool):
+        self._model = model
+        self._enable_dropout = enable_dropout
         self._loss_config = loss_config
         self._num_microbatches = num_microbatches
         self._batch_sharding = batch_sharding
 
     def _loss(self, params, microbatch, weights, factor, rng):
-        hidden = self._forward(params, microbatch, rng)
+        hidden = self._model.hidden_states(
+            params, microbatch, dropout_rng=rng if self._enable_dropout else None
+        )
         stats = losses.compute_loss(
             hidden,
-            self._output_kernel_fn(params),
+            self._model.output_kernel(params),
             microbatch,
             self._loss_config,
             weights=weights,
@@ -250,24 +228,15 @@ class TrainStep:
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             yield
 
-    def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        """Runs one step; raises FloatingPointError on a non-finite step in "raise" mode.
+    @property
+    def config(self) -> TrainStepConfig:
+        return self._config
 
-        In "raise" mode the call waits for the step to finish (to read the flag); in
-        "skip" mode it returns as soon as the step is dispatched.
-        """
+    def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        """Dispatches one step; returns without waiting for it (metrics stay on device)."""
         self._check_batch(batch)
         with self.context():
-            new_state, metrics = self.jitted(state, batch)
-        if self._config.on_nonfinite == "raise" and int(metrics["nonfinite"]):
-            raise FloatingPointError(
-                f"non-finite loss or gradient at step {int(new_state.step) - 1}: "
-                f"loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])}; "
-                "the update was not applied. Lower the learning rate, check the batch for "
-                "rows without targets, compute in float32, or set "
-                "TrainStepConfig.on_nonfinite='skip' to skip such steps."
-            )
-        return new_state, metrics
+            return self.jitted(state, batch)
 
     def _check_batch(self, batch: Batch) -> None:
         shards = partitioning.get_batch_shard_count(self.mesh, self.rules)
@@ -288,8 +257,7 @@ def _batch_sharding(mesh: Mesh, rules: partitioning.LogicalRules) -> NamedShardi
 
 def make_train_step(
     *,
-    forward: ForwardFn,
-    output_kernel_fn: Callable[[Any], jax.Array],
+    model: Model,
     optimizer: Optimizer,
     loss_config: losses.LossConfig,
     mesh: Mesh,
@@ -300,10 +268,7 @@ def make_train_step(
     """Builds the jit-compiled train step.
 
     Args:
-        forward: ``(params, batch, dropout_rng) -> hidden [batch, length, embed]``, e.g.
-            :func:`make_encoder_decoder_forward`.
-        output_kernel_fn: ``params -> [embed, vocab]`` with ``logits == hidden @ kernel``
-            (``flan_jax.models.t5.output_kernel``).
+        model: the model (hidden states and output kernel; dropout from its config).
         optimizer: the optax transformation, its schedule and state layout.
         loss_config: the loss.
         mesh: device mesh.
@@ -317,7 +282,8 @@ def make_train_step(
     """
     batch_sharding = _batch_sharding(mesh, rules)
     compute_gradients = _GradientComputer(
-        forward, output_kernel_fn, loss_config, config.num_microbatches, batch_sharding
+        model, loss_config, config.num_microbatches, batch_sharding,
+        enable_dropout=config.enable_dropout,
     )
     step_fn = _build_step_fn(compute_gradients, optimizer, loss_config, config)
     return TrainStep(step_fn, mesh, rules, state_shardings, config)

@@ -1,15 +1,21 @@
-"""The training entry point: ``train(...)``, keyword-only and bound by gin from the outside.
+"""The one training loop (:func:`fit`) and the seqio entry point (:func:`train`).
 
-A run is a sequence of named phases, each a function below:
+:func:`fit` trains any model behind :class:`flan_jax.models.interface.Model` on any
+:class:`flan_jax.data.batch_source.BatchSource` with any registered token loss
+(:mod:`flan_jax.training.losses`). ``flan-jax train`` (:func:`train`: a seqio task or
+mixture, the T5 encoder-decoder) and ``flan-jax distill train``
+(:func:`flan_jax.distill.train_student.train_student`: teacher top-k batches) are thin entry
+points that build the three and call it. A run is a sequence of named phases:
 
-1. :func:`initialize_distributed_run`: ``jax.distributed`` when a coordinator is configured;
-2. :func:`build_run`: mesh, logical rules, model, Adafactor, train-state shardings and the
-   jitted sharded train step;
+1. :func:`initialize_distributed_run`: ``jax.distributed`` when a coordinator is configured
+   (called by the entry points, before the batch source asks for its process index);
+2. :func:`build_run`: mesh, logical rules, Adafactor, train-state shardings and the jitted
+   sharded train step;
 3. :func:`restore_or_init`: the latest checkpoint of ``model_dir`` if there is one (train
-   state and data position), else the initial checkpoint's parameters, else fresh ones;
-4. :func:`run_train_loop`: batches from the resumable iterator, train steps, metrics every
-   ``log_period`` steps, evaluation every ``eval_period`` steps, a checkpoint every
-   ``period`` steps and after the last one.
+   state and data position), else the initial parameters, else fresh ones;
+4. :func:`run_train_loop`: train steps, metrics every ``log_period`` steps, evaluation every
+   ``eval_period`` steps, a checkpoint every ``period`` steps and after the last one.
+   Between those events nothing is read back from the devices.
 
 The gin run configs (``gin_configs/runs/*.gin``) bind ``train``'s arguments with the t5x
 macro names (``MODEL_DIR``, ``MIXTURE_OR_TASK_NAME``, ...). The same files drive a laptop
@@ -27,7 +33,9 @@ import optax
 import seqio
 
 from flan_jax.data import pipeline
+from flan_jax.data.batch_source import PACKING_EFFICIENCY, BatchSource
 from flan_jax.models import t5
+from flan_jax.models.interface import Model
 from flan_jax.models.config import T5Config
 from flan_jax.training import (
     adafactor,
@@ -135,32 +143,41 @@ class PartitioningConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    """What :func:`train` returns.
+    """What :func:`fit` (and :func:`train`) return.
 
     Attributes:
         state: the final train state.
         step: the final step.
         train_metrics: the last logged training scalars.
         eval_metrics: the last evaluation's scalars (empty without evaluation).
+        eval_history: ``(step, scalars)`` of every evaluation of this call, in order.
         model_dir: where the checkpoints are.
-        packing_efficiency: share of real tokens in the batches served by this process.
+        packing_efficiency: share of real tokens in the batches served by this process
+            (1.0 for batch sources that do not pack).
     """
 
     state: train_state.TrainState
     step: int
     train_metrics: dict[str, float]
     eval_metrics: dict[str, float]
+    eval_history: list[tuple[int, dict[str, float]]]
     model_dir: str
     packing_efficiency: float
+
+
+Evaluator = Callable[[Any], Mapping[str, float]]
+"""``params -> scalars``: an evaluation hook the loop calls every ``eval_period`` steps."""
+
+InitialParams = Callable[[Any, Any], Any]
+"""``(abstract_params, param_shardings) -> params``: where a fresh run's parameters come
+from (e.g. a converted checkpoint); without one they are initialised from the seed."""
 
 
 @dataclasses.dataclass
 class _Run:
     """Everything built once per run (phase 2)."""
 
-    config: RunConfig
-    model_config: T5Config
-    vocabulary: seqio.SentencePieceVocabulary
+    model: Model
     mesh: jax.sharding.Mesh
     rules: partitioning.LogicalRules
     optimizer: train_state.Optimizer
@@ -170,7 +187,10 @@ class _Run:
 
 
 def initialize_distributed_run(config: PartitioningConfig) -> None:
-    """Phase 1: starts ``jax.distributed`` when a coordinator is configured."""
+    """Phase 1: starts ``jax.distributed`` when a coordinator is configured.
+
+    Entry points call it before anything asks JAX for devices (batch sources do).
+    """
     if config.coordinator_address == "auto":
         jax.distributed.initialize()
         return
@@ -191,18 +211,18 @@ def get_task_vocabulary(mixture_or_task_name: str) -> seqio.SentencePieceVocabul
     return vocabulary
 
 
-def _check_vocab_fits(model_config: T5Config, vocabulary: seqio.Vocabulary, name: str) -> None:
-    if vocabulary.vocab_size > model_config.vocab_size:
+def check_vocab_fits(model: Model, vocabulary: seqio.Vocabulary, name: str) -> None:
+    """Raises when the vocabulary has more ids than the model's output dimension."""
+    if vocabulary.vocab_size > model.vocab_size:
         raise ValueError(
             f"the vocabulary of {name} has {vocabulary.vocab_size} ids but the model's "
-            f"vocab_size is {model_config.vocab_size}; set T5Config.vocab_size to at least "
-            f"{vocabulary.vocab_size} (a multiple of 128 is fastest)"
+            f"vocab_size is {model.vocab_size}; set the model config's vocab_size to at "
+            f"least {vocabulary.vocab_size} (a multiple of 128 is fastest)"
         )
 
 
 def build_run(
-    config: RunConfig,
-    model_config: T5Config,
+    model: Model,
     *,
     learning_rate: float | optax.Schedule,
     optimizer_config: adafactor.AdafactorConfig,
@@ -211,15 +231,13 @@ def build_run(
     partitioning_config: PartitioningConfig,
 ) -> _Run:
     """Phase 2: the mesh, optimizer, shardings and the compiled-on-first-call train step."""
-    vocabulary = get_task_vocabulary(config.mixture_or_task_name)
-    _check_vocab_fits(model_config, vocabulary, config.mixture_or_task_name)
     mesh = partitioning.make_mesh(partitioning_config.mesh)
     rules = partitioning.get_logical_axis_rules(partitioning_config.rules)
-    param_axes = t5.param_logical_axes(model_config)
+    param_axes = model.param_logical_axes()
     optimizer = adafactor.make_adafactor(
         learning_rate, param_axes=param_axes, config=optimizer_config
     )
-    abstract_params = t5.abstract_params(model_config)
+    abstract_params = model.abstract_params()
     shardings = train_state.get_train_state_shardings(
         abstract_params, param_axes, optimizer, mesh, rules
     )
@@ -227,8 +245,7 @@ def build_run(
         lambda p: train_state.create_train_state(p, optimizer), abstract_params
     )
     step_fn = train_step.make_train_step(
-        forward=train_step.make_encoder_decoder_forward(t5.EncoderDecoder(model_config)),
-        output_kernel_fn=t5.output_kernel,
+        model=model,
         optimizer=optimizer,
         loss_config=loss_config,
         mesh=mesh,
@@ -236,16 +253,15 @@ def build_run(
         state_shardings=shardings,
         config=step_config,
     )
-    return _Run(config, model_config, vocabulary, mesh, rules, optimizer, abstract_state,
-                shardings, step_fn)
+    return _Run(model, mesh, rules, optimizer, abstract_state, shardings, step_fn)
 
 
-def _init_state(run: _Run, params: Any | None) -> train_state.TrainState:
+def _init_state(run: _Run, params: Any | None, seed: int) -> train_state.TrainState:
     """A step-0 state, sharded; fresh parameters from the seed when ``params`` is None."""
     if params is None:
-        key = jax.random.key(run.config.seed)
+        key = jax.random.key(seed)
         params = jax.jit(
-            lambda: t5.init_params(run.model_config, key), out_shardings=run.shardings.params
+            lambda: run.model.init_params(key), out_shardings=run.shardings.params
         )()
     create = jax.jit(
         lambda p: train_state.create_train_state(p, run.optimizer),
@@ -256,7 +272,11 @@ def _init_state(run: _Run, params: Any | None) -> train_state.TrainState:
 
 
 def restore_or_init(
-    run: _Run, manager: checkpointing.TrainCheckpointManager
+    run: _Run,
+    manager: checkpointing.TrainCheckpointManager,
+    *,
+    seed: int,
+    initial_params: InitialParams | None = None,
 ) -> tuple[train_state.TrainState, dict[str, Any] | None]:
     """Phase 3: the train state and the data state to continue from.
 
@@ -268,33 +288,9 @@ def restore_or_init(
         logging.info("resumed %s at step %d", manager.model_dir, restored.step)
         return restored.state, restored.data_state
     params = None
-    if run.config.initial_checkpoint_path:
-        params = checkpointing.load_initial_params(
-            run.config.initial_checkpoint_path,
-            model_config=run.model_config,
-            abstract_params=run.abstract_state.params,
-            shardings=run.shardings.params,
-        )
-        logging.info("initial parameters from %s", run.config.initial_checkpoint_path)
-    return _init_state(run, params), None
-
-
-def make_data_iterator(run: _Run, data_config: DataConfig,
-                       data_state: Mapping[str, Any] | None) -> pipeline.TrainIterator:
-    """This process's shard of the training batches, positioned at ``data_state``."""
-    return pipeline.make_train_iterator(
-        run.config.mixture_or_task_name,
-        task_feature_lengths=run.config.task_feature_lengths,
-        batch_size=run.config.batch_size,
-        seed=run.config.seed,
-        shard_index=jax.process_index(),
-        num_shards=jax.process_count(),
-        pack=data_config.pack,
-        use_cached=run.config.use_cached_tasks,
-        buffer_size=data_config.buffer_size,
-        split=data_config.split,
-        state=data_state,
-    )
+    if initial_params is not None:
+        params = initial_params(run.abstract_state.params, run.shardings.params)
+    return _init_state(run, params, seed), None
 
 
 @dataclasses.dataclass
@@ -306,67 +302,225 @@ class _LoopServices:
     meter: metrics_lib.ThroughputMeter
     metrics_config: metrics_lib.MetricsConfig
     eval_period: int
-    evaluator: evaluation.Evaluator | None
+    evaluator: Evaluator | None
 
 
-def _run_eval(services: _LoopServices, state: train_state.TrainState, step: int) -> dict:
+def _run_eval(services: _LoopServices, state: train_state.TrainState, step: int
+              ) -> dict[str, float]:
     if services.evaluator is None:
         return {}
-    scalars = services.evaluator(state.params)
+    scalars = {k: float(v) for k, v in services.evaluator(state.params).items()}
     services.writer.write_scalars(step, scalars)
     logging.info("step %d eval: %s", step,
                  ", ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
     return scalars
 
 
+def _format_steps(steps: Sequence[int]) -> str:
+    """``[3, 4, 5, 9]`` -> ``"3-5, 9"``."""
+    ranges: list[list[int]] = []
+    for step in steps:
+        if ranges and step == ranges[-1][1] + 1:
+            ranges[-1][1] = step
+        else:
+            ranges.append([step, step])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def _check_nonfinite(steps: Sequence[int], fetched: Sequence[Mapping[str, Any]],
+                     mode: str) -> None:
+    """Acts on the steps whose loss or gradient was not finite (their updates were dropped)."""
+    bad = [step for step, metrics in zip(steps, fetched) if int(metrics["nonfinite"])]
+    if not bad:
+        return
+    message = (f"non-finite loss or gradient at step(s) {_format_steps(bad)} (of steps "
+               f"{steps[0]}-{steps[-1]}); their updates were not applied")
+    if mode == "skip":
+        logging.warning("%s; skipping them (TrainStepConfig.on_nonfinite='skip')", message)
+        return
+    raise FloatingPointError(
+        f"{message}, and the run stopped at step {steps[-1]}. Lower the learning rate, check "
+        "the batches for rows without targets, compute in float32, or set "
+        "TrainStepConfig.on_nonfinite='skip' to skip such steps."
+    )
+
+
+def advance(run: _Run, state: train_state.TrainState, source: BatchSource, num_steps: int
+            ) -> tuple[train_state.TrainState, list[dict[str, jax.Array]]]:
+    """Runs ``num_steps`` steps without reading anything back from the devices.
+
+    Returns:
+        The new state and the steps' metrics, still on device.
+    """
+    pending = []
+    for _ in range(num_steps):
+        batch = partitioning.make_global_batch(next(source), run.mesh, run.rules)
+        state, step_metrics = run.step_fn(state, batch)
+        pending.append(step_metrics)
+    return state, pending
+
+
+def _next_event(step: int, last: int, services: _LoopServices) -> int:
+    """The next step after ``step`` at which the loop logs, saves or evaluates."""
+    periods = [services.metrics_config.log_period, services.manager.config.period]
+    if services.eval_period and services.evaluator is not None:
+        periods.append(services.eval_period)
+    return min([last] + [(step // p + 1) * p for p in periods])
+
+
 def run_train_loop(
     run: _Run,
     state: train_state.TrainState,
-    iterator: pipeline.TrainIterator,
+    source: BatchSource,
     services: _LoopServices,
+    *,
+    train_steps: int,
 ) -> TrainResult:
-    """Phase 4: trains until ``train_steps``, logging, evaluating and checkpointing."""
-    start, last = int(state.step), run.config.train_steps
-    progress = metrics_lib.ProgressBar(start=start, total=last,
+    """Phase 4: trains until ``train_steps``, logging, evaluating and checkpointing.
+
+    Between two events (a logging, checkpoint or evaluation step) the loop only dispatches
+    steps (:func:`advance`); the metrics of those steps are fetched together at the next
+    logging step, where non-finite steps are reported.
+    """
+    step, last = int(state.step), train_steps
+    progress = metrics_lib.ProgressBar(start=step, total=last,
                                        enabled=services.metrics_config.progress_bar)
     train_scalars: dict[str, float] = {}
     eval_scalars: dict[str, float] = {}
+    eval_history: list[tuple[int, dict[str, float]]] = []
     pending: list[dict[str, jax.Array]] = []
     services.meter.reset()
-    for step in range(start + 1, last + 1):
-        local = next(iterator)
-        batch = partitioning.make_global_batch(local, run.mesh, run.rules)
-        state, step_metrics = run.step_fn(state, batch)
-        pending.append(step_metrics)
-        if step % services.metrics_config.log_period == 0 or step == last:
-            for item in pending:  # Fetching here, not every step, keeps the device busy.
+    log_period = services.metrics_config.log_period
+    while step < last:
+        target = _next_event(step, last, services)
+        state, new_metrics = advance(run, state, source, target - step)
+        pending += new_metrics
+        logged = target % log_period == 0 or target == last
+        if logged:
+            fetched = jax.device_get(pending)
+            _check_nonfinite(range(target - len(fetched) + 1, target + 1), fetched,
+                             run.step_fn.config.on_nonfinite)
+            for item in fetched:
                 services.meter.update(item)
             pending.clear()
-            train_scalars = services.meter.summarize()
-            train_scalars["train/packing_efficiency"] = iterator.packing_efficiency
-            services.writer.write_scalars(step, train_scalars)
-        progress.update(train_scalars if step % services.metrics_config.log_period == 0
-                        else None)
+            train_scalars = {**services.meter.summarize(), **source.log_scalars()}
+            services.writer.write_scalars(target, train_scalars)
+        progress.update(target - step, train_scalars if logged else None)
+        step = target
         if services.manager.should_save(step, last_step=last):
-            services.manager.save(state, iterator.get_state())
-        if services.eval_period and step % services.eval_period == 0 and step != last:
+            services.manager.save(state, source.get_state())
+        if (services.eval_period and step % services.eval_period == 0 and step != last
+                and services.evaluator is not None):
             eval_scalars = _run_eval(services, state, step)
+            eval_history.append((step, eval_scalars))
     progress.close()
-    eval_scalars = _run_eval(services, state, last)
+    if services.evaluator is not None:
+        eval_scalars = _run_eval(services, state, last)
+        eval_history.append((last, eval_scalars))
     services.manager.wait_until_finished()
-    return TrainResult(state, last, train_scalars, eval_scalars,
-                       str(services.manager.model_dir), iterator.packing_efficiency)
+    efficiency = source.log_scalars().get(PACKING_EFFICIENCY, 1.0)
+    return TrainResult(state, last, train_scalars, eval_scalars, eval_history,
+                       str(services.manager.model_dir), efficiency)
 
 
-def _make_evaluator(run: _Run, eval_config: evaluation.EvalConfig) -> evaluation.Evaluator | None:
+def fit(
+    *,
+    model: Model,
+    batch_source: BatchSource,
+    vocabulary: seqio.SentencePieceVocabulary,
+    model_dir: str,
+    train_steps: int,
+    batch_size: int,
+    feature_lengths: Mapping[str, int],
+    learning_rate: float | optax.Schedule = 1e-3,
+    initial_params: InitialParams | None = None,
+    seed: int = 0,
+    optimizer_config: adafactor.AdafactorConfig = adafactor.AdafactorConfig(),
+    loss_config: losses.LossConfig = losses.LossConfig(),
+    step_config: train_step.TrainStepConfig = train_step.TrainStepConfig(),
+    partitioning_config: PartitioningConfig = PartitioningConfig(),
+    checkpoint_config: checkpointing.CheckpointConfig = checkpointing.CheckpointConfig(),
+    metrics_config: metrics_lib.MetricsConfig = metrics_lib.MetricsConfig(),
+    eval_period: int = 0,
+    evaluator: Evaluator | None = None,
+) -> TrainResult:
+    """The one training loop: any :class:`Model`, any :class:`BatchSource`, any loss.
+
+    Resumes ``model_dir`` (train state and data position) when it has checkpoints. Callers
+    start ``jax.distributed`` first (:func:`initialize_distributed_run`).
+
+    Args:
+        model: the model (:mod:`flan_jax.models.interface`).
+        batch_source: this process's rows of every global batch; positioned by the
+            restored data state on resume.
+        vocabulary: copied into ``model_dir`` so it is a self-contained checkpoint.
+        model_dir: the checkpoint, metrics and TensorBoard directory.
+        train_steps: the total number of steps (including those of a resumed run).
+        batch_size: global rows per step (for throughput and MFU).
+        feature_lengths: ``{"inputs": N, "targets": M}`` (for MFU).
+        learning_rate: a constant or a schedule (:mod:`flan_jax.training.schedules`).
+        initial_params: where a fresh run's parameters come from; None: from ``seed``.
+        seed: parameter-initialisation seed.
+        optimizer_config, loss_config, step_config, partitioning_config, checkpoint_config,
+        metrics_config: the knobs, by topic.
+        eval_period: evaluate every this many steps (0: only after the last step).
+        evaluator: the evaluation hook; None: no evaluation.
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    run = build_run(model, learning_rate=learning_rate, optimizer_config=optimizer_config,
+                    loss_config=loss_config, step_config=step_config,
+                    partitioning_config=partitioning_config)
+    manager = checkpointing.TrainCheckpointManager(
+        model_dir, checkpoint_config, model_config=model.config,
+        vocab_path=vocabulary.sentencepiece_model_file, extra_ids=vocabulary.extra_ids)
+    writer = metrics_lib.MetricsWriter(model_dir, tensorboard=metrics_config.tensorboard)
+    try:
+        state, data_state = restore_or_init(run, manager, seed=seed,
+                                            initial_params=initial_params)
+        if data_state is not None:
+            batch_source.set_state(data_state)
+        flops = model.train_flops_per_step(batch_size=batch_size,
+                                           feature_lengths=feature_lengths)
+        peak = metrics_config.peak_flops_per_device
+        services = _LoopServices(
+            manager, writer,
+            metrics_lib.ThroughputMeter(flops, peak * jax.device_count() if peak else None),
+            metrics_config, eval_period, evaluator)
+        return run_train_loop(run, state, batch_source, services, train_steps=train_steps)
+    finally:
+        writer.close()
+        manager.close()
+
+
+def make_data_iterator(config: RunConfig, data_config: DataConfig) -> pipeline.TrainIterator:
+    """This process's shard of a seqio task's or mixture's training batches."""
+    return pipeline.make_train_iterator(
+        config.mixture_or_task_name,
+        task_feature_lengths=config.task_feature_lengths,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        shard_index=jax.process_index(),
+        num_shards=jax.process_count(),
+        pack=data_config.pack,
+        use_cached=config.use_cached_tasks,
+        buffer_size=data_config.buffer_size,
+        split=data_config.split,
+    )
+
+
+def _make_evaluator(model_config: T5Config, vocabulary: seqio.SentencePieceVocabulary,
+                    config: RunConfig, eval_config: evaluation.EvalConfig
+                    ) -> evaluation.Evaluator | None:
     if not (eval_config.teacher_forced or eval_config.inference):
         return None
-    names = eval_config.tasks or (run.config.mixture_or_task_name,)
+    names = eval_config.tasks or (config.mixture_or_task_name,)
     if not evaluation.list_eval_tasks(names, eval_config.split):
         logging.info("no task of %s has split %r: no evaluation", names, eval_config.split)
         return None
-    return evaluation.Evaluator(run.model_config, run.vocabulary, names,
-                                run.config.task_feature_lengths, eval_config)
+    return evaluation.Evaluator(model_config, vocabulary, names,
+                                config.task_feature_lengths, eval_config)
 
 
 def train(
@@ -422,28 +576,22 @@ def train(
     initialize_distributed_run(partitioning_config)
     for register in register_tasks:
         register()
-    run = build_run(config, model_config, learning_rate=learning_rate,
-                    optimizer_config=optimizer_config, loss_config=loss_config,
-                    step_config=step_config, partitioning_config=partitioning_config)
-    manager = checkpointing.TrainCheckpointManager(
-        model_dir, checkpoint_config, model_config=model_config,
-        vocab_path=run.vocabulary.sentencepiece_model_file,
-        extra_ids=run.vocabulary.extra_ids)
-    writer = metrics_lib.MetricsWriter(model_dir, tensorboard=metrics_config.tensorboard)
-    try:
-        state, data_state = restore_or_init(run, manager)
-        iterator = make_data_iterator(run, data_config, data_state)
-        flops = metrics_lib.estimate_train_flops_per_step(
-            model_config, batch_size=batch_size,
-            inputs_length=config.task_feature_lengths["inputs"],
-            targets_length=config.task_feature_lengths["targets"])
-        peak = metrics_config.peak_flops_per_device
-        services = _LoopServices(
-            manager, writer,
-            metrics_lib.ThroughputMeter(flops, peak * jax.device_count() if peak else None),
-            metrics_config, eval_config.eval_period, _make_evaluator(run, eval_config))
-        return run_train_loop(run, state, iterator, services)
-    finally:
-        writer.close()
-        manager.close()
-
+    model = t5.T5Model(model_config)
+    vocabulary = get_task_vocabulary(mixture_or_task_name)
+    check_vocab_fits(model, vocabulary, mixture_or_task_name)
+    initial_params = None
+    if initial_checkpoint_path:
+        def initial_params(abstract_params: Any, shardings: Any) -> Any:
+            logging.info("initial parameters from %s", initial_checkpoint_path)
+            return checkpointing.load_initial_params(
+                initial_checkpoint_path, model_config=model_config,
+                abstract_params=abstract_params, shardings=shardings)
+    return fit(
+        model=model, batch_source=make_data_iterator(config, data_config),
+        vocabulary=vocabulary, model_dir=model_dir, train_steps=train_steps,
+        batch_size=batch_size, feature_lengths=config.task_feature_lengths,
+        learning_rate=learning_rate, initial_params=initial_params, seed=seed,
+        optimizer_config=optimizer_config, loss_config=loss_config, step_config=step_config,
+        partitioning_config=partitioning_config, checkpoint_config=checkpoint_config,
+        metrics_config=metrics_config, eval_period=eval_config.eval_period,
+        evaluator=_make_evaluator(model_config, vocabulary, config, eval_config))

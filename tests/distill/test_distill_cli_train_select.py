@@ -12,7 +12,7 @@ import pytest
 from flan_jax import checkpoints
 from flan_jax.cli import distill as distill_cli
 from flan_jax.data.vocabularies import build_sentencepiece_model, get_vocabulary
-from flan_jax.distill import alignment, formats, student_training, targets
+from flan_jax.distill import alignment, formats, targets
 from flan_jax.distill.kl_loss import SPARSE_KL
 from flan_jax.distill.teacher_store import TeacherStore, TeacherStoreWriter
 from flan_jax.evaluation import answers
@@ -20,7 +20,7 @@ from flan_jax.evaluation.math_datasets import load_math_dataset
 from flan_jax.models import decoding, t5
 from flan_jax.testing.kernels import dense_logits, naive_sparse_kl
 from flan_jax.testing.training import make_tiny_t5_config
-from flan_jax.training import adafactor, losses
+from flan_jax.training import adafactor, losses, partitioning, train_state, train_step
 
 LEARNING_RATE = 0.01
 LENGTHS = {"inputs": 48, "targets": 32}
@@ -68,7 +68,8 @@ def setup(tmp_path_factory):
 def _train_argv(setup, model_dir, *extra: str) -> list[str]:
     return ["train", "--gin_file=runs/distill.gin", f"--gin.STUDENT={setup['student']}",
             f"--gin.MODEL_DIR={model_dir}", "--gin.BATCH_SIZE=4",
-            f"--gin.LEARNING_RATE={LEARNING_RATE}", f"--gin.FEATURE_LENGTHS={LENGTHS}", *extra]
+            f"--gin.LEARNING_RATE={LEARNING_RATE}", f"--gin.FEATURE_LENGTHS={LENGTHS}",
+            "--gin.LOG_PERIOD=1", "--gin.metrics.MetricsConfig.tensorboard=False", *extra]
 
 
 def _naive_first_loss(setup, batch, loss: losses.LossConfig) -> float:
@@ -85,6 +86,24 @@ def _naive_first_loss(setup, batch, loss: losses.LossConfig) -> float:
     return float(jnp.sum(weights * (kl + loss.z_loss * lse ** 2)) / jnp.sum(weights))
 
 
+def _direct_first_step_metrics(setup, batch, loss: losses.LossConfig):
+    """One train step of the student on ``batch``, without the trainer's loop."""
+    model = t5.T5Model(setup["config"])
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(), jax.devices()[:1])
+    rules = partitioning.get_logical_axis_rules("1d")
+    axes = model.param_logical_axes()
+    optimizer = adafactor.make_adafactor(LEARNING_RATE, param_axes=axes,
+                                         config=adafactor.AdafactorConfig())
+    shardings = train_state.get_train_state_shardings(model.abstract_params(), axes, optimizer,
+                                                      mesh, rules)
+    step = train_step.make_train_step(model=model, optimizer=optimizer, loss_config=loss,
+                                      mesh=mesh, rules=rules, state_shardings=shardings)
+    state = train_state.init_sharded_train_state(jax.tree.map(np.asarray, setup["params"]),
+                                                 optimizer, shardings)
+    _, metrics = step(state, partitioning.make_global_batch(batch, mesh, rules))
+    return metrics
+
+
 def test_distill_train_saves_steps_and_its_first_loss_matches_direct_paths(setup, tmp_path):
     model_dir = str(tmp_path / "run")
     argv = _train_argv(setup, model_dir, f"--gin.STORE={setup['store']}",
@@ -98,7 +117,7 @@ def test_distill_train_saves_steps_and_its_first_loss_matches_direct_paths(setup
         summary = json.load(f)
     assert summary["num_examples"] == {formats.ZS_COT: 6} and summary["loss_kind"] == SPARSE_KL
 
-    # The same first batch, built directly, through the existing student_training path.
+    # The same first batch, built directly, through the train step alone.
     store = TeacherStore(setup["store"])
     stats = alignment.AlignmentStats()
     examples = targets.build_teacher_examples(store, setup["vocabulary"], distribution=True,
@@ -106,17 +125,12 @@ def test_distill_train_saves_steps_and_its_first_loss_matches_direct_paths(setup
                                               stats=stats)
     assert summary["alignment_fallback_rate"] == pytest.approx(stats.fallback_rate)
     assert 0.0 < stats.fallback_rate < 1.0  # some tokens carry the teacher's distribution
-    batch = next(targets.iterate_batches(examples, batch_size=4, seed=0,
-                                         inputs_length=LENGTHS["inputs"],
-                                         targets_length=LENGTHS["targets"]))
+    batch = next(targets.DistillationBatches(examples, batch_size=4, seed=0,
+                                             inputs_length=LENGTHS["inputs"],
+                                             targets_length=LENGTHS["targets"]))
     loss = losses.LossConfig(kind=SPARSE_KL, z_loss=1e-4, normalization="num_real_target_tokens",
                              kind_options={"missing_mass": "drop", "temperature": 1.0})
-    trainer = student_training.build_student_trainer(
-        setup["config"],
-        student_training.StudentTrainConfig(num_steps=1, learning_rate=LEARNING_RATE, loss=loss,
-                                            optimizer=adafactor.AdafactorConfig()),
-        init_params=setup["params"])
-    _, metrics = trainer.step(trainer.state, trainer.place_batch(batch))
+    metrics = _direct_first_step_metrics(setup, batch, loss)
     np.testing.assert_allclose(logged[0]["loss"], float(metrics["loss"]), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(logged[0]["loss"], _naive_first_loss(setup, batch, loss),
                                rtol=1e-5, atol=1e-5)
@@ -126,6 +140,71 @@ def test_distill_train_saves_steps_and_its_first_loss_matches_direct_paths(setup
     changes = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(setup["params"]))]
     assert max(changes) > 1e-4
+
+
+_KILL_AT_BATCH = """
+import os, sys
+from flan_jax.cli import distill as distill_cli
+from flan_jax.distill import targets
+
+calls = 0
+serve = targets.DistillationBatches.__next__
+
+
+def serve_then_die(self):
+    global calls
+    calls += 1
+    if calls == {kill_at}:
+        os._exit(3)  # SIGKILL-like: no cleanup, no final checkpoint
+    return serve(self)
+
+
+targets.DistillationBatches.__next__ = serve_then_die
+sys.exit(distill_cli.main({argv!r}))
+"""
+
+
+def _final_params_and_data_state(model_dir: str, step: int):
+    from flan_jax.training import checkpointing
+
+    loaded = checkpoints.load_model_checkpoint(model_dir, step=step)
+    manager = checkpointing.TrainCheckpointManager(
+        model_dir, checkpointing.CheckpointConfig(), model_config=loaded.config,
+        vocab_path=loaded.vocabulary.sentencepiece_model_file, extra_ids=0)
+    try:
+        return loaded.params, manager.read_data_state(step)
+    finally:
+        manager.close()
+
+
+def test_distill_train_killed_after_a_checkpoint_resumes_exactly(setup, tmp_path):
+    """Killed while fetching step 4's batch (step 2 saved), resumed to 6 == 6 uninterrupted."""
+    import subprocess
+    import sys
+
+    def argv(model_dir):
+        return _train_argv(setup, str(model_dir), f"--gin.STORE={setup['store']}",
+                           "--gin.TRAIN_STEPS=6", "--gin.SAVE_PERIOD=2", "--gin.SEED=1",
+                           "--gin.checkpointing.CheckpointConfig.async_save=False")
+
+    killed = tmp_path / "killed"
+    script = _KILL_AT_BATCH.format(kill_at=4, argv=argv(killed))
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=600)
+    assert child.returncode == 3, child.stderr[-3000:]
+    assert [s for s in sorted(os.listdir(killed)) if s.isdigit()] == ["2"]
+    assert distill_cli.main(argv(killed)) == 0  # resumes from step 2
+    uninterrupted = tmp_path / "uninterrupted"
+    assert distill_cli.main(argv(uninterrupted)) == 0
+
+    resumed_params, resumed_data = _final_params_and_data_state(str(killed), 6)
+    whole_params, whole_data = _final_params_and_data_state(str(uninterrupted), 6)
+    assert resumed_data == whole_data and resumed_data["position"] > 0
+    for a, b in zip(jax.tree.leaves(resumed_params), jax.tree.leaves(whole_params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    with open(killed / "metrics.jsonl") as f:
+        steps = [json.loads(line)["step"] for line in f]
+    assert steps == [1, 2, 3, 3, 4, 5, 6]  # the resumed leg redoes step 3 from step 2
 
 
 def _write_eval_files(root, answer_of) -> dict[str, str]:

@@ -71,11 +71,10 @@ def test_kl_loss_and_gradient_match_naive_dense(missing_mass, temperature):
                                            "temperature": temperature})
     params = t5.init_params(make_tiny_t5_config(), jax.random.key(1))
     batch = {k: jnp.asarray(v) for k, v in _distill_batch(1).items()}
-    forward = train_step.make_encoder_decoder_forward(t5.EncoderDecoder(make_tiny_t5_config()),
-                                                      enable_dropout=False)
+    model = t5.T5Model(make_tiny_t5_config())
 
     def fused(p):
-        return losses.compute_loss(forward(p, batch, jax.random.key(0)), t5.output_kernel(p),
+        return losses.compute_loss(model.hidden_states(p, batch), model.output_kernel(p),
                                    batch, loss).loss
 
     def naive(p):

@@ -12,7 +12,7 @@ import pytest
 
 from flan_jax.models import t5
 from flan_jax.testing import training
-from flan_jax.training import losses, train_step
+from flan_jax.training import losses
 
 ENC_LEN, DEC_LEN = 16, 10
 LOSS = losses.LossConfig(z_loss=1e-4, label_smoothing=0.1)
@@ -21,17 +21,16 @@ LOSS = losses.LossConfig(z_loss=1e-4, label_smoothing=0.1)
 @pytest.fixture(scope="module")
 def model_and_params():
     config = training.make_tiny_t5_config()
-    return t5.EncoderDecoder(config), t5.init_params(config, jax.random.key(3))
+    return t5.T5Model(config), t5.init_params(config, jax.random.key(3))
 
 
 def _segment_loss_and_grads(model, params, batch, segment):
-    forward = train_step.make_encoder_decoder_forward(model, enable_dropout=False)
     weights = jnp.asarray(batch["decoder_loss_weights"])
     if segment is not None:
         weights = weights * (batch["decoder_segment_ids"] == segment)
 
     def loss_fn(p):
-        hidden = forward(p, batch, jax.random.key(0))
+        hidden = model.hidden_states(p, batch)
         stats = losses.compute_loss(hidden, t5.output_kernel(p), batch, LOSS,
                                     weights=weights, factor=jnp.ones(()))
         return stats.loss
