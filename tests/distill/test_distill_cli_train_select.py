@@ -131,8 +131,8 @@ def test_distill_train_saves_steps_and_its_first_loss_matches_direct_paths(setup
     loss = losses.LossConfig(kind=SPARSE_KL, z_loss=1e-4, normalization="num_real_target_tokens",
                              kind_options={"missing_mass": "drop", "temperature": 1.0})
     metrics = _direct_first_step_metrics(setup, batch, loss)
-    np.testing.assert_allclose(logged[0]["loss"], float(metrics["loss"]), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(logged[0]["loss"], _naive_first_loss(setup, batch, loss),
+    np.testing.assert_allclose(logged[0]["train/loss"], float(metrics["loss"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logged[0]["train/loss"], _naive_first_loss(setup, batch, loss),
                                rtol=1e-5, atol=1e-5)
 
     trained = checkpoints.load_model_checkpoint(model_dir, step=4)
