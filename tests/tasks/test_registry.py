@@ -16,7 +16,9 @@ GOLDEN_PATH = os.path.join(os.path.dirname(__file__), "registered_tasks_golden.j
 # seeds or vocabularies) and prints, per family, the task count and a digest of each
 # task's name, splits, seed, templates, few-shot settings, counts, postprocessor and
 # metrics, then a digest of the mixtures. The golden file holds what this printed before
-# the families shared one interface.
+# the families shared one interface. A deliberate change to templates, catalogs, counts or
+# few-shot settings changes the digests too: then print them again with this script
+# (`python -c "$FINGERPRINT_SCRIPT"`) and update the golden file in the same commit.
 FINGERPRINT_SCRIPT = r'''
 import hashlib, json
 import seqio
