@@ -24,6 +24,7 @@ Writes benchmarks/results/data_bench.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -78,7 +79,8 @@ def register_bench_mixture() -> seqio.Vocabulary:
     datasets = available_datasets()
     paths = data_paths.DataPaths(source_dirs={"cot": COT_DIR})
     cot.register_cot_tasks(vocabulary, datasets=datasets, paths=paths,
-                           max_input_tokens=LENGTHS.inputs)
+                           few_shot=dataclasses.replace(cot.registration.FEW_SHOT,
+                                                        max_input_tokens=LENGTHS.inputs))
     if MIXTURE not in seqio.MixtureRegistry.names():
         members = []
         for dataset in datasets:

@@ -25,6 +25,7 @@ import seqio
 
 from flan_jax.data import file_io
 from flan_jax.tasks import data_paths, naming
+from flan_jax.tasks.flan2021 import catalog as flan2021_catalog
 
 COUNTS_PATH = os.path.join(os.path.dirname(__file__), "counts.tsv")
 RECOUNTED_ORIGIN = "counted: recompute_counts on local data"
@@ -85,6 +86,18 @@ def load_counts(path: str = COUNTS_PATH) -> dict[tuple[str, str], int | None]:
     """{(source, dataset): train examples or None} from the count table."""
     return {(r.source, r.dataset): r.num_examples for r in read_count_table(path)
             if r.split == "train"}
+
+
+def load_mixing_counts(path: str = COUNTS_PATH) -> dict[tuple[str, str], int | None]:
+    """The counts mixture rates come from: the count table and the Flan 2021 catalog.
+
+    The Flan 2021 catalog (`flan2021/datasets.yaml`) carries its datasets' train counts
+    itself, so they are not repeated in the table.
+    """
+    counts = load_counts(path)
+    counts.update({("flan2021", entry.name): entry.train_examples
+                   for entry in flan2021_catalog.load_catalog()})
+    return counts
 
 
 def write_count_table(rows: Sequence[CountRow], path: str = COUNTS_PATH) -> None:

@@ -1,4 +1,4 @@
-"""The registry entry point: register every Flan 2022 task family and the mixtures over them.
+"""The registry entry point: register the task families and the mixtures over them.
 
     import seqio
     from flan_jax.tasks import registry
@@ -6,24 +6,38 @@
     report.skipped   # {"t0/adversarial_qa_dbert_based_on": "Data for dataset ... not found ..."}
     seqio.get_mixture_or_task("flan2022_submix")
 
-Registration is explicit and idempotent; it reads only our own template and catalog files
-unless `skip_missing=True`, which checks each dataset's local files exist (without reading
-them) and leaves out, by name, those that do not.
+Every family is driven through the same `family.TaskFamily` functions. Registration is
+explicit and idempotent; it reads only our own template and catalog files unless
+`skip_missing=True`, which checks each dataset's local files exist (without reading them)
+and leaves out, by name, those that do not.
+
+Entry points (the CLI, gin run configs) register the whole catalog with `register_catalog`:
+
+    from __gin__ import dynamic_registration
+    from flan_jax.tasks import registry as task_registry
+    task_registry.register_catalog.vocabulary_path = %VOCABULARY_PATH
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from types import ModuleType
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import seqio
 
-from flan_jax.tasks import cot, data_paths, dialog, mixtures, niv2, t0
-from flan_jax.tasks.flan2021 import catalog as flan2021_catalog
-from flan_jax.tasks.flan2021 import register as flan2021_register
+from flan_jax.tasks import cot, data_paths, demo, dialog, family, flan2021, mixtures, niv2, t0
 
-FAMILY_SOURCES = ("flan2021", "t0", "niv2", "cot", "dialog")
+# The families of the Flan 2022 collection, in the order their tasks are registered.
+FLAN2022_FAMILIES: tuple[family.TaskFamily, ...] = (
+    flan2021.FAMILY, t0.FAMILY, niv2.FAMILY, cot.FAMILY, dialog.FAMILY)
+FAMILY_SOURCES = tuple(f.name for f in FLAN2022_FAMILIES)
+# Every family, the demo collection included.
+FAMILIES: tuple[family.TaskFamily, ...] = FLAN2022_FAMILIES + (demo.FAMILY,)
+_FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
+# The macros of the run configs (gin_configs/runs/finetune.gin, eval.gin) that
+# `register_catalog`'s vocabulary arguments are bound to; its error names them.
+VOCABULARY_MACRO = "VOCABULARY_PATH"
+ALLOW_DEMO_VOCABULARY_MACRO = "ALLOW_DEMO_VOCABULARY"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,56 +55,24 @@ class RegistrationReport:
     skipped: dict[str, str]
 
 
-@dataclasses.dataclass(frozen=True)
-class _Family:
-    """How the registry drives one task family (the families differ in small ways)."""
-
-    datasets: Callable[[], tuple[str, ...]]
-    missing_data: Callable[[str, data_paths.DataPaths], str | None]
-    register: Callable[..., list[str]]
-    # (dataset, paths) -> train examples read from local data; None: counts live elsewhere.
-    load_train: Callable[[str, data_paths.DataPaths], Iterable] | None = None
+def get_family(source: str) -> family.TaskFamily:
+    """The family named `source` (one of `FAMILIES`)."""
+    if source not in _FAMILY_BY_NAME:
+        raise ValueError(f"Unknown task family {source!r}; known: {list(_FAMILY_BY_NAME)}.")
+    return _FAMILY_BY_NAME[source]
 
 
-def _local_family(module: ModuleType, source: str) -> _Family:
-    load_split = getattr(module, f"load_{source}_split")
-    if source == "t0":
-        load_train = lambda d, paths: load_split(d, paths, 0, "train")  # noqa: E731
-    else:
-        load_train = lambda d, paths: load_split(d, paths, "train")  # noqa: E731
-    catalog = {"t0": lambda: tuple(t.name for t in t0.load_t0_catalog()),
-               "niv2": lambda: tuple(t.name for t in niv2.load_niv2_catalog())}
-    return _Family(
-        datasets=catalog.get(source, lambda: tuple(module.DATASETS)),
-        missing_data=module.missing_data,
-        register=lambda vocabulary, datasets, paths, seed: getattr(
-            module, f"register_{source}_tasks")(vocabulary, datasets=datasets, paths=paths,
-                                                seed=seed),
-        load_train=load_train,
-    )
-
-
-def _flan2021_family() -> _Family:
-    tfds_dir = lambda paths: paths.tfds_data_dir if paths is not None else None  # noqa: E731
-    return _Family(
-        datasets=lambda: tuple(entry.name for entry in flan2021_catalog.load_catalog()),
-        missing_data=lambda d, paths: flan2021_register.missing_data(
-            d, tfds_data_dir=tfds_dir(paths)),
-        register=lambda vocabulary, datasets, paths, seed: (
-            flan2021_register.register_flan2021_tasks(
-                vocabulary, datasets=datasets, tfds_data_dir=tfds_dir(paths), seed=seed)),
-    )
-
-
-def _family(source: str) -> _Family:
-    if source == "flan2021":
-        return _flan2021_family()
-    return _local_family({"t0": t0, "niv2": niv2, "cot": cot, "dialog": dialog}[source], source)
-
-
-def _flan2021_counts() -> dict[tuple[str, str], int | None]:
-    # The Flan 2021 catalog carries its own train counts.
-    return {("flan2021", e.name): e.train_examples for e in flan2021_catalog.load_catalog()}
+def _available_datasets(task_family: family.TaskFamily, paths: data_paths.DataPaths,
+                        skipped: dict[str, str]) -> tuple[str, ...]:
+    """The family's datasets whose local data is present; records the others in `skipped`."""
+    available = []
+    for dataset in task_family.list_datasets():
+        why = task_family.missing_data(dataset, paths=paths)
+        if why is None:
+            available.append(dataset)
+        else:
+            skipped[f"{task_family.name}/{dataset}"] = why
+    return tuple(available)
 
 
 def register_all(
@@ -102,7 +84,7 @@ def register_all(
     seed: int = 0,
     counts_path: str = mixtures.COUNTS_PATH,
 ) -> RegistrationReport:
-    """Registers the tasks of `sources` and the mixtures over them.
+    """Registers the tasks of the Flan 2022 families `sources` and the mixtures over them.
 
     Args:
       vocabulary: the vocabulary of every task's output features.
@@ -119,32 +101,83 @@ def register_all(
     skipped: dict[str, str] = {}
     tasks: list[str] = []
     for source in sources:
-        family = _family(source)
-        datasets = family.datasets()
+        task_family = get_family(source)
+        datasets = task_family.list_datasets()
         if skip_missing:
-            resolved = data_paths.resolve_data_paths(paths)
-            missing = {d: family.missing_data(d, resolved) for d in datasets}
-            missing = {d: why for d, why in missing.items() if why is not None}
-            skipped.update({f"{source}/{d}": why for d, why in missing.items()})
-            datasets = tuple(d for d in datasets if d not in missing)
-        tasks.extend(family.register(vocabulary, datasets, paths, seed))
+            datasets = _available_datasets(
+                task_family, data_paths.resolve_data_paths(paths), skipped)
+        tasks.extend(task_family.register(vocabulary, datasets=datasets, paths=paths, seed=seed))
     if skipped:
         shown = sorted(skipped)
         logging.warning("Skipped %d datasets without local data (RegistrationReport.skipped "
                         "says why): %s%s", len(shown), ", ".join(shown[:20]),
                         ", ..." if len(shown) > 20 else "")
-    counts = mixtures.load_counts(counts_path)
-    counts.update(_flan2021_counts())
-    mixture_names = mixtures.register_flan2022_mixtures(tasks, counts)
+    mixture_names = mixtures.register_flan2022_mixtures(
+        tasks, mixtures.load_mixing_counts(counts_path))
     return RegistrationReport(tuple(tasks), tuple(mixture_names), skipped)
+
+
+def get_catalog_vocabulary(
+    *, vocabulary_path: str | None, extra_ids: int, allow_demo_vocabulary: bool
+) -> seqio.Vocabulary:
+    """The vocabulary the Flan 2022 tasks are registered with by `register_catalog`.
+
+    Raises:
+      ValueError: without `vocabulary_path` unless `allow_demo_vocabulary`, naming the gin
+        macro to set.
+    """
+    if vocabulary_path is not None:
+        from flan_jax.data import vocabularies
+
+        return vocabularies.get_vocabulary(vocabulary_path, extra_ids)
+    if not allow_demo_vocabulary:
+        raise ValueError(
+            f"No vocabulary for the Flan 2022 tasks: set the gin macro {VOCABULARY_MACRO} to "
+            f"the T5 SentencePiece model, e.g. --gin.{VOCABULARY_MACRO}=/path/spiece.model "
+            "(the spiece.model of a converted checkpoint; from Python: "
+            "register_catalog(vocabulary_path=...)). To try things out with the built-in "
+            f"demo vocabulary instead, set --gin.{ALLOW_DEMO_VOCABULARY_MACRO}=True.")
+    logging.warning("Registering the Flan 2022 tasks with the demo vocabulary, as asked (no "
+                    "vocabulary path given): its token counts also prune few-shot prompts. "
+                    "Real runs give the T5 model: --gin.%s=/path/spiece.model in run configs, "
+                    "--vocabulary in `flan-jax tasks` and `flan-jax data`.", VOCABULARY_MACRO)
+    return demo.get_demo_vocabulary()
+
+
+def register_catalog(
+    *,
+    vocabulary_path: str | None = None,
+    extra_ids: int = 100,
+    allow_demo_vocabulary: bool = False,
+) -> RegistrationReport:
+    """Registers the demo collection and the Flan 2022 collection; idempotent.
+
+    The demo tasks always use the demo vocabulary (built offline on first use). The Flan
+    2022 tasks use `vocabulary_path`; without it this fails, naming the gin macro
+    `VOCABULARY_PATH`, unless `allow_demo_vocabulary` asks for the demo vocabulary (with a
+    warning).
+
+    Args:
+      vocabulary_path: the SentencePiece model of the Flan 2022 tasks' features.
+      extra_ids: sentinel ids added on top of `vocabulary_path` (T5: 100).
+      allow_demo_vocabulary: without `vocabulary_path`, register the Flan 2022 tasks with
+        the demo vocabulary instead of failing.
+
+    Returns:
+      The report of the Flan 2022 registration.
+    """
+    vocabulary = get_catalog_vocabulary(vocabulary_path=vocabulary_path, extra_ids=extra_ids,
+                                        allow_demo_vocabulary=allow_demo_vocabulary)
+    demo.FAMILY.register(demo.get_demo_vocabulary())
+    return register_all(vocabulary)
 
 
 def count_local_examples(source: str, dataset: str, paths: data_paths.DataPaths) -> int | None:
     """Training examples of a dataset read from local data; None when it is absent."""
-    family = _family(source)
-    if family.load_train is None or family.missing_data(dataset, paths):
+    task_family = get_family(source)
+    if task_family.missing_data(dataset, paths=paths):
         return None
-    return sum(1 for _ in family.load_train(dataset, paths))
+    return sum(1 for _ in task_family.load_split(dataset, split="train", paths=paths))
 
 
 def recompute_counts(data_root: str | None = None, *,

@@ -90,3 +90,51 @@ def test_missing_model_dir_is_one_clear_error(capsys):
                            "--gin.MIXTURE_OR_TASK_NAME=demo_mixture"])
     assert code == 2
     assert "--gin.MODEL_DIR" in capsys.readouterr().err
+
+
+# The run configs that register the task catalog, and where they bind it.
+CATALOG_CONFIGS = (
+    pytest.param(("models/t5_1_1_small.gin", "runs/finetune.gin"),
+                 "trainer.train.register_tasks", id="finetune"),
+    pytest.param(("runs/eval.gin",), "evaluate_cli.run.register_tasks", id="eval"),
+)
+
+
+@pytest.mark.parametrize("files, parameter", CATALOG_CONFIGS)
+def test_run_configs_without_vocabulary_fail_naming_the_macro(files, parameter):
+    from flan_jax.tasks import registry
+
+    gin_flags.parse_gin(list(files), [])
+    [register] = gin.query_parameter(parameter)
+    assert register.configurable.wrapped is registry.register_catalog
+    with pytest.raises(ValueError, match=r"gin macro VOCABULARY_PATH.*"
+                                         r"--gin\.VOCABULARY_PATH=/path/spiece\.model"):
+        register.scoped_configurable_fn()
+
+
+@pytest.mark.parametrize("files, parameter", CATALOG_CONFIGS)
+def test_run_configs_pass_the_vocabulary_macros_to_the_catalog(files, parameter, monkeypatch):
+    from flan_jax.tasks import registry
+
+    received = {}
+
+    def record(**kwargs):
+        received.update(kwargs)
+        raise StopIteration  # Recorded; registering the whole catalog is not the point.
+
+    monkeypatch.setattr(registry, "get_catalog_vocabulary", record)
+    gin_flags.parse_gin(list(files), ["VOCABULARY_PATH = '/ckpt/spiece.model'",
+                                      "ALLOW_DEMO_VOCABULARY = True"])
+    [register] = gin.query_parameter(parameter)
+    with pytest.raises(StopIteration):
+        register.scoped_configurable_fn()
+    assert received == {"vocabulary_path": "/ckpt/spiece.model", "extra_ids": 100,
+                        "allow_demo_vocabulary": True}
+
+
+def test_the_demo_config_registers_only_the_demo_collection():
+    from flan_jax.tasks import demo
+
+    gin_flags.parse_gin(list(train_cli.DEMO_GIN_FILES), [])
+    [register] = gin.query_parameter("trainer.train.register_tasks")
+    assert register.configurable.wrapped is demo.register_demo_tasks

@@ -7,6 +7,7 @@
 #   TPU_NAME=my-v4-32 ZONE=us-central2-b MODEL_DIR=gs://bucket/runs/ft \
 #   MIXTURE=flan2022_submix tpu_scripts/launch_tpu_pod.sh \
 #     --gin_file=models/t5_1_1_base.gin --gin_file=runs/finetune.gin \
+#     --gin.VOCABULARY_PATH=gs://bucket/spiece.model \
 #     --gin.BATCH_SIZE=1024 --gin.partitioning.MeshConfig.model=4
 #
 # MODEL_DIR must be storage every worker sees (a GCS bucket): orbax writes each process's

@@ -53,7 +53,7 @@ def run_export(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str]) -> int:
     args = _parse_args(argv)
-    tasks_cli.register_catalog(args.vocabulary, args.extra_ids)
+    tasks_cli.register_catalog_from_flags(args)
     try:
         manifest = run_export(args)
     except export.ExportError as e:

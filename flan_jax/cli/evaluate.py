@@ -2,7 +2,10 @@
 
     flan-jax eval --gin_file=runs/eval.gin --gin.CHECKPOINT_PATH=runs/demo \\
         --gin.MIXTURE_OR_TASK_NAME=demo__arith__zs_noopt \\
-        --gin.TASK_FEATURE_LENGTHS="{'inputs': 96, 'targets': 48}"
+        --gin.TASK_FEATURE_LENGTHS="{'inputs': 96, 'targets': 48}" \\
+        --gin.ALLOW_DEMO_VOCABULARY=True
+
+(a demo checkpoint; a Flan checkpoint takes `--gin.VOCABULARY_PATH=/path/spiece.model`).
 
 Prints one line per metric (`eval/<task>/<metric> = value`) and, with
 `--gin.EVAL_OUTPUT_PATH=...`, writes them as JSON.

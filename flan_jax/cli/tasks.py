@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import logging
 import sys
 from typing import Sequence
 
@@ -27,37 +26,28 @@ import seqio
 from flan_jax.data import export
 from flan_jax.tasks import mixtures, naming, sources
 
+
 def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags `register_catalog` needs, shared by the commands that read tasks."""
+    """The flags `register_catalog_from_flags` reads, shared by the commands that read tasks."""
     parser.add_argument(
         "--vocabulary", default=None,
-        help="SentencePiece model of the tasks' output features (it also counts few-shot "
-             "prompt tokens, so exports depend on it); default: the built-in demo vocabulary")
+        help="SentencePiece model of the Flan 2022 tasks' output features (it also counts "
+             "few-shot prompt tokens, so exports depend on it); without it they use the "
+             "built-in demo vocabulary, with a warning")
     parser.add_argument("--extra_ids", type=int, default=100,
                         help="sentinel ids on top of --vocabulary (T5: 100)")
 
 
-def register_catalog(vocabulary_path: str | None = None, extra_ids: int = 100) -> None:
-    """Registers the Flan 2022 collection and the demo collection; idempotent.
+def register_catalog_from_flags(args: argparse.Namespace) -> None:
+    """Registers the task catalog for a command with `add_catalog_arguments`' flags.
 
-    Args:
-      vocabulary_path: the SentencePiece model of the Flan 2022 tasks' features; None uses
-        the demo vocabulary (built offline), with a warning, since the real T5 vocabulary
-        must be supplied by the user.
-      extra_ids: sentinel ids added on top of `vocabulary_path`.
+    Browsing and exporting without `--vocabulary` is asked for by leaving the flag out, so
+    the Flan 2022 tasks then use the demo vocabulary (`registry.register_catalog` warns).
     """
-    from flan_jax.data import vocabularies
-    from flan_jax.tasks import demo, registry
+    from flan_jax.tasks import registry
 
-    demo_vocabulary = demo.get_demo_vocabulary()
-    demo.register_demo_tasks(demo_vocabulary)
-    if vocabulary_path is None:
-        logging.warning("No vocabulary given: the Flan 2022 tasks are registered with the "
-                        "demo vocabulary, which also prunes few-shot prompts.")
-        vocabulary = demo_vocabulary
-    else:
-        vocabulary = vocabularies.get_vocabulary(vocabulary_path, extra_ids)
-    registry.register_all(vocabulary)
+    registry.register_catalog(vocabulary_path=args.vocabulary, extra_ids=args.extra_ids,
+                              allow_demo_vocabulary=args.vocabulary is None)
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -237,7 +227,7 @@ def main(argv: Sequence[str]) -> int:
     if args.command == "recount":
         print("\n".join(recount(args.data_root, args.table)))
         return 0
-    register_catalog(args.vocabulary, args.extra_ids)
+    register_catalog_from_flags(args)
     try:
         lines = _run_command(args)
     except export.ExportError as e:

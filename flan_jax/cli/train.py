@@ -2,7 +2,8 @@
 
     flan-jax train                                  # the demo (DEMO_GIN_FILES)
     flan-jax train --gin_file=models/t5_1_1_small.gin --gin_file=runs/finetune.gin \\
-        --gin.MODEL_DIR=/tmp/run --gin.MIXTURE_OR_TASK_NAME=demo_mixture
+        --gin.MODEL_DIR=/tmp/run --gin.MIXTURE_OR_TASK_NAME=flan2022_submix \\
+        --gin.VOCABULARY_PATH=/ckpts/flan_t5_small/spiece.model
 
 The gin files bind `run.entry_point` (the trainer, or the demo around it) and every
 argument of `flan_jax.training.trainer.train`. Gin files are looked up as given, then

@@ -20,13 +20,15 @@ from typing import Iterator, Sequence
 
 import seqio
 
-from flan_jax.tasks import data_paths, sources, templates
+from flan_jax.tasks import data_paths, family, sources, templates
+from flan_jax.tasks import few_shot as few_shot_lib
 
 SOURCE = "cot"
 # Their example counts live in tasks/counts.tsv, not here.
 DATASETS = ("gsm8k", "strategyqa", "creak", "qasc", "esnli", "ecqa", "sensemaking", "aqua",
             "qed")
 VARIANTS = ("zs_opt", "fs_opt")
+FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=3)
 _TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
 _ANSWER_RE = re.compile(r"So the answer is (.+?)\.\s*$", re.DOTALL)
 HOW_TO_GET = (
@@ -57,11 +59,16 @@ def cot_file(dataset: str, paths: data_paths.DataPaths) -> str:
     return os.path.join(paths.source_dir(SOURCE), f"{dataset}_train.tsv")
 
 
-def missing_data(dataset: str, paths: data_paths.DataPaths) -> str | None:
+def list_cot_datasets() -> tuple[str, ...]:
+    """The CoT catalog: `DATASETS`."""
+    return DATASETS
+
+
+def missing_data(dataset: str, *, paths: data_paths.DataPaths | None = None) -> str | None:
     """A message when `dataset`'s file is absent, else None."""
     try:
-        data_paths.require_path(cot_file(dataset, paths), dataset=dataset,
-                                how_to_get=HOW_TO_GET)
+        path = cot_file(dataset, data_paths.resolve_data_paths(paths))
+        data_paths.require_path(path, dataset=dataset, how_to_get=HOW_TO_GET)
     except data_paths.MissingDataError as e:
         return str(e)
     return None
@@ -94,9 +101,10 @@ def read_cot_tsv(path: str) -> Iterator[sources.RawExample]:
             }
 
 
-def load_cot_split(dataset: str, paths: data_paths.DataPaths | None, split: str
-                   ) -> Iterator[sources.RawExample]:
-    """The examples of `dataset`'s `split` (only "train" exists)."""
+def load_cot_split(dataset: str, *, split: str, paths: data_paths.DataPaths | None = None,
+                   seed: int = 0) -> Iterator[sources.RawExample]:
+    """The examples of `dataset`'s `split` (only "train" exists); `seed` is unused."""
+    del seed  # The rows are read as they are.
     if split != "train":
         raise ValueError(f"CoT dataset {dataset!r} has only a 'train' split, got {split!r}.")
     path = cot_file(dataset, data_paths.resolve_data_paths(paths))
@@ -106,11 +114,10 @@ def load_cot_split(dataset: str, paths: data_paths.DataPaths | None, split: str
 def register_cot_tasks(
     vocabulary: seqio.Vocabulary,
     *,
-    datasets: Sequence[str] = DATASETS,
+    datasets: Sequence[str] | None = None,
     paths: data_paths.DataPaths | None = None,
     seed: int = 0,
-    num_shots: int = 3,
-    max_input_tokens: int = 1920,
+    few_shot: few_shot_lib.FewShotSettings | None = None,
 ) -> list[str]:
     """Registers the CoT tasks (originals and inverted, zero- and few-shot); returns names.
 
@@ -119,19 +126,19 @@ def register_cot_tasks(
 
     Args:
       vocabulary: the output features' vocabulary (also counts few-shot prompt tokens).
-      datasets: which of `DATASETS` to register.
+      datasets: which of `DATASETS` to register (None: all).
       paths: data locations; None resolves them when data is read.
       seed: the rendering seed.
-      num_shots: exemplars per few-shot prompt before pruning to `max_input_tokens`.
-      max_input_tokens: the few-shot input budget.
+      few_shot: few-shot prompt settings (None: `FEW_SHOT`).
     """
-    unknown = sorted(set(datasets) - set(DATASETS))
-    if unknown:
-        raise ValueError(f"Unknown CoT datasets {unknown}; known: {list(DATASETS)}.")
     names = []
-    for dataset in datasets:
-        names += data_paths.register_original_and_inverted(
+    for dataset in family.select_datasets(SOURCE, datasets, DATASETS):
+        names += family.register_original_and_inverted(
             SOURCE, dataset, VARIANTS, load_cot_templates,
-            functools.partial(load_cot_split, dataset, paths), vocabulary, splits=["train"],
-            seed=seed, num_shots=num_shots, max_input_tokens=max_input_tokens)
+            family.bind_split(load_cot_split, dataset, paths=paths, seed=seed), vocabulary,
+            splits=["train"], seed=seed, few_shot=few_shot or FEW_SHOT)
     return names
+
+
+FAMILY = family.TaskFamily(SOURCE, list_cot_datasets, load_cot_split, missing_data,
+                           register_cot_tasks)

@@ -21,13 +21,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import seqio
 
 from flan_jax.data import vocabularies
-from flan_jax.tasks import naming, sources, templates
+from flan_jax.tasks import data_paths, family, naming, sources, templates
+from flan_jax.tasks import few_shot as few_shot_lib
 from flan_jax.tasks.demo import generators
 
 CLUSTERS = tuple(generators.GENERATORS)
@@ -97,24 +98,30 @@ def eval_variant(cluster: str) -> str:
     return "zs_opt" if _uses_options(cluster) else "zs_noopt"
 
 
-def list_demo_tasks() -> list[DemoTask]:
-    """Every demo task, in a fixed order; registers nothing."""
+def list_demo_tasks(*, clusters: Sequence[str] = CLUSTERS,
+                    seed: int = RENDER_SEED) -> list[DemoTask]:
+    """Every demo task of `clusters`, in a fixed order; registers nothing.
+
+    Args:
+      clusters: the clusters whose tasks are listed.
+      seed: the rendering seed of their specs.
+    """
     tasks = []
-    for cluster in CLUSTERS:
+    for cluster in clusters:
         parts = split_templates(load_demo_templates(cluster))
         cot = any(t.type == "cot" for t in parts["seen"])
         variants = ("zs_opt", "zs_noopt") if _uses_options(cluster) else ("zs_noopt",)
         both = ("train", "validation")
         for variant in variants:
             tasks.append(DemoTask(cluster, sources.RenderSpec(
-                naming.TaskId("demo", cluster, variant), parts["seen"], RENDER_SEED),
+                naming.TaskId("demo", cluster, variant), parts["seen"], seed),
                 both, False, cot))
         tasks.append(DemoTask(cluster, sources.RenderSpec(
             naming.TaskId("demo", cluster, "zs_noopt", inverted=True), parts["inverted"],
-            RENDER_SEED), both, False, False))
+            seed), both, False, False))
         tasks.append(DemoTask(cluster, sources.RenderSpec(
             naming.TaskId("demo", f"{cluster}.unseen", eval_variant(cluster)),
-            parts["unseen"], RENDER_SEED), ("validation",), True, cot))
+            parts["unseen"], seed), ("validation",), True, cot))
     return tasks
 
 
@@ -170,10 +177,30 @@ def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict[str,
     return {"accuracy": 100.0 * hits / len(targets)}
 
 
-def _load_split_fn(cluster: str):
-    def load_split(split: str):
-        return generators.iterate_examples(cluster, split, split_size(split))
-    return load_split
+def list_demo_datasets() -> tuple[str, ...]:
+    """The demo catalog: its clusters (each registers its seen, inverted and unseen tasks)."""
+    return CLUSTERS
+
+
+def load_demo_split(dataset: str, *, split: str, paths: data_paths.DataPaths | None = None,
+                    seed: int = 0) -> Iterator[sources.RawExample]:
+    """The generated examples of cluster `dataset`'s `split` ("train" or "validation").
+
+    Args:
+      dataset: the cluster.
+      split: "train" (`NUM_TRAIN_EXAMPLES`) or "validation" (held-out instances).
+      paths: unused: the data is generated.
+      seed: the generation seed.
+    """
+    del paths  # Generated, not read.
+    return generators.iterate_examples(dataset, split, split_size(split), seed=seed)
+
+
+def missing_data(dataset: str, *, paths: data_paths.DataPaths | None = None) -> str | None:
+    """Always None once `dataset` is a known cluster: the demo data is generated."""
+    del paths
+    family.select_datasets("demo", [dataset], CLUSTERS)
+    return None
 
 
 def _same_vocabulary(a: seqio.Vocabulary, b: seqio.Vocabulary) -> bool:
@@ -197,7 +224,7 @@ def _check_vocabulary(task_name: str, vocabulary: seqio.Vocabulary) -> None:
 def _register_task(task: DemoTask, vocabulary: seqio.Vocabulary) -> seqio.Task:
     return sources.register_rendered_task(
         task.spec,
-        _load_split_fn(task.cluster),
+        family.bind_split(load_demo_split, task.cluster, paths=None, seed=task.spec.seed),
         vocabulary=vocabulary,
         splits=task.splits,
         num_input_examples={split: split_size(split) for split in task.splits},
@@ -206,14 +233,33 @@ def _register_task(task: DemoTask, vocabulary: seqio.Vocabulary) -> seqio.Task:
     )
 
 
-def register_demo_tasks(vocabulary: seqio.Vocabulary) -> list[str]:
-    """Registers every demo task and `DEMO_MIXTURE`; returns the task names.
+def register_demo_tasks(
+    vocabulary: seqio.Vocabulary,
+    *,
+    datasets: Sequence[str] | None = None,
+    paths: data_paths.DataPaths | None = None,
+    seed: int = 0,
+    few_shot: few_shot_lib.FewShotSettings | None = None,
+) -> list[str]:
+    """Registers the demo tasks of `datasets` and, with every cluster, `DEMO_MIXTURE`.
 
     Idempotent for the same vocabulary; raises if called again with a different one.
+
+    Args:
+      vocabulary: the output features' vocabulary (`get_demo_vocabulary()` for the demo).
+      datasets: the clusters to register (None: all of `CLUSTERS`).
+      paths: unused: the data is generated.
+      seed: the generation and rendering seed (0: the collection the demo was tuned on).
+      few_shot: unused: the demo has no few-shot tasks.
+
+    Returns:
+      The task names.
     """
+    del paths, few_shot  # The demo generates its data and has no few-shot variants.
+    clusters = family.select_datasets("demo", datasets, CLUSTERS)
     names = []
     mixture_rates = []
-    for task in list_demo_tasks():
+    for task in list_demo_tasks(clusters=clusters, seed=seed):
         if task.name in seqio.TaskRegistry.names():
             _check_vocabulary(task.name, vocabulary)
         else:
@@ -222,7 +268,9 @@ def register_demo_tasks(vocabulary: seqio.Vocabulary) -> list[str]:
         if not task.held_out_templates:
             rate = INVERTED_RATE if task.spec.task_id.inverted else 1.0
             mixture_rates.append((task.name, rate))
-    if DEMO_MIXTURE not in seqio.MixtureRegistry.names():
+    # Only the whole collection makes the mixture: one over some clusters would stay
+    # registered under the collection's name.
+    if set(clusters) == set(CLUSTERS) and DEMO_MIXTURE not in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.add(DEMO_MIXTURE, mixture_rates)
     return names
 
@@ -251,3 +299,7 @@ def get_demo_vocabulary(cache_dir: str | None = None) -> seqio.SentencePieceVoca
     """
     return vocabularies.get_or_build_vocabulary(
         "demo_spm", make_demo_corpus, DEMO_VOCAB_SETTINGS, cache_dir=cache_dir)
+
+
+FAMILY = family.TaskFamily("demo", list_demo_datasets, load_demo_split, missing_data,
+                           register_demo_tasks)

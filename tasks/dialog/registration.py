@@ -32,11 +32,13 @@ from typing import Any, Iterator, Sequence
 
 import seqio
 
-from flan_jax.tasks import data_paths, sources, templates
+from flan_jax.tasks import data_paths, family, sources, templates, tfds_reading
+from flan_jax.tasks import few_shot as few_shot_lib
 
 SOURCE = "dialog"
 DATASETS = ("wiki_dialog", "qrecc")
 VARIANTS = ("zs_opt", "fs_opt")
+FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=2)
 SPLITS = {"wiki_dialog": ("train", "validation"), "qrecc": ("train", "test")}
 TFDS_NAMES = {"wiki_dialog": "wiki_dialog/OQ:1.0.0", "qrecc": "q_re_cc:1.0.0"}
 _HERE = os.path.dirname(__file__)
@@ -119,7 +121,7 @@ def _read_local(dataset: str, files: Sequence[str]) -> Iterator[dict]:
 
 
 def _read_tfds(dataset: str, split: str, paths: data_paths.DataPaths) -> Iterator[dict]:
-    for row in data_paths.read_tfds_split(TFDS_NAMES[dataset], split, paths.tfds_data_dir,
+    for row in tfds_reading.read_tfds_split(TFDS_NAMES[dataset], split, paths.tfds_data_dir,
                                           dataset=dataset, how_to_get=HOW_TO_GET[dataset]):
         if dataset == "qrecc":  # TFDS renames the release's fields.
             row = {"Context": row["context"], "Question": row["question"],
@@ -127,20 +129,24 @@ def _read_tfds(dataset: str, split: str, paths: data_paths.DataPaths) -> Iterato
         yield row
 
 
-def missing_data(dataset: str, paths: data_paths.DataPaths) -> str | None:
+def list_dialog_datasets() -> tuple[str, ...]:
+    """The dialog catalog: `DATASETS`."""
+    return DATASETS
+
+
+def missing_data(dataset: str, *, paths: data_paths.DataPaths | None = None) -> str | None:
     """A message when `dataset` has neither local train files nor a prepared TFDS copy."""
+    paths = data_paths.resolve_data_paths(paths)
     if local_files(dataset, "train", paths):
         return None
-    try:
-        next(iter(_read_tfds(dataset, "train", paths)), None)
-    except data_paths.MissingDataError as e:
-        return str(e)
-    return None
+    return tfds_reading.missing_tfds_message(TFDS_NAMES[dataset], paths.tfds_data_dir,
+                                             dataset=dataset, how_to_get=HOW_TO_GET[dataset])
 
 
-def load_dialog_split(dataset: str, paths: data_paths.DataPaths | None, split: str
-                      ) -> Iterator[sources.RawExample]:
-    """The examples of `dataset`'s `split`, local files first, then TFDS."""
+def load_dialog_split(dataset: str, *, split: str, paths: data_paths.DataPaths | None = None,
+                      seed: int = 0) -> Iterator[sources.RawExample]:
+    """The examples of `dataset`'s `split`, local files first, then TFDS; `seed` is unused."""
+    del seed  # The rows are read as they are.
     paths = data_paths.resolve_data_paths(paths)
     files = local_files(dataset, split, paths)
     rows = _read_local(dataset, files) if files else _read_tfds(dataset, split, paths)
@@ -154,29 +160,28 @@ def load_dialog_split(dataset: str, paths: data_paths.DataPaths | None, split: s
 def register_dialog_tasks(
     vocabulary: seqio.Vocabulary,
     *,
-    datasets: Sequence[str] = DATASETS,
+    datasets: Sequence[str] | None = None,
     paths: data_paths.DataPaths | None = None,
     seed: int = 0,
-    num_shots: int = 2,
-    max_input_tokens: int = 1920,
+    few_shot: few_shot_lib.FewShotSettings | None = None,
 ) -> list[str]:
     """Registers the dialog tasks (originals and inverted, zero- and few-shot).
 
     Args:
       vocabulary: the output features' vocabulary (also counts few-shot prompt tokens).
-      datasets: which of `DATASETS` to register.
+      datasets: which of `DATASETS` to register (None: all).
       paths: data locations; None resolves them when data is read.
       seed: the rendering seed.
-      num_shots: exemplars per few-shot prompt before pruning to `max_input_tokens`.
-      max_input_tokens: the few-shot input budget.
+      few_shot: few-shot prompt settings (None: `FEW_SHOT`).
     """
-    unknown = sorted(set(datasets) - set(DATASETS))
-    if unknown:
-        raise ValueError(f"Unknown dialog datasets {unknown}; known: {list(DATASETS)}.")
     names = []
-    for dataset in datasets:
-        names += data_paths.register_original_and_inverted(
+    for dataset in family.select_datasets(SOURCE, datasets, DATASETS):
+        names += family.register_original_and_inverted(
             SOURCE, dataset, VARIANTS, load_dialog_templates,
-            functools.partial(load_dialog_split, dataset, paths), vocabulary, splits=SPLITS[dataset],
-            seed=seed, num_shots=num_shots, max_input_tokens=max_input_tokens)
+            family.bind_split(load_dialog_split, dataset, paths=paths, seed=seed), vocabulary,
+            splits=SPLITS[dataset], seed=seed, few_shot=few_shot or FEW_SHOT)
     return names
+
+
+FAMILY = family.TaskFamily(SOURCE, list_dialog_datasets, load_dialog_split, missing_data,
+                           register_dialog_tasks)

@@ -11,8 +11,9 @@ opened only when a split is iterated: registering reads nothing, and a dataset t
 prepared fails when read with a message naming it and the command that prepares it.
 
     import seqio
-    from flan_jax.tasks.flan2021 import register
-    names = register.register_flan2021_tasks(vocabulary, tfds_data_dir="/data/tfds")
+    from flan_jax.tasks import data_paths, flan2021
+    paths = data_paths.get_data_paths(tfds_data_dir="/data/tfds")
+    names = flan2021.FAMILY.register(vocabulary, paths=paths)
     seqio.get_mixture_or_task("flan2021__rte__zs_opt").get_dataset(...)
 """
 from __future__ import annotations
@@ -23,22 +24,29 @@ from typing import Iterator, Sequence
 
 import seqio
 
-from flan_jax.tasks import data_paths, naming, sources, templates
+from flan_jax.tasks import data_paths, family, naming, sources, templates, tfds_reading
+from flan_jax.tasks import few_shot as few_shot_lib
 from flan_jax.tasks.flan2021 import catalog, preprocessors
 
 SOURCE = "flan2021"
 VARIANTS = naming.VARIANTS
+FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=5)
 
 
 def how_to_prepare(entry: catalog.DatasetEntry) -> str:
     """The instructions appended to a missing-data error for `entry`."""
     message = (f"Prepare it once with `tfds build {entry.tfds} --data_dir=DIR` on a machine "
-               f"with network access, then pass tfds_data_dir=DIR (or set "
-               f"${data_paths.ENV_TFDS_DATA_DIR}).")
+               f"with network access, then set ${data_paths.ENV_TFDS_DATA_DIR}=DIR (or bind "
+               f"data_paths.get_data_paths.tfds_data_dir in gin).")
     if entry.manual_download:
         message += (" This dataset needs its source files placed by hand first: see the "
                     "TFDS catalog page of the dataset for where to put them.")
     return message
+
+
+def list_flan2021_datasets() -> tuple[str, ...]:
+    """The Flan 2021 catalog: the names of `catalog.load_catalog()`."""
+    return tuple(entry.name for entry in catalog.load_catalog())
 
 
 @functools.cache
@@ -48,7 +56,7 @@ def load_family_templates(family: str) -> templates.TemplateSet:
 
 
 def load_flan2021_split(
-    dataset: str, tfds_data_dir: str | None, split: str
+    dataset: str, *, split: str, paths: data_paths.DataPaths | None = None, seed: int = 0
 ) -> Iterator[sources.RawExample]:
     """Yields ("<split>:<index>", template fields) for one split of a Flan 2021 dataset.
 
@@ -57,48 +65,40 @@ def load_flan2021_split(
 
     Args:
       dataset: the catalog name, e.g. "anli_r1".
-      tfds_data_dir: the TFDS data_dir; None resolves it when read ($TFDS_DATA_DIR or
-        the TFDS default).
       split: one of the dataset's catalog splits ("train", "validation", ...).
+      paths: data locations (`tfds_data_dir` is read); None resolves them when read
+        ($TFDS_DATA_DIR or the TFDS default).
+      seed: unused (rows are read as they are).
     """
+    del seed
     entry = catalog.get_entry(dataset)
     if split not in entry.splits:
         raise ValueError(f"Flan 2021 dataset {dataset!r} has splits {sorted(entry.splits)}, "
                          f"not {split!r}.")
-    data_dir = tfds_data_dir or data_paths.get_data_paths().tfds_data_dir
-    rows = data_paths.read_tfds_split(entry.tfds, entry.splits[split], data_dir,
-                                      dataset=dataset, how_to_get=how_to_prepare(entry))
+    data_dir = data_paths.resolve_data_paths(paths).tfds_data_dir
+    rows = tfds_reading.read_tfds_split(entry.tfds, entry.splits[split], data_dir,
+                                        dataset=dataset, how_to_get=how_to_prepare(entry))
     for index, raw in enumerate(rows):
         fields = preprocessors.make_fields(entry, raw)
         if fields is not None:
             yield f"{split}:{index}", fields
 
 
-def missing_data(dataset: str, *, tfds_data_dir: str | None = None) -> str | None:
+def missing_data(dataset: str, *, paths: data_paths.DataPaths | None = None) -> str | None:
     """A message saying how to prepare `dataset` when its TFDS data is absent, else None."""
-    import tensorflow_datasets as tfds  # Only callers that check for data pay the import.
-
     entry = catalog.get_entry(dataset)
-    data_dir = tfds_data_dir or data_paths.get_data_paths().tfds_data_dir
-    try:
-        prepared = tfds.builder(entry.tfds, data_dir=data_dir).is_prepared()
-    except tfds.core.registered.DatasetNotFoundError:
-        prepared = False
-    if prepared:
-        return None
-    return (f"Data for dataset {dataset!r} not found: TFDS dataset {entry.tfds!r} is not "
-            f"prepared in data_dir {data_dir or 'the TFDS default'}. {how_to_prepare(entry)}")
+    return tfds_reading.missing_tfds_message(
+        entry.tfds, data_paths.resolve_data_paths(paths).tfds_data_dir, dataset=dataset,
+        how_to_get=how_to_prepare(entry))
 
 
 def register_flan2021_tasks(
     vocabulary: seqio.Vocabulary,
     *,
     datasets: Sequence[str] | None = None,
-    tfds_data_dir: str | None = None,
+    paths: data_paths.DataPaths | None = None,
     seed: int = 0,
-    num_shots: int = 5,
-    max_input_tokens: int = 1920,
-    few_shot_pool_size: int = 256,
+    few_shot: few_shot_lib.FewShotSettings | None = None,
 ) -> list[str]:
     """Registers the four variants of each Flan 2021 dataset; returns the task names.
 
@@ -108,29 +108,32 @@ def register_flan2021_tasks(
     Args:
       vocabulary: the output features' vocabulary (also counts few-shot prompt tokens).
       datasets: catalog names to register; None registers all of them.
-      tfds_data_dir: the TFDS data_dir; None resolves it when data is read.
+      paths: data locations (`tfds_data_dir` is read); None resolves them when read.
       seed: the rendering seed.
-      num_shots: exemplars per few-shot prompt before pruning to `max_input_tokens`.
-      max_input_tokens: the few-shot input budget (1920 in the Flan 2022 collection).
-      few_shot_pool_size: how many leading train examples few-shot exemplars come from.
+      few_shot: few-shot settings (None: `FEW_SHOT`; exemplars come from the first
+        `pool_size` train examples).
     """
     entries = catalog.load_catalog()
     if datasets is not None:
         entries = tuple(catalog.get_entry(name) for name in datasets)
     names = []
     for entry in entries:
-        load_split = functools.partial(load_flan2021_split, entry.name, tfds_data_dir)
+        load_split = family.bind_split(load_flan2021_split, entry.name, paths=paths, seed=seed)
         # One lazily read pool, shared by the two few-shot variants of the dataset.
-        few_shot = data_paths.make_few_shot_spec(
-            functools.partial(load_split, "train"), vocabulary, num_shots=num_shots,
-            max_input_tokens=max_input_tokens, pool_size=few_shot_pool_size)
+        spec_few_shot = few_shot_lib.make_few_shot_spec(
+            functools.partial(load_split, "train"), vocabulary,
+            settings=few_shot or FEW_SHOT)
         template_set = load_family_templates(entry.family)
         for variant in VARIANTS:
             task_id = naming.TaskId(SOURCE, entry.name, variant)
             spec = sources.RenderSpec(task_id, template_set.templates, seed=seed,
-                                      few_shot=few_shot if task_id.few_shot else None)
+                                      few_shot=spec_few_shot if task_id.few_shot else None)
             sources.register_rendered_task(
                 spec, load_split, vocabulary=vocabulary, splits=list(entry.splits),
                 num_input_examples={"train": entry.train_examples})
             names.append(spec.task_name)
     return names
+
+
+FAMILY = family.TaskFamily(SOURCE, list_flan2021_datasets, load_flan2021_split, missing_data,
+                           register_flan2021_tasks)

@@ -30,10 +30,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import seqio
 
-from flan_jax.tasks import data_paths, naming, sources, templates
+from flan_jax.tasks import data_paths, family, naming, sources, templates
+from flan_jax.tasks import few_shot as few_shot_lib
 
 SOURCE = "niv2"
 VARIANTS = ("zs_opt", "fs_opt")
+# Few-shot prompts show the task's own first positive examples (pool_size is unused).
+FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=2)
 _HERE = os.path.dirname(__file__)
 CATALOG_PATH = os.path.join(_HERE, "catalog.tsv")
 # Task ids derived from MMLU, excluded from training (see the module docstring).
@@ -89,6 +92,11 @@ def load_niv2_catalog() -> tuple[Niv2Task, ...]:
     return tuple(rows)
 
 
+def list_niv2_datasets() -> tuple[str, ...]:
+    """The NIv2 catalog: the task names of `load_niv2_catalog()`."""
+    return tuple(task.name for task in load_niv2_catalog())
+
+
 @functools.cache
 def load_niv2_templates(few_shot: bool) -> templates.TemplateSet:
     name = "niv2_fs.yaml" if few_shot else "niv2_zs.yaml"
@@ -130,10 +138,10 @@ def find_task_file(dataset: str, paths: data_paths.DataPaths) -> str:
     return data_paths.require_path(candidates[0], dataset=dataset, how_to_get=HOW_TO_GET)
 
 
-def missing_data(dataset: str, paths: data_paths.DataPaths) -> str | None:
+def missing_data(dataset: str, *, paths: data_paths.DataPaths | None = None) -> str | None:
     """A message when `dataset`'s task file is absent, else None."""
     try:
-        find_task_file(dataset, paths)
+        find_task_file(dataset, data_paths.resolve_data_paths(paths))
     except data_paths.MissingDataError as e:
         return str(e)
     return None
@@ -218,13 +226,21 @@ def read_niv2_examples(
         yield f"train:{instance.get('id', '')}", fields
 
 
-def load_niv2_split(dataset: str, paths: data_paths.DataPaths | None, split: str,
-                    **example_options) -> Iterator[sources.RawExample]:
-    """The instances of NIv2 task `dataset` (only a "train" split: all its instances)."""
+def _read_split(dataset: str, split: str, paths: data_paths.DataPaths | None,
+                **example_options) -> Iterator[sources.RawExample]:
+    """The instances of NIv2 task `dataset`, with `read_niv2_examples`'s options."""
     if split != "train":
         raise ValueError(f"NIv2 task {dataset!r} has only a 'train' split, got {split!r}.")
     path = find_task_file(dataset, data_paths.resolve_data_paths(paths))
     return read_niv2_examples(path, **example_options)
+
+
+def load_niv2_split(dataset: str, *, split: str, paths: data_paths.DataPaths | None = None,
+                    seed: int = 0) -> Iterator[sources.RawExample]:
+    """The zero-shot fields of NIv2 task `dataset`'s instances (only a "train" split: all of
+    them); `seed` is unused. Few-shot tasks add demonstrations (see `register_niv2_tasks`)."""
+    del seed  # The instances are read as they are.
+    return _read_split(dataset, split, paths)
 
 
 def register_niv2_tasks(
@@ -233,8 +249,7 @@ def register_niv2_tasks(
     datasets: Sequence[str] | None = None,
     paths: data_paths.DataPaths | None = None,
     seed: int = 0,
-    num_shots: int = 2,
-    max_input_tokens: int = 1920,
+    few_shot: few_shot_lib.FewShotSettings | None = None,
 ) -> list[str]:
     """Registers the zero-shot and few-shot task of each catalog NIv2 task; returns names.
 
@@ -243,10 +258,11 @@ def register_niv2_tasks(
       datasets: catalog names to register (None: the whole catalog).
       paths: data locations; None resolves them when data is read.
       seed: the rendering seed.
-      num_shots: positive examples shown in few-shot prompts, pruned to the budget.
-      max_input_tokens: the few-shot input budget.
+      few_shot: few-shot settings (None: `FEW_SHOT`): `num_shots` positive examples are
+        shown, pruned to the `max_input_tokens` budget.
     """
-    datasets = [t.name for t in load_niv2_catalog()] if datasets is None else datasets
+    datasets = list_niv2_datasets() if datasets is None else datasets
+    settings = few_shot or FEW_SHOT
     count_tokens = lambda text: len(vocabulary.encode(text))  # noqa: E731
     names = []
     for dataset in datasets:
@@ -254,20 +270,25 @@ def register_niv2_tasks(
         for variant in VARIANTS:
             task_id = naming.TaskId(SOURCE, dataset, variant)
             options = {}
-            few_shot = None
+            spec_few_shot = None
             if task_id.few_shot:
-                options = dict(num_shots=num_shots, max_input_tokens=max_input_tokens,
+                options = dict(num_shots=settings.num_shots,
+                               max_input_tokens=settings.max_input_tokens,
                                count_tokens=count_tokens)
                 # The demonstrations are the task's own positive examples, placed by the
                 # template; no exemplars are drawn from the instances.
-                few_shot = sources.FewShotSpec(pool=(), num_shots=0,
-                                               max_input_tokens=max_input_tokens,
-                                               count_tokens=count_tokens)
+                spec_few_shot = sources.FewShotSpec(pool=(), num_shots=0,
+                                                    max_input_tokens=settings.max_input_tokens,
+                                                    count_tokens=count_tokens)
             spec = sources.RenderSpec(
                 task_id, load_niv2_templates(task_id.few_shot).templates, seed=seed,
-                few_shot=few_shot)
-            load_split = functools.partial(load_niv2_split, dataset, paths, **options)
+                few_shot=spec_few_shot)
+            load_split = functools.partial(_read_split, dataset, paths=paths, **options)
             sources.register_rendered_task(spec, load_split, vocabulary=vocabulary,
                                            splits=["train"])
             names.append(spec.task_name)
     return names
+
+
+FAMILY = family.TaskFamily(SOURCE, list_niv2_datasets, load_niv2_split, missing_data,
+                           register_niv2_tasks)

@@ -1,7 +1,9 @@
 """T0-SF tasks: 193 P3 prompts (promptsource format) over local dataset rows."""
 from flan_jax.tasks.t0.registration import (
+    FAMILY,
     T0Task,
     find_prompt,
+    list_t0_datasets,
     load_t0_catalog,
     load_t0_split,
     missing_data,
@@ -9,5 +11,5 @@ from flan_jax.tasks.t0.registration import (
     render_rows,
 )
 
-__all__ = ["T0Task", "find_prompt", "load_t0_catalog", "load_t0_split", "missing_data",
-           "register_t0_tasks", "render_rows"]
+__all__ = ["FAMILY", "T0Task", "find_prompt", "list_t0_datasets", "load_t0_catalog",
+           "load_t0_split", "missing_data", "register_t0_tasks", "render_rows"]

@@ -27,12 +27,14 @@ from typing import Iterator, Sequence
 import seqio
 
 from flan_jax.data import file_io
-from flan_jax.tasks import data_paths, naming, sources, templates
+from flan_jax.tasks import data_paths, family, naming, sources, templates
+from flan_jax.tasks import few_shot as few_shot_lib
 from flan_jax.tasks.t0 import promptsource
 
 SOURCE = "t0"
 TEMPLATES_SOURCE = "t0_templates"
 SPLITS = ("train", "validation")
+FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=3)
 _HERE = os.path.dirname(__file__)
 CATALOG_PATH = os.path.join(_HERE, "catalog.tsv")
 HOW_TO_GET_DATA = (
@@ -63,6 +65,11 @@ def load_t0_catalog() -> tuple[T0Task, ...]:
     with open(CATALOG_PATH, encoding="utf-8") as f:
         lines = [line for line in f if not line.startswith("#")]
     return tuple(T0Task(**row) for row in csv.DictReader(lines, delimiter="\t"))
+
+
+def list_t0_datasets() -> tuple[str, ...]:
+    """The T0 catalog: the task names of `load_t0_catalog()`."""
+    return tuple(task.name for task in load_t0_catalog())
 
 
 @functools.cache
@@ -107,9 +114,10 @@ def rows_file(task: T0Task, split: str, paths: data_paths.DataPaths) -> str:
     return os.path.join(paths.source_dir(SOURCE), task.dataset, task.subset, f"{split}.jsonl")
 
 
-def missing_data(dataset: str, paths: data_paths.DataPaths) -> str | None:
+def missing_data(dataset: str, *, paths: data_paths.DataPaths | None = None) -> str | None:
     """A message when `dataset`'s prompt file or train rows are absent, else None."""
     task = _catalog_entry(dataset)
+    paths = data_paths.resolve_data_paths(paths)
     try:
         templates_file(task, paths)
         data_paths.require_path(rows_file(task, "train", paths), dataset=dataset,
@@ -143,9 +151,9 @@ def render_rows(
         yield key, fields
 
 
-def load_t0_split(dataset: str, paths: data_paths.DataPaths | None, seed: int, split: str
-                  ) -> Iterator[sources.RawExample]:
-    """The rendered examples of T0 task `dataset` for `split`."""
+def load_t0_split(dataset: str, *, split: str, paths: data_paths.DataPaths | None = None,
+                  seed: int = 0) -> Iterator[sources.RawExample]:
+    """The examples of T0 task `dataset` for `split`, rendered through its prompt (`seed`)."""
     task = _catalog_entry(dataset)
     paths = data_paths.resolve_data_paths(paths)
     prompt = find_prompt(task, paths)
@@ -160,8 +168,7 @@ def register_t0_tasks(
     datasets: Sequence[str] | None = None,
     paths: data_paths.DataPaths | None = None,
     seed: int = 0,
-    num_shots: int = 3,
-    max_input_tokens: int = 1920,
+    few_shot: few_shot_lib.FewShotSettings | None = None,
 ) -> list[str]:
     """Registers the four variants of each catalog T0 task; returns the task names.
 
@@ -169,19 +176,21 @@ def register_t0_tasks(
       vocabulary: the output features' vocabulary (also counts few-shot prompt tokens).
       datasets: catalog names to register (None: all 193).
       paths: data locations; None resolves them when data is read.
-      seed: the rendering seed.
-      num_shots: exemplars per few-shot prompt before pruning to `max_input_tokens`.
-      max_input_tokens: the few-shot input budget.
+      seed: the rendering seed (of the prompts and of our wrapper template).
+      few_shot: few-shot prompt settings (None: `FEW_SHOT`).
     """
-    datasets = [t.name for t in load_t0_catalog()] if datasets is None else datasets
+    datasets = list_t0_datasets() if datasets is None else datasets
     wrapper = load_t0_wrapper_templates().templates
     names = []
     for dataset in datasets:
         _catalog_entry(dataset)
-        load_split = functools.partial(load_t0_split, dataset, paths, seed)
+        load_split = family.bind_split(load_t0_split, dataset, paths=paths, seed=seed)
         for variant in naming.VARIANTS:
-            names.append(data_paths.register_dataset_task(
+            names.append(family.register_dataset_task(
                 naming.TaskId(SOURCE, dataset, variant), wrapper, load_split, vocabulary,
-                splits=SPLITS, seed=seed, num_shots=num_shots,
-                max_input_tokens=max_input_tokens))
+                splits=SPLITS, seed=seed, few_shot=few_shot or FEW_SHOT))
     return names
+
+
+FAMILY = family.TaskFamily(SOURCE, list_t0_datasets, load_t0_split, missing_data,
+                           register_t0_tasks)

@@ -49,7 +49,7 @@ def colour_tasks():
 def only_test_tasks(monkeypatch):
     """In this process the CLIs see only the tasks registered here: the catalog (whose
     vocabulary other tests may register differently) is exercised in a subprocess below."""
-    monkeypatch.setattr(tasks_cli, "register_catalog", lambda *args: None)
+    monkeypatch.setattr(tasks_cli, "register_catalog_from_flags", lambda args: None)
 
 
 def run_cli(module, capsys, *argv):

@@ -22,7 +22,7 @@ def _render(template, fields, key):
 @pytest.mark.parametrize("dataset", LOCAL)
 def test_real_tsv_renders_through_every_template(dataset):
     paths = data_paths.DataPaths(source_dirs={"cot": COT_DIR})
-    examples = list(cot.load_cot_split(dataset, paths, "train"))
+    examples = list(cot.load_cot_split(dataset, split="train", paths=paths))
     assert len(examples) > 1000
     originals = cot.load_cot_templates(False).templates
     inverted = cot.load_cot_templates(True).templates
@@ -44,7 +44,7 @@ def test_fixture_examples_render_and_invert(tmp_path):
         "What is 2 + 3?\\nShow work.\t5\tTwo plus three is five\n"
         "Is ice cold?\tyes\tIce is frozen water.\n")
     paths = data_paths.DataPaths(source_dirs={"cot": str(tmp_path)})
-    examples = list(cot.load_cot_split("gsm8k", paths, "train"))
+    examples = list(cot.load_cot_split("gsm8k", split="train", paths=paths))
     assert examples[0] == ("train:0", {"question": "What is 2 + 3?\nShow work.",
                                        "answer": "5", "rationale": "Two plus three is five."})
     for template in cot.load_cot_templates(False).templates:
@@ -64,7 +64,7 @@ def test_malformed_line_names_file_and_line(tmp_path):
 def test_missing_dataset_names_it_and_how_to_get_it(tmp_path):
     paths = data_paths.DataPaths(source_dirs={"cot": str(tmp_path)})
     with pytest.raises(data_paths.MissingDataError, match=r"'esnli'.*esnli_train.tsv.*cot_data"):
-        list(cot.load_cot_split("esnli", paths, "train"))
+        list(cot.load_cot_split("esnli", split="train", paths=paths))
 
 
 def test_parse_cot_answer():
@@ -77,7 +77,7 @@ def test_parse_cot_answer():
 def test_registered_tasks_and_few_shot_budget():
     vocab = seqio.PassThroughVocabulary(100)  # encode() keeps characters: 1 "token" each.
     paths = data_paths.DataPaths(source_dirs={"cot": COT_DIR})
-    names = cot.register_cot_tasks(vocab, paths=paths, max_input_tokens=1920)
+    names = cot.register_cot_tasks(vocab, paths=paths)
     assert len(names) == 9 * 2 * 2 and len(set(names)) == len(names)
     assert cot.register_cot_tasks(vocab, paths=paths) == names  # idempotent
     task = seqio.get_mixture_or_task("cot__creak__fs_opt")

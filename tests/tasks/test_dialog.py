@@ -30,18 +30,18 @@ def paths(tmp_path):
 
 
 def test_local_formats_become_examples(paths):
-    wiki = list(dialog.load_dialog_split("wiki_dialog", paths, "train"))
+    wiki = list(dialog.load_dialog_split("wiki_dialog", split="train", paths=paths))
     assert wiki == [("train:0", {
         "history": "User: Who was Ada?\nAssistant: A mathematician.",
         "question": "What did she write?", "response": "Notes on the engine."})]
-    qrecc = list(dialog.load_dialog_split("qrecc", paths, "train"))
+    qrecc = list(dialog.load_dialog_split("qrecc", split="train", paths=paths))
     assert [k for k, _ in qrecc] == ["train:0", "train:1"]
     assert qrecc[1][1]["history"] == "User: What is QReCC?\nAssistant: A dataset."
 
 
 def test_every_template_renders_and_inverted_ones_invert(paths):
     for dataset in dialog.DATASETS:
-        for key, fields in dialog.load_dialog_split(dataset, paths, "train"):
+        for key, fields in dialog.load_dialog_split(dataset, split="train", paths=paths):
             for inverted in (False, True):
                 for template in dialog.load_dialog_templates(inverted).templates:
                     out = templates.render(template, fields, with_options=True,
@@ -61,7 +61,7 @@ def test_registration_and_missing_data(paths, tmp_path):
     assert ex["_template_type"] == b"dialog_inverted"
     empty = data_paths.DataPaths(source_dirs={"dialog": str(tmp_path / "nothing")},
                                  tfds_data_dir=str(tmp_path / "tfds"))
-    message = dialog.missing_data("qrecc", empty)
+    message = dialog.missing_data("qrecc", paths=empty)
     assert "'qrecc'" in message and "ml-qrecc" in message
     with pytest.raises(data_paths.MissingDataError, match="WikiDialog"):
-        list(dialog.load_dialog_split("wiki_dialog", empty, "train"))
+        list(dialog.load_dialog_split("wiki_dialog", split="train", paths=empty))

@@ -234,14 +234,15 @@ def test_registers_four_variants_per_dataset_idempotently():
 
 
 def test_missing_dataset_fails_when_read_naming_it(tmp_path):
-    message = register.missing_data("xsum", tfds_data_dir=str(tmp_path))
+    tfds_paths = data_paths.DataPaths(tfds_data_dir=str(tmp_path))
+    message = register.missing_data("xsum", paths=tfds_paths)
     assert "'xsum'" in message and "tfds build xsum:1.1.0" in message
     assert "by hand" in message  # manual-download datasets say so
-    rows = register.load_flan2021_split("rte", str(tmp_path), "train")  # nothing read yet
+    rows = register.load_flan2021_split("rte", split="train", paths=tfds_paths)  # nothing read
     with pytest.raises(data_paths.MissingDataError, match=r"'rte'.*glue/rte:2.0.0.*tfds build"):
         next(rows)
     with pytest.raises(ValueError, match="has splits"):
-        next(register.load_flan2021_split("rte", str(tmp_path), "test"))
+        next(register.load_flan2021_split("rte", split="test", paths=tfds_paths))
 
 
 @pytest.fixture
@@ -258,7 +259,7 @@ def test_catalog_feature_paths_fit_generated_tfds_examples(mock_tfds):
     for entry in ENTRIES:
         template_set = register.load_family_templates(entry.family)
         for key, fields in itertools.islice(
-                register.load_flan2021_split(entry.name, None, "train"), 3):
+                register.load_flan2021_split(entry.name, split="train"), 3):
             assert re.fullmatch(r"train:\d+", key)
             for template in template_set.templates:
                 templates.render(template, fields, with_options=True,

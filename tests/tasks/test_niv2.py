@@ -40,7 +40,7 @@ def test_real_task_files_load_including_bare_nan():
     paths = data_paths.DataPaths(source_dirs={"niv2": NIV2_DIR})
     for name, count in [("task1149_item_check_edible", 119),
                         ("task062_bigbench_repeat_copy_logic", 29)]:
-        examples = list(niv2.load_niv2_split(name, paths, "train"))
+        examples = list(niv2.load_niv2_split(name, split="train", paths=paths))
         assert len(examples) == count
         for template in niv2.load_niv2_templates(False).templates:
             for key, fields in examples:
@@ -77,15 +77,17 @@ def test_malformed_task_files_name_file_and_field(tmp_path, data, message):
 def test_fixture_task_zero_and_few_shot(tmp_path):
     _write(tmp_path, GOOD)
     paths = data_paths.DataPaths(source_dirs={"niv2": str(tmp_path)})
-    [(key, zs)] = niv2.load_niv2_split("task001_quoref_question_generation", paths, "train")
+    [(key, zs)] = niv2.load_niv2_split("task001_quoref_question_generation", split="train",
+                                       paths=paths)
     assert key == "train:i0" and zs["answer"] == "Question?" and "demonstrations" not in zs
     count = lambda text: len(text.split())
-    [(_, fs)] = niv2.load_niv2_split("task001_quoref_question_generation", paths, "train",
-                                     num_shots=2, max_input_tokens=10_000, count_tokens=count)
+    path = niv2.find_task_file("task001_quoref_question_generation", paths)
+    [(_, fs)] = niv2.read_niv2_examples(path, num_shots=2, max_input_tokens=10_000,
+                                        count_tokens=count)
     assert fs["demonstrations"] == "Input: P1\nOutput: Q1\n\nInput: P2\nOutput: Q2"
     # A budget with room for the definition and input only drops every demonstration.
-    [(_, tight)] = niv2.load_niv2_split("task001_quoref_question_generation", paths, "train",
-                                        num_shots=2, max_input_tokens=51, count_tokens=count)
+    [(_, tight)] = niv2.read_niv2_examples(path, num_shots=2, max_input_tokens=51,
+                                           count_tokens=count)
     assert tight["demonstrations"] == ""
     for template in niv2.load_niv2_templates(True).templates:
         out = templates.render(template, fs, with_options=True,
@@ -97,7 +99,7 @@ def test_fixture_task_zero_and_few_shot(tmp_path):
 def test_missing_task_file_and_registration_counts(tmp_path):
     paths = data_paths.DataPaths(source_dirs={"niv2": str(tmp_path)})
     with pytest.raises(data_paths.MissingDataError, match="task002_quoref_answer_generation"):
-        list(niv2.load_niv2_split("task002_quoref_answer_generation", paths, "train"))
+        list(niv2.load_niv2_split("task002_quoref_answer_generation", split="train", paths=paths))
     names = niv2.register_niv2_tasks(seqio.PassThroughVocabulary(10), paths=paths)
     assert len(names) == 2 * 1556
     assert {n.rsplit("__", 1)[1] for n in names} == {"zs_opt", "fs_opt"}

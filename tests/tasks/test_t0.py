@@ -183,7 +183,7 @@ def test_catalog_prompts_exist_and_a_fixture_task_renders_end_to_end(template_ro
     for variant in ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt"):
         seqio.TaskRegistry.remove(f"t0__{name}__{variant}")
     t0.register_t0_tasks(vocab, datasets=[name], paths=paths)
-    plain = list(t0.load_t0_split(name, paths, 0, "train"))
+    plain = list(t0.load_t0_split(name, split="train", paths=paths, seed=0))
     assert len(plain) == 6 and plain[1][1]["answer"] in plain[1][1]["options"]
     for variant in ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt"):
         task = seqio.get_mixture_or_task(f"t0__{name}__{variant}")
@@ -199,5 +199,5 @@ def test_catalog_prompts_exist_and_a_fixture_task_renders_end_to_end(template_ro
 
 def test_missing_rows_name_the_task(tmp_path):
     paths = data_paths.DataPaths(source_dirs={"t0_templates": str(tmp_path), "t0": str(tmp_path)})
-    message = t0.missing_data("adversarial_qa_dbert_based_on", paths)
+    message = t0.missing_data("adversarial_qa_dbert_based_on", paths=paths)
     assert "adversarial_qa_dbert_based_on" in message and "promptsource" in message
