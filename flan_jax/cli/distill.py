@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -162,22 +161,11 @@ def run_generate(args: argparse.Namespace) -> str:
             f"({stats.kept_rate:.1%}) for {stats.num_questions} questions in {args.out}")
 
 
-def _write_npz_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def run_align(args: argparse.Namespace) -> str:
+    from flan_jax.data.file_io import write_atomically, write_json_atomically
     from flan_jax.data.vocabularies import get_vocabulary
     from flan_jax.distill import alignment, targets
     from flan_jax.distill.teacher_store import TeacherStore
-    from flan_jax.training.evaluation import write_json_atomically
 
     store = TeacherStore(args.store)
     if args.teacher_vocab is not None:
@@ -194,12 +182,14 @@ def run_align(args: argparse.Namespace) -> str:
     os.makedirs(args.out, exist_ok=True)
     offsets = np.cumsum([0] + [len(ids) for ids in student_ids])
     k = rows[0].ids.shape[1] if rows else (args.k or store.k)
-    _write_npz_atomically(os.path.join(args.out, "aligned.npz"), {
+    arrays = {
         "keys": np.asarray(keys, str), "offsets": offsets,
         "student_ids": np.concatenate(student_ids or [np.zeros((0,), np.int32)]),
         "ids": np.concatenate([r.ids for r in rows] or [np.zeros((0, k), np.int32)]),
         "logprobs": np.concatenate([r.logprobs for r in rows] or [np.zeros((0, k), np.float32)]),
-        "fallback": np.concatenate([r.fallback for r in rows] or [np.zeros((0,), bool)])})
+        "fallback": np.concatenate([r.fallback for r in rows] or [np.zeros((0,), bool)])}
+    write_atomically(os.path.join(args.out, "aligned.npz"), lambda f: np.savez(f, **arrays),
+                     mode="wb")
     summary = {"store": args.store, "student_vocab": args.student_vocab,
                "num_examples": stats.num_examples,
                "num_student_tokens": stats.num_student_tokens,
