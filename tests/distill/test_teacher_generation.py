@@ -180,20 +180,6 @@ def test_cli_ingest_names_the_bad_line(tmp_path, capsys):
     assert f"{source}:2" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_experiment_smoke(tmp_path):
-    from flan_jax.distill import experiment
-
-    result = experiment.run_experiment(out_dir=str(tmp_path / "results"),
-                                       work_dir=str(tmp_path / "work"),
-                                       config=experiment.get_preset("smoke"))
-    students = result.results["students"]
-    assert set(students) == set(experiment.MODES)
-    assert len(students["answer_only"]["loss"]) == 4  # the random teacher may keep no sample
-    for path in (result.table_path, result.json_path, result.plot_path):
-        assert (tmp_path / "results").joinpath(path.rsplit("/", 1)[-1]).stat().st_size > 0
-
-
 def test_cli_generate_from_a_checkpoint(tmp_path, vocabulary, teacher, capsys):
     from flan_jax.checkpoints import save_model_checkpoint
 
