@@ -168,7 +168,7 @@ def measure_train_step(size: str, batches: list[dict], timed_steps: int = 2) -> 
     import jax
 
     from flan_jax.models import t5
-    from flan_jax.testing.training import make_tiny_t5_config
+    from flan_jax.testing.models import make_tiny_t5_config
     from flan_jax.training import adafactor, losses, partitioning, train_state, train_step
 
     overrides = SMALL_T5 if size == "small" else {"vocab_size": 4096}

@@ -11,7 +11,8 @@ import pytest
 from flan_jax.distill import kl_loss, student_training, targets
 from flan_jax.models import t5
 from flan_jax.testing.kernels import dense_logits, naive_sparse_kl, random_top_k
-from flan_jax.testing.training import make_random_batch, make_tiny_t5_config
+from flan_jax.testing.models import make_tiny_t5_config
+from flan_jax.testing.training import make_random_batch
 from flan_jax.training import adafactor, losses, train_step
 
 VOCAB, K = 128, 4

@@ -15,7 +15,7 @@ from flan_jax.distill.teacher_store import TeacherStore, TeacherStoreWriter
 from flan_jax.evaluation.math_datasets import MathExample
 from flan_jax.models import t5
 from flan_jax.testing.models import write_test_sentencepiece
-from flan_jax.testing.training import make_tiny_t5_config
+from flan_jax.testing.models import make_tiny_t5_config
 
 QUESTIONS = [MathExample(question=f"Tara has {i} shells and finds 2 more. How many now?",
                          answer=str(i + 2), rationale=None, source="toy", id=f"toy/{i}")
