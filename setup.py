@@ -46,17 +46,20 @@ setuptools.setup(
         "tqdm==4.70.1",
         "array-record==0.8.6",
         "safetensors==0.8.0",
-        "matplotlib==3.11.2",
     ],
     extras_require={
         # Reference implementations the tests compare against; torch comes from the local
-        # CPU wheel (`pip install torch==2.13.0`).
+        # CPU wheel (`pip install torch==2.13.0`). matplotlib: the tests run the benchmarks'
+        # distillation experiment, which plots.
         "test": [
             "pytest==9.2.0",
             "torch==2.13.0",
             "transformers==5.23.0",
             "tokenizers==0.23.3",
+            "matplotlib==3.11.2",
         ],
+        # The benchmark scripts (benchmarks/distill_experiment.py plots its results).
+        "bench": ["matplotlib==3.11.2"],
     },
     entry_points={"console_scripts": ["flan-jax=flan_jax.cli.main:main"]},
 )

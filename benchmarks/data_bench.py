@@ -37,7 +37,7 @@ import time
 import numpy as np
 import seqio
 
-from flan_jax.data import export, packing, vocabularies
+from flan_jax.data import export, file_io, packing, vocabularies
 from flan_jax.tasks import cot, data_paths, naming
 from flan_jax.testing.shared_data import shared_data_dir
 
@@ -170,7 +170,7 @@ def measure_train_step(size: str, batches: list[dict], timed_steps: int = 2) -> 
     import jax
 
     from flan_jax.models import t5
-    from flan_jax.testing.training import make_tiny_t5_config
+    from flan_jax.testing.models import make_tiny_t5_config
     from flan_jax.training import adafactor, losses, partitioning, train_state, train_step
 
     overrides = SMALL_T5 if size == "small" else {"vocab_size": 4096}
@@ -255,10 +255,7 @@ def main() -> None:
         timing["examples_per_s"] = timing["rows_per_s"] * pipeline["examples_per_row"]
         timing["source"] = f"timed, {timing['device']}"
         results["trainer"][size] = timing
-    os.makedirs(os.path.dirname(RESULTS_PATH), exist_ok=True)
-    with open(RESULTS_PATH + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    os.replace(RESULTS_PATH + ".tmp", RESULTS_PATH)
+    file_io.write_json_atomically(RESULTS_PATH, results)
     print_table(results)
 
 

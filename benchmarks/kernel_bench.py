@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flan_jax.data import file_io
 from flan_jax.distill import alignment
 from flan_jax.kernels import fused_loss
 from flan_jax.testing import alignment as naive_alignment
@@ -178,13 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     print_tables(losses, align)
     out = pathlib.Path(args.out) if args.out else RESULTS_DIR / (
         "kernel_bench_quick.json" if args.quick else "kernel_bench.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
                "platform": platform.platform(), "cpu_count": os.cpu_count(),
                "quick": args.quick, "losses": losses, "alignment": align}
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, out)
+    file_io.write_json_atomically(out, payload)
     print(f"\nwrote {out}")
     return 0
 

@@ -11,7 +11,6 @@ benchmarks/results/model_bench.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -22,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flan_jax.data import file_io
 from flan_jax.models import decoding, t5
 from flan_jax.models.config import T5Config
 from flan_jax.models.hf_convert import hf_state_dict_from_params
@@ -134,13 +134,10 @@ def main() -> None:
     for row in rows:
         print(f"{row['dtype']:<9} {row['metric']:<16} {row['flan_jax_s']:>11.3f} "
               f"{row['torch_s']:>9.3f} {row['speedup']:>7.2f}x")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {"shape": {"batch": batch, "inputs": enc_len, "targets": dec_len},
               "iters": iters, "cpus": os.cpu_count(), "machine": platform.processor(),
               "jax": jax.__version__, "torch": torch.__version__, "rows": rows}
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
+    file_io.write_json_atomically(RESULTS, report)
     print(f"wrote {RESULTS}")
 
 

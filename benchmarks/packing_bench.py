@@ -14,14 +14,13 @@ padding can be reduced at all. Prints a table and writes benchmarks/results/pack
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import numpy as np
 
-from flan_jax.data import packing
+from flan_jax.data import file_io, packing
 from flan_jax.testing import data as data_testing
 from flan_jax.testing.shared_data import shared_data_dir
 
@@ -93,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"num_examples": len(examples), "buffer_size": args.buffer_size,
               "length_proxy": "words and punctuation marks", "rows": rows}
     path = os.path.join(out_dir, "packing_bench.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
+    file_io.write_json_atomically(path, result)
     print(f"wrote {path}")
     return 0
 

@@ -21,7 +21,6 @@ Prints a table and writes ``benchmarks/results/train_bench.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -35,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import packing_bench
 
-from flan_jax.data import packing
+from flan_jax.data import file_io, packing
 from flan_jax.models import t5
 from flan_jax.models.config import T5Config
 from flan_jax.testing import data as data_testing
@@ -247,11 +246,8 @@ def main(argv: list[str] | None = None) -> int:
               "devices": [str(d) for d in jax.devices()], "quick": args.quick,
               "timed_steps": steps, "matmul_peak_flops_per_s": peak, "runs": runs,
               "packing": packing_rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     name = RESULTS.with_name("train_bench_quick.json" if args.quick else RESULTS.name)
-    tmp = name.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, name)
+    file_io.write_json_atomically(name, result)
     print(f"wrote {name}")
     return 0
 

@@ -6,7 +6,6 @@
         --num_samples 40 --temperature 0.5 [--top_k 5] [--dataset gsm8k]
     flan-jax distill align --store STORE --student_vocab spiece.model --out ALIGNED
         [--teacher_vocab vocab.json] [--k 5]
-    flan-jax distill run-experiment --out_dir benchmarks/results [--preset cpu]
     flan-jax distill train --gin_file=runs/distill.gin --gin.STORE=STORE \\
         --gin.STUDENT=CKPT_DIR --gin.MODEL_DIR=OUT [--gin.TRAIN_STEPS=N ...]
     flan-jax distill select --checkpoint_dir OUT --eval gsm8k=PATH --eval svamp=PATH
@@ -32,7 +31,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -74,13 +72,6 @@ def _add_align(sub) -> None:
     parser.add_argument("--k", type=int, default=None, help="target width (default: store k)")
 
 
-def _add_experiment(sub) -> None:
-    parser = sub.add_parser("run-experiment", help="the end-to-end CPU comparison")
-    parser.add_argument("--out_dir", default=os.path.join("benchmarks", "results"))
-    parser.add_argument("--work_dir", default=None, help="checkpoints and stores (default: tmp)")
-    parser.add_argument("--preset", default="cpu", help="experiment size: 'cpu' or 'smoke'")
-
-
 def _add_select(sub) -> None:
     parser = sub.add_parser("select", help="accuracy of every saved step; best step on dev")
     parser.add_argument("--checkpoint_dir", required=True, help="directory of step dirs")
@@ -106,7 +97,7 @@ def _add_select(sub) -> None:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flan-jax distill", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_ingest, _add_generate, _add_align, _add_experiment, _add_select):
+    for add in (_add_ingest, _add_generate, _add_align, _add_select):
         add(sub)
     sub.add_parser("train", help="train a student from gin configs (runs/distill.gin)")
     return parser
@@ -162,22 +153,11 @@ def run_generate(args: argparse.Namespace) -> str:
             f"({stats.kept_rate:.1%}) for {stats.num_questions} questions in {args.out}")
 
 
-def _write_npz_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def run_align(args: argparse.Namespace) -> str:
+    from flan_jax.data.file_io import write_atomically, write_json_atomically
     from flan_jax.data.vocabularies import get_vocabulary
     from flan_jax.distill import alignment, targets
     from flan_jax.distill.teacher_store import TeacherStore
-    from flan_jax.training.evaluation import write_json_atomically
 
     store = TeacherStore(args.store)
     if args.teacher_vocab is not None:
@@ -194,12 +174,14 @@ def run_align(args: argparse.Namespace) -> str:
     os.makedirs(args.out, exist_ok=True)
     offsets = np.cumsum([0] + [len(ids) for ids in student_ids])
     k = rows[0].ids.shape[1] if rows else (args.k or store.k)
-    _write_npz_atomically(os.path.join(args.out, "aligned.npz"), {
+    arrays = {
         "keys": np.asarray(keys, str), "offsets": offsets,
         "student_ids": np.concatenate(student_ids or [np.zeros((0,), np.int32)]),
         "ids": np.concatenate([r.ids for r in rows] or [np.zeros((0, k), np.int32)]),
         "logprobs": np.concatenate([r.logprobs for r in rows] or [np.zeros((0, k), np.float32)]),
-        "fallback": np.concatenate([r.fallback for r in rows] or [np.zeros((0,), bool)])})
+        "fallback": np.concatenate([r.fallback for r in rows] or [np.zeros((0,), bool)])}
+    write_atomically(os.path.join(args.out, "aligned.npz"), lambda f: np.savez(f, **arrays),
+                     mode="wb")
     summary = {"store": args.store, "student_vocab": args.student_vocab,
                "num_examples": stats.num_examples,
                "num_student_tokens": stats.num_student_tokens,
@@ -207,17 +189,6 @@ def run_align(args: argparse.Namespace) -> str:
     write_json_atomically(os.path.join(args.out, "summary.json"), summary)
     return (f"aligned {stats.num_examples} examples ({stats.num_student_tokens} student tokens); "
             f"fallback rate {stats.fallback_rate:.2%}; wrote {args.out}")
-
-
-def run_experiment(args: argparse.Namespace) -> str:
-    import logging
-
-    from flan_jax.distill import experiment
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = experiment.run_experiment(out_dir=args.out_dir, work_dir=args.work_dir,
-                                       config=experiment.get_preset(args.preset))
-    return f"wrote {result.table_path}, {result.json_path} and {result.plot_path}"
 
 
 def run_select(args: argparse.Namespace) -> str:
@@ -256,7 +227,7 @@ def run_train(argv: list[str]) -> int:
 
 
 _COMMANDS = {"ingest-openai": run_ingest, "generate": run_generate, "align": run_align,
-             "run-experiment": run_experiment, "select": run_select}
+             "select": run_select}
 
 
 def main(argv: list[str]) -> int:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import json
 import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -43,11 +44,12 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from flan_jax.data import file_io
+
 FORMATS = ("jsonl", "arrayrecord")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 _SHARD_SUFFIXES = {"jsonl": "jsonl", "arrayrecord": "array_record"}
-_TEMP_SUFFIX = ".tmp"
 # The manifest fields that must match for an export to be resumed.
 _RESUME_FIELDS = ("name", "split", "seed", "format", "examples_per_shard", "max_examples")
 _TOKENIZING_PREPROCESSORS = (
@@ -232,45 +234,46 @@ class MixtureSampler:
         return None
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    """Writes JSON to a temporary file and renames it over `path`."""
-    temp_path = path + _TEMP_SUFFIX
-    with open(temp_path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp_path, path)
-
-
 def _shard_name(config: ExportConfig, index: int) -> str:
     return f"{config.split}-{index:05d}.{_SHARD_SUFFIXES[config.format]}"
 
 
-def _write_shard(path: str, export_format: str, sampler: MixtureSampler, budget: int) -> int:
-    """Writes up to `budget` examples to `path` atomically; returns how many were written."""
-    temp_path = path + _TEMP_SUFFIX
-    count = 0
-    if export_format == "jsonl":
-        with open(temp_path, "w", encoding="utf-8") as f:
-            while count < budget and (example := sampler.next_example()) is not None:
-                f.write(json.dumps(to_json_example(example), ensure_ascii=False) + "\n")
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-    else:
-        from array_record.python import array_record_module  # Only this format needs it.
+def _draw_examples(sampler: MixtureSampler, budget: int) -> Iterator[dict]:
+    """Up to `budget` examples of the sampler, as JSON-ready dicts."""
+    for _ in range(budget):
+        example = sampler.next_example()
+        if example is None:
+            return
+        yield to_json_example(example)
 
-        writer = array_record_module.ArrayRecordWriter(temp_path, "group_size:1")
-        try:
-            while count < budget and (example := sampler.next_example()) is not None:
-                writer.write(json.dumps(to_json_example(example), ensure_ascii=False).encode())
-                count += 1
-        finally:
-            writer.close()
-    if count:
-        os.replace(temp_path, path)
-    else:
-        os.remove(temp_path)
+
+def _write_shard(path: str, export_format: str, sampler: MixtureSampler, budget: int) -> int:
+    """Writes up to `budget` examples to `path` atomically; returns how many were written.
+
+    Nothing is written when the sampler has no example left.
+    """
+    examples = _draw_examples(sampler, budget)
+    first = next(examples, None)
+    if first is None:
+        return 0
+    records = (json.dumps(e, ensure_ascii=False) for e in itertools.chain([first], examples))
+    count = 0
+    with file_io.atomic_output_path(path) as temp_path:
+        if export_format == "jsonl":
+            with open(temp_path, "w", encoding="utf-8") as f:
+                for count, record in enumerate(records, start=1):
+                    f.write(record + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            from array_record.python import array_record_module  # Only this format needs it.
+
+            writer = array_record_module.ArrayRecordWriter(temp_path, "group_size:1")
+            try:
+                for count, record in enumerate(records, start=1):
+                    writer.write(record.encode())
+            finally:
+                writer.close()
     return count
 
 
@@ -337,9 +340,10 @@ def export_mixture(config: ExportConfig, *,
     manifest = read_manifest(config.out_dir)
     if manifest is None:
         manifest = _start_manifest(config, task_rates, sampler)
-        write_json_atomic(os.path.join(config.out_dir, MANIFEST_NAME), manifest)
+        file_io.write_json_atomically(os.path.join(config.out_dir, MANIFEST_NAME), manifest)
     else:
         _check_resumable(manifest, config, {task.name: rate for task, rate in task_rates})
+        file_io.remove_temporary_files(config.out_dir)  # the shard a killed export was writing
         sampler.set_state(manifest["state"])
     while not manifest["complete"]:
         budget = config.examples_per_shard
@@ -352,7 +356,7 @@ def export_mixture(config: ExportConfig, *,
         manifest["num_examples"] += count
         manifest["state"] = sampler.get_state()
         manifest["complete"] = count < budget or manifest["num_examples"] == config.max_examples
-        write_json_atomic(os.path.join(config.out_dir, MANIFEST_NAME), manifest)
+        file_io.write_json_atomically(os.path.join(config.out_dir, MANIFEST_NAME), manifest)
         if on_shard is not None and count:
             on_shard(count)
     return manifest

@@ -1,8 +1,14 @@
-"""Atomic file writes and JSON-lines files, shared by the CLIs, loaders and stores.
+"""Atomic file writes and JSON-lines files, shared by the CLIs, loaders, stores and benchmarks.
 
 A write goes to a temporary file beside its target (`.tmp-<random>.tmp`) and is renamed
 over it, so a reader never sees half a file and a killed writer leaves only the old file
-(or nothing) behind.
+(or nothing) behind. This module is the only place that does it:
+
+    write_json_atomically(path, data)             a JSON document
+    write_text_atomically(path, text)             a text file
+    write_atomically(path, write, mode="wb")      whatever `write(file)` puts in (npz, png)
+    with atomic_output_path(path) as temp_path:   a writer that wants a path (ArrayRecord)
+    with atomic_output_directory(path) as temp:   a whole directory, renamed into place
 
 A JSONL file holds one JSON object per line; blank lines are skipped. A bad line is
 reported with the file and its 1-based line number, through the exception type the caller
@@ -13,10 +19,54 @@ picks (so each layer keeps its own error class):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
+
+_TEMP_PREFIX, _TEMP_SUFFIX = ".tmp-", ".tmp"
+
+
+@contextlib.contextmanager
+def atomic_output_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a temporary path beside `path`; renames it over `path` when the block succeeds.
+
+    For writers that open the file themselves (ArrayRecord, `savefig`). The temporary file
+    exists (empty) when the block starts; the writer may overwrite it. If the block raises,
+    the temporary file is removed and `path` is left untouched.
+
+    Args:
+      path: the target; its directory is created if missing.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX,
+                                         suffix=_TEMP_SUFFIX)
+    os.close(handle)
+    try:
+        yield temp_path
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+        raise
+
+
+def remove_temporary_files(directory: str | os.PathLike) -> list[str]:
+    """Removes the temporary files a killed writer left in `directory`; returns their names.
+
+    Only for a directory that one writer owns (an export being resumed): a temporary file
+    of a writer that is still running would be removed too.
+    """
+    names = sorted(name for name in os.listdir(directory)
+                   if name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX))
+    for name in names:
+        os.remove(os.path.join(directory, name))
+    return names
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[IO], Any], *,
@@ -28,22 +78,61 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO], Any], *,
       write: fills the open temporary file.
       mode: "w" (UTF-8 text) or "wb".
 
-    On any error the temporary file is removed and the target is left untouched.
+    On any error the temporary file is removed and the target is left untouched. The data
+    is fsynced before the rename, so after a crash the target holds the old or the new
+    contents, never an empty file.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".tmp")
-    try:
+    with atomic_output_path(path) as temp_path:
         encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(handle, mode, encoding=encoding) as f:
+        with open(temp_path, mode, encoding=encoding) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(temp_path, path)
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` (UTF-8) to `path` atomically."""
+    write_atomically(path, lambda f: f.write(text))
+
+
+def write_json_atomically(path: str | os.PathLike, data: Any, *,
+                          indent: int | None = 2) -> None:
+    """Writes `data` as JSON (UTF-8, not ASCII-escaped, a final newline) atomically.
+
+    Args:
+      path: the target.
+      data: a JSON-serialisable value.
+      indent: spaces per level; None writes one line (for large machine-read files).
+    """
+    write_text_atomically(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_output_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary directory beside `path`, renamed to `path` when the block succeeds.
+
+    A reader sees either no directory (or the empty one that was there) or the complete
+    one. If the block raises, the temporary directory and its contents are removed.
+
+    Args:
+      path: the target directory; it must not exist or must be empty.
+
+    Raises:
+      FileExistsError: `path` exists and is not an empty directory (checked on entry).
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path} already exists and is not an empty directory; "
+                              "remove it or choose another output directory.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}."))
+    try:
+        yield temp_dir
+        if path.exists():
+            path.rmdir()  # Empty (checked above): os.replace cannot replace a directory.
+        os.replace(temp_dir, path)
     except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         raise
 
 

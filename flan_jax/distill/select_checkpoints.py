@@ -31,12 +31,12 @@ import jax
 import numpy as np
 
 from flan_jax import checkpoints
+from flan_jax.data.file_io import write_json_atomically
 from flan_jax.distill import formats, targets
 from flan_jax.distill.teacher_generation import completion_length
 from flan_jax.evaluation import selection, splits
 from flan_jax.evaluation.math_datasets import MathExample, load_math_dataset
 from flan_jax.models import decoding
-from flan_jax.training.evaluation import write_json_atomically
 
 ZERO_SHOT_FORMATS = (formats.ZS_COT, formats.ZS_ANSWER_ONLY)
 

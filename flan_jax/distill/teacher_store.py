@@ -77,10 +77,6 @@ class TeacherExample:
     metadata: dict[str, Any]
 
 
-def _write_json_atomically(path: str, payload: Any) -> None:
-    file_io.write_atomically(path, lambda handle: json.dump(payload, handle, ensure_ascii=False))
-
-
 def _read_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -261,17 +257,21 @@ class TeacherStoreWriter:
         arrays = _pack_shard(self._buffer, self.k)
         file_io.write_atomically(os.path.join(self._dir, shard_name),
                                  lambda handle: np.savez(handle, **arrays), mode="wb")
-        _write_json_atomically(os.path.join(self._dir, VOCABULARY_FILE), self._vocabulary)
+        file_io.write_json_atomically(os.path.join(self._dir, VOCABULARY_FILE),
+                                      self._vocabulary, indent=None)
         self._index["shards"].append({"file": shard_name, "num_examples": len(self._buffer),
                                       "num_positions": int(arrays["offsets"][-1])})
-        _write_json_atomically(os.path.join(self._dir, INDEX_FILE), self._index)
+        file_io.write_json_atomically(os.path.join(self._dir, INDEX_FILE), self._index,
+                                      indent=None)
         self._buffer = []
 
     def close(self) -> None:
         """Flushes pending examples (and writes the vocabulary even for an empty store)."""
         self.flush()
-        _write_json_atomically(os.path.join(self._dir, VOCABULARY_FILE), self._vocabulary)
-        _write_json_atomically(os.path.join(self._dir, INDEX_FILE), self._index)
+        file_io.write_json_atomically(os.path.join(self._dir, VOCABULARY_FILE),
+                                      self._vocabulary, indent=None)
+        file_io.write_json_atomically(os.path.join(self._dir, INDEX_FILE), self._index,
+                                      indent=None)
 
     def __enter__(self) -> TeacherStoreWriter:
         return self

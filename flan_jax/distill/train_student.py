@@ -44,6 +44,7 @@ import jax
 import optax
 
 from flan_jax import checkpoints
+from flan_jax.data.file_io import write_json_atomically
 from flan_jax.data.vocabularies import get_vocabulary
 from flan_jax.distill import alignment, formats, targets
 from flan_jax.distill.kl_loss import SPARSE_KL
@@ -53,7 +54,6 @@ from flan_jax.evaluation.selection import list_checkpoint_steps
 from flan_jax.models import t5
 from flan_jax.training import (adafactor, checkpointing, losses, metrics, train_step,
                                trainer)
-from flan_jax.training.evaluation import write_json_atomically
 
 _LOG = logging.getLogger(__name__)
 SUMMARY_FILENAME = "distill_summary.json"

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
-import tempfile
 from typing import Callable, Mapping, Sequence
 
+from flan_jax.data import file_io
 from flan_jax.evaluation import answers
 from flan_jax.evaluation.math_datasets import MathExample
 
@@ -145,18 +144,8 @@ class AccuracyTable:
         return cls(tuple(sorted(rows)), dict(data["set_sizes"]), rows)
 
     def write_json(self, path: str | os.PathLike) -> None:
-        """Writes the table atomically (temporary file in the same folder, then rename)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".accuracy-", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as f:
-                json.dump(self.to_json_dict(), f, indent=1)
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        """Writes `to_json_dict()` atomically (a reader never sees half a table)."""
+        file_io.write_json_atomically(path, self.to_json_dict())
 
 
 def evaluate_checkpoints(steps: Sequence[int], eval_sets: Mapping[str, Sequence[MathExample]],

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from flan_jax.data import file_io
 from flan_jax.models.config import T5Config
 
 Params = dict[str, Any]
@@ -346,25 +346,17 @@ def save_hf_directory(out_dir: str | os.PathLike, *, params: Params, config: T5C
       params: flan_jax parameters matching `config`.
       config: The model architecture.
       vocab_path: SentencePiece model copied in as `spiece.model` (skipped when None).
+
+    Raises:
+      FileExistsError: `out_dir` exists and is not an empty directory.
     """
     from safetensors.numpy import save_file
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} already exists and is not empty.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        save_file(hf_state_dict_from_params(params, config), str(tmp_dir / "model.safetensors"),
-                  metadata={"format": "pt"})
-        (tmp_dir / "config.json").write_text(
+    with file_io.atomic_output_directory(out_dir) as temp_dir:
+        save_file(hf_state_dict_from_params(params, config),
+                  str(temp_dir / "model.safetensors"), metadata={"format": "pt"})
+        (temp_dir / "config.json").write_text(
             json.dumps(hf_config_from_config(config), indent=2) + "\n")
         if vocab_path is not None:
-            shutil.copyfile(vocab_path, tmp_dir / "spiece.model")
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return out_dir
+            shutil.copyfile(vocab_path, temp_dir / "spiece.model")
+    return Path(out_dir)

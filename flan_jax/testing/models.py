@@ -1,4 +1,4 @@
-"""Test helpers for the T5 model: tiny configs, a reference PyTorch model, a test vocabulary.
+"""Test helpers for the T5 model: the tiny config, a reference PyTorch model, a test vocabulary.
 
 Nothing here downloads anything: the Hugging Face reference model is built from a config with
 random weights, and the SentencePiece model is trained on a few generated sentences.
@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from flan_jax.data import vocabularies
 from flan_jax.models.config import T5Config
 
 # Configurations that stress the parts of the architecture parity tests should cover:
@@ -34,15 +33,19 @@ PARITY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def tiny_config(**overrides: Any) -> T5Config:
-    """A float32 T5 1.1 config small enough for CPU unit tests."""
-    values: dict[str, Any] = dict(vocab_size=64, emb_dim=32, num_heads=3, head_dim=8,
-                                  mlp_dim=48, num_encoder_layers=2, num_decoder_layers=2,
-                                  relative_attention_num_buckets=16,
-                                  relative_attention_max_distance=32, dropout_rate=0.0,
-                                  dtype="float32")
-    values.update(overrides)
-    return T5Config(**values)
+def make_tiny_t5_config(**overrides: Any) -> T5Config:
+    """The tiny f32 T5 1.1 of every CPU test: 1+1 layers, dims all even (shardable 2 ways).
+
+    Tests pass overrides for what they exercise, for example
+    ``make_tiny_t5_config(num_encoder_layers=2, num_decoder_layers=2)`` where a bug could
+    hide in one layer's output feeding the next (scanned layers, packing).
+    """
+    fields: dict[str, Any] = dict(
+        vocab_size=128, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
+        num_encoder_layers=1, num_decoder_layers=1, relative_attention_num_buckets=8,
+        relative_attention_max_distance=16, dropout_rate=0.0, dtype="float32")
+    fields.update(overrides)
+    return T5Config(**fields)
 
 
 def make_hf_reference(config: T5Config, *, seed: int = 0) -> Any:
@@ -94,6 +97,10 @@ def write_test_sentencepiece(out_dir: str | os.PathLike, *, vocab_size: int = 96
     Returns:
       The path of the model file.
     """
+    # Imported here: seqio pulls in TensorFlow, which the tiny-config users (the sharded
+    # training subprocesses) do not need.
+    from flan_jax.data import vocabularies
+
     rng = np.random.default_rng(seed)
     # Real words plus made-up ones from random syllables, so there are enough distinct
     # pieces to reach `vocab_size`.

@@ -23,27 +23,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from flan_jax.models import t5
-from flan_jax.models.config import T5Config
+from flan_jax.testing.models import make_tiny_t5_config
 from flan_jax.training import adafactor, losses, partitioning, train_state, train_step
-
-
-def make_tiny_t5_config(**overrides: Any) -> T5Config:
-    """A 1+1-layer f32 T5 small enough for CPU tests, with shardable dims (all even)."""
-    fields = dict(
-        vocab_size=128,
-        emb_dim=32,
-        num_heads=4,
-        head_dim=8,
-        mlp_dim=64,
-        num_encoder_layers=1,
-        num_decoder_layers=1,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-        dropout_rate=0.0,
-        dtype="float32",
-    )
-    fields.update(overrides)
-    return T5Config(**fields)
 
 
 def make_random_batch(

@@ -17,7 +17,6 @@ The run is configured by ``gin_configs/runs/demo_cpu.gin``; this module only orc
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import jax
 from absl import logging as absl_logging
 
+from flan_jax.data import file_io
 from flan_jax.models import t5
 from flan_jax.models.config import T5Config
 from flan_jax.tasks import demo as demo_tasks
@@ -85,10 +85,7 @@ def format_results_table(before: Mapping[str, Mapping[str, float]],
 def write_new_instructions(model_dir: str) -> str:
     """Writes the example instructions as JSONL for `flan-jax infer`; returns the path."""
     path = os.path.join(model_dir, "new_instructions.jsonl")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"inputs": text}) + "\n" for text in NEW_INSTRUCTIONS)
-    os.replace(tmp, path)
+    file_io.write_jsonl(path, ({"inputs": text} for text in NEW_INSTRUCTIONS))
     return path
 
 

@@ -17,10 +17,8 @@ every ``eval_period`` steps by the trainer; :func:`evaluate_checkpoint` is the
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,7 +28,7 @@ import numpy as np
 import seqio
 
 from flan_jax import checkpoints
-from flan_jax.data import pipeline
+from flan_jax.data import file_io, pipeline
 from flan_jax.models import decoding, t5
 from flan_jax.models.config import T5Config
 from flan_jax.training import losses
@@ -203,17 +201,6 @@ class Evaluator:
         return out
 
 
-def write_json_atomically(path: str | os.PathLike, data: Any) -> None:
-    """Writes JSON to ``path`` via a temporary file and a rename (never half-written)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_")
-    with os.fdopen(handle, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def evaluate_checkpoint(
     *,
     checkpoint_path: str,
@@ -243,6 +230,7 @@ def evaluate_checkpoint(
     for name, value in sorted(results.items()):
         logging.info("%s = %.4f", name, value)
     if output_path:
-        write_json_atomically(output_path, {"checkpoint": os.path.abspath(checkpoint_path),
-                                            "step": loaded.step, "metrics": results})
+        file_io.write_json_atomically(output_path, {
+            "checkpoint": os.path.abspath(checkpoint_path), "step": loaded.step,
+            "metrics": dict(sorted(results.items()))})
     return results

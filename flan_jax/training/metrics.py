@@ -1,4 +1,4 @@
-"""Training metrics: throughput, MFU, and writers (TensorBoard, JSONL, console progress bar).
+"""Training metrics: throughput, MFU, and writers (TensorBoard, JSONL, console progress).
 
 The train step returns per-step scalars (loss, accuracy, learning rate, grad norm, real
 target tokens, sequences). :class:`ThroughputMeter` turns them and the wall clock into
@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 import jax
 import tqdm
@@ -35,7 +36,8 @@ class MetricsConfig:
             197e12 for a TPU v4 chip in bf16, 989e12 for an H100 in bf16); ``None`` leaves
             MFU out.
         tensorboard: also write TensorBoard event files under ``MODEL_DIR/train``.
-        progress_bar: show a tqdm bar on process 0.
+        progress_bar: show progress on process 0 (a tqdm bar on a terminal, a plain line
+            per metrics write, at most one every 10 s, in a log).
     """
 
     log_period: int = 10
@@ -170,26 +172,96 @@ class MetricsWriter:
             self._summary.close()
 
 
-class ProgressBar:
-    """A tqdm bar over the train steps on process 0 (a no-op elsewhere or when disabled)."""
+# The scalars the progress output shows, in order, with their short labels.
+_PROGRESS_SCALARS = (("train/loss", "loss"), ("train/z_loss", "z_loss"),
+                     ("train/accuracy", "acc"), ("train/real_target_tokens_per_s", "tok/s"))
 
-    def __init__(self, *, start: int, total: int, enabled: bool = True) -> None:
+
+def _format_progress_scalars(scalars: Mapping[str, float]) -> dict[str, str]:
+    """``{"loss": "1.234", "acc": "0.56", "tok/s": "12,345"}`` for the scalars present."""
+    shown = {}
+    for name, label in _PROGRESS_SCALARS:
+        if name in scalars:
+            value = float(scalars[name])
+            shown[label] = f"{value:,.0f}" if label == "tok/s" else f"{value:.4g}"
+    return shown
+
+
+def _format_duration(seconds: float) -> str:
+    """``"45s"``, ``"2m10s"`` or ``"1h02m"``."""
+    seconds = max(int(round(seconds)), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class ProgressBar:
+    """Train-step progress on process 0: a tqdm bar on a terminal, plain lines in a log.
+
+    A bar redraws itself with carriage returns, which turns a redirected log into megabytes
+    of updates. So when `stream` is not a terminal, a metrics update (``update(scalars)``)
+    prints one plain line instead, at most one per ``min_seconds_between_lines``, and
+    ``close()`` prints the final step's line:
+
+        train step 1200/4000 (30%)  loss 1.234  acc 0.56  tok/s 12,345  eta 2m10s
+
+    Args:
+        start: the step training resumes from (0 for a new run).
+        total: the last step.
+        enabled: False makes every call a no-op (so does a process index other than 0).
+        stream: where progress goes; None is ``sys.stderr`` (tqdm's default).
+        min_seconds_between_lines: the least time between two plain lines.
+    """
+
+    def __init__(self, *, start: int, total: int, enabled: bool = True,
+                 stream: TextIO | None = None,
+                 min_seconds_between_lines: float = 10.0) -> None:
+        self._enabled = enabled and jax.process_index() == 0
+        self._stream = stream if stream is not None else sys.stderr
         self._bar = None
-        if enabled and jax.process_index() == 0:
+        self._start, self._step, self._total = start, start, total
+        self._min_seconds = min_seconds_between_lines
+        self._start_time = self._last_line_time = time.monotonic()
+        self._last_line_step = start
+        self._scalars: dict[str, str] = {}
+        if self._enabled and self._stream.isatty():
             self._bar = tqdm.tqdm(initial=start, total=total, unit="step", desc="train",
-                                  dynamic_ncols=True)
+                                  dynamic_ncols=True, file=self._stream)
 
     def update(self, num_steps: int, scalars: Mapping[str, float] | None = None) -> None:
-        """Advances by ``num_steps``; shows ``scalars`` when given (a logging step)."""
-        if self._bar is None:
+        """Advances by ``num_steps``; ``scalars`` (the latest train metrics) when written."""
+        if not self._enabled:
             return
-        self._bar.update(num_steps)
+        self._step += num_steps
         if scalars:
-            shown = {k.split("/")[-1]: v for k, v in scalars.items()
-                     if k.endswith(("loss", "accuracy", "real_target_tokens_per_s"))}
-            self._bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
+            self._scalars = _format_progress_scalars(scalars)
+        if self._bar is not None:
+            self._bar.update(num_steps)
+            if scalars:
+                self._bar.set_postfix(self._scalars, refresh=False)
+        elif scalars and time.monotonic() - self._last_line_time >= self._min_seconds:
+            self._write_line()
 
     def close(self) -> None:
+        """Closes the bar, or prints the final line if the last step has none yet."""
         if self._bar is not None:
             self._bar.close()
+        elif self._enabled and self._step > self._last_line_step:
+            self._write_line()
 
+    def _write_line(self) -> None:
+        now = time.monotonic()
+        done = self._step - self._start
+        eta = (self._total - self._step) * (now - self._start_time) / max(done, 1)
+        percent = 100 * self._step // max(self._total, 1)
+        parts = [f"train step {self._step}/{self._total} ({percent}%)"]
+        parts += [f"{label} {value}" for label, value in self._scalars.items()]
+        if self._step < self._total:
+            parts.append(f"eta {_format_duration(eta)}")
+        else:
+            parts.append(f"took {_format_duration(now - self._start_time)}")
+        self._stream.write("  ".join(parts) + "\n")
+        self._stream.flush()
+        self._last_line_time, self._last_line_step = now, self._step

@@ -19,7 +19,7 @@ from flan_jax.evaluation import answers
 from flan_jax.evaluation.math_datasets import load_math_dataset
 from flan_jax.models import decoding, t5
 from flan_jax.testing.kernels import dense_logits, naive_sparse_kl
-from flan_jax.testing.training import make_tiny_t5_config
+from flan_jax.testing.models import make_tiny_t5_config
 from flan_jax.training import adafactor, losses, partitioning, train_state, train_step
 
 LEARNING_RATE = 0.01

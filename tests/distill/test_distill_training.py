@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flan_jax.distill import kl_loss, student_training, targets
+from flan_jax.distill import kl_loss, targets
 from flan_jax.models import t5
 from flan_jax.testing.kernels import dense_logits, naive_sparse_kl, random_top_k
-from flan_jax.testing.training import make_random_batch, make_tiny_t5_config
-from flan_jax.training import adafactor, losses, train_step
+from flan_jax.testing.models import make_tiny_t5_config
+from flan_jax.testing.training import TinyRun, make_random_batch, make_tiny_trainer
+from flan_jax.training import adafactor, checkpointing, losses
 
 VOCAB, K = 128, 4
 OPTIMIZER = adafactor.AdafactorConfig(min_dim_size_to_factor=16)
@@ -33,10 +34,10 @@ def _distill_batch(seed: int, *, fallback_fraction: float = 0.3) -> dict[str, np
     return batch
 
 
-def _build(loss: losses.LossConfig, *, lr: float = 1e-2, steps: int = 1, seed: int = 0):
-    config = student_training.StudentTrainConfig(num_steps=steps, learning_rate=lr, loss=loss,
-                                                 optimizer=OPTIMIZER, seed=seed)
-    return student_training.build_student_trainer(make_tiny_t5_config(), config)
+def _build(loss: losses.LossConfig, *, lr: float = 1e-2, seed: int = 0):
+    """The tiny student's train step (the trainer's own) on one device."""
+    run = TinyRun(loss=loss, learning_rate=lr, adafactor_config=OPTIMIZER, seed=seed)
+    return make_tiny_trainer(run, jax.devices()[:1])
 
 
 def _naive_loss(params, batch, *, z_loss: float, missing_mass: str, temperature: float):
@@ -57,9 +58,9 @@ def test_train_step_kl_loss_matches_naive_dense():
     loss = losses.LossConfig(kind=kl_loss.SPARSE_KL, z_loss=1e-4, chunk_size=48)
     trainer = _build(loss)
     batch = _distill_batch(0)
-    params = jax.tree.map(np.asarray, trainer.params)
+    params = jax.tree.map(np.asarray, trainer.state.params)
     expected = _naive_loss(params, batch, z_loss=1e-4, missing_mass="drop", temperature=1.0)
-    _, metrics = trainer.step(trainer.state, trainer.place_batch(batch))
+    _, metrics = trainer.step(trainer.state, trainer.global_batch(batch))
     np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5, atol=1e-5)
 
 
@@ -90,17 +91,18 @@ def test_kl_loss_and_gradient_match_naive_dense(missing_mass, temperature):
 
 def test_one_hot_rows_train_exactly_like_cross_entropy():
     batch = _distill_batch(2, fallback_fraction=1.0)
-    kl_trainer = _build(losses.LossConfig(kind=kl_loss.SPARSE_KL, chunk_size=48), steps=2)
-    ce_trainer = _build(losses.LossConfig(kind="cross_entropy", chunk_size=48), steps=2)
+    kl_trainer = _build(losses.LossConfig(kind=kl_loss.SPARSE_KL, chunk_size=48))
+    ce_trainer = _build(losses.LossConfig(kind="cross_entropy", chunk_size=48))
     for _ in range(2):
         kl_trainer.state, kl_metrics = kl_trainer.step(kl_trainer.state,
-                                                       kl_trainer.place_batch(batch))
+                                                       kl_trainer.global_batch(batch))
         ce_trainer.state, ce_metrics = ce_trainer.step(ce_trainer.state,
-                                                       ce_trainer.place_batch(batch))
+                                                       ce_trainer.global_batch(batch))
         for name in ("loss", "z_loss", "accuracy"):
             np.testing.assert_allclose(float(kl_metrics[name]), float(ce_metrics[name]),
                                        rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(kl_trainer.params), jax.tree.leaves(ce_trainer.params)):
+    for a, b in zip(jax.tree.leaves(kl_trainer.state.params),
+                    jax.tree.leaves(ce_trainer.state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
@@ -124,12 +126,14 @@ def test_student_moves_toward_teacher_distribution():
                              kind_options={"missing_mass": "renormalize"})
     trainer = _build(loss, lr=3e-2)
     evaluate = _make_mean_kl(batch)
-    before = evaluate(jax.tree.map(np.asarray, trainer.params))
-    history = student_training.run_student_training(
-        trainer, iter([batch] * 15), num_steps=15)
-    after = evaluate(jax.tree.map(np.asarray, trainer.params))
-    np.testing.assert_allclose(history["loss"][0], before, rtol=1e-5)
-    assert after < 0.5 * before, (before, after, history["loss"])
+    before = evaluate(jax.tree.map(np.asarray, trainer.state.params))
+    state, history = trainer.state, []
+    for _ in range(15):
+        state, metrics = trainer.step(state, trainer.global_batch(batch))
+        history.append(float(metrics["loss"]))
+    after = evaluate(jax.tree.map(np.asarray, state.params))
+    np.testing.assert_allclose(history[0], before, rtol=1e-5)
+    assert after < 0.5 * before, (before, after, history)
 
 
 def _make_mean_kl(batch):
@@ -171,9 +175,11 @@ def test_distill_gin_builds_a_sparse_kl_run():
     gin.clear_config()
     try:
         gin.parse_config_file(path)
-        config = gin.get_configurable(student_training.StudentTrainConfig)()
+        loss = gin.get_configurable(losses.LossConfig)()
+        train_steps = gin.query_parameter("%TRAIN_STEPS")
+        keep = gin.get_configurable(checkpointing.CheckpointConfig)().keep
     finally:
         gin.clear_config()
-    assert config.loss.kind == kl_loss.SPARSE_KL
-    assert dict(config.loss.kind_options) == {"missing_mass": "drop", "temperature": 1.0}
-    assert config.num_steps == 1000
+    assert loss.kind == kl_loss.SPARSE_KL
+    assert dict(loss.kind_options) == {"missing_mass": "drop", "temperature": 1.0}
+    assert train_steps == 1000 and keep is None  # every step stays for `distill select`

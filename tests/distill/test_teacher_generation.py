@@ -15,7 +15,7 @@ from flan_jax.distill.teacher_store import TeacherStore, TeacherStoreWriter
 from flan_jax.evaluation.math_datasets import MathExample
 from flan_jax.models import t5
 from flan_jax.testing.models import write_test_sentencepiece
-from flan_jax.testing.training import make_tiny_t5_config
+from flan_jax.testing.models import make_tiny_t5_config
 
 QUESTIONS = [MathExample(question=f"Tara has {i} shells and finds 2 more. How many now?",
                          answer=str(i + 2), rationale=None, source="toy", id=f"toy/{i}")
@@ -178,20 +178,6 @@ def test_cli_ingest_names_the_bad_line(tmp_path, capsys):
     assert distill_cli.main(["ingest-openai", "--input", str(source),
                              "--out", str(tmp_path / "s")]) == 1
     assert f"{source}:2" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_experiment_smoke(tmp_path):
-    from flan_jax.distill import experiment
-
-    result = experiment.run_experiment(out_dir=str(tmp_path / "results"),
-                                       work_dir=str(tmp_path / "work"),
-                                       config=experiment.get_preset("smoke"))
-    students = result.results["students"]
-    assert set(students) == set(experiment.MODES)
-    assert len(students["answer_only"]["loss"]) == 4  # the random teacher may keep no sample
-    for path in (result.table_path, result.json_path, result.plot_path):
-        assert (tmp_path / "results").joinpath(path.rsplit("/", 1)[-1]).stat().st_size > 0
 
 
 def test_cli_generate_from_a_checkpoint(tmp_path, vocabulary, teacher, capsys):

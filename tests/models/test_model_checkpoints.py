@@ -10,7 +10,7 @@ import pytest
 from flan_jax.checkpoints import (CONFIG_FILENAME, load_model_checkpoint,
                                   save_model_checkpoint)
 from flan_jax.models import t5
-from flan_jax.testing.models import tiny_config, write_test_sentencepiece
+from flan_jax.testing.models import make_tiny_t5_config, write_test_sentencepiece
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def vocab_path(tmp_path_factory):
 
 
 def test_save_then_load_restores_everything(tmp_path, vocab_path):
-    config = tiny_config(scan_layers=True)
+    config = make_tiny_t5_config(scan_layers=True, num_encoder_layers=2, num_decoder_layers=2)
     params = t5.init_params(config, jax.random.key(0))
     save_model_checkpoint(tmp_path / "ckpt", params=params, config=config,
                           vocab_path=vocab_path, extra_ids=5, step=3)
@@ -46,7 +46,7 @@ def test_missing_directory_and_config_are_reported(tmp_path):
 
 
 def test_malformed_config_and_missing_step_are_reported(tmp_path, vocab_path):
-    config = tiny_config()
+    config = make_tiny_t5_config()
     ckpt = tmp_path / "ckpt"
     save_model_checkpoint(ckpt, params=t5.init_params(config, jax.random.key(0)),
                           config=config, vocab_path=vocab_path, extra_ids=0)
@@ -58,7 +58,7 @@ def test_malformed_config_and_missing_step_are_reported(tmp_path, vocab_path):
 
 
 def test_config_that_does_not_match_the_weights_is_reported(tmp_path, vocab_path):
-    config = tiny_config()
+    config = make_tiny_t5_config()
     ckpt = tmp_path / "ckpt"
     save_model_checkpoint(ckpt, params=t5.init_params(config, jax.random.key(0)),
                           config=config, vocab_path=vocab_path, extra_ids=0)
@@ -73,7 +73,7 @@ def test_config_that_does_not_match_the_weights_is_reported(tmp_path, vocab_path
 def test_loads_params_from_a_step_with_trainer_items(tmp_path, vocab_path):
     import orbax.checkpoint as ocp
 
-    config = tiny_config()
+    config = make_tiny_t5_config()
     params = t5.init_params(config, jax.random.key(0))
     ckpt = tmp_path / "ckpt"
     save_model_checkpoint(ckpt, params=params, config=config, vocab_path=vocab_path,

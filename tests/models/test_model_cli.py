@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flan_jax.cli import main as cli
-from flan_jax.testing.models import (hf_state_dict_numpy, make_hf_reference, tiny_config,
+from flan_jax.testing.models import (hf_state_dict_numpy, make_hf_reference, make_tiny_t5_config,
                                      write_test_sentencepiece)
 
 torch = pytest.importorskip("torch", reason="torch is the reference implementation")
@@ -24,7 +24,7 @@ def workdir(tmp_path_factory):
     """A transformers-written T5 1.0 directory with a vocabulary, converted to flan_jax."""
     root = tmp_path_factory.mktemp("cli")
     vocab = write_test_sentencepiece(root, vocab_size=96)
-    config = tiny_config(vocab_size=128, feed_forward="relu", tie_word_embeddings=True)
+    config = make_tiny_t5_config(vocab_size=128, feed_forward="relu", tie_word_embeddings=True)
     reference = make_hf_reference(config, seed=0)
     reference.save_pretrained(root / "hf")
     shutil.copyfile(vocab, root / "hf" / "spiece.model")

@@ -9,7 +9,7 @@ import pytest
 from flan_jax.models import t5
 from flan_jax.models.config import T5Config
 from flan_jax.models.hf_convert import hf_state_dict_from_params, params_from_hf_state_dict
-from flan_jax.testing.models import tiny_config
+from flan_jax.testing.models import make_tiny_t5_config
 
 
 def _scanned_copy(params, config):
@@ -19,7 +19,7 @@ def _scanned_copy(params, config):
 
 
 def test_packed_rows_equal_examples_run_alone():
-    config = tiny_config()
+    config = make_tiny_t5_config(num_encoder_layers=2, num_decoder_layers=2)
     params = t5.init_params(config, jax.random.key(0))
     model = t5.EncoderDecoder(config)
     examples = [([5, 9, 13, 4, 1], [0, 7, 8, 11]), ([6, 22, 31, 17, 40, 1], [0, 19, 3])]
@@ -47,7 +47,7 @@ def test_packed_rows_equal_examples_run_alone():
 
 @pytest.mark.parametrize("remat_policy", ["none", "full", "dots_no_batch"])
 def test_scanned_layers_give_the_same_logits_and_gradients(remat_policy):
-    config = tiny_config(num_encoder_layers=3, num_decoder_layers=2)
+    config = make_tiny_t5_config(num_encoder_layers=3, num_decoder_layers=2)
     params = t5.init_params(config, jax.random.key(1))
     scanned_config = config.replace(scan_layers=True, remat_policy=remat_policy)
     scanned = _scanned_copy(params, config)
@@ -70,7 +70,7 @@ def test_scanned_layers_give_the_same_logits_and_gradients(remat_policy):
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_hidden_times_output_kernel_equals_logits(tied):
-    config = tiny_config(tie_word_embeddings=tied)
+    config = make_tiny_t5_config(tie_word_embeddings=tied)
     params = t5.init_params(config, jax.random.key(2))
     model = t5.EncoderDecoder(config)
     enc, dec = jnp.array([[3, 9, 27, 1]]), jnp.array([[0, 5, 6]])
@@ -82,7 +82,7 @@ def test_hidden_times_output_kernel_equals_logits(tied):
 
 
 def test_dropout_is_active_only_when_enabled():
-    config = tiny_config(dropout_rate=0.3)
+    config = make_tiny_t5_config(dropout_rate=0.3)
     params = t5.init_params(config, jax.random.key(3))
     model = t5.EncoderDecoder(config)
     enc, dec = jnp.array([[3, 9, 27, 1]]), jnp.array([[0, 5, 6]])
@@ -95,7 +95,7 @@ def test_dropout_is_active_only_when_enabled():
 
 
 def test_bfloat16_activations_keep_float32_params_and_logits():
-    config = tiny_config(dtype="bfloat16")
+    config = make_tiny_t5_config(dtype="bfloat16")
     params = t5.init_params(config, jax.random.key(4))
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
     logits = t5.EncoderDecoder(config).apply({"params": params}, jnp.array([[3, 9, 1]]),
@@ -108,7 +108,7 @@ def test_bfloat16_activations_keep_float32_params_and_logits():
 
 
 def test_param_logical_axes_follow_t5x_names():
-    axes = t5.param_logical_axes(tiny_config())
+    axes = t5.param_logical_axes(make_tiny_t5_config())
     assert tuple(axes["token_embedder"]["embedding"]) == ("vocab", "embed")
     layer = axes["encoder"]["layers_0"]
     assert tuple(layer["attention"]["query"]["kernel"]) == ("embed", "heads", "kv")
@@ -116,7 +116,7 @@ def test_param_logical_axes_follow_t5x_names():
     assert tuple(layer["mlp"]["wo"]["kernel"]) == ("mlp", "embed")
     assert tuple(axes["decoder"]["logits_dense"]["kernel"]) == ("embed", "vocab")
     assert tuple(axes["decoder"]["relpos_bias"]["rel_embedding"]) == ("heads", "relpos_buckets")
-    scanned = t5.param_logical_axes(tiny_config(scan_layers=True))
+    scanned = t5.param_logical_axes(make_tiny_t5_config(scan_layers=True))
     assert tuple(scanned["decoder"]["layers"]["mlp"]["wi_0"]["kernel"]) == (
         "layers", "embed", "mlp")
 
@@ -129,11 +129,11 @@ def test_param_logical_axes_follow_t5x_names():
 ])
 def test_config_rejects_bad_fields_by_name(field, value, message):
     with pytest.raises(ValueError, match=message):
-        tiny_config(**{field: value})
+        make_tiny_t5_config(**{field: value})
 
 
 def test_config_json_round_trip_and_unknown_keys():
-    config = tiny_config(scan_layers=True)
+    config = make_tiny_t5_config(scan_layers=True)
     assert T5Config.from_json(config.to_json()) == config
     with pytest.raises(ValueError, match=r"x.json: unknown T5Config field\(s\) \['d_model'\]"):
         T5Config.from_dict({"d_model": 3}, source="x.json")

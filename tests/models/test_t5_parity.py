@@ -9,7 +9,7 @@ from flan_jax.models import t5
 from flan_jax.models.hf_convert import hf_state_dict_from_params, params_from_hf_state_dict
 from flan_jax.models.layers import relative_position_bucket
 from flan_jax.testing.models import (PARITY_CONFIGS, hf_state_dict_numpy, make_hf_reference,
-                                     tiny_config)
+                                     make_tiny_t5_config)
 
 torch = pytest.importorskip("torch", reason="torch is the reference implementation")
 pytest.importorskip("transformers", reason="transformers is the reference implementation")
@@ -29,7 +29,7 @@ def _batch(config, *, seed: int = 0, enc_len: int = 23, dec_len: int = 9):
 
 @pytest.mark.parametrize("name", sorted(PARITY_CONFIGS))
 def test_logits_match_transformers(name):
-    config = tiny_config(**PARITY_CONFIGS[name])
+    config = make_tiny_t5_config(**PARITY_CONFIGS[name])
     reference = make_hf_reference(config, seed=1)
     params = params_from_hf_state_dict(hf_state_dict_numpy(reference), config)
     enc, dec = _batch(config)
@@ -58,7 +58,7 @@ def test_relative_position_buckets_match_transformers(bidirectional, num_buckets
 
 @pytest.mark.parametrize("name", ["gated_untied_odd_heads", "relu_tied"])
 def test_hf_round_trip_is_exact(name):
-    config = tiny_config(**PARITY_CONFIGS[name])
+    config = make_tiny_t5_config(**PARITY_CONFIGS[name])
     original = hf_state_dict_numpy(make_hf_reference(config, seed=2))
     exported = hf_state_dict_from_params(params_from_hf_state_dict(original, config), config)
     # The per-stack embedding entries are aliases of shared.weight; T5 1.0 has no lm_head.
@@ -71,7 +71,7 @@ def test_hf_round_trip_is_exact(name):
 
 
 def test_round_trip_through_scanned_layout_is_exact():
-    config = tiny_config(**PARITY_CONFIGS["gated_untied_odd_heads"])
+    config = make_tiny_t5_config(**PARITY_CONFIGS["gated_untied_odd_heads"])
     original = hf_state_dict_numpy(make_hf_reference(config, seed=3))
     scanned = config.replace(scan_layers=True)
     params = params_from_hf_state_dict(original, scanned)
@@ -82,7 +82,7 @@ def test_round_trip_through_scanned_layout_is_exact():
 
 
 def test_mismatched_weights_name_the_tensor():
-    config = tiny_config(**PARITY_CONFIGS["relu_tied"])
+    config = make_tiny_t5_config(**PARITY_CONFIGS["relu_tied"])
     state = hf_state_dict_numpy(make_hf_reference(config))
     with pytest.raises(ValueError, match="missing encoder.block.3"):
         params_from_hf_state_dict(state, config.replace(num_encoder_layers=4))
@@ -106,7 +106,7 @@ def _hf_greedy(reference, enc, max_len):
 def test_greedy_decode_matches_transformers_generate(name):
     from flan_jax.models.decoding import greedy_decode
 
-    config = tiny_config(**PARITY_CONFIGS[name])
+    config = make_tiny_t5_config(**PARITY_CONFIGS[name])
     reference = make_hf_reference(config, seed=4)
     enc, _ = _batch(config, seed=5, enc_len=11)
     max_len = 10
@@ -127,7 +127,7 @@ def test_greedy_decode_matches_transformers_generate(name):
 def test_score_targets_matches_transformers_log_likelihood():
     from flan_jax.models.decoding import score_targets
 
-    config = tiny_config(**PARITY_CONFIGS["gated_untied_odd_heads"])
+    config = make_tiny_t5_config(**PARITY_CONFIGS["gated_untied_odd_heads"])
     reference = make_hf_reference(config, seed=6)
     params = params_from_hf_state_dict(hf_state_dict_numpy(reference), config)
     enc, targets = _batch(config, seed=7)
@@ -151,7 +151,7 @@ def test_untied_export_loads_in_transformers(tmp_path):
 
     from flan_jax.models.hf_convert import load_hf_directory, save_hf_directory
 
-    config = tiny_config(**PARITY_CONFIGS["gated_untied_odd_heads"])
+    config = make_tiny_t5_config(**PARITY_CONFIGS["gated_untied_odd_heads"])
     params = t5.init_params(config, jax.random.key(0))
     save_hf_directory(tmp_path / "hf", params=params, config=config)
     reloaded = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()

@@ -12,6 +12,7 @@ import pytest
 
 from flan_jax.models import t5
 from flan_jax.testing import training
+from flan_jax.testing.models import make_tiny_t5_config
 from flan_jax.training import losses
 
 ENC_LEN, DEC_LEN = 16, 10
@@ -20,7 +21,7 @@ LOSS = losses.LossConfig(z_loss=1e-4, label_smoothing=0.1)
 
 @pytest.fixture(scope="module")
 def model_and_params():
-    config = training.make_tiny_t5_config()
+    config = make_tiny_t5_config()
     return t5.T5Model(config), t5.init_params(config, jax.random.key(3))
 
 

@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from flan_jax.models import t5
 from flan_jax.testing import training
+from flan_jax.testing.models import make_tiny_t5_config
 from flan_jax.training import adafactor, partitioning, train_state
 
 R1 = partitioning.get_logical_axis_rules("1d")
@@ -60,7 +61,7 @@ GOLDEN = {
 
 @pytest.mark.parametrize("preset, column", [("1d", 0), ("2d", 1)])
 def test_t5_parameter_specs_are_golden(preset, column):
-    config = training.make_tiny_t5_config()
+    config = make_tiny_t5_config()
     axes = t5.param_logical_axes(config)
     specs = nn.logical_to_mesh(axes, partitioning.get_logical_axis_rules(preset))
     flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(specs)[0]}
@@ -81,7 +82,7 @@ def test_activation_and_batch_specs():
 
 def test_adafactor_state_specs_on_the_mesh():
     """Factored statistics shard like the dims they keep (here with the 2-D rules)."""
-    config = training.make_tiny_t5_config(emb_dim=128, mlp_dim=256, num_heads=4, head_dim=32)
+    config = make_tiny_t5_config(emb_dim=128, mlp_dim=256, num_heads=4, head_dim=32)
     axes = t5.param_logical_axes(config)
     opt = adafactor.make_adafactor(1e-3, param_axes=axes)
     state_axes = train_state.get_train_state_logical_axes(t5.abstract_params(config), axes, opt)

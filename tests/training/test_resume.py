@@ -19,7 +19,7 @@ N_STEPS = 3
 def train_tiny(model_dir: str, train_steps: int):
     """The run both legs share: tiny T5 with dropout on the demo mixture, checkpoint each step."""
     from flan_jax.tasks import demo
-    from flan_jax.testing.training import make_tiny_t5_config
+    from flan_jax.testing.models import make_tiny_t5_config
     from flan_jax.training import checkpointing, evaluation, metrics, trainer
 
     return trainer.train(
@@ -43,7 +43,7 @@ def train_tiny(model_dir: str, train_steps: int):
 
 def _read_data_state(model_dir: str, result):
     from flan_jax.tasks import demo
-    from flan_jax.testing.training import make_tiny_t5_config
+    from flan_jax.testing.models import make_tiny_t5_config
     from flan_jax.training import checkpointing
 
     manager = checkpointing.TrainCheckpointManager(

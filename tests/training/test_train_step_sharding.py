@@ -18,6 +18,7 @@ import pytest
 
 from flan_jax.models import t5
 from flan_jax.testing import training
+from flan_jax.testing.models import make_tiny_t5_config
 from flan_jax.training import losses, train_step
 
 SCRIPT = str(pathlib.Path(__file__).with_name("run_sharded_training.py"))
@@ -83,7 +84,7 @@ def test_step_metrics_match_a_direct_computation(skip_trainer):
     trainer, run = skip_trainer
     batch = run.make_batch(0)
     _, metrics = trainer.step(trainer.state, trainer.global_batch(batch))
-    model = t5.EncoderDecoder(training.make_tiny_t5_config())
+    model = t5.EncoderDecoder(make_tiny_t5_config())
 
     def loss_fn(params):
         hidden = model.apply({"params": params}, batch["encoder_input_tokens"],

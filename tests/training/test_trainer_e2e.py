@@ -9,7 +9,7 @@ import pytest
 
 from flan_jax import checkpoints
 from flan_jax.tasks import demo
-from flan_jax.testing.training import make_tiny_t5_config
+from flan_jax.testing.models import make_tiny_t5_config
 from flan_jax.training import checkpointing, evaluation, metrics, trainer
 
 LENGTHS = {"inputs": 64, "targets": 32}

@@ -16,6 +16,7 @@ from flan_jax.models import t5
 from flan_jax.models.interface import Model
 from flan_jax.testing import models as testing_models
 from flan_jax.testing import training
+from flan_jax.testing.models import make_tiny_t5_config
 from flan_jax.training import checkpointing, losses, metrics, train_step, trainer
 
 RUN = training.TinyRun(batch_size=4, num_steps=6)
@@ -29,7 +30,7 @@ def vocabulary(tmp_path_factory):
 
 def _fit(model_dir, vocabulary, *, model=None, source=None, steps=RUN.num_steps, log_period=3,
          on_nonfinite="raise", loss=RUN.loss):
-    model = model or t5.T5Model(training.make_tiny_t5_config())
+    model = model or t5.T5Model(make_tiny_t5_config())
     return trainer.fit(
         model=model, batch_source=source or training.SyntheticBatches(RUN),
         vocabulary=vocabulary, model_dir=str(model_dir), train_steps=steps,
@@ -51,7 +52,7 @@ def _nan_batch():
 
 def test_synthetic_batches_are_a_batch_source():
     assert isinstance(training.SyntheticBatches(RUN), BatchSource)
-    assert isinstance(t5.T5Model(training.make_tiny_t5_config()), Model)
+    assert isinstance(t5.T5Model(make_tiny_t5_config()), Model)
 
 
 def test_nonfinite_step_stops_the_run_at_the_logging_step_naming_it(tmp_path, vocabulary):
