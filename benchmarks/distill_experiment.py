@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import tempfile
@@ -47,7 +48,7 @@ import numpy as np
 from matplotlib.figure import Figure  # The object API: no pyplot state, no display backend.
 
 from flan_jax.data import file_io
-from flan_jax.distill import alignment, formats, student_training, targets, teacher_generation
+from flan_jax.distill import alignment, formats, targets, teacher_generation
 from flan_jax.distill.kl_loss import SPARSE_KL
 from flan_jax.distill.teacher_store import TeacherStore, TeacherStoreWriter
 from flan_jax.evaluation import answers
@@ -56,7 +57,7 @@ from flan_jax.evaluation.splits import normalise_question
 from flan_jax.models import decoding, t5
 from flan_jax.models.config import T5Config
 from flan_jax.tasks.demo import generators, get_demo_vocabulary
-from flan_jax.training import adafactor, losses
+from flan_jax.training import adafactor, checkpointing, losses, metrics, trainer
 
 MODES = ("answer_only", "sample_matching", "distribution_matching")
 _LOG = logging.getLogger(__name__)
@@ -152,10 +153,30 @@ def _model_config(dims: Sequence[int], vocab_size: int) -> T5Config:
                     dropout_rate=0.0, dtype="float32")
 
 
-def _train_config(cfg: ExperimentConfig, steps: int, loss: losses.LossConfig):
-    return student_training.StudentTrainConfig(
-        num_steps=steps, learning_rate=cfg.learning_rate, loss=loss, seed=cfg.seed,
-        optimizer=adafactor.AdafactorConfig(min_dim_size_to_factor=32))
+LOG_PERIOD = 10
+
+
+def _fit(cfg: ExperimentConfig, vocabulary, examples, model_config: T5Config, *,
+         model_dir: str, steps: int, loss: losses.LossConfig, evaluator=None,
+         eval_period: int = 0) -> tuple[trainer.TrainResult, list[tuple[int, float]]]:
+    """One run through the one trainer; returns its result and the logged loss curve."""
+    batches = targets.DistillationBatches(examples, batch_size=cfg.batch_size,
+                                          inputs_length=cfg.inputs_length,
+                                          targets_length=cfg.targets_length, seed=cfg.seed)
+    result = trainer.fit(
+        model=t5.T5Model(model_config), batch_source=batches, vocabulary=vocabulary,
+        model_dir=model_dir, train_steps=steps, batch_size=cfg.batch_size,
+        feature_lengths={"inputs": cfg.inputs_length, "targets": cfg.targets_length},
+        learning_rate=cfg.learning_rate, seed=cfg.seed, loss_config=loss,
+        optimizer_config=adafactor.AdafactorConfig(min_dim_size_to_factor=32),
+        checkpoint_config=checkpointing.CheckpointConfig(period=steps, keep=1),
+        metrics_config=metrics.MetricsConfig(log_period=min(LOG_PERIOD, steps),
+                                             tensorboard=False),
+        evaluator=evaluator, eval_period=eval_period)
+    with open(os.path.join(model_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        curve = [(line["step"], line["train/loss"]) for line in map(json.loads, f)
+                 if "train/loss" in line]
+    return result, curve
 
 
 def evaluate_accuracy(model_config: T5Config, params: Any, vocabulary, problems, *,
@@ -171,20 +192,14 @@ def evaluate_accuracy(model_config: T5Config, params: Any, vocabulary, problems,
 
 
 def train_teacher(cfg: ExperimentConfig, vocabulary, train: Sequence[MathExample],
-                  model_config: T5Config) -> tuple[Any, list[float]]:
+                  model_config: T5Config, work_dir: str) -> tuple[Any, list[float]]:
     """The teacher: gold zero-shot CoT, cross-entropy."""
     examples = targets.build_gold_examples(train, vocabulary, ratios={formats.ZS_COT: 1.0},
                                            seed=cfg.seed)
-    trainer = student_training.build_student_trainer(
-        model_config,
-        _train_config(cfg, cfg.teacher_steps,
-                      losses.LossConfig(chunk_size=512, normalization=_PER_TOKEN)))
-    batches = targets.iterate_batches(examples, batch_size=cfg.batch_size,
-                                      inputs_length=cfg.inputs_length,
-                                      targets_length=cfg.targets_length, seed=cfg.seed)
-    history = student_training.run_student_training(trainer, batches,
-                                                    num_steps=cfg.teacher_steps)
-    return jax.tree.map(np.asarray, trainer.params), history["loss"]
+    result, curve = _fit(cfg, vocabulary, examples, model_config,
+                         model_dir=os.path.join(work_dir, "teacher"), steps=cfg.teacher_steps,
+                         loss=losses.LossConfig(chunk_size=512, normalization=_PER_TOKEN))
+    return jax.tree.map(np.asarray, result.state.params), [loss for _, loss in curve]
 
 
 def _student_examples(mode: str, cfg: ExperimentConfig, vocabulary, train, store,
@@ -198,29 +213,24 @@ def _student_examples(mode: str, cfg: ExperimentConfig, vocabulary, train, store
 
 
 def train_student(mode: str, cfg: ExperimentConfig, vocabulary, examples, heldout,
-                  model_config: T5Config) -> dict[str, Any]:
-    """One student: loss at every step and held-out accuracy at evenly spaced steps."""
+                  model_config: T5Config, work_dir: str) -> dict[str, Any]:
+    """One student: its logged loss curve and held-out accuracy at evenly spaced steps."""
     kind = SPARSE_KL if mode == "distribution_matching" else "cross_entropy"
     loss = losses.LossConfig(kind=kind, chunk_size=512, normalization=_PER_TOKEN)
-    trainer = student_training.build_student_trainer(
-        model_config, _train_config(cfg, cfg.student_steps, loss))
-    eval_steps = sorted({round(cfg.student_steps * (i + 1) / cfg.num_evals)
-                         for i in range(cfg.num_evals)})
-    accuracy: dict[int, float] = {}
 
-    def evaluate(step: int, params: Any) -> None:
-        accuracy[step] = evaluate_accuracy(model_config, params, vocabulary, heldout,
-                                           format_name=_FORMAT_OF_MODE[mode], cfg=cfg)
+    def evaluate(params: Any) -> dict[str, float]:
+        return {"heldout_accuracy": evaluate_accuracy(
+            model_config, params, vocabulary, heldout, format_name=_FORMAT_OF_MODE[mode],
+            cfg=cfg)}
 
-    batches = targets.iterate_batches(examples, batch_size=cfg.batch_size,
-                                      inputs_length=cfg.inputs_length,
-                                      targets_length=cfg.targets_length, seed=cfg.seed)
     start = time.perf_counter()
-    history = student_training.run_student_training(
-        trainer, batches, num_steps=cfg.student_steps, callback=evaluate,
-        callback_steps=set(eval_steps))
-    return {"loss": history["loss"], "token_accuracy": history["accuracy"],
-            "heldout_accuracy": {str(s): a for s, a in accuracy.items()},
+    result, curve = _fit(cfg, vocabulary, examples, model_config,
+                         model_dir=os.path.join(work_dir, mode), steps=cfg.student_steps,
+                         loss=loss, evaluator=evaluate,
+                         eval_period=max(1, cfg.student_steps // cfg.num_evals))
+    return {"loss_steps": [step for step, _ in curve], "loss": [value for _, value in curve],
+            "heldout_accuracy": {str(step): scalars["heldout_accuracy"]
+                                 for step, scalars in result.eval_history},
             "num_train_examples": len(examples), "seconds": time.perf_counter() - start}
 
 
@@ -252,7 +262,7 @@ def format_table(results: dict[str, Any]) -> str:
             continue
         accs = [f"{r['heldout_accuracy'].get(str(s), float('nan')):.3f}" for s in steps]
         lines.append("| " + " | ".join([mode, str(r["num_train_examples"])] + accs + [
-            f"{np.mean(r['loss'][-10:]):.4f}", f"{r['seconds']:.0f}"]) + " |")
+            f"{r['loss'][-1]:.4f}", f"{r['seconds']:.0f}"]) + " |")
     teacher = results["teacher"]
     teacher_line = (
         f"Teacher ({teacher['num_train_problems']} training problems, none of them a student "
@@ -260,8 +270,9 @@ def format_table(results: dict[str, Any]) -> str:
         f"greedy); kept {teacher['num_kept']} of {teacher['num_samples']} samples "
         f"({teacher['kept_rate']:.1%}); alignment fallback rate "
         f"{results['alignment_fallback_rate']:.2%}.")
-    loss_line = ("Final train loss = mean of the last 10 steps; the modes' losses are different "
-                 "quantities (answer-only NLL, sample NLL, KL to the teacher).")
+    loss_line = (f"Final train loss = mean of the last {LOG_PERIOD} steps; the modes' losses "
+                 "are different quantities (answer-only NLL, sample NLL, KL to the teacher). "
+                 f"Teacher samples drawn at temperature {results['config']['temperature']}.")
     lines += ["", teacher_line, loss_line]
     return "\n".join(lines) + "\n"
 
@@ -273,7 +284,7 @@ def plot_results(results: dict[str, Any], path: str) -> None:
     for mode, r in results["students"].items():
         if "skipped" in r:
             continue
-        ax_loss.plot(np.arange(1, len(r["loss"]) + 1), r["loss"], label=mode)
+        ax_loss.plot(r["loss_steps"], r["loss"], label=mode)
         steps = sorted(int(s) for s in r["heldout_accuracy"])
         ax_acc.plot(steps, [r["heldout_accuracy"][str(s)] for s in steps], marker="o",
                     label=mode)
@@ -304,7 +315,7 @@ def run_experiment(*, out_dir: str, work_dir: str | None = None,
     student_config = _model_config(cfg.student_dims, vocab_size)
     start = time.perf_counter()
     teacher_params, teacher_loss = train_teacher(cfg, vocabulary, teacher_train,
-                                                 teacher_config)
+                                                 teacher_config, work_dir)
     teacher_accuracy = evaluate_accuracy(teacher_config, teacher_params, vocabulary, heldout,
                                          format_name=formats.ZS_COT, cfg=cfg)
     _LOG.info("teacher: final loss %.4f, held-out accuracy %.3f", teacher_loss[-1],
@@ -322,7 +333,8 @@ def run_experiment(*, out_dir: str, work_dir: str | None = None,
             students[mode] = {"skipped": "no training examples (the teacher kept no sample)"}
             _LOG.info("%s: skipped, no training examples", mode)
             continue
-        students[mode] = train_student(mode, cfg, vocabulary, examples, heldout, student_config)
+        students[mode] = train_student(mode, cfg, vocabulary, examples, heldout, student_config,
+                                       work_dir)
         _LOG.info("%s: held-out accuracy %s", mode, students[mode]["heldout_accuracy"])
     results = {
         "config": dataclasses.asdict(cfg),
@@ -350,12 +362,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="cpu", choices=sorted(_PRESETS))
     parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="teacher sampling temperature (default: the preset's)")
+    parser.add_argument("--name", default="distill_experiment", help="output file stem")
     parser.add_argument("--work_dir", default=None,
                         help="teacher store (default: a new temporary directory)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = run_experiment(out_dir=args.out_dir, work_dir=args.work_dir,
-                            config=get_preset(args.preset))
+    config = get_preset(args.preset)
+    if args.temperature is not None:
+        config = dataclasses.replace(config, temperature=args.temperature)
+    result = run_experiment(out_dir=args.out_dir, work_dir=args.work_dir, config=config,
+                            name=args.name)
     with open(result.table_path, encoding="utf-8") as f:
         print(f.read())
 
