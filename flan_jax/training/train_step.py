@@ -128,12 +128,15 @@ def _split_microbatches(batch: Batch, num_microbatches: int, batch_sharding: Nam
 class _GradientComputer:
     """Loss and gradient of one microbatch, and their accumulation over microbatches."""
 
-    def __init__(self, forward, output_kernel_fn, loss_config, num_microbatches, batch_sharding):
+    def __init__(
+        self, forward, output_kernel_fn, loss_config, num_microbatches, batch_sharding, rules
+    ):
         self._forward = forward
         self._output_kernel_fn = output_kernel_fn
         self._loss_config = loss_config
         self._num_microbatches = num_microbatches
         self._batch_sharding = batch_sharding
+        self._rules = rules
 
     def _loss(self, params, microbatch, weights, factor, rng):
         hidden = self._forward(params, microbatch, rng)
@@ -144,6 +147,8 @@ class _GradientComputer:
             self._loss_config,
             weights=weights,
             factor=factor,
+            mesh=self._batch_sharding.mesh,
+            rules=self._rules,
         )
         return stats.loss, stats
 
@@ -317,7 +322,7 @@ def make_train_step(
     """
     batch_sharding = _batch_sharding(mesh, rules)
     compute_gradients = _GradientComputer(
-        forward, output_kernel_fn, loss_config, config.num_microbatches, batch_sharding
+        forward, output_kernel_fn, loss_config, config.num_microbatches, batch_sharding, rules
     )
     step_fn = _build_step_fn(compute_gradients, optimizer, loss_config, config)
     return TrainStep(step_fn, mesh, rules, state_shardings, config)

@@ -131,7 +131,7 @@ def test_bad_config_and_unknown_kind_are_clear_errors():
 
 def test_registered_kind_is_used():
     """A new kind (as distillation adds) plugs in through the registry and shares weighting."""
-    def constant_loss(hidden, kernel, batch, config):
+    def constant_loss(hidden, kernel, batch, config, *, vocab_sharding):
         ones = jnp.ones(batch["decoder_target_tokens"].shape)
         return losses.TokenLosses(ones * config.kind_options["value"], 0 * ones, ones > 0)
 
