@@ -23,6 +23,13 @@ All losses come from one statistics primitive (`_chunked_stats`) and plain JAX a
 its small outputs, so autodiff through the arithmetic plus the primitive's custom VJP gives
 exact gradients. Math is f32 whatever the dtype of `hidden` and `kernel`; gradients are
 returned in the input dtypes.
+
+When the kernel's vocabulary is split over mesh axes (`VocabSharding`), a `dynamic_slice`
+over the whole vocabulary would make XLA all-gather the `[d, V]` kernel. Instead the same
+primitive runs per shard inside `jax.shard_map` on that shard's `[d, V / shards]` columns,
+and the per-token statistics are combined across shards (`_combine_shard_stats`): a
+logsumexp of the shards' logsumexps, the target logit from the shard that owns the id, the
+argmax from the shard with the largest logit. The backward pass stays per shard as well.
 """
 from __future__ import annotations
 
@@ -229,7 +236,8 @@ class VocabSharding:
         return math.prod(self.mesh.shape[a] for a in self.axes)
 
 
-def _combine_shard_stats(local: _ChunkStats, offset: jax.Array, axes) -> _ChunkStats:
+def _combine_shard_stats(local: _ChunkStats, offset: jax.Array,
+                         axes: tuple[str, ...]) -> _ChunkStats:
     """Statistics of the whole vocabulary from each shard's (inside `shard_map`).
 
     The logsumexp is rescaled by the largest shard's value (a constant for autodiff, as in
@@ -260,8 +268,8 @@ def _sharded_stats(plan: _ChunkPlan, sharding: VocabSharding, hidden, kernel, id
     if plan.vocab_size % shards:
         raise ValueError(
             f"the vocabulary ({plan.vocab_size}) must split evenly over the {shards} shards of "
-            f"mesh axes {axes}; pad the output layer to a multiple of {shards} (T5's 32128 "
-            f"splits into up to 128 shards) or shrink those mesh axes.")
+            f"mesh axes {axes}; pad the output layer to a multiple of {shards} (T5's "
+            f"32128 = 2**7 * 251 splits into 2, 4, ..., 128 shards) or shrink those mesh axes.")
     local_vocab = plan.vocab_size // shards
     local_plan = dataclasses.replace(plan, vocab_size=local_vocab,
                                      chunk_size=min(plan.chunk_size, local_vocab))

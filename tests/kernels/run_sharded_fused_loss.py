@@ -6,7 +6,8 @@ line it writes ``<name>.npz`` into ``--out`` holding, per loss case, the per-tok
 the gradients w.r.t. hidden and kernel of the sharded computation (``<case>/sharded/...``)
 and of the unsharded one on a single device (``<case>/reference/...``), plus the result
 shapes of every all-gather in the compiled loss+grad HLO, with and without vocabulary
-sharding (``hlo/<case>/sharded``, ``hlo/<case>/unsharded``).
+sharding (``hlo/<case>/sharded``, ``hlo/<case>/unsharded``), and whether the tiny T5's train
+step on the mesh (and on a data-only mesh) compiles the loss per vocabulary shard.
 
 Usage: python run_sharded_fused_loss.py --out DIR NAME=DATA,FSDP,MODEL ...
 """
@@ -23,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from flan_jax.kernels import fused_loss
 from flan_jax.testing import kernels as ref
+from flan_jax.testing import training
 from flan_jax.training import partitioning
 
 # VOCAB is no other dimension of the problem, so an all-gathered kernel is recognisable in
@@ -63,7 +65,7 @@ def _make_problem(seed: int = 0) -> dict[str, np.ndarray]:
 
 def _loss_cases(p: dict[str, np.ndarray]):
     """name -> (fn(hidden, kernel, vocab_sharding) -> dict of per-token outputs, int data?)."""
-    chunked = dict(chunk_size=CHUNK_SIZE)
+    chunked = {"chunk_size": CHUNK_SIZE}
 
     def cross_entropy(h, w, vs, targets=p["targets"]):
         out = fused_loss.cross_entropy_from_hidden(
@@ -158,6 +160,16 @@ def _run_mesh(sizes: tuple[int, int, int], problem, cases) -> dict[str, np.ndarr
     return results
 
 
+def _train_step_runs_per_vocab_shard(sizes: tuple[int, int, int]) -> bool:
+    """Whether the tiny T5's compiled train step on this mesh holds the loss's shard_map."""
+    run = training.TinyRun(mesh=partitioning.MeshConfig(*sizes), rules="2d")
+    trainer = training.make_tiny_trainer(run, jax.devices()[: int(np.prod(sizes))])
+    batch = trainer.global_batch(run.make_batch(0))
+    with trainer.step.context():
+        hlo = trainer.step.jitted.lower(trainer.state, batch).compile().as_text()
+    return "shard_map" in hlo
+
+
 def _indivisible_vocab_error(model: int) -> str:
     """The error message of a vocabulary that does not split over ``model`` shards."""
     mesh = partitioning.make_mesh(partitioning.MeshConfig(1, 1, model), jax.devices()[:model])
@@ -183,6 +195,11 @@ def main() -> None:
         data, fsdp, model = (int(s) for s in sizes.split(","))
         results = _run_mesh((data, fsdp, model), problem, cases)
         results["indivisible_vocab_error"] = np.asarray(_indivisible_vocab_error(model))
+        results["train_step_shard_map"] = np.asarray(
+            _train_step_runs_per_vocab_shard((data, fsdp, model)))
+        # The same check on a mesh without a model axis, where the loss must not shard_map.
+        results["data_only_train_step_shard_map"] = np.asarray(
+            _train_step_runs_per_vocab_shard((data * fsdp * model, 1, 1)))
         np.savez(pathlib.Path(args.out) / f"{name}.npz", **results)
 
 

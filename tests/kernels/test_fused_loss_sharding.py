@@ -21,7 +21,8 @@ CASES = ("cross_entropy", "sparse_kl_drop", "sparse_kl_renormalize", "sparse_kl_
          "dense_kl", "token_logprobs", "argmax_ties")
 HLO_CASES = ("cross_entropy", "sparse_kl_residual")
 VOCAB = 512  # as in the script; no other dimension of the problem has this size
-TOL = dict(rtol=1e-5, atol=1e-5)
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+pytestmark = pytest.mark.slow  # one 8-device subprocess, about 2 minutes on 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +77,10 @@ def test_indivisible_vocabulary_is_a_clear_error(mesh_results):
     message = str(mesh_results["data2_model4"]["indivisible_vocab_error"])
     assert "vocabulary (511) must split evenly over the 4 shards" in message
     assert "pad the output layer to a multiple of 4" in message
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_train_step_computes_the_loss_per_vocab_shard(mesh_results, mesh):
+    """The train step passes its mesh and rules on, so the loss takes the sharded path."""
+    assert bool(mesh_results[mesh]["train_step_shard_map"])
+    assert not bool(mesh_results[mesh]["data_only_train_step_shard_map"])
