@@ -43,7 +43,8 @@ _OPTIONS = ("missing_mass", "temperature")
 
 
 def sparse_kl_token_loss(hidden: jax.Array, kernel: jax.Array, batch: Mapping[str, jax.Array],
-                         config: losses.LossConfig) -> losses.TokenLosses:
+                         config: losses.LossConfig, *,
+                         vocab_sharding: fused_loss.VocabSharding | None) -> losses.TokenLosses:
     """Per-token KL(teacher || student) from ``batch["teacher_ids"/"teacher_logprobs"]``.
 
     Args:
@@ -51,6 +52,7 @@ def sparse_kl_token_loss(hidden: jax.Array, kernel: jax.Array, batch: Mapping[st
       kernel: ``[embed, vocab]`` output projection.
       batch: features including :data:`TEACHER_IDS` and :data:`TEACHER_LOGPROBS`.
       config: the loss options; ``kind_options`` as in the module docstring.
+      vocab_sharding: how the kernel's vocabulary is split over the mesh (None: not split).
 
     Returns:
       Unweighted :class:`~flan_jax.training.losses.TokenLosses` (KL plus z-loss).
@@ -71,10 +73,11 @@ def sparse_kl_token_loss(hidden: jax.Array, kernel: jax.Array, batch: Mapping[st
         missing_mass=config.kind_options.get("missing_mass", "drop"),
         temperature=float(config.kind_options.get("temperature", 1.0)),
         chunk_size=config.chunk_size,
+        vocab_sharding=vocab_sharding,
     )
     ce = fused_loss.cross_entropy_from_hidden(
         hidden, kernel, batch["decoder_target_tokens"], z_loss=config.z_loss,
-        chunk_size=config.chunk_size)
+        chunk_size=config.chunk_size, vocab_sharding=vocab_sharding)
     return losses.TokenLosses(kl + ce.z_loss, ce.z_loss, ce.correct)
 
 

@@ -23,15 +23,24 @@ All losses come from one statistics primitive (`_chunked_stats`) and plain JAX a
 its small outputs, so autodiff through the arithmetic plus the primitive's custom VJP gives
 exact gradients. Math is f32 whatever the dtype of `hidden` and `kernel`; gradients are
 returned in the input dtypes.
+
+When the kernel's vocabulary is split over mesh axes (`VocabSharding`), a `dynamic_slice`
+over the whole vocabulary would make XLA all-gather the `[d, V]` kernel. Instead the same
+primitive runs per shard inside `jax.shard_map` on that shard's `[d, V / shards]` columns,
+and the per-token statistics are combined across shards (`_combine_shard_stats`): a
+logsumexp of the shards' logsumexps, the target logit from the shard that owns the id, the
+argmax from the shard with the largest logit. The backward pass stays per shard as well.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 DEFAULT_CHUNK_SIZE = 4096
 MISSING_MASS_MODES = ("drop", "renormalize", "residual")
@@ -72,6 +81,7 @@ class _ChunkStats(NamedTuple):
     gathered: jax.Array  # [n, k] raw logits at the requested ids
     logit_sum: jax.Array  # sum of raw logits over the vocabulary
     argmax: jax.Array  # int32 argmax of the raw logits (first index on ties)
+    max_logit: jax.Array  # the raw logit at argmax; no gradient (it only ranks vocab shards)
     teacher_cross: jax.Array  # sum_v p_teacher(v) * raw logit(v); 0 without a teacher
     teacher_neg_entropy: jax.Array  # sum_v p_teacher(v) * log p_teacher(v); 0 without a teacher
 
@@ -131,12 +141,16 @@ def _forward_stats(plan: _ChunkPlan, hidden, kernel, ids, teacher, teacher_lse) 
         carry = (new_max, run_sum, gathered, logit_sum, best, best_idx, cross, neg_ent)
         return carry, None
 
-    zeros = jnp.zeros((n,), jnp.float32)
-    init = (jnp.full((n,), -jnp.inf), zeros, jnp.zeros(ids.shape, jnp.float32), zeros,
-            jnp.full((n,), -jnp.inf), jnp.zeros((n,), jnp.int32), zeros, zeros)
+    # `full_like` (not `jnp.full`) so the carries inherit hidden's varying mesh axes when
+    # this runs per vocabulary shard inside `shard_map`; elsewhere it is the same constant.
+    zeros = jax.lax.full_like(hidden32, 0.0, shape=(n,))
+    minus_inf = jax.lax.full_like(hidden32, -jnp.inf, shape=(n,))
+    init = (minus_inf, zeros, jax.lax.full_like(hidden32, 0.0, shape=ids.shape), zeros,
+            minus_inf, jax.lax.full_like(hidden32, 0, jnp.int32, (n,)), zeros, zeros)
     carry, _ = jax.lax.scan(body, init, jnp.arange(plan.num_chunks))
-    run_max, run_sum, gathered, logit_sum, _, best_idx, cross, neg_ent = carry
-    return _ChunkStats(run_max + jnp.log(run_sum), gathered, logit_sum, best_idx, cross, neg_ent)
+    run_max, run_sum, gathered, logit_sum, best, best_idx, cross, neg_ent = carry
+    return _ChunkStats(run_max + jnp.log(run_sum), gathered, logit_sum, best_idx, best, cross,
+                       neg_ent)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -157,7 +171,9 @@ def _chunked_stats_fwd(plan, hidden, kernel, ids, teacher, teacher_lse):
 
 def _chunked_stats_bwd(plan, residuals, cotangents):
     hidden, kernel, ids, teacher, teacher_lse, lse = residuals
-    g_lse, g_gathered, g_sum, _, g_cross, _ = cotangents  # argmax and entropy carry no grad
+    # argmax, max_logit and the teacher's entropy carry no gradient.
+    g_lse, g_gathered, g_sum, g_cross = (
+        cotangents.lse, cotangents.gathered, cotangents.logit_sum, cotangents.teacher_cross)
     n, d = hidden.shape
     hidden32 = hidden.astype(jnp.float32)
     rows = jnp.arange(n)[:, None]
@@ -180,12 +196,101 @@ def _chunked_stats_bwd(plan, residuals, cotangents):
         d_kernel = jax.lax.dynamic_update_slice_in_dim(d_kernel, previous + d_block, start, 1)
         return (d_hidden, d_kernel), None
 
-    init = (jnp.zeros((n, d), jnp.float32), jnp.zeros(kernel.shape, jnp.float32))
+    init = (jax.lax.full_like(hidden32, 0.0, shape=(n, d)), jnp.zeros_like(kernel, jnp.float32))
     (d_hidden, d_kernel), _ = jax.lax.scan(body, init, jnp.arange(plan.num_chunks))
     return (d_hidden.astype(hidden.dtype), d_kernel.astype(kernel.dtype), None, None, None)
 
 
 _chunked_stats.defvjp(_chunked_stats_fwd, _chunked_stats_bwd)
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabSharding:
+    """The output kernel's vocabulary dimension is split over mesh axes.
+
+    With it the losses run the chunked pass per vocabulary shard inside `jax.shard_map`: each
+    device walks its own `[d, V / num_shards]` columns, and the shards' small statistics are
+    combined with collectives, so the `[d, V]` kernel is never all-gathered. Hidden states
+    keep whatever sharding they have over the other mesh axes (`shard_map` is manual over
+    `axes` only).
+
+    Attributes:
+      mesh: the device mesh the kernel lives on.
+      axes: the mesh axes the vocabulary dimension is split over (e.g. `("model",)`); a
+        single name is accepted and turned into a one-tuple.
+    """
+
+    mesh: jax.sharding.Mesh
+    axes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        axes = (self.axes,) if isinstance(self.axes, str) else tuple(self.axes)
+        unknown = [a for a in axes if a not in self.mesh.shape]
+        if not axes or unknown:
+            raise ValueError(f"VocabSharding.axes must be a non-empty subset of the mesh axes "
+                             f"{tuple(self.mesh.shape)}; got {self.axes!r}.")
+        object.__setattr__(self, "axes", axes)
+
+    @property
+    def num_shards(self) -> int:
+        return math.prod(self.mesh.shape[a] for a in self.axes)
+
+
+def _combine_shard_stats(local: _ChunkStats, offset: jax.Array,
+                         axes: tuple[str, ...]) -> _ChunkStats:
+    """Statistics of the whole vocabulary from each shard's (inside `shard_map`).
+
+    The logsumexp is rescaled by the largest shard's value (a constant for autodiff, as in
+    any logsumexp); an id's logit is summed from the one shard that owns it (the others hold
+    exactly 0); the argmax is the smallest global column among the shards holding the largest
+    logit, i.e. the first index on ties, as `jnp.argmax` picks.
+    """
+    psum = functools.partial(jax.lax.psum, axis_name=axes)
+    top = jax.lax.pmax(jax.lax.stop_gradient(local.lse), axes)
+    lse = top + jnp.log(psum(jnp.exp(local.lse - top)))
+    max_logit = jax.lax.pmax(jax.lax.stop_gradient(local.max_logit), axes)
+    candidate = jnp.where(local.max_logit == max_logit, local.argmax + offset,
+                          jnp.iinfo(jnp.int32).max)
+    return _ChunkStats(lse, psum(local.gathered), psum(local.logit_sum),
+                       jax.lax.pmin(candidate, axes), max_logit, psum(local.teacher_cross),
+                       psum(local.teacher_neg_entropy))
+
+
+def _sharded_stats(plan: _ChunkPlan, sharding: VocabSharding, hidden, kernel, ids, teacher,
+                   teacher_lse) -> _ChunkStats:
+    """`_chunked_stats` with the vocabulary split over `sharding.axes`, one pass per shard.
+
+    Every input is made varying over the vocabulary axes before the custom-VJP primitive, so
+    its backward pass stays per shard: each shard's kernel gradient is its own slice, and the
+    hidden-state gradient is summed over the shards by the transpose of that cast.
+    """
+    axes, shards = sharding.axes, sharding.num_shards
+    if plan.vocab_size % shards:
+        raise ValueError(
+            f"the vocabulary ({plan.vocab_size}) must split evenly over the {shards} shards of "
+            f"mesh axes {axes}; pad the output layer to a multiple of {shards} (T5's "
+            f"32128 = 2**7 * 251 splits into 2, 4, ..., 128 shards) or shrink those mesh axes.")
+    local_vocab = plan.vocab_size // shards
+    local_plan = dataclasses.replace(plan, vocab_size=local_vocab,
+                                     chunk_size=min(plan.chunk_size, local_vocab))
+    with_teacher = teacher is not None
+
+    def per_shard(hidden, kernel, ids, *teacher_args):
+        offset = jax.lax.axis_index(axes) * local_vocab
+        varying = functools.partial(jax.lax.pcast, axis_name=axes, to="varying")
+        teacher_args = ((teacher_args[0], varying(teacher_args[1])) if with_teacher
+                        else (None, None))
+        local = _chunked_stats(local_plan, varying(hidden), kernel, varying(ids) - offset,
+                               *teacher_args)
+        return _combine_shard_stats(local, offset, axes)
+
+    columns, whole = PartitionSpec(None, axes), PartitionSpec()
+    args, specs = (hidden, kernel, ids), (whole, columns, whole)
+    if with_teacher:
+        args, specs = args + (teacher, teacher_lse), specs + (columns, whole)
+    mapped = jax.shard_map(per_shard, mesh=sharding.mesh, in_specs=specs, out_specs=whole,
+                           axis_names=set(axes))
+    return mapped(*args)
 
 
 def _check_inputs(hidden: jax.Array, kernel: jax.Array, chunk_size: int, temperature: float):
@@ -202,7 +307,7 @@ def _check_inputs(hidden: jax.Array, kernel: jax.Array, chunk_size: int, tempera
 
 
 def _compute_stats(hidden, kernel, ids, *, temperature=1.0, chunk_size=DEFAULT_CHUNK_SIZE,
-                   teacher_logits=None) -> _ChunkStats:
+                   teacher_logits=None, vocab_sharding=None) -> _ChunkStats:
     """Flattens leading dimensions and runs the chunked pass; outputs are `[n]` / `[n, k]`."""
     _check_inputs(hidden, kernel, chunk_size, temperature)
     vocab = kernel.shape[1]
@@ -213,12 +318,16 @@ def _compute_stats(hidden, kernel, ids, *, temperature=1.0, chunk_size=DEFAULT_C
     if teacher_logits is not None:
         teacher = jax.lax.stop_gradient(teacher_logits.reshape(-1, vocab))
         teacher_lse = jax.nn.logsumexp(teacher.astype(jnp.float32) * plan.inv_temperature, -1)
-    return _chunked_stats(plan, flat_hidden, kernel, flat_ids, teacher, teacher_lse)
+    if vocab_sharding is None or vocab_sharding.num_shards == 1:
+        return _chunked_stats(plan, flat_hidden, kernel, flat_ids, teacher, teacher_lse)
+    return _sharded_stats(plan, vocab_sharding, flat_hidden, kernel, flat_ids, teacher,
+                          teacher_lse)
 
 
 def token_logprobs_from_hidden(hidden: jax.Array, kernel: jax.Array, ids: jax.Array, *,
                                temperature: float = 1.0,
-                               chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
+                               chunk_size: int = DEFAULT_CHUNK_SIZE,
+                               vocab_sharding: VocabSharding | None = None) -> jax.Array:
     """Chunked log-softmax of `hidden @ kernel / temperature`, read at `ids`.
 
     Args:
@@ -227,18 +336,22 @@ def token_logprobs_from_hidden(hidden: jax.Array, kernel: jax.Array, ids: jax.Ar
       ids: token ids `[..., k]` with the same leading dimensions as `hidden`.
       temperature: divides the logits before the softmax.
       chunk_size: vocabulary columns per chunk (need not divide V).
+      vocab_sharding: how the kernel's vocabulary is split over the mesh, to compute per
+        shard; None for one pass over the whole kernel.
 
     Returns:
       f32 log-probabilities `[..., k]`.
     """
-    stats = _compute_stats(hidden, kernel, ids, temperature=temperature, chunk_size=chunk_size)
+    stats = _compute_stats(hidden, kernel, ids, temperature=temperature, chunk_size=chunk_size,
+                           vocab_sharding=vocab_sharding)
     logprobs = stats.gathered / temperature - stats.lse[:, None]
     return logprobs.reshape(ids.shape)
 
 
 def cross_entropy_from_hidden(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, *,
                               z_loss: float = 0.0, label_smoothing: float = 0.0,
-                              chunk_size: int = DEFAULT_CHUNK_SIZE) -> CrossEntropyOutput:
+                              chunk_size: int = DEFAULT_CHUNK_SIZE,
+                              vocab_sharding: VocabSharding | None = None) -> CrossEntropyOutput:
     """Per-token cross-entropy with z-loss and label smoothing, from hidden states.
 
     Follows the t5x convention: with label smoothing `s` the target puts `1 - s` on the gold
@@ -253,6 +366,8 @@ def cross_entropy_from_hidden(hidden: jax.Array, kernel: jax.Array, targets: jax
       z_loss: coefficient of the squared log-partition penalty (t5x uses 1e-4).
       label_smoothing: mass moved from the gold token to the others, in [0, 1).
       chunk_size: vocabulary columns per chunk (need not divide V).
+      vocab_sharding: how the kernel's vocabulary is split over the mesh, to compute per
+        shard; None for one pass over the whole kernel.
 
     Returns:
       `CrossEntropyOutput(loss, z_loss, correct)`, each shaped like `targets`, unweighted.
@@ -263,7 +378,8 @@ def cross_entropy_from_hidden(hidden: jax.Array, kernel: jax.Array, targets: jax
         raise ValueError(f"targets shape {targets.shape} must equal hidden's leading "
                          f"dimensions {hidden.shape[:-1]}.")
     vocab = kernel.shape[-1]
-    stats = _compute_stats(hidden, kernel, targets[..., None], chunk_size=chunk_size)
+    stats = _compute_stats(hidden, kernel, targets[..., None], chunk_size=chunk_size,
+                           vocab_sharding=vocab_sharding)
     target_logit = stats.gathered[:, 0]
     if label_smoothing > 0.0:
         confidence = 1.0 - label_smoothing
@@ -314,7 +430,8 @@ def _log1mexp(x: jax.Array) -> jax.Array:
 def sparse_kl_from_hidden(hidden: jax.Array, kernel: jax.Array, teacher_ids: jax.Array,
                           teacher_logprobs: jax.Array, *, missing_mass: MissingMass = "drop",
                           temperature: float = 1.0,
-                          chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
+                          chunk_size: int = DEFAULT_CHUNK_SIZE,
+                          vocab_sharding: VocabSharding | None = None) -> jax.Array:
     """Forward KL(teacher || student) per token from a sparse top-k teacher.
 
     The teacher is given as its top-k `(id, log-prob)` per token. Entries whose log-prob is
@@ -340,6 +457,8 @@ def sparse_kl_from_hidden(hidden: jax.Array, kernel: jax.Array, teacher_ids: jax
       missing_mass: "drop", "renormalize" or "residual".
       temperature: softening temperature (> 0).
       chunk_size: vocabulary columns per chunk (need not divide V).
+      vocab_sharding: how the kernel's vocabulary is split over the mesh, to compute per
+        shard; None for one pass over the whole kernel.
 
     Returns:
       f32 per-token loss `[...]`; 0 for tokens whose k entries are all padding.
@@ -355,7 +474,8 @@ def sparse_kl_from_hidden(hidden: jax.Array, kernel: jax.Array, teacher_ids: jax
     valid = logprobs > -jnp.inf
     teacher_logp, teacher_residual = _tempered_teacher(logprobs, valid, temperature, missing_mass)
     student_logp = token_logprobs_from_hidden(
-        hidden, kernel, teacher_ids, temperature=temperature, chunk_size=chunk_size).reshape(-1, k)
+        hidden, kernel, teacher_ids, temperature=temperature, chunk_size=chunk_size,
+        vocab_sharding=vocab_sharding).reshape(-1, k)
     teacher_p = jnp.where(valid, jnp.exp(teacher_logp), 0.0)
     loss = (teacher_p * (teacher_logp - jnp.where(valid, student_logp, 0.0))).sum(-1)
     if missing_mass == "residual":
@@ -370,7 +490,8 @@ def sparse_kl_from_hidden(hidden: jax.Array, kernel: jax.Array, teacher_ids: jax
 
 def dense_kl_from_hidden(hidden: jax.Array, kernel: jax.Array, teacher_logits: jax.Array, *,
                          temperature: float = 1.0,
-                         chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
+                         chunk_size: int = DEFAULT_CHUNK_SIZE,
+                         vocab_sharding: VocabSharding | None = None) -> jax.Array:
     """Forward KL(teacher || student) per token from a local teacher's full logits.
 
     Both distributions are `softmax(logits / temperature)`; the teacher is a constant (no
@@ -383,6 +504,8 @@ def dense_kl_from_hidden(hidden: jax.Array, kernel: jax.Array, teacher_logits: j
       teacher_logits: `[..., V]` teacher logits over the same vocabulary.
       temperature: softening temperature (> 0).
       chunk_size: vocabulary columns per chunk (need not divide V).
+      vocab_sharding: how the kernel's vocabulary is split over the mesh, to compute per
+        shard; None for one pass over the whole kernel.
 
     Returns:
       f32 per-token KL `[...]`.
@@ -392,6 +515,7 @@ def dense_kl_from_hidden(hidden: jax.Array, kernel: jax.Array, teacher_logits: j
                          f"dimensions {hidden.shape[:-1]} plus the vocabulary ({kernel.shape[-1]}).")
     no_ids = jnp.zeros(hidden.shape[:-1] + (0,), jnp.int32)
     stats = _compute_stats(hidden, kernel, no_ids, temperature=temperature,
-                           chunk_size=chunk_size, teacher_logits=teacher_logits)
+                           chunk_size=chunk_size, teacher_logits=teacher_logits,
+                           vocab_sharding=vocab_sharding)
     kl = stats.teacher_neg_entropy - (stats.teacher_cross / temperature - stats.lse)
     return kl.reshape(hidden.shape[:-1])

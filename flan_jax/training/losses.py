@@ -34,13 +34,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from flan_jax.kernels import fused_loss
+from flan_jax.training import partitioning
 
 NORMALIZATIONS = (
     "sum",
@@ -123,7 +125,22 @@ class LossStats(NamedTuple):
     num_real_target_tokens: jax.Array
 
 
-TokenLossFn = Callable[[jax.Array, jax.Array, Mapping[str, jax.Array], LossConfig], TokenLosses]
+class TokenLossFn(Protocol):
+    """``fn(hidden [b, l, d], kernel [d, V], batch, config, *, vocab_sharding) -> TokenLosses``.
+
+    ``vocab_sharding`` (a :class:`~flan_jax.kernels.fused_loss.VocabSharding` or None) is
+    passed on to the fused kernels, so the loss runs per vocabulary shard of the kernel.
+    """
+
+    def __call__(
+        self,
+        hidden: jax.Array,
+        kernel: jax.Array,
+        batch: Mapping[str, jax.Array],
+        config: LossConfig,
+        *,
+        vocab_sharding: fused_loss.VocabSharding | None,
+    ) -> TokenLosses: ...
 
 _TOKEN_LOSSES: dict[str, TokenLossFn] = {}
 
@@ -133,9 +150,9 @@ def register_token_loss(kind: str, fn: TokenLossFn) -> None:
 
     Args:
         kind: the name ``LossConfig.kind`` selects.
-        fn: ``fn(hidden [b, l, d], kernel [d, V], batch, config) -> TokenLosses``; it should
-            build on :mod:`flan_jax.kernels.fused_loss` so logits are never materialised,
-            and read its options from ``config.kind_options``.
+        fn: a :class:`TokenLossFn`; it should build on :mod:`flan_jax.kernels.fused_loss`
+            (passing ``vocab_sharding`` on) so logits are never materialised, and read its
+            options from ``config.kind_options``.
 
     Raises:
         ValueError: if another function is already registered under ``kind``.
@@ -157,7 +174,12 @@ def get_token_loss(kind: str) -> TokenLossFn:
 
 
 def cross_entropy_token_loss(
-    hidden: jax.Array, kernel: jax.Array, batch: Mapping[str, jax.Array], config: LossConfig
+    hidden: jax.Array,
+    kernel: jax.Array,
+    batch: Mapping[str, jax.Array],
+    config: LossConfig,
+    *,
+    vocab_sharding: fused_loss.VocabSharding | None,
 ) -> TokenLosses:
     """Cross-entropy with z-loss and label smoothing against ``decoder_target_tokens``."""
     if config.kind_options:
@@ -171,6 +193,7 @@ def cross_entropy_token_loss(
         z_loss=config.z_loss,
         label_smoothing=config.label_smoothing,
         chunk_size=config.chunk_size,
+        vocab_sharding=vocab_sharding,
     )
     return TokenLosses(out.loss, out.z_loss, out.correct)
 
@@ -259,6 +282,15 @@ def reduce_token_losses(
     )
 
 
+def get_vocab_sharding(
+    mesh: Mesh, rules: partitioning.LogicalRules
+) -> fused_loss.VocabSharding | None:
+    """How ``rules`` split the output kernel's vocabulary over ``mesh``; None if not split."""
+    axes = partitioning.get_vocab_mesh_axes(rules)
+    sharding = fused_loss.VocabSharding(mesh=mesh, axes=axes) if axes else None
+    return sharding if sharding is not None and sharding.num_shards > 1 else None
+
+
 def compute_loss(
     hidden: jax.Array,
     kernel: jax.Array,
@@ -267,6 +299,8 @@ def compute_loss(
     *,
     weights: jax.Array | None = None,
     factor: jax.Array | None = None,
+    mesh: Mesh | None = None,
+    rules: partitioning.LogicalRules | None = None,
 ) -> LossStats:
     """The loss of ``batch`` from the final hidden states and the output kernel.
 
@@ -277,11 +311,26 @@ def compute_loss(
         config: the loss options.
         weights, factor: precomputed by :func:`compute_loss_weights` on the whole batch
             when ``batch`` is one microbatch of it; computed from ``batch`` if omitted.
+        mesh, rules: the device mesh and logical-axis rules of a sharded run (both or
+            neither). When the rules split ``vocab`` over mesh axes of size > 1, the fused
+            kernels run per vocabulary shard (no all-gather of the kernel); the numbers are
+            those of the unsharded computation.
 
     Returns:
         The :class:`LossStats`; differentiate ``.loss``.
+
+    Raises:
+        ValueError: if only one of ``mesh`` and ``rules`` is given.
     """
+    if (mesh is None) != (rules is None):
+        raise ValueError(
+            "compute_loss needs both mesh and rules (to shard the vocabulary) or neither; "
+            f"got mesh={mesh!r}, rules={rules!r}"
+        )
     if weights is None or factor is None:
         weights, factor = compute_loss_weights(batch, config)
-    token_losses = get_token_loss(config.kind)(hidden, kernel, batch, config)
+    vocab_sharding = None if mesh is None else get_vocab_sharding(mesh, rules)
+    token_losses = get_token_loss(config.kind)(
+        hidden, kernel, batch, config, vocab_sharding=vocab_sharding
+    )
     return reduce_token_losses(token_losses, weights, factor, get_target_weights(batch))

@@ -241,10 +241,23 @@ def get_local_batch_rows(mesh: Mesh, global_batch_size: int, rules: LogicalRules
     return slice(start, stop)
 
 
+def _get_dim_mesh_axes(logical_axes: tuple[str, ...], dim: int, rules: LogicalRules):
+    """The mesh axes dimension ``dim`` of an array with ``logical_axes`` is split over."""
+    spec = nn.logical_to_mesh_axes(logical_axes, rules)[dim]
+    return (spec,) if isinstance(spec, str) else tuple(spec or ())
+
+
 def get_batch_mesh_axes(rules: LogicalRules) -> tuple[str, ...]:
     """The mesh axes the ``"batch"`` logical axis is split over (e.g. ``("data", "fsdp")``)."""
-    spec = nn.logical_to_mesh_axes(("batch",), rules)[0]
-    return (spec,) if isinstance(spec, str) else tuple(spec or ())
+    return _get_dim_mesh_axes(("batch",), 0, rules)
+
+
+def get_vocab_mesh_axes(rules: LogicalRules) -> tuple[str, ...]:
+    """The mesh axes the vocabulary of the ``[embed, vocab]`` output kernel is split over.
+
+    ``("model",)`` under the ``"1d"`` and ``"2d"`` presets; ``()`` when ``vocab`` is replicated.
+    """
+    return _get_dim_mesh_axes(("embed", "vocab"), 1, rules)
 
 
 def get_batch_shard_count(mesh: Mesh, rules: LogicalRules) -> int:

@@ -103,13 +103,14 @@ def _split_microbatches(batch: Batch, num_microbatches: int, batch_sharding: Nam
 class _GradientComputer:
     """Loss and gradient of one microbatch, and their accumulation over microbatches."""
 
-    def __init__(self, model: Model, loss_config, num_microbatches, batch_sharding, *,
+    def __init__(self, model: Model, loss_config, num_microbatches, batch_sharding, rules, *,
                  enable_dropout: bool):
         self._model = model
         self._enable_dropout = enable_dropout
         self._loss_config = loss_config
         self._num_microbatches = num_microbatches
         self._batch_sharding = batch_sharding
+        self._rules = rules
 
     def _loss(self, params, microbatch, weights, factor, rng):
         hidden = self._model.hidden_states(
@@ -122,6 +123,8 @@ class _GradientComputer:
             self._loss_config,
             weights=weights,
             factor=factor,
+            mesh=self._batch_sharding.mesh,
+            rules=self._rules,
         )
         return stats.loss, stats
 
@@ -282,7 +285,7 @@ def make_train_step(
     """
     batch_sharding = _batch_sharding(mesh, rules)
     compute_gradients = _GradientComputer(
-        model, loss_config, config.num_microbatches, batch_sharding,
+        model, loss_config, config.num_microbatches, batch_sharding, rules,
         enable_dropout=config.enable_dropout,
     )
     step_fn = _build_step_fn(compute_gradients, optimizer, loss_config, config)

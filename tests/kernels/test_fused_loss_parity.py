@@ -265,3 +265,19 @@ def test_bad_arguments_raise_clear_errors(call, message):
     targets = jnp.asarray(rng.integers(0, VOCAB, size=(3, 4)))
     with pytest.raises(ValueError, match=message):
         call(hidden, kernel, targets)
+
+
+def test_vocab_sharding_checks_axes_and_one_shard_is_the_plain_path():
+    """Several shards are tested on 8 devices in test_fused_loss_sharding.py."""
+    mesh = jax.make_mesh((1,), ("model",), devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match="subset of the mesh axes"):
+        fused_loss.VocabSharding(mesh=mesh, axes=("vocab",))
+    one_shard = fused_loss.VocabSharding(mesh=mesh, axes="model")
+    assert one_shard.axes == ("model",) and one_shard.num_shards == 1
+    rng, hidden, kernel, _ = _problem()
+    targets = jnp.asarray(rng.integers(0, VOCAB, size=(3, 4)))
+    plain = fused_loss.cross_entropy_from_hidden(hidden, kernel, targets, chunk_size=5)
+    on_mesh = fused_loss.cross_entropy_from_hidden(hidden, kernel, targets, chunk_size=5,
+                                                   vocab_sharding=one_shard)
+    for a, b in zip(plain, on_mesh):
+        np.testing.assert_array_equal(a, b)

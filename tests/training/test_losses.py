@@ -1,10 +1,11 @@
 """The training loss against a NumPy reference over explicit logits, for every normalisation."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flan_jax.training import losses
+from flan_jax.training import losses, partitioning
 
 RTOL = 1e-4  # composite: chunked log-softmax + weighting + normalisation, f32 vs f64
 VOCAB, EMBED = 50, 12
@@ -131,7 +132,7 @@ def test_bad_config_and_unknown_kind_are_clear_errors():
 
 def test_registered_kind_is_used():
     """A new kind (as distillation adds) plugs in through the registry and shares weighting."""
-    def constant_loss(hidden, kernel, batch, config):
+    def constant_loss(hidden, kernel, batch, config, *, vocab_sharding):
         ones = jnp.ones(batch["decoder_target_tokens"].shape)
         return losses.TokenLosses(ones * config.kind_options["value"], 0 * ones, ones > 0)
 
@@ -143,3 +144,19 @@ def test_registered_kind_is_used():
     np.testing.assert_allclose(stats.loss, 2.5, rtol=1e-6)
     with pytest.raises(ValueError, match="already registered"):
         losses.register_token_loss("test_constant", lambda *a: None)
+
+
+def test_vocab_sharding_follows_the_rules_and_needs_mesh_and_rules_together():
+    """Sharded values are tested on 8 devices in tests/kernels/test_fused_loss_sharding.py."""
+    rules = partitioning.get_logical_axis_rules("1d")
+    one_device = partitioning.make_mesh(partitioning.MeshConfig(), jax.devices()[:1])
+    assert losses.get_vocab_sharding(one_device, rules) is None  # a model axis of size 1
+    batch, hidden, kernel = _batch()
+    config = losses.LossConfig(chunk_size=16)
+    plain = losses.compute_loss(jnp.asarray(hidden), jnp.asarray(kernel), batch, config)
+    on_mesh = losses.compute_loss(jnp.asarray(hidden), jnp.asarray(kernel), batch, config,
+                                  mesh=one_device, rules=rules)
+    np.testing.assert_array_equal(on_mesh.loss, plain.loss)
+    with pytest.raises(ValueError, match="needs both mesh and rules"):
+        losses.compute_loss(jnp.asarray(hidden), jnp.asarray(kernel), batch, config,
+                            mesh=one_device)

@@ -80,6 +80,13 @@ def test_activation_and_batch_specs():
     assert partitioning.get_batch_mesh_axes(R1) == ("data", "fsdp")
 
 
+def test_vocab_mesh_axes():
+    assert partitioning.get_vocab_mesh_axes(R1) == ("model",)
+    assert partitioning.get_vocab_mesh_axes(R2) == ("model",)
+    replicated_vocab = tuple(r for r in R1 if r[0] != "vocab")
+    assert partitioning.get_vocab_mesh_axes(replicated_vocab) == ()
+
+
 def test_adafactor_state_specs_on_the_mesh():
     """Factored statistics shard like the dims they keep (here with the 2-D rules)."""
     config = make_tiny_t5_config(emb_dim=128, mlp_dim=256, num_heads=4, head_dim=32)
