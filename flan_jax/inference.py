@@ -268,7 +268,7 @@ class Predictor:
         scores: list[np.ndarray] = []
         for start in range(0, len(input_rows), num_rows):
             stop = start + num_rows
-            pad = dict(length_multiple=self.config.length_bucket, num_rows=num_rows)
+            pad = {"length_multiple": self.config.length_bucket, "num_rows": num_rows}
             batch_scores = decoding.score_targets(
                 self.model, self.params, pad_token_rows(input_rows[start:stop], **pad),
                 pad_token_rows(target_rows[start:stop], **pad))

@@ -43,7 +43,7 @@ from flan_jax.distill import alignment, formats, student_training, targets
 from flan_jax.distill.kl_loss import SPARSE_KL
 from flan_jax.distill.teacher_store import TeacherStore
 from flan_jax.evaluation.math_datasets import MathExample, load_math_dataset
-from flan_jax.training.evaluation import write_json_atomically
+from flan_jax.training.task_eval import write_json_atomically
 from flan_jax.training.metrics import MetricsWriter
 
 _LOG = logging.getLogger(__name__)

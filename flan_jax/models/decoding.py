@@ -212,7 +212,7 @@ def _beam_search(model: Model, params: Params, inputs: Array, *, num_beams: int,
         real = cand_logp > NEG_INF / 2
         cand_scores = jnp.where(ends & real, cand_logp / length_penalty(step + 1, alpha),
                                 NEG_INF)
-        alive_logp, chosen, alive_seqs, beam = _top_k_along(
+        alive_logp, _, alive_seqs, beam = _top_k_along(
             jnp.where(cand_token == eos_id, NEG_INF, cand_logp), k, cand_seqs, cand_beam)
         rows = jnp.arange(batch)[:, None] * k
         decode_state = model.reorder_decode_state(decode_state, (rows + beam).reshape(-1))

@@ -32,9 +32,9 @@ from flan_jax.models.config import T5Config
 from flan_jax.training import (
     adafactor,
     checkpointing,
-    evaluation,
     losses,
     partitioning,
+    task_eval,
     train_state,
     train_step,
 )
@@ -306,7 +306,7 @@ class _LoopServices:
     meter: metrics_lib.ThroughputMeter
     metrics_config: metrics_lib.MetricsConfig
     eval_period: int
-    evaluator: evaluation.Evaluator | None
+    evaluator: task_eval.Evaluator | None
 
 
 def _run_eval(services: _LoopServices, state: train_state.TrainState, step: int) -> dict:
@@ -358,14 +358,14 @@ def run_train_loop(
                        str(services.manager.model_dir), iterator.packing_efficiency)
 
 
-def _make_evaluator(run: _Run, eval_config: evaluation.EvalConfig) -> evaluation.Evaluator | None:
+def _make_evaluator(run: _Run, eval_config: task_eval.EvalConfig) -> task_eval.Evaluator | None:
     if not (eval_config.teacher_forced or eval_config.inference):
         return None
     names = eval_config.tasks or (run.config.mixture_or_task_name,)
-    if not evaluation.list_eval_tasks(names, eval_config.split):
+    if not task_eval.list_eval_tasks(names, eval_config.split):
         logging.info("no task of %s has split %r: no evaluation", names, eval_config.split)
         return None
-    return evaluation.Evaluator(run.model_config, run.vocabulary, names,
+    return task_eval.Evaluator(run.model_config, run.vocabulary, names,
                                 run.config.task_feature_lengths, eval_config)
 
 
@@ -389,7 +389,7 @@ def train(
     step_config: train_step.TrainStepConfig = train_step.TrainStepConfig(),
     partitioning_config: PartitioningConfig = PartitioningConfig(),
     checkpoint_config: checkpointing.CheckpointConfig = checkpointing.CheckpointConfig(),
-    eval_config: evaluation.EvalConfig = evaluation.EvalConfig(),
+    eval_config: task_eval.EvalConfig = task_eval.EvalConfig(),
     metrics_config: metrics_lib.MetricsConfig = metrics_lib.MetricsConfig(),
 ) -> TrainResult:
     """Trains a T5 encoder-decoder on a seqio task or mixture; resumes ``model_dir``.
