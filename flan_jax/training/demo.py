@@ -123,7 +123,7 @@ def run_demo(
     evaluator = task_eval.Evaluator(
         model_config, vocabulary, names, task_feature_lengths,
         task_eval.EvalConfig(max_examples=num_eval_examples, batch_size=eval_batch_size,
-                              teacher_forced=False, inference=True))
+                             teacher_forced=False, inference=True))
     print(f"demo: evaluating the untrained model on {len(names)} tasks x "
           f"{num_eval_examples} held-out examples ...", flush=True)
     initial = t5.init_params(model_config, jax.random.key(seed))

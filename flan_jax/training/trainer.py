@@ -366,7 +366,7 @@ def _make_evaluator(run: _Run, eval_config: task_eval.EvalConfig) -> task_eval.E
         logging.info("no task of %s has split %r: no evaluation", names, eval_config.split)
         return None
     return task_eval.Evaluator(run.model_config, run.vocabulary, names,
-                                run.config.task_feature_lengths, eval_config)
+                               run.config.task_feature_lengths, eval_config)
 
 
 def train(

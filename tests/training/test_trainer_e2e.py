@@ -33,7 +33,7 @@ def test_two_steps_then_eval_and_checkpoint(tmp_path):
         data_config=trainer.DataConfig(buffer_size=16),
         checkpoint_config=checkpointing.CheckpointConfig(period=1, keep=1),
         eval_config=task_eval.EvalConfig(tasks=("demo__sentiment.unseen__zs_opt",),
-                                          max_examples=4, batch_size=4),
+                                         max_examples=4, batch_size=4),
         metrics_config=metrics.MetricsConfig(log_period=1, peak_flops_per_device=1e12),
     )
     assert result.step == 2
