@@ -54,7 +54,8 @@ from flan_jax.distill.teacher_store import TeacherStore, TeacherStoreWriter
 from flan_jax.evaluation import answers
 from flan_jax.evaluation.math_datasets import MathExample
 from flan_jax.evaluation.splits import normalise_question
-from flan_jax.models import decoding, t5
+from flan_jax.inference import DecodeConfig, Predictor
+from flan_jax.models import t5
 from flan_jax.models.config import T5Config
 from flan_jax.tasks.demo import generators, get_demo_vocabulary
 from flan_jax.training import adafactor, checkpointing, losses, metrics, trainer
@@ -183,11 +184,8 @@ def evaluate_accuracy(model_config: T5Config, params: Any, vocabulary, problems,
                       format_name: str, cfg: ExperimentConfig) -> float:
     """Held-out accuracy of greedy decoding in one zero-shot format."""
     prompts = [formats.render_inputs(p, format_name) for p in problems]
-    encoder = targets.encode_inputs(vocabulary, prompts, cfg.inputs_length)
-    tokens = np.asarray(decoding.greedy_decode(model_config, params, encoder,
-                                               max_decode_len=cfg.targets_length).tokens)
-    texts = [vocabulary.decode(row[:teacher_generation.completion_length(row)].tolist())
-             for row in tokens]
+    decode = DecodeConfig(max_decode_len=cfg.targets_length, max_input_len=cfg.inputs_length)
+    texts = Predictor(t5.T5Model(model_config), params, vocabulary, decode).predict(prompts)
     return float(np.mean([answers.answers_match(t, p.answer) for t, p in zip(texts, problems)]))
 
 
@@ -238,14 +236,14 @@ def generate_teacher_samples(cfg: ExperimentConfig, vocabulary, teacher_config: 
                              teacher_params: Any, train: Sequence[MathExample],
                              store_dir: str) -> teacher_generation.GenerationStats:
     """Producer (b) on the training questions."""
-    generation = teacher_generation.GenerationConfig(
-        num_samples=cfg.num_samples, temperature=cfg.temperature, top_k=cfg.top_k,
-        max_decode_len=cfg.targets_length, max_input_len=cfg.inputs_length, batch_size=64,
-        seed=cfg.seed)
+    decode = DecodeConfig(method="sample", num_samples=cfg.num_samples,
+                          temperature=cfg.temperature, max_decode_len=cfg.targets_length,
+                          max_input_len=cfg.inputs_length, batch_size=64, seed=cfg.seed)
+    generation = teacher_generation.GenerationConfig(decode=decode, store_top_k=cfg.top_k)
     names = teacher_generation.teacher_vocabulary(vocabulary, teacher_config.vocab_size)
     with TeacherStoreWriter(store_dir, k=cfg.top_k, vocabulary=names) as writer:
         return teacher_generation.generate_teacher_store(
-            model_config=teacher_config, params=teacher_params, vocabulary=vocabulary,
+            model=t5.T5Model(teacher_config), params=teacher_params, vocabulary=vocabulary,
             examples=train, writer=writer, generation=generation)
 
 

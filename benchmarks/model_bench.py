@@ -61,8 +61,8 @@ def bench_jax(config: T5Config, params: dict, enc: np.ndarray, targets: np.ndarr
         return jax.value_and_grad(loss)(p)
 
     def decode():
-        return decoding.temperature_sample(config, params, enc, temperature=0.0,
-                                           max_decode_len=targets.shape[1], eos_id=NEVER_EOS)
+        return decoding.greedy_decode(t5.T5Model(config), params, enc,
+                                      max_decode_len=targets.shape[1], eos_id=NEVER_EOS)
 
     train = _time(lambda: jax.block_until_ready(grad_step(params)), iters)
     greedy = _time(lambda: jax.block_until_ready(decode().tokens), iters)

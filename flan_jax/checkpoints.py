@@ -26,7 +26,7 @@ import seqio
 
 from flan_jax.data import file_io
 from flan_jax.models.config import T5Config
-from flan_jax.models.t5 import abstract_params
+from flan_jax.models.t5 import T5Model, abstract_params
 
 CONFIG_FILENAME = "flan_jax_config.json"
 VOCAB_FILENAME = "spiece.model"
@@ -65,6 +65,11 @@ class LoadedCheckpoint:
     config: T5Config
     vocabulary: seqio.SentencePieceVocabulary
     step: int
+
+    @property
+    def model(self) -> T5Model:
+        """The model interface of ``config`` (for decoding and scoring)."""
+        return T5Model(self.config)
 
 
 def write_model_metadata(ckpt_dir: str | os.PathLike, *, config: T5Config,

@@ -10,10 +10,10 @@ from flan_jax.models.config import T5Config
 from flan_jax.training import (
     adafactor,
     checkpointing,
-    evaluation,
     losses,
     metrics,
     partitioning,
+    task_eval,
     train_step,
     trainer,
 )
@@ -26,7 +26,7 @@ RUN_STACKS = (
 )
 CONFIG_CLASSES = (trainer.DataConfig, trainer.PartitioningConfig, partitioning.MeshConfig,
                   adafactor.AdafactorConfig, losses.LossConfig, train_step.TrainStepConfig,
-                  checkpointing.CheckpointConfig, evaluation.EvalConfig, metrics.MetricsConfig)
+                  checkpointing.CheckpointConfig, task_eval.EvalConfig, metrics.MetricsConfig)
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +73,7 @@ def test_demo_config_matches_the_demo_collection():
     model = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
     assert model.vocab_size % 128 == 0 and model.dtype == "float32"
     assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == demo.DEMO_MIXTURE
-    tasks = gin.query_parameter("evaluation.EvalConfig.tasks")
+    tasks = gin.query_parameter("task_eval.EvalConfig.tasks")
     unseen = {t["unseen"] for t in demo.demo_eval_tasks().values()}
     assert set(tasks) == unseen
 

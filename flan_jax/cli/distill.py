@@ -28,6 +28,7 @@ both to `--out`; with `--train_questions`, a dev set sharing a question with the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -56,9 +57,11 @@ def _add_generate(sub) -> None:
     parser.add_argument("--out", required=True, help="teacher store directory (appended)")
     parser.add_argument("--num_samples", type=int, default=4)
     parser.add_argument("--temperature", type=float, default=0.5)
-    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--top_k", type=int, default=5,
+                        help="entries of the teacher distribution stored per position")
     parser.add_argument("--max_decode_len", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--batch_size", type=int, default=16,
+                        help="questions per sampling call (each sampled num_samples times)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -84,7 +87,8 @@ def _add_select(sub) -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--max_decode_len", type=int, default=256)
     parser.add_argument("--max_input_len", type=int, default=512)
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32,
+                        help="questions per decoding call (each decoded num_samples times)")
     parser.add_argument("--max_examples", type=int, default=None, help="per evaluation set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train_questions", default=None,
@@ -140,14 +144,16 @@ def run_generate(args: argparse.Namespace) -> str:
 
     questions = _read_questions(args.questions, args.dataset)
     loaded = load_model_checkpoint(args.teacher, step=args.step)
-    generation = teacher_generation.GenerationConfig(
-        num_samples=args.num_samples, temperature=args.temperature, top_k=args.top_k,
-        max_decode_len=args.max_decode_len, batch_size=args.batch_size, seed=args.seed)
+    decode = dataclasses.replace(
+        teacher_generation.TEACHER_SAMPLING, num_samples=args.num_samples,
+        temperature=args.temperature, max_decode_len=args.max_decode_len,
+        batch_size=args.batch_size, seed=args.seed)
+    generation = teacher_generation.GenerationConfig(decode=decode, store_top_k=args.top_k)
     names = teacher_generation.teacher_vocabulary(loaded.vocabulary, loaded.config.vocab_size)
     with TeacherStoreWriter(args.out, k=args.top_k, vocabulary=names,
                             metadata={"producer": "flan_jax", "teacher": args.teacher}) as writer:
         stats = teacher_generation.generate_teacher_store(
-            model_config=loaded.config, params=loaded.params, vocabulary=loaded.vocabulary,
+            model=loaded.model, params=loaded.params, vocabulary=loaded.vocabulary,
             examples=questions, writer=writer, generation=generation)
     return (f"kept {stats.num_kept} of {stats.num_samples} samples "
             f"({stats.kept_rate:.1%}) for {stats.num_questions} questions in {args.out}")
@@ -193,19 +199,20 @@ def run_align(args: argparse.Namespace) -> str:
 
 def run_select(args: argparse.Namespace) -> str:
     from flan_jax.distill import select_checkpoints as select
+    from flan_jax.inference import DecodeConfig
 
     eval_sets = select.load_eval_sets(select.parse_eval_specs(args.eval),
                                       max_examples=args.max_examples)
     training = (_read_questions(args.train_questions, args.train_dataset)
                 if args.train_questions else None)
-    decode = select.DecodeConfig(
-        format_name=args.format, num_samples=args.num_samples, temperature=args.temperature,
-        max_decode_len=args.max_decode_len, max_input_len=args.max_input_len,
-        batch_size=args.batch_size, seed=args.seed)
+    decode = DecodeConfig(
+        method="sample" if args.num_samples > 1 else "greedy", num_samples=args.num_samples,
+        temperature=args.temperature, max_decode_len=args.max_decode_len,
+        max_input_len=args.max_input_len, batch_size=args.batch_size, seed=args.seed)
     result = select.run_selection(
         checkpoint_dir=args.checkpoint_dir, eval_sets=eval_sets,
         dev_sets=[name for name in args.dev.split(",") if name], decode=decode,
-        training=training)
+        format_name=args.format, training=training)
     select.write_selection(args.out, result)
     chosen = result.selection
     return (f"{result.table.to_markdown()}\n\nselected step {chosen.step} (mean dev accuracy "

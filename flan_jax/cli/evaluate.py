@@ -21,11 +21,11 @@ def run(register_tasks: Sequence[Callable[[], Any]] = ()) -> dict[str, float]:
     """Registers the tasks, then runs the gin-bound `evaluate_checkpoint` and prints it."""
     import gin
 
-    from flan_jax.training import evaluation
+    from flan_jax.training import task_eval
 
     for register in register_tasks:
         register()
-    results = gin.get_configurable(evaluation.evaluate_checkpoint)()
+    results = gin.get_configurable(task_eval.evaluate_checkpoint)()
     for name, value in sorted(results.items()):
         print(f"{name} = {value:.4f}")
     return results

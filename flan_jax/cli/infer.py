@@ -9,22 +9,22 @@ The gin macros of `runs/infer.gin` stand for the flags (`GIN_MACRO_FLAGS`); flag
 next to gin files override them.
 
 Each input line is a JSON object with an "inputs" string; the output repeats it with a
-"prediction" string added. The input reading and batching helpers here are shared with
-`flan-jax score`.
+"prediction" string added. Tokenising, batching and decoding are `flan_jax.inference`'s
+`Predictor`; the input reading and checkpoint flags here are shared with `flan-jax score`.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from flan_jax.data import file_io
 
-EOS_ID = 1
+if TYPE_CHECKING:  # imported when running: jax loads slowly and --help should not wait
+    from flan_jax.inference import DecodeConfig
 
 
 class InputError(ValueError):
@@ -48,30 +48,6 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str]) -> list[dict[st
                                  f"got {record.get(field)!r}.")
         records.append(record)
     return records
-
-
-def pad_rows(rows: Sequence[Sequence[int]], *, multiple: int = 32) -> np.ndarray:
-    """Right-pads token lists with 0 to a shared length rounded up to `multiple`.
-
-    Rounding keeps the number of distinct shapes, hence of jit compilations, small.
-    """
-    longest = max(1, max(len(r) for r in rows))
-    length = -(-longest // multiple) * multiple
-    out = np.zeros((len(rows), length), np.int32)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = row
-    return out
-
-
-def tokenize(vocabulary: Any, text: str, max_len: int) -> list[int]:
-    """Token ids of `text` followed by EOS, truncated to `max_len` (EOS kept)."""
-    return list(vocabulary.encode(text))[:max_len - 1] + [EOS_ID]
-
-
-def batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    """Consecutive slices of `items` of at most `size` elements."""
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,42 +125,25 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _decode_batch(args: argparse.Namespace, loaded: Any, tokens: np.ndarray,
-                  rng: Any) -> np.ndarray:
-    from flan_jax.models import decoding
+def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
+    """The decoding options the flags describe."""
+    from flan_jax.inference import DecodeConfig
 
-    config, params = loaded.config, loaded.params
-    if args.decode == "beam":
-        result = decoding.beam_search(config, params, tokens, max_decode_len=args.max_decode_len,
-                                      num_beams=args.num_beams, alpha=args.alpha)
-        return np.asarray(result.tokens[:, 0])
-    temperature = 0.0 if args.decode == "greedy" else args.temperature
-    result = decoding.temperature_sample(config, params, tokens, rng=rng,
-                                         max_decode_len=args.max_decode_len,
-                                         temperature=temperature, top_k=args.top_k,
-                                         top_p=args.top_p)
-    return np.asarray(result.tokens)
-
-
-def _strip_eos(row: np.ndarray) -> list[int]:
-    ids = row.tolist()
-    return ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids
+    return DecodeConfig(method=args.decode, max_decode_len=args.max_decode_len,
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                        num_beams=args.num_beams, alpha=args.alpha, seed=args.seed,
+                        batch_size=args.batch_size, max_input_len=args.max_input_len)
 
 
 def run(args: argparse.Namespace) -> int:
     """Reads, decodes and writes; returns the number of predictions."""
-    import jax
+    from flan_jax.inference import Predictor
 
     records = read_jsonl(args.input_file, required=("inputs",))
+    decode = decode_config_from_args(args)
     loaded = load_for_inference(args)
-    rng = jax.random.key(args.seed)
-    predictions: list[str] = []
-    for chunk in batches(records, args.batch_size):
-        tokens = pad_rows([tokenize(loaded.vocabulary, r["inputs"], args.max_input_len)
-                           for r in chunk])
-        rng, step_rng = jax.random.split(rng)
-        decoded = _decode_batch(args, loaded, tokens, step_rng)
-        predictions += [loaded.vocabulary.decode(_strip_eos(row)) for row in decoded]
+    predictor = Predictor(loaded.model, loaded.params, loaded.vocabulary, decode)
+    predictions = predictor.predict([r["inputs"] for r in records])
     file_io.write_jsonl(args.output_file,
                         ({**r, "prediction": p} for r, p in zip(records, predictions)))
     return len(predictions)

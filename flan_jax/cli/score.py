@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
-from flan_jax.cli.infer import (add_checkpoint_arguments, batches, load_for_inference,
-                                pad_rows, read_jsonl, run_reporting_errors, tokenize)
+from flan_jax.cli.infer import (add_checkpoint_arguments, load_for_inference, read_jsonl,
+                                run_reporting_errors)
 from flan_jax.data import file_io
 
 
@@ -27,22 +25,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Reads, scores and writes; returns the number of scored lines."""
-    from flan_jax.models.decoding import score_targets
+    from flan_jax.inference import DecodeConfig, Predictor
 
     records = read_jsonl(args.input_file, required=("inputs", "targets"))
+    decode = DecodeConfig(max_decode_len=args.max_target_len, max_input_len=args.max_input_len,
+                          batch_size=args.batch_size)
     loaded = load_for_inference(args)
-    outputs = []
-    for chunk in batches(records, args.batch_size):
-        inputs = pad_rows([tokenize(loaded.vocabulary, r["inputs"], args.max_input_len)
-                           for r in chunk])
-        target_ids = [tokenize(loaded.vocabulary, r["targets"], args.max_target_len)
-                      for r in chunk]
-        scores = np.asarray(score_targets(loaded.config, loaded.params, inputs,
-                                          pad_rows(target_ids)))
-        outputs += [{**r, "log_likelihood": float(s), "num_target_tokens": len(t)}
-                    for r, s, t in zip(chunk, scores, target_ids)]
-    file_io.write_jsonl(args.output_file, outputs)
-    return len(outputs)
+    predictor = Predictor(loaded.model, loaded.params, loaded.vocabulary, decode)
+    scores = predictor.score([r["inputs"] for r in records], [r["targets"] for r in records])
+    file_io.write_jsonl(args.output_file, (
+        {**r, "log_likelihood": float(s), "num_target_tokens": int(n)}
+        for r, s, n in zip(records, scores.log_likelihoods, scores.num_tokens)))
+    return len(records)
 
 
 def main(argv: list[str]) -> int:

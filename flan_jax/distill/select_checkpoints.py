@@ -3,8 +3,9 @@
 For every step directory of a checkpoint directory (e.g. ``MODEL_DIR`` of ``flan-jax distill
 train``), each evaluation set, read in its original format by
 :func:`flan_jax.evaluation.math_datasets.load_math_dataset`, is rendered in one zero-shot
-format (:func:`flan_jax.distill.formats.render_inputs`) and decoded: greedily, or
-``num_samples`` times at ``temperature`` and reduced by majority vote (self-consistency).
+format (:func:`flan_jax.distill.formats.render_inputs`) and decoded by
+:class:`flan_jax.inference.Predictor`: greedily, or ``num_samples`` times at ``temperature``
+and reduced by majority vote (self-consistency).
 Predictions are scored by :mod:`flan_jax.evaluation.selection` (final answers compared with
 :func:`flan_jax.evaluation.answers.answers_match`), which builds the
 :class:`~flan_jax.evaluation.selection.AccuracyTable` and picks the step with the best mean
@@ -17,7 +18,7 @@ Worked example::
     result = run_selection(checkpoint_dir="/runs/student",
                            eval_sets={"gsm8k": gsm8k_test, "svamp": svamp},
                            dev_sets=["svamp"], decode=DecodeConfig(max_decode_len=256),
-                           training=gsm8k_train)
+                           format_name="zs_cot", training=gsm8k_train)
     result.table.to_markdown(); result.selection.step
 """
 from __future__ import annotations
@@ -27,52 +28,16 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-import numpy as np
-
 from flan_jax import checkpoints
-from flan_jax.data.file_io import write_json_atomically
-from flan_jax.distill import formats, targets
-from flan_jax.distill.teacher_generation import completion_length
+from flan_jax.distill import formats
 from flan_jax.evaluation import selection, splits
 from flan_jax.evaluation.math_datasets import MathExample, load_math_dataset
-from flan_jax.models import decoding
+from flan_jax.inference import DecodeConfig, Predictor
+from flan_jax.data.file_io import write_json_atomically
 
 ZERO_SHOT_FORMATS = (formats.ZS_COT, formats.ZS_ANSWER_ONLY)
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeConfig:
-    """How predictions are decoded.
-
-    Attributes:
-      format_name: the zero-shot format the questions are rendered in.
-      num_samples: 1 for greedy decoding; N > 1 samples voted on (self-consistency).
-      temperature: sampling temperature (used when ``num_samples > 1``).
-      max_decode_len: generated tokens per prediction.
-      max_input_len: encoder tokens kept per question.
-      batch_size: encoder rows per decoding call (samples included).
-      seed: sampling seed.
-    """
-
-    format_name: str = formats.ZS_COT
-    num_samples: int = 1
-    temperature: float = 0.7
-    max_decode_len: int = 256
-    max_input_len: int = 512
-    batch_size: int = 32
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.format_name not in ZERO_SHOT_FORMATS:
-            raise ValueError(f"DecodeConfig.format_name must be one of {ZERO_SHOT_FORMATS}; "
-                             f"got {self.format_name!r}.")
-        if self.num_samples < 1 or self.batch_size < 1 or self.max_decode_len < 1:
-            raise ValueError("DecodeConfig: num_samples, batch_size and max_decode_len must "
-                             f"be positive; got {self}.")
-        if self.num_samples > 1 and not self.temperature > 0:
-            raise ValueError("DecodeConfig.temperature must be > 0 with num_samples > 1; got "
-                             f"{self.temperature}.")
+# Greedy by default; chains of thought need room.
+SELECTION_DECODE = DecodeConfig(max_decode_len=256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +48,7 @@ class SelectionResult:
     table: selection.AccuracyTable
     selection: selection.Selection
     decode: DecodeConfig
+    format_name: str
 
     def to_json_dict(self) -> dict[str, Any]:
         """The table, per-step accuracies, the selection and the decoding options."""
@@ -90,8 +56,8 @@ class SelectionResult:
                                 for name in self.table.set_sizes}
                     for step in self.table.steps}
         return {"checkpoint_dir": self.checkpoint_dir, "decode": dataclasses.asdict(self.decode),
-                "table": self.table.to_json_dict(), "accuracy": accuracy,
-                "selection": dataclasses.asdict(self.selection)}
+                "format": self.format_name, "table": self.table.to_json_dict(),
+                "accuracy": accuracy, "selection": dataclasses.asdict(self.selection)}
 
 
 def parse_eval_specs(specs: Sequence[str]) -> dict[str, str]:
@@ -114,28 +80,8 @@ def load_eval_sets(paths: Mapping[str, str], *, max_examples: int | None = None
     return {name: load_math_dataset(name, path)[:max_examples] for name, path in paths.items()}
 
 
-def _decode_texts(loaded: checkpoints.LoadedCheckpoint, encoder: np.ndarray,
-                  decode: DecodeConfig) -> list[str]:
-    """Decoded texts of every encoder row, in fixed-size batches (one compilation per set)."""
-    texts: list[str] = []
-    size = decode.batch_size
-    for start in range(0, len(encoder), size):
-        rows = encoder[start:start + size]
-        batch = np.pad(rows, ((0, size - len(rows)), (0, 0)))
-        if decode.num_samples == 1:
-            tokens = decoding.greedy_decode(loaded.config, loaded.params, batch,
-                                            max_decode_len=decode.max_decode_len).tokens
-        else:
-            rng = jax.random.fold_in(jax.random.key(decode.seed), start)
-            tokens = decoding.temperature_sample(
-                loaded.config, loaded.params, batch, rng=rng, temperature=decode.temperature,
-                max_decode_len=decode.max_decode_len).tokens
-        for row in np.asarray(tokens)[:len(rows)]:
-            texts.append(loaded.vocabulary.decode(row[:completion_length(row)].tolist()))
-    return texts
-
-
-def make_checkpoint_predictor(checkpoint_dir: str, decode: DecodeConfig,
+def make_checkpoint_predictor(checkpoint_dir: str, decode: DecodeConfig, *,
+                              format_name: str = formats.ZS_COT,
                               format_config: formats.FormatConfig = formats.FormatConfig(),
                               ) -> selection.PredictFn:
     """``predict(step, examples)`` for :func:`selection.evaluate_checkpoints`.
@@ -150,21 +96,16 @@ def make_checkpoint_predictor(checkpoint_dir: str, decode: DecodeConfig,
             cache.clear()
             cache[step] = checkpoints.load_model_checkpoint(checkpoint_dir, step=step)
         loaded = cache[step]
-        prompts = [formats.render_inputs(e, decode.format_name, config=format_config)
+        prompts = [formats.render_inputs(e, format_name, config=format_config)
                    for e in examples]
-        encoder = targets.encode_inputs(loaded.vocabulary, prompts, decode.max_input_len)
-        encoder = np.repeat(encoder, decode.num_samples, axis=0)
-        texts = _decode_texts(loaded, encoder, decode)
-        if decode.num_samples == 1:
-            return texts
-        n = decode.num_samples
-        return [texts[i:i + n] for i in range(0, len(texts), n)]
+        return Predictor(loaded.model, loaded.params, loaded.vocabulary, decode).predict(prompts)
 
     return predict
 
 
 def run_selection(*, checkpoint_dir: str, eval_sets: Mapping[str, Sequence[MathExample]],
-                  dev_sets: Sequence[str], decode: DecodeConfig = DecodeConfig(),
+                  dev_sets: Sequence[str], decode: DecodeConfig = SELECTION_DECODE,
+                  format_name: str = formats.ZS_COT,
                   training: Sequence[MathExample] | None = None,
                   format_config: formats.FormatConfig = formats.FormatConfig(),
                   ) -> SelectionResult:
@@ -175,10 +116,14 @@ def run_selection(*, checkpoint_dir: str, eval_sets: Mapping[str, Sequence[MathE
       eval_sets: set name -> problems.
       dev_sets: the selection sets (names in ``eval_sets``).
       decode: decoding options.
+      format_name: the zero-shot format the questions are rendered in.
       training: the training problems; when given, a dev set sharing a question with them
         raises ValueError before anything is decoded.
       format_config: the wording of the format.
     """
+    if format_name not in ZERO_SHOT_FORMATS:
+        raise ValueError(f"run_selection: format_name must be one of {ZERO_SHOT_FORMATS}; got "
+                         f"{format_name!r}.")
     unknown = sorted(set(dev_sets) - set(eval_sets))
     if unknown or not dev_sets:
         raise ValueError(f"dev set(s) {unknown or list(dev_sets)} are not among the evaluation "
@@ -189,10 +134,11 @@ def run_selection(*, checkpoint_dir: str, eval_sets: Mapping[str, Sequence[MathE
     steps = selection.list_checkpoint_steps(checkpoint_dir)
     if not steps:
         raise FileNotFoundError(f"{checkpoint_dir} holds no checkpoint step directories.")
-    predict = make_checkpoint_predictor(checkpoint_dir, decode, format_config)
+    predict = make_checkpoint_predictor(checkpoint_dir, decode, format_name=format_name,
+                                        format_config=format_config)
     table = selection.evaluate_checkpoints(steps, eval_sets, predict)
     best = selection.select_best_checkpoint(table, dev_sets=list(dev_sets))
-    return SelectionResult(os.fspath(checkpoint_dir), table, best, decode)
+    return SelectionResult(os.fspath(checkpoint_dir), table, best, decode, format_name)
 
 
 def write_selection(path: str, result: SelectionResult) -> None:

@@ -81,16 +81,6 @@ def encode_text(vocabulary: seqio.SentencePieceVocabulary, text: str) -> np.ndar
     return np.asarray(list(vocabulary.encode(text)) + [EOS_ID], np.int32)
 
 
-def encode_inputs(vocabulary: seqio.SentencePieceVocabulary, texts: Sequence[str],
-                  max_length: int) -> np.ndarray:
-    """Encoder tokens ``[len(texts), longest]`` (EOS appended, cut to ``max_length``, 0-padded)."""
-    rows = [(list(vocabulary.encode(text)) + [EOS_ID])[:max_length] for text in texts]
-    out = np.zeros((len(rows), max(len(row) for row in rows)), np.int32)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = row
-    return out
-
-
 def _one_hot_example(vocabulary, inputs: str, targets: str, k: int, fmt: str,
                      key: str) -> StudentExample:
     target_ids = encode_text(vocabulary, targets)

@@ -1,7 +1,8 @@
 """Producer (b) of the teacher store: sample a local flan_jax teacher, keep correct samples.
 
 For every question the teacher is prompted in one format (zero-shot CoT by default) and
-sampled ``num_samples`` times at ``temperature``; a sample is kept when its final answer
+sampled ``num_samples`` times at ``temperature`` by :class:`flan_jax.inference.Predictor`
+(its EOS rule makes the completions); a sample is kept when its final answer
 equals the gold answer (:func:`flan_jax.evaluation.answers.answers_match`), as the paper kept
 code-davinci-002's correct samples. For each kept sample the teacher is run once more,
 teacher-forced on the sample, and its top-k ``(id, log-prob)`` at every target position (at
@@ -24,51 +25,45 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from flan_jax.distill import formats, targets
+from flan_jax.distill import formats
 from flan_jax.distill.teacher_store import TeacherStoreWriter
 from flan_jax.evaluation import answers
 from flan_jax.evaluation.math_datasets import MathExample
-from flan_jax.models import decoding, t5
-from flan_jax.models.config import T5Config
+from flan_jax.inference import DecodeConfig, Predictor, pad_token_rows
+from flan_jax.models.interface import Model
 
-EOS_ID = 1
-# (encoder tokens [b, n], rng) -> sampled decoder tokens [b, L]
-SampleFn = Callable[[np.ndarray, jax.Array], np.ndarray]
+# (prompt token rows, rng) -> for each prompt, its sampled completions (ids before EOS).
+SampleFn = Callable[[Sequence[Sequence[int]], jax.Array], list[list[np.ndarray]]]
 AnswerCheck = Callable[[str, str], bool]
+
+# The teacher's default sampling: 4 samples per question at temperature 0.5 (the paper: about
+# 40 at 0.5), 16 questions per sampling call.
+TEACHER_SAMPLING = DecodeConfig(method="sample", num_samples=4, temperature=0.5,
+                                max_decode_len=128, max_input_len=256, batch_size=16)
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
-    """How the teacher is sampled.
+    """How the teacher is sampled and what is stored of it.
 
     Attributes:
-      num_samples: samples per question (the paper: about 40).
-      temperature: sampling temperature (the paper: 0.5).
-      top_k: entries of the teacher distribution stored per position (the paper: 5).
-      max_decode_len: longest completion, in teacher tokens.
-      max_input_len: prompts are cut to this many tokens.
-      batch_size: prompts per sampling call (each is repeated ``num_samples`` times).
+      decode: the sampling: ``decode.num_samples`` samples per question at
+        ``decode.temperature``, ``decode.batch_size`` questions per sampling call,
+        completions of at most ``decode.max_decode_len`` tokens, prompts cut to
+        ``decode.max_input_len`` tokens, seeded by ``decode.seed``.
+      store_top_k: entries of the teacher distribution stored per position (the paper: 5).
       format_name: the prompt format, one of ``flan_jax.distill.formats.FORMATS``
         (zero-shot formats only: the prompt of an item must not depend on a pool).
-      seed: sampling seed.
     """
 
-    num_samples: int = 4
-    temperature: float = 0.5
-    top_k: int = 5
-    max_decode_len: int = 128
-    max_input_len: int = 256
-    batch_size: int = 16
+    decode: DecodeConfig = TEACHER_SAMPLING
+    store_top_k: int = 5
     format_name: str = formats.ZS_COT
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("num_samples", "top_k", "max_decode_len", "max_input_len", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GenerationConfig.{name} must be >= 1; got "
-                                 f"{getattr(self, name)}")
-        if not self.temperature > 0:
-            raise ValueError(f"GenerationConfig.temperature must be > 0; got {self.temperature}")
+        if self.store_top_k < 1:
+            raise ValueError(f"GenerationConfig.store_top_k must be >= 1; got "
+                             f"{self.store_top_k}")
         if self.format_name not in (formats.ZS_COT, formats.ZS_ANSWER_ONLY):
             raise ValueError("GenerationConfig.format_name must be 'zs_cot' or "
                              f"'zs_answer_only'; got {self.format_name!r}")
@@ -97,65 +92,70 @@ def teacher_vocabulary(vocabulary: seqio.SentencePieceVocabulary, vocab_size: in
     return names + [f"<unused_{i}>" for i in range(len(names), vocab_size)]
 
 
-def make_sampler(config: T5Config, params: Any, generation: GenerationConfig) -> SampleFn:
-    """The default sampler: ``decoding.temperature_sample`` of the teacher."""
+def make_sampler(predictor: Predictor) -> SampleFn:
+    """The default sampler: the predictor's completions, as a list per prompt."""
 
-    def sample(encoder_tokens: np.ndarray, rng: jax.Array) -> np.ndarray:
-        result = decoding.temperature_sample(
-            config, params, jnp.asarray(encoder_tokens), rng=rng,
-            max_decode_len=generation.max_decode_len, temperature=generation.temperature)
-        return np.asarray(result.tokens)
+    def sample(prompt_rows: Sequence[Sequence[int]], rng: jax.Array) -> list[list[np.ndarray]]:
+        completions = predictor.predict_tokens(prompt_rows, rng=rng)
+        if predictor.config.num_samples == 1:
+            return [[tokens] for tokens in completions]
+        return completions
 
     return sample
 
 
-def make_top_k_scorer(config: T5Config, params: Any, k: int):
-    """``(encoder [b, n], tokens [b, L]) -> (ids, log-probs [b, L, k], sampled log-prob [b, L])``.
+def make_top_k_scorer(model: Model, params: Any, k: int):
+    """``(inputs [b, n], tokens [b, L]) -> (ids, log-probs [b, L, k], sampled log-prob [b, L])``.
 
     The teacher is run teacher-forced on the tokens; log-probs are at temperature 1.
     """
-    model = t5.EncoderDecoder(config)
 
     @jax.jit
-    def score(teacher_params, encoder_tokens, decoder_targets):
-        decoder_inputs = jnp.pad(decoder_targets[:, :-1], ((0, 0), (1, 0)))
-        logits = model.apply({"params": teacher_params}, encoder_tokens, decoder_inputs)
+    def score(teacher_params, inputs, targets):
+        batch = model.make_scoring_batch(inputs, targets)
+        hidden = model.hidden_states(teacher_params, batch)
+        logits = hidden @ model.output_kernel(teacher_params)
         logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         top_logprobs, top_ids = jax.lax.top_k(logprobs, k)  # [b, L, k]
-        chosen = jnp.take_along_axis(logprobs, decoder_targets[..., None], axis=-1)[..., 0]
+        chosen = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
         return top_ids, top_logprobs, chosen
 
-    return lambda encoder_tokens, decoder_targets: score(params, encoder_tokens, decoder_targets)
+    return lambda inputs, targets: score(params, jnp.asarray(inputs), jnp.asarray(targets))
 
 
-def completion_length(tokens: np.ndarray) -> int:
-    """Tokens before the first EOS (or padding 0, which ends a sample the same way)."""
-    stops = np.flatnonzero(np.asarray(tokens) <= EOS_ID)
-    return int(stops[0]) if len(stops) else len(tokens)
+@dataclasses.dataclass(frozen=True)
+class _Sample:
+    """One sampled completion of question ``item_index`` of a batch."""
+
+    item_index: int
+    sample_index: int
+    tokens: np.ndarray
+    text: str
 
 
-def _store_kept(writer, vocabulary, score, batch_items, prompts, encoder, samples, kept,
-                generation: GenerationConfig) -> None:
+def _store_kept(writer: TeacherStoreWriter, score, batch_items: Sequence[MathExample],
+                prompts: Sequence[str], prompt_rows: Sequence[Sequence[int]],
+                kept: Sequence[_Sample], generation: GenerationConfig) -> None:
     """Scores the kept samples with the teacher and appends them to the store."""
-    rows = np.flatnonzero(kept)
-    if not len(rows):
+    if not kept:
         return
-    top_ids, top_logprobs, chosen = map(np.asarray, score(encoder[rows], samples[rows]))
-    for out_row, row in enumerate(rows):
-        item_index, sample_index = divmod(int(row), generation.num_samples)
-        item = batch_items[item_index]
-        length = completion_length(samples[row])
-        writer.add(f"{item.id}/{sample_index}", samples[row, :length],
-                   top_ids[out_row, :length], top_logprobs[out_row, :length],
-                   token_logprobs=chosen[out_row, :length],
+    bucket = generation.decode.length_bucket
+    top_ids, top_logprobs, chosen = map(np.asarray, score(
+        pad_token_rows([prompt_rows[s.item_index] for s in kept], length_multiple=bucket),
+        pad_token_rows([s.tokens for s in kept], length_multiple=bucket)))
+    for row, sample in enumerate(kept):
+        item = batch_items[sample.item_index]
+        length = len(sample.tokens)
+        writer.add(f"{item.id}/{sample.sample_index}", sample.tokens,
+                   top_ids[row, :length], top_logprobs[row, :length],
+                   token_logprobs=chosen[row, :length],
                    metadata={"question": item.question, "answer": item.answer,
-                             "text": vocabulary.decode(samples[row, :length].tolist()),
-                             "inputs": prompts[item_index], "format": generation.format_name,
-                             "question_id": item.id, "sample": sample_index,
-                             "source": item.source})
+                             "text": sample.text, "inputs": prompts[sample.item_index],
+                             "format": generation.format_name, "question_id": item.id,
+                             "sample": sample.sample_index, "source": item.source})
 
 
-def generate_teacher_store(*, model_config: T5Config, params: Any,
+def generate_teacher_store(*, model: Model, params: Any,
                            vocabulary: seqio.SentencePieceVocabulary,
                            examples: Sequence[MathExample], writer: TeacherStoreWriter,
                            generation: GenerationConfig = GenerationConfig(),
@@ -166,40 +166,40 @@ def generate_teacher_store(*, model_config: T5Config, params: Any,
     """Samples the teacher on every question and stores the correct samples' top-k.
 
     Args:
-      model_config: the teacher's config.
+      model: the teacher model.
       params: the teacher's parameters.
       vocabulary: the teacher's vocabulary.
       examples: the questions with their gold answers.
       writer: an open store writer created with ``vocabulary=teacher_vocabulary(...)``.
-      generation: sampling options.
+      generation: sampling and storage options.
       sample_fn: replaces the teacher's sampler (e.g. in tests); default
-        :func:`make_sampler`.
+        :func:`make_sampler` of the teacher's :class:`~flan_jax.inference.Predictor`.
       is_correct: ``is_correct(completion text, gold answer)``.
       format_config: the prompt wording.
 
     Returns:
       The run's :class:`GenerationStats`.
     """
-    sample_fn = sample_fn or make_sampler(model_config, params, generation)
-    score = make_top_k_scorer(model_config, params, generation.top_k)
+    predictor = Predictor(model, params, vocabulary, generation.decode)
+    sample_fn = sample_fn or make_sampler(predictor)
+    score = make_top_k_scorer(model, params, generation.store_top_k)
     stats = GenerationStats()
-    rng = jax.random.key(generation.seed)
-    for start in range(0, len(examples), generation.batch_size):
-        batch_items = list(examples[start:start + generation.batch_size])
+    rng = jax.random.key(generation.decode.seed)
+    for start in range(0, len(examples), generation.decode.batch_size):
+        batch_items = list(examples[start:start + generation.decode.batch_size])
         prompts = [formats.render_inputs(item, generation.format_name, config=format_config)
                    for item in batch_items]
-        encoder = np.repeat(targets.encode_inputs(vocabulary, prompts, generation.max_input_len),
-                            generation.num_samples, axis=0)  # [items * samples, n]
-        samples = np.asarray(sample_fn(encoder, jax.random.fold_in(rng, start)), np.int32)
-        texts = [vocabulary.decode(row[:completion_length(row)].tolist()) for row in samples]
-        kept = np.array([is_correct(text, batch_items[i // generation.num_samples].answer)
-                         for i, text in enumerate(texts)], bool)
-        _store_kept(writer, vocabulary, score, batch_items, prompts, encoder, samples, kept,
-                    generation)
-        per_item = kept.reshape(len(batch_items), generation.num_samples).sum(-1)
+        prompt_rows = predictor.tokenize(prompts)
+        samples = [_Sample(i, j, np.asarray(tokens, np.int32), predictor.detokenize(tokens))
+                   for i, item_samples in enumerate(sample_fn(prompt_rows,
+                                                              jax.random.fold_in(rng, start)))
+                   for j, tokens in enumerate(item_samples)]
+        kept = [s for s in samples if is_correct(s.text, batch_items[s.item_index].answer)]
+        _store_kept(writer, score, batch_items, prompts, prompt_rows, kept, generation)
+        per_item = np.bincount([s.item_index for s in kept], minlength=len(batch_items))
         stats.num_questions += len(batch_items)
         stats.num_samples += len(samples)
-        stats.num_kept += int(kept.sum())
+        stats.num_kept += len(kept)
         stats.correct_per_question += [int(c) for c in per_item]
     writer.flush()
     return stats

@@ -1,4 +1,4 @@
-"""Decoding and scoring with the T5 encoder-decoder: jit-compiled, batched, KV-cached.
+"""Decoding and scoring for any :class:`~flan_jax.models.interface.Model`: jit-compiled, batched.
 
 - `greedy_decode`: the most likely token at every step.
 - `temperature_sample`: sampling with temperature, top-k and top-p (nucleus) filtering;
@@ -7,8 +7,13 @@
 - `score_targets`: summed log-likelihood of given targets (EOS included), for rank
   classification.
 
+The algorithms see the model only through its decode hooks (``init_decode_state``,
+``decode_step``, ``reorder_decode_state``) and, for scoring, ``make_scoring_batch``,
+``hidden_states`` and ``output_kernel``; the model is a static argument of ``jax.jit``.
+
 Generated token arrays are [batch, max_decode_len]: the tokens after the start token 0, with
-EOS (id 1 by default) included and 0 after it.
+EOS (id 1 by default) included and 0 after it. :func:`flan_jax.inference.completion_tokens`
+turns a row into the completion it holds.
 """
 from __future__ import annotations
 
@@ -19,12 +24,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from flan_jax.models.config import T5Config
-from flan_jax.models.t5 import EncoderDecoder
+from flan_jax.kernels.fused_loss import token_logprobs_from_hidden
+from flan_jax.models.interface import Model
 
 Array = jax.Array
-Params = dict[str, Any]
-Cache = dict[str, Any]
+Params = Any
 
 # Log-probability of impossible hypotheses; finite so that arithmetic on it never gives NaN.
 NEG_INF = -1.0e7
@@ -46,33 +50,11 @@ class DecodeResult:
     scores: Array
 
 
-# ------------------------------------------------------------------------------------------
-# The cached decoder
-# ------------------------------------------------------------------------------------------
-def _encode(config: T5Config, params: Params, encoder_input_tokens: Array) -> Array:
-    return EncoderDecoder(config).apply({"params": params}, encoder_input_tokens,
-                                        method=EncoderDecoder.encode)
-
-
-def _init_cache(config: T5Config, params: Params, encoded: Array,
-                encoder_input_tokens: Array, max_decode_len: int) -> Cache:
-    """Creates the self-attention cache and the projected cross-attention keys/values."""
-    dummy = jnp.zeros((encoded.shape[0], max_decode_len), jnp.int32)
-    _, variables = EncoderDecoder(config).apply(
-        {"params": params}, encoded, encoder_input_tokens, dummy, decode=True,
-        method=EncoderDecoder.decode, mutable=["cache"])
-    return variables["cache"]
-
-
-def _decode_step(config: T5Config, params: Params, cache: Cache, encoded: Array,
-                 encoder_input_tokens: Array, tokens: Array, max_decode_len: int
-                 ) -> tuple[Array, Cache]:
-    """Feeds `tokens` [batch] at the cache position; returns log-probs [batch, vocab]."""
-    logits, variables = EncoderDecoder(config).apply(
-        {"params": params, "cache": cache}, encoded, encoder_input_tokens, tokens[:, None],
-        decode=True, max_decode_len=max_decode_len, method=EncoderDecoder.decode,
-        mutable=["cache"])
-    return jax.nn.log_softmax(logits[:, 0, :]), variables["cache"]
+def _log_probs_step(model: Model, params: Params, state: Any, tokens: Array
+                    ) -> tuple[Array, Any]:
+    """Feeds `tokens` [batch]; returns log-probabilities [batch, vocab] and the new state."""
+    logits, state = model.decode_step(params, state, tokens)
+    return jax.nn.log_softmax(logits), state
 
 
 # ------------------------------------------------------------------------------------------
@@ -101,14 +83,13 @@ def filter_logits(logits: Array, *, top_k: int = 0, top_p: float = 1.0) -> Array
     return logits
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_decode_len", "eos_id",
+@functools.partial(jax.jit, static_argnames=("model", "max_decode_len", "eos_id",
                                              "temperature", "top_k", "top_p"))
-def _sample_loop(config: T5Config, params: Params, encoder_input_tokens: Array, rng: Array, *,
+def _sample_loop(model: Model, params: Params, inputs: Array, rng: Array, *,
                  max_decode_len: int, eos_id: int, temperature: float, top_k: int,
                  top_p: float) -> tuple[Array, Array]:
-    batch = encoder_input_tokens.shape[0]
-    encoded = _encode(config, params, encoder_input_tokens)
-    cache = _init_cache(config, params, encoded, encoder_input_tokens, max_decode_len)
+    batch = inputs.shape[0]
+    decode_state = model.init_decode_state(params, inputs, max_decode_len=max_decode_len)
 
     def select(log_probs: Array, key: Array) -> Array:
         if temperature == 0.0:
@@ -121,33 +102,32 @@ def _sample_loop(config: T5Config, params: Params, encoder_input_tokens: Array, 
         return (step < max_decode_len) & ~jnp.all(done)
 
     def body(state: tuple) -> tuple:
-        step, last, out, done, total, cache, key = state
-        log_probs, cache = _decode_step(config, params, cache, encoded, encoder_input_tokens,
-                                        last, max_decode_len)
+        step, last, out, done, total, decode_state, key = state
+        log_probs, decode_state = _log_probs_step(model, params, decode_state, last)
         key, step_key = jax.random.split(key)
         token = jnp.where(done, 0, select(log_probs, step_key))
         chosen = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
         total = total + jnp.where(done, 0.0, chosen)
         out = out.at[:, step].set(token)
-        return step + 1, token, out, done | (token == eos_id), total, cache, key
+        return step + 1, token, out, done | (token == eos_id), total, decode_state, key
 
     init = (jnp.array(0), jnp.zeros((batch,), jnp.int32),
             jnp.zeros((batch, max_decode_len), jnp.int32), jnp.zeros((batch,), bool),
-            jnp.zeros((batch,), jnp.float32), cache, rng)
+            jnp.zeros((batch,), jnp.float32), decode_state, rng)
     _, _, out, _, total, _, _ = jax.lax.while_loop(cond, body, init)
     return out, total
 
 
-def temperature_sample(config: T5Config, params: Params, encoder_input_tokens: Array, *,
+def temperature_sample(model: Model, params: Params, inputs: Array, *,
                        rng: Array | None = None, max_decode_len: int, temperature: float = 1.0,
                        top_k: int = 0, top_p: float = 1.0, eos_id: int = EOS_ID
                        ) -> DecodeResult:
     """Samples continuations, stopping each row at EOS.
 
     Args:
-      config: The model config (static under jit).
+      model: The model (static under jit).
       params: Model parameters.
-      encoder_input_tokens: [batch, enc_len] int, 0-padded.
+      inputs: [batch, input_len] int, 0-padded.
       rng: PRNG key; required unless temperature is 0.
       max_decode_len: Maximum number of generated tokens.
       temperature: Softmax temperature; 0 selects the most likely token (greedy).
@@ -169,17 +149,17 @@ def temperature_sample(config: T5Config, params: Params, encoder_input_tokens: A
         if temperature != 0.0:
             raise ValueError("temperature_sample needs an rng unless temperature is 0.")
         rng = jax.random.key(0)
-    tokens, scores = _sample_loop(config, params, jnp.asarray(encoder_input_tokens), rng,
-                                  max_decode_len=max_decode_len, eos_id=eos_id,
+    tokens, scores = _sample_loop(model, params, jnp.asarray(inputs), rng,
+                                  max_decode_len=int(max_decode_len), eos_id=eos_id,
                                   temperature=float(temperature), top_k=int(top_k),
                                   top_p=float(top_p))
     return DecodeResult(tokens, scores)
 
 
-def greedy_decode(config: T5Config, params: Params, encoder_input_tokens: Array, *,
+def greedy_decode(model: Model, params: Params, inputs: Array, *,
                   max_decode_len: int, eos_id: int = EOS_ID) -> DecodeResult:
     """Greedy decoding: `temperature_sample` at temperature 0."""
-    return temperature_sample(config, params, encoder_input_tokens, temperature=0.0,
+    return temperature_sample(model, params, inputs, temperature=0.0,
                               max_decode_len=max_decode_len, eos_id=eos_id)
 
 
@@ -191,18 +171,6 @@ def length_penalty(length: Array | int, alpha: float) -> Array:
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
-def _gather_beams(cache: Cache, flat_indices: Array, scan_layers: bool) -> Cache:
-    """Reorders the batch*beam rows of every cache array (scalars are shared)."""
-    def gather(path: tuple, leaf: Array) -> Array:
-        if leaf.ndim == 0:
-            return leaf
-        # Scanned layers stack the cache along a leading layer axis.
-        scanned = scan_layers and any(getattr(k, "key", None) == "layers" for k in path)
-        return jnp.take(leaf, flat_indices, axis=1 if scanned else 0)
-
-    return jax.tree_util.tree_map_with_path(gather, cache)
-
-
 def _top_k_along(values: Array, k: int, *arrays: Array) -> tuple[Array, ...]:
     """The k largest `values` [batch, n] and the matching rows of each [batch, n, ...] array."""
     top_values, indices = jax.lax.top_k(values, k)
@@ -211,15 +179,14 @@ def _top_k_along(values: Array, k: int, *arrays: Array) -> tuple[Array, ...]:
     return (top_values, indices) + gathered
 
 
-@functools.partial(jax.jit, static_argnames=("config", "num_beams", "alpha", "max_decode_len",
+@functools.partial(jax.jit, static_argnames=("model", "num_beams", "alpha", "max_decode_len",
                                              "eos_id"))
-def _beam_search(config: T5Config, params: Params, encoder_input_tokens: Array, *,
-                 num_beams: int, alpha: float, max_decode_len: int, eos_id: int
-                 ) -> tuple[Array, Array]:
-    batch, k, length = encoder_input_tokens.shape[0], num_beams, max_decode_len
-    enc_tokens = jnp.repeat(encoder_input_tokens, k, axis=0)  # [batch * k, enc_len]
-    encoded = _encode(config, params, enc_tokens)
-    cache = _init_cache(config, params, encoded, enc_tokens, length)
+def _beam_search(model: Model, params: Params, inputs: Array, *, num_beams: int, alpha: float,
+                 max_decode_len: int, eos_id: int) -> tuple[Array, Array]:
+    batch, k, length = inputs.shape[0], num_beams, max_decode_len
+    # Row b * k + j of the decode state serves beam j of input b.
+    decode_state = model.init_decode_state(params, jnp.repeat(inputs, k, axis=0),
+                                           max_decode_len=length)
     best_bound = length_penalty(length, alpha)
 
     def cond(state: tuple) -> Array:
@@ -230,10 +197,10 @@ def _beam_search(config: T5Config, params: Params, encoder_input_tokens: Array, 
         return (step < length) & ~jnp.all(hopeless)
 
     def body(state: tuple) -> tuple:
-        step, alive_seqs, alive_logp, finished_seqs, finished_scores, cache = state
+        step, alive_seqs, alive_logp, finished_seqs, finished_scores, decode_state = state
         last = jnp.where(step == 0, 0, alive_seqs[:, :, jnp.maximum(step - 1, 0)])
-        log_probs, cache = _decode_step(config, params, cache, encoded, enc_tokens,
-                                        last.reshape(-1), length)
+        log_probs, decode_state = _log_probs_step(model, params, decode_state,
+                                                  last.reshape(-1))
         vocab = log_probs.shape[-1]
         candidates = (alive_logp[:, :, None] + log_probs.reshape(batch, k, vocab))
         # 2k candidates always leave k that did not just end with EOS.
@@ -245,25 +212,24 @@ def _beam_search(config: T5Config, params: Params, encoder_input_tokens: Array, 
         real = cand_logp > NEG_INF / 2
         cand_scores = jnp.where(ends & real, cand_logp / length_penalty(step + 1, alpha),
                                 NEG_INF)
-        alive_logp, chosen, alive_seqs, beam = _top_k_along(
+        alive_logp, _, alive_seqs, beam = _top_k_along(
             jnp.where(cand_token == eos_id, NEG_INF, cand_logp), k, cand_seqs, cand_beam)
         rows = jnp.arange(batch)[:, None] * k
-        cache = _gather_beams(cache, (rows + beam).reshape(-1), config.scan_layers)
+        decode_state = model.reorder_decode_state(decode_state, (rows + beam).reshape(-1))
         finished_scores, _, finished_seqs = _top_k_along(
             jnp.concatenate([finished_scores, cand_scores], axis=1), k,
             jnp.concatenate([finished_seqs, cand_seqs], axis=1))
-        return step + 1, alive_seqs, alive_logp, finished_seqs, finished_scores, cache
+        return step + 1, alive_seqs, alive_logp, finished_seqs, finished_scores, decode_state
 
     alive_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1)), (batch, 1))
     seqs = jnp.zeros((batch, k, length), jnp.int32)
-    init = (jnp.array(0), seqs, alive_logp, seqs, jnp.full((batch, k), NEG_INF), cache)
+    init = (jnp.array(0), seqs, alive_logp, seqs, jnp.full((batch, k), NEG_INF), decode_state)
     _, _, _, finished_seqs, finished_scores, _ = jax.lax.while_loop(cond, body, init)
     return finished_seqs, finished_scores
 
 
-def beam_search(config: T5Config, params: Params, encoder_input_tokens: Array, *,
-                max_decode_len: int, num_beams: int = 4, alpha: float = 0.6,
-                eos_id: int = EOS_ID) -> DecodeResult:
+def beam_search(model: Model, params: Params, inputs: Array, *, max_decode_len: int,
+                num_beams: int = 4, alpha: float = 0.6, eos_id: int = EOS_ID) -> DecodeResult:
     """Beam search for the sequences of highest length-penalised log-probability.
 
     A hypothesis is complete when it emits EOS or reaches `max_decode_len` tokens; its score
@@ -271,9 +237,9 @@ def beam_search(config: T5Config, params: Params, encoder_input_tokens: Array, *
     unfinished hypothesis can still beat the k best complete ones.
 
     Args:
-      config: The model config (static under jit).
+      model: The model (static under jit).
       params: Model parameters.
-      encoder_input_tokens: [batch, enc_len] int, 0-padded.
+      inputs: [batch, input_len] int, 0-padded.
       max_decode_len: Maximum number of generated tokens.
       num_beams: Beam width k.
       alpha: Length penalty exponent (0 disables it).
@@ -287,40 +253,41 @@ def beam_search(config: T5Config, params: Params, encoder_input_tokens: Array, *
         raise ValueError(f"num_beams must be >= 1, got {num_beams}.")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}.")
-    tokens, scores = _beam_search(config, params, jnp.asarray(encoder_input_tokens),
-                                  num_beams=int(num_beams), alpha=float(alpha),
-                                  max_decode_len=int(max_decode_len), eos_id=eos_id)
+    tokens, scores = _beam_search(model, params, jnp.asarray(inputs), num_beams=int(num_beams),
+                                  alpha=float(alpha), max_decode_len=int(max_decode_len),
+                                  eos_id=eos_id)
     return DecodeResult(tokens, scores)
 
 
 # ------------------------------------------------------------------------------------------
 # Scoring
 # ------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("config",))
-def token_log_likelihoods(config: T5Config, params: Params, encoder_input_tokens: Array,
-                          decoder_target_tokens: Array) -> Array:
-    """Log-probability of every target token [batch, dec_len]; 0 at padding (id 0)."""
-    targets = jnp.asarray(decoder_target_tokens)
-    decoder_inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))  # shift right, start at 0
-    logits = EncoderDecoder(config).apply({"params": params}, encoder_input_tokens,
-                                          decoder_inputs)
-    log_probs = jax.nn.log_softmax(logits)
-    chosen = jnp.take_along_axis(log_probs, targets[:, :, None], axis=-1)[:, :, 0]
-    return jnp.where(targets > 0, chosen, 0.0)
+@functools.partial(jax.jit, static_argnames=("model",))
+def token_log_likelihoods(model: Model, params: Params, inputs: Array, targets: Array
+                          ) -> Array:
+    """Log-probability of every target token [batch, target_len]; 0 at padding (id 0).
+
+    The fused kernel reads the log-softmax at the targets from the hidden states in
+    vocabulary chunks, so no [batch, length, vocab] logits are materialised.
+    """
+    batch = model.make_scoring_batch(jnp.asarray(inputs), jnp.asarray(targets))
+    hidden = model.hidden_states(params, batch)  # [batch, target_len, embed]
+    target_tokens = batch["decoder_target_tokens"]
+    chosen = token_logprobs_from_hidden(hidden, model.output_kernel(params),
+                                        target_tokens[..., None])[..., 0]
+    return jnp.where(batch["decoder_loss_weights"] > 0, chosen, 0.0)
 
 
-def score_targets(config: T5Config, params: Params, encoder_input_tokens: Array,
-                  decoder_target_tokens: Array) -> Array:
+def score_targets(model: Model, params: Params, inputs: Array, targets: Array) -> Array:
     """Summed log-likelihood of each row's targets (EOS included, 0-padding excluded).
 
     Args:
-      config: The model config.
+      model: The model (static under jit).
       params: Model parameters.
-      encoder_input_tokens: [batch, enc_len] int, 0-padded.
-      decoder_target_tokens: [batch, dec_len] int targets ending with EOS, then 0-padded.
+      inputs: [batch, input_len] int, 0-padded.
+      targets: [batch, target_len] int targets ending with EOS, then 0-padded.
 
     Returns:
       [batch] float32 log-likelihoods.
     """
-    return jnp.sum(token_log_likelihoods(config, params, encoder_input_tokens,
-                                         decoder_target_tokens), axis=-1)
+    return jnp.sum(token_log_likelihoods(model, params, inputs, targets), axis=-1)

@@ -28,7 +28,7 @@ from flan_jax.data import file_io
 from flan_jax.models import t5
 from flan_jax.models.config import T5Config
 from flan_jax.tasks import demo as demo_tasks
-from flan_jax.training import evaluation, trainer
+from flan_jax.training import task_eval, trainer
 
 # A new instruction for the printed `flan-jax infer` example, worded unlike any template.
 NEW_INSTRUCTIONS = (
@@ -55,7 +55,7 @@ class DemoResult:
     train: trainer.TrainResult
 
 
-def measure_cluster_accuracy(evaluator: evaluation.Evaluator, params: Any,
+def measure_cluster_accuracy(evaluator: task_eval.Evaluator, params: Any,
                              eval_tasks: Mapping[str, Mapping[str, str]]
                              ) -> dict[str, dict[str, float]]:
     """Exact-match accuracy per cluster on its seen- and unseen-template tasks."""
@@ -117,10 +117,10 @@ def run_demo(
     demo_tasks.register_demo_tasks(vocabulary)
     eval_tasks = demo_tasks.demo_eval_tasks()
     names = [name for tasks in eval_tasks.values() for name in tasks.values()]
-    evaluator = evaluation.Evaluator(
+    evaluator = task_eval.Evaluator(
         model_config, vocabulary, names, task_feature_lengths,
-        evaluation.EvalConfig(max_examples=num_eval_examples, batch_size=eval_batch_size,
-                              teacher_forced=False, inference=True))
+        task_eval.EvalConfig(max_examples=num_eval_examples, batch_size=eval_batch_size,
+                             teacher_forced=False, inference=True))
     print(f"demo: evaluating the untrained model on {len(names)} tasks x "
           f"{num_eval_examples} held-out examples ...", flush=True)
     initial = t5.init_params(model_config, jax.random.key(seed))

@@ -40,9 +40,9 @@ from flan_jax.models.config import T5Config
 from flan_jax.training import (
     adafactor,
     checkpointing,
-    evaluation,
     losses,
     partitioning,
+    task_eval,
     train_state,
     train_step,
 )
@@ -511,15 +511,15 @@ def make_data_iterator(config: RunConfig, data_config: DataConfig) -> pipeline.T
 
 
 def _make_evaluator(model_config: T5Config, vocabulary: seqio.SentencePieceVocabulary,
-                    config: RunConfig, eval_config: evaluation.EvalConfig
-                    ) -> evaluation.Evaluator | None:
+                    config: RunConfig, eval_config: task_eval.EvalConfig
+                    ) -> task_eval.Evaluator | None:
     if not (eval_config.teacher_forced or eval_config.inference):
         return None
     names = eval_config.tasks or (config.mixture_or_task_name,)
-    if not evaluation.list_eval_tasks(names, eval_config.split):
+    if not task_eval.list_eval_tasks(names, eval_config.split):
         logging.info("no task of %s has split %r: no evaluation", names, eval_config.split)
         return None
-    return evaluation.Evaluator(model_config, vocabulary, names,
+    return task_eval.Evaluator(model_config, vocabulary, names,
                                 config.task_feature_lengths, eval_config)
 
 
@@ -543,7 +543,7 @@ def train(
     step_config: train_step.TrainStepConfig = train_step.TrainStepConfig(),
     partitioning_config: PartitioningConfig = PartitioningConfig(),
     checkpoint_config: checkpointing.CheckpointConfig = checkpointing.CheckpointConfig(),
-    eval_config: evaluation.EvalConfig = evaluation.EvalConfig(),
+    eval_config: task_eval.EvalConfig = task_eval.EvalConfig(),
     metrics_config: metrics_lib.MetricsConfig = metrics_lib.MetricsConfig(),
 ) -> TrainResult:
     """Trains a T5 encoder-decoder on a seqio task or mixture; resumes ``model_dir``.

@@ -232,9 +232,9 @@ def _direct_accuracy(model_dir: str, step: int, examples, max_decode_len: int) -
     for example in examples:
         prompt = formats.render_inputs(example, formats.ZS_ANSWER_ONLY)
         encoder = np.zeros((1, 64), np.int32)
-        ids = targets.encode_inputs(loaded.vocabulary, [prompt], 64)[0]
+        ids = targets.encode_text(loaded.vocabulary, prompt)
         encoder[0, :len(ids)] = ids
-        tokens = np.asarray(decoding.greedy_decode(loaded.config, loaded.params, encoder,
+        tokens = np.asarray(decoding.greedy_decode(loaded.model, loaded.params, encoder,
                                                    max_decode_len=max_decode_len).tokens)[0]
         end = int(np.argmax(tokens == 1)) if (tokens == 1).any() else len(tokens)
         text = loaded.vocabulary.decode(tokens[:end].tolist())

@@ -13,6 +13,7 @@ from flan_jax.data.vocabularies import get_vocabulary
 from flan_jax.distill import alignment, targets, teacher_generation
 from flan_jax.distill.teacher_store import TeacherStore, TeacherStoreWriter
 from flan_jax.evaluation.math_datasets import MathExample
+from flan_jax.inference import DecodeConfig, Predictor, pad_token_rows
 from flan_jax.models import t5
 from flan_jax.testing.models import write_test_sentencepiece
 from flan_jax.testing.models import make_tiny_t5_config
@@ -34,29 +35,36 @@ def teacher():
     return config, t5.init_params(config, jax.random.key(0))
 
 
+def _sampling(num_samples: int) -> DecodeConfig:
+    return DecodeConfig(method="sample", num_samples=num_samples, temperature=1.0,
+                        max_decode_len=10, batch_size=2)
+
+
 def _generate(tmp_path, vocabulary, teacher, *, sample_fn, is_correct, num_samples=3):
     config, params = teacher
-    generation = teacher_generation.GenerationConfig(num_samples=num_samples, temperature=1.0,
-                                                     top_k=4, max_decode_len=10, batch_size=2)
+    generation = teacher_generation.GenerationConfig(decode=_sampling(num_samples),
+                                                     store_top_k=4)
     names = teacher_generation.teacher_vocabulary(vocabulary, config.vocab_size)
     store_dir = str(tmp_path / "store")
     with TeacherStoreWriter(store_dir, k=4, vocabulary=names) as writer:
         stats = teacher_generation.generate_teacher_store(
-            model_config=config, params=params, vocabulary=vocabulary, examples=QUESTIONS,
-            writer=writer, generation=generation, sample_fn=sample_fn, is_correct=is_correct)
+            model=t5.T5Model(config), params=params, vocabulary=vocabulary,
+            examples=QUESTIONS, writer=writer, generation=generation, sample_fn=sample_fn,
+            is_correct=is_correct)
     return TeacherStore(store_dir), stats
 
 
 def test_keeps_only_checked_samples_with_exact_teacher_top_k(tmp_path, vocabulary, teacher):
     config, params = teacher
     sampler = teacher_generation.make_sampler(
-        config, params, teacher_generation.GenerationConfig(max_decode_len=10, temperature=1.0))
+        Predictor(t5.T5Model(config), params, vocabulary, _sampling(3)))
     seen = []
 
-    def recording_sampler(encoder, rng):
-        tokens = sampler(encoder, rng)
-        seen.append((encoder, tokens))
-        return tokens
+    def recording_sampler(prompt_rows, rng):
+        samples = sampler(prompt_rows, rng)
+        seen.extend((row, tokens) for row, row_samples in zip(prompt_rows, samples)
+                    for tokens in row_samples)
+        return samples
 
     # A fake answer check; the sampling, scoring and storage paths are the real ones.
     def is_correct(text: str, gold: str) -> bool:
@@ -64,11 +72,9 @@ def test_keeps_only_checked_samples_with_exact_teacher_top_k(tmp_path, vocabular
 
     store, stats = _generate(tmp_path, vocabulary, teacher, sample_fn=recording_sampler,
                              is_correct=is_correct)
-    width = max(e.shape[1] for e, _ in seen)
-    encoder = np.concatenate([np.pad(e, ((0, 0), (0, width - e.shape[1]))) for e, _ in seen])
-    samples = np.concatenate([s for _, s in seen])
-    texts = [vocabulary.decode(row[:teacher_generation.completion_length(row)].tolist())
-             for row in samples]
+    encoder = pad_token_rows([row for row, _ in seen], length_multiple=1)
+    samples = pad_token_rows([tokens for _, tokens in seen], length_multiple=1)
+    texts = [vocabulary.decode(tokens.tolist()) for _, tokens in seen]
     expected = [i for i, text in enumerate(texts) if is_correct(text, "")]
     assert stats.num_samples == 9 and stats.num_kept == len(expected) == len(store)
     logits = t5.EncoderDecoder(config).apply(
@@ -79,7 +85,7 @@ def test_keeps_only_checked_samples_with_exact_teacher_top_k(tmp_path, vocabular
         assert stored.key == f"{QUESTIONS[question].id}/{sample}"
         assert stored.metadata["text"] == texts[row]
         assert stored.metadata["answer"] == QUESTIONS[question].answer
-        length = teacher_generation.completion_length(samples[row])
+        length = len(seen[row][1])
         np.testing.assert_array_equal(stored.tokens, samples[row, :length])
         want_logprobs = np.sort(logprobs[row, :length], axis=-1)[:, ::-1][:, :4]
         np.testing.assert_allclose(stored.top_logprobs, want_logprobs, rtol=1e-5, atol=1e-5)
@@ -99,14 +105,12 @@ def test_real_answer_check_keeps_correct_completions(tmp_path):
     teacher = (config, t5.init_params(config, jax.random.key(0)))
     completions = ["2 + 2 = 4. The answer is 4.", "The answer is 9."]  # gold of toy/0 is 2
 
-    def fake_sampler(encoder, rng):
-        rows = [list(vocabulary.encode(completions[i % 2].replace("4", "2"))) + [1]
-                if i % 3 == 0 else list(vocabulary.encode(completions[1])) + [1]
-                for i in range(len(encoder))]
-        out = np.zeros((len(rows), 40), np.int32)
-        for i, row in enumerate(rows):
-            out[i, :len(row)] = row
-        return out
+    def fake_sampler(prompt_rows, rng):
+        rows = [list(vocabulary.encode(completions[i % 2].replace("4", "2")))
+                if i % 3 == 0 else list(vocabulary.encode(completions[1]))
+                for i in range(3 * len(prompt_rows))]
+        return [[np.array(row) for row in rows[3 * p:3 * p + 3]]
+                for p in range(len(prompt_rows))]
 
     store, stats = _generate(tmp_path, vocabulary, teacher, sample_fn=fake_sampler,
                              is_correct=teacher_generation.answers.answers_match)

@@ -23,56 +23,57 @@ def model():
     config = make_tiny_t5_config(vocab_size=64, num_heads=3, mlp_dim=48, num_encoder_layers=2,
                                  num_decoder_layers=2, relative_attention_num_buckets=16,
                                  relative_attention_max_distance=32)
-    return config, t5.init_params(config, jax.random.key(0))
+    return t5.T5Model(config), t5.init_params(config, jax.random.key(0))
 
 
-def _teacher_forced_argmax(config, params, tokens):
+def _teacher_forced_argmax(t5_model, params, tokens):
     decoder_inputs = np.pad(tokens[:, :-1], ((0, 0), (1, 0)))
-    logits = t5.EncoderDecoder(config).apply({"params": params}, ENC, decoder_inputs)
+    logits = t5_model.module.apply({"params": params}, ENC, decoder_inputs)
     return np.asarray(jnp.argmax(logits, -1))
 
 
 def test_greedy_tokens_are_the_teacher_forced_argmax(model):
-    config, params = model
-    result = decoding.greedy_decode(config, params, ENC, max_decode_len=7)
+    t5_model, params = model
+    result = decoding.greedy_decode(t5_model, params, ENC, max_decode_len=7)
     tokens = np.asarray(result.tokens)
-    expected = _teacher_forced_argmax(config, params, tokens)
+    expected = _teacher_forced_argmax(t5_model, params, tokens)
     for row in range(len(tokens)):
         eos = np.flatnonzero(tokens[row] == 1)
         stop = eos[0] + 1 if len(eos) else tokens.shape[1]
         np.testing.assert_array_equal(tokens[row, :stop], expected[row, :stop])
         assert not tokens[row, stop:].any()
-    scores = decoding.score_targets(config, params, ENC, tokens)
+    scores = decoding.score_targets(t5_model, params, ENC, tokens)
     np.testing.assert_allclose(np.asarray(result.scores), np.asarray(scores), atol=1e-4)
 
 
 def test_greedy_with_scanned_layers_matches_unscanned(model):
-    config, params = model
-    scanned_config = config.replace(scan_layers=True)
-    scanned = params_from_hf_state_dict(hf_state_dict_from_params(params, config),
+    t5_model, params = model
+    scanned_config = t5_model.config.replace(scan_layers=True)
+    scanned = params_from_hf_state_dict(hf_state_dict_from_params(params, t5_model.config),
                                         scanned_config)
-    expected = decoding.greedy_decode(config, params, ENC, max_decode_len=7).tokens
-    tokens = decoding.greedy_decode(scanned_config, scanned, ENC, max_decode_len=7).tokens
+    expected = decoding.greedy_decode(t5_model, params, ENC, max_decode_len=7).tokens
+    tokens = decoding.greedy_decode(t5.T5Model(scanned_config), scanned, ENC,
+                                    max_decode_len=7).tokens
     np.testing.assert_array_equal(np.asarray(tokens), np.asarray(expected))
 
 
 def test_sampling_reduces_to_greedy(model):
-    config, params = model
-    greedy = np.asarray(decoding.greedy_decode(config, params, ENC, max_decode_len=7).tokens)
+    t5_model, params = model
+    greedy = np.asarray(decoding.greedy_decode(t5_model, params, ENC, max_decode_len=7).tokens)
     for kwargs in (dict(temperature=1e-4), dict(temperature=1.0, top_k=1),
                    dict(temperature=1.0, top_p=1e-6)):
-        sampled = decoding.temperature_sample(config, params, ENC, rng=jax.random.key(5),
+        sampled = decoding.temperature_sample(t5_model, params, ENC, rng=jax.random.key(5),
                                               max_decode_len=7, **kwargs)
         np.testing.assert_array_equal(np.asarray(sampled.tokens), greedy, err_msg=str(kwargs))
 
 
 def test_sampling_is_seeded_and_varies(model):
-    config, params = model
-    first = decoding.temperature_sample(config, params, ENC, rng=jax.random.key(1),
+    t5_model, params = model
+    first = decoding.temperature_sample(t5_model, params, ENC, rng=jax.random.key(1),
                                         max_decode_len=7, temperature=2.0)
-    again = decoding.temperature_sample(config, params, ENC, rng=jax.random.key(1),
+    again = decoding.temperature_sample(t5_model, params, ENC, rng=jax.random.key(1),
                                         max_decode_len=7, temperature=2.0)
-    other = decoding.temperature_sample(config, params, ENC, rng=jax.random.key(2),
+    other = decoding.temperature_sample(t5_model, params, ENC, rng=jax.random.key(2),
                                         max_decode_len=7, temperature=2.0)
     np.testing.assert_array_equal(np.asarray(first.tokens), np.asarray(again.tokens))
     assert not np.array_equal(np.asarray(first.tokens), np.asarray(other.tokens))
@@ -113,9 +114,10 @@ def test_beam_search_finds_the_brute_force_optimum(alpha):
     params = t5.init_params(config, jax.random.key(3))
     enc = np.array([[3, 4, 2, 1], [4, 4, 3, 1]], np.int32)
     length = 3
-    exhaustive = decoding.beam_search(config, params, enc, max_decode_len=length,
+    t5_model = t5.T5Model(config)
+    exhaustive = decoding.beam_search(t5_model, params, enc, max_decode_len=length,
                                       num_beams=config.vocab_size ** (length - 1), alpha=alpha)
-    narrow = decoding.beam_search(config, params, enc, max_decode_len=length, num_beams=2,
+    narrow = decoding.beam_search(t5_model, params, enc, max_decode_len=length, num_beams=2,
                                   alpha=alpha)
     for row in range(len(enc)):
         score, seq = _brute_force_best(config, params, enc[row], length, alpha)
@@ -126,15 +128,15 @@ def test_beam_search_finds_the_brute_force_optimum(alpha):
 
 
 def test_beam_scores_are_penalised_log_likelihoods(model):
-    config, params = model
-    result = decoding.beam_search(config, params, ENC, max_decode_len=6, num_beams=3)
+    t5_model, params = model
+    result = decoding.beam_search(t5_model, params, ENC, max_decode_len=6, num_beams=3)
     tokens = np.asarray(result.tokens[:, 0])
     lengths = np.array([(np.flatnonzero(t == 1)[0] + 1) if (t == 1).any() else 6
                         for t in tokens])
-    recomputed = np.asarray(decoding.score_targets(config, params, ENC, tokens))
+    recomputed = np.asarray(decoding.score_targets(t5_model, params, ENC, tokens))
     np.testing.assert_allclose(np.asarray(result.scores[:, 0]),
                                recomputed / ((5.0 + lengths) / 6.0) ** 0.6, atol=1e-4)
-    greedy = decoding.greedy_decode(config, params, ENC, max_decode_len=6)
-    one_beam = decoding.beam_search(config, params, ENC, max_decode_len=6, num_beams=1,
+    greedy = decoding.greedy_decode(t5_model, params, ENC, max_decode_len=6)
+    one_beam = decoding.beam_search(t5_model, params, ENC, max_decode_len=6, num_beams=1,
                                     alpha=0.0)
     np.testing.assert_array_equal(np.asarray(one_beam.tokens[:, 0]), np.asarray(greedy.tokens))

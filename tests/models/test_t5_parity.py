@@ -117,7 +117,8 @@ def test_greedy_decode_matches_transformers_generate(name):
         reference.lm_head.weight[1] = reference.lm_head.weight[token] * 1.05
     params = params_from_hf_state_dict(hf_state_dict_numpy(reference), config)
     expected = _hf_greedy(reference, enc, max_len)
-    tokens = np.asarray(greedy_decode(config, params, enc, max_decode_len=max_len).tokens)
+    tokens = np.asarray(greedy_decode(t5.T5Model(config), params, enc,
+                                      max_decode_len=max_len).tokens)
     np.testing.assert_array_equal(tokens[:, :expected.shape[1]], expected)
     assert not tokens[:, expected.shape[1]:].any()
     stopped = (tokens == 1).any(axis=1)
@@ -141,7 +142,8 @@ def test_score_targets_matches_transformers_log_likelihood():
     log_probs = torch.log_softmax(logits, -1).numpy()
     picked = np.take_along_axis(log_probs, targets[:, :, None].astype(np.int64), -1)[:, :, 0]
     expected = np.where(targets > 0, picked, 0.0).sum(-1)
-    np.testing.assert_allclose(np.asarray(score_targets(config, params, enc, targets)),
+    scores = score_targets(t5.T5Model(config), params, enc, targets)
+    np.testing.assert_allclose(np.asarray(scores),
                                expected, atol=1e-4, rtol=1e-5)
 
 

@@ -20,7 +20,7 @@ def train_tiny(model_dir: str, train_steps: int):
     """The run both legs share: tiny T5 with dropout on the demo mixture, checkpoint each step."""
     from flan_jax.tasks import demo
     from flan_jax.testing.models import make_tiny_t5_config
-    from flan_jax.training import checkpointing, evaluation, metrics, trainer
+    from flan_jax.training import checkpointing, metrics, task_eval, trainer
 
     return trainer.train(
         model_dir=model_dir,
@@ -35,7 +35,7 @@ def train_tiny(model_dir: str, train_steps: int):
         # A small buffer so the resumed leg starts inside a later packing buffer.
         data_config=trainer.DataConfig(buffer_size=24),
         checkpoint_config=checkpointing.CheckpointConfig(period=1, keep=2, async_save=True),
-        eval_config=evaluation.EvalConfig(teacher_forced=False, inference=False),
+        eval_config=task_eval.EvalConfig(teacher_forced=False, inference=False),
         metrics_config=metrics.MetricsConfig(log_period=1, tensorboard=False,
                                              progress_bar=False),
     )

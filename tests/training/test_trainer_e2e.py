@@ -10,7 +10,7 @@ import pytest
 from flan_jax import checkpoints
 from flan_jax.tasks import demo
 from flan_jax.testing.models import make_tiny_t5_config
-from flan_jax.training import checkpointing, evaluation, metrics, trainer
+from flan_jax.training import checkpointing, metrics, task_eval, trainer
 
 LENGTHS = {"inputs": 64, "targets": 32}
 
@@ -32,8 +32,8 @@ def test_two_steps_then_eval_and_checkpoint(tmp_path):
         register_tasks=[_register],
         data_config=trainer.DataConfig(buffer_size=16),
         checkpoint_config=checkpointing.CheckpointConfig(period=1, keep=1),
-        eval_config=evaluation.EvalConfig(tasks=("demo__sentiment.unseen__zs_opt",),
-                                          max_examples=4, batch_size=4),
+        eval_config=task_eval.EvalConfig(tasks=("demo__sentiment.unseen__zs_opt",),
+                                         max_examples=4, batch_size=4),
         metrics_config=metrics.MetricsConfig(log_period=1, peak_flops_per_device=1e12),
     )
     assert result.step == 2

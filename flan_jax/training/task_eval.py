@@ -6,9 +6,10 @@ examples):
 
 - teacher-forced: the mean per-token cross-entropy of the targets and the token accuracy
   (``eval/<task>/loss``, ``eval/<task>/token_accuracy``);
-- inference: greedy decoding, the task's ``postprocess_fn`` on the decoded text and on the
-  target text, then the task's predict metrics, as ``seqio.Evaluator`` would compute them
-  (``eval/<task>/<metric>``, for example ``eval/demo__arith__zs_noopt/accuracy``).
+- inference: greedy decoding by :class:`flan_jax.inference.Predictor`, the task's
+  ``postprocess_fn`` on the decoded text and on the target text, then the task's predict
+  metrics, as ``seqio.Evaluator`` would compute them (``eval/<task>/<metric>``, for
+  example ``eval/demo__arith__zs_noopt/accuracy``).
 
 :class:`Evaluator` loads the examples once and is called with the current parameters
 every ``eval_period`` steps by the trainer; :func:`evaluate_checkpoint` is the
@@ -24,13 +25,13 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import numpy as np
 import seqio
 
-from flan_jax import checkpoints
+from flan_jax import checkpoints, inference
 from flan_jax.data import file_io, pipeline
-from flan_jax.models import decoding, t5
+from flan_jax.models import t5
 from flan_jax.models.config import T5Config
+from flan_jax.models.interface import Model
 from flan_jax.training import losses
 
 
@@ -85,26 +86,17 @@ def list_eval_tasks(names: Sequence[str], split: str) -> list[str]:
     return tasks
 
 
-def _make_loss_fn(model_config: T5Config):
-    model = t5.EncoderDecoder(model_config)
+def _make_loss_fn(model: Model):
     # Summed loss over real tokens, no z-loss: the mean follows after summing all batches.
     loss_config = losses.LossConfig(z_loss=0.0, normalization="sum")
 
     @jax.jit
     def loss_fn(params, batch):
-        hidden = model.apply({"params": params}, batch["encoder_input_tokens"],
-                             batch["decoder_input_tokens"], return_hidden=True)
-        stats = losses.compute_loss(hidden, t5.output_kernel(params), batch, loss_config)
+        hidden = model.hidden_states(params, batch)
+        stats = losses.compute_loss(hidden, model.output_kernel(params), batch, loss_config)
         return stats.loss, stats.num_correct, stats.num_real_target_tokens
 
     return loss_fn
-
-
-def _decode_text(vocabulary: seqio.Vocabulary, tokens: np.ndarray) -> str:
-    ids = [int(t) for t in tokens]
-    if decoding.EOS_ID in ids:
-        ids = ids[: ids.index(decoding.EOS_ID)]
-    return vocabulary.decode(ids)
 
 
 def compute_task_metrics(task: seqio.Task, examples: Sequence[Mapping[str, Any]],
@@ -136,11 +128,13 @@ class Evaluator:
     def __init__(self, model_config: T5Config, vocabulary: seqio.Vocabulary,
                  task_names: Sequence[str], task_feature_lengths: Mapping[str, int],
                  config: EvalConfig) -> None:
-        self.model_config = model_config
+        self.model = t5.T5Model(model_config)
         self.config = config
         self.vocabulary = vocabulary
         self.lengths = dict(task_feature_lengths)
-        self.max_decode_len = config.max_decode_len or self.lengths["targets"]
+        self.decode_config = inference.DecodeConfig(
+            method="greedy", max_decode_len=config.max_decode_len or self.lengths["targets"],
+            batch_size=config.batch_size, max_input_len=self.lengths["inputs"])
         self.task_names = list_eval_tasks(task_names, config.split)
         if not self.task_names:
             raise ValueError(f"no evaluation task among {list(task_names)} has split "
@@ -151,7 +145,7 @@ class Evaluator:
                                               max_examples=config.max_examples)
             for name in self.task_names
         }
-        self._loss_fn = _make_loss_fn(model_config)
+        self._loss_fn = _make_loss_fn(self.model)
 
     def _batches(self, examples):
         return pipeline.make_eval_batches(examples, batch_size=self.config.batch_size,
@@ -169,14 +163,11 @@ class Evaluator:
 
     def predict(self, params: Any, task_name: str) -> list[str]:
         """Greedy-decoded texts of one task's examples, in order."""
-        texts: list[str] = []
-        for batch, real in self._batches(self.examples[task_name]):
-            result = decoding.greedy_decode(self.model_config, params,
-                                            batch["encoder_input_tokens"],
-                                            max_decode_len=self.max_decode_len)
-            tokens = np.asarray(jax.device_get(result.tokens))[:real]
-            texts += [_decode_text(self.vocabulary, row) for row in tokens]
-        return texts
+        predictor = inference.Predictor(self.model, params, self.vocabulary,
+                                        self.decode_config)
+        completions = predictor.predict_tokens(
+            [example["inputs"] for example in self.examples[task_name]])
+        return [predictor.detokenize(tokens) for tokens in completions]
 
     def evaluate_task(self, params: Any, task_name: str) -> dict[str, float]:
         """Every enabled measurement of one task, keyed by metric name."""
