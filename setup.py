@@ -4,6 +4,7 @@ The `tasks/` and `gin_configs/` directories live at the top of the repository bu
 installed under the `flan_jax` namespace (`flan_jax.tasks`, `flan_jax.gin_configs`) so that
 no generic top-level `tasks` module lands in site-packages.
 """
+
 import setuptools
 
 _TASK_PACKAGES = ["flan_jax.tasks"] + [

@@ -21,6 +21,7 @@ pipeline examples/s divided by trainer examples/s (above 1 is good).
 
 Writes benchmarks/results/data_bench.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,17 +43,27 @@ from flan_jax.tasks import cot, data_paths, naming
 from flan_jax.testing.shared_data import shared_data_dir
 
 COT_DIR = os.path.join(shared_data_dir(), "flan_cot_data")
-RESULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                            "data_bench.json")
+RESULTS_PATH = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "results", "data_bench.json"
+)
 MIXTURE = "bench_cot_mixture"
 LENGTHS = packing.FeatureLengths(inputs=512, targets=128)
-VOCAB_SETTINGS = vocabularies.SentencePieceSettings(vocab_size=4000, byte_fallback=True,
-                                                    split_digits=True)
+VOCAB_SETTINGS = vocabularies.SentencePieceSettings(
+    vocab_size=4000, byte_fallback=True, split_digits=True
+)
 PACK_BUFFER = 256
 # T5 1.1 small (REFERENCE.md), in f32 because bf16 matmuls are slow on CPU.
-SMALL_T5 = dict(vocab_size=32128, emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024,
-                num_encoder_layers=8, num_decoder_layers=8, relative_attention_num_buckets=32,
-                relative_attention_max_distance=128)
+SMALL_T5 = dict(
+    vocab_size=32128,
+    emb_dim=512,
+    num_heads=6,
+    head_dim=64,
+    mlp_dim=1024,
+    num_encoder_layers=8,
+    num_decoder_layers=8,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+)
 TRAIN_ROWS = {"tiny": 8, "small": 2}
 
 
@@ -64,8 +75,9 @@ def make_corpus() -> list[str]:
     """The first 1,500 rows of each CoT file, every column: the vocabulary's corpus."""
     texts = []
     for dataset in available_datasets():
-        for i, (_, fields) in enumerate(cot.read_cot_tsv(os.path.join(COT_DIR,
-                                                                      f"{dataset}_train.tsv"))):
+        for i, (_, fields) in enumerate(
+            cot.read_cot_tsv(os.path.join(COT_DIR, f"{dataset}_train.tsv"))
+        ):
             if i == 1500:
                 break
             texts += [str(value) for value in fields.values() if isinstance(value, str)]
@@ -74,20 +86,25 @@ def make_corpus() -> list[str]:
 
 def register_bench_mixture() -> seqio.Vocabulary:
     """Registers the CoT tasks over the shared TSVs and the benchmark mixture."""
-    vocabulary = vocabularies.get_or_build_vocabulary("bench_cot_spm", make_corpus,
-                                                      VOCAB_SETTINGS)
+    vocabulary = vocabularies.get_or_build_vocabulary("bench_cot_spm", make_corpus, VOCAB_SETTINGS)
     datasets = available_datasets()
     paths = data_paths.DataPaths(source_dirs={"cot": COT_DIR})
-    cot.register_cot_tasks(vocabulary, datasets=datasets, paths=paths,
-                           few_shot=dataclasses.replace(cot.registration.FEW_SHOT,
-                                                        max_input_tokens=LENGTHS.inputs))
+    cot.register_cot_tasks(
+        vocabulary,
+        datasets=datasets,
+        paths=paths,
+        few_shot=dataclasses.replace(cot.registration.FEW_SHOT, max_input_tokens=LENGTHS.inputs),
+    )
     if MIXTURE not in seqio.MixtureRegistry.names():
         members = []
         for dataset in datasets:
             with open(os.path.join(COT_DIR, f"{dataset}_train.tsv"), encoding="utf-8") as f:
                 rows = sum(1 for _ in f)
-            for variant, inverted, weight in (("zs_opt", False, 1.0), ("fs_opt", False, 1.0),
-                                              ("zs_opt", True, 0.3)):
+            for variant, inverted, weight in (
+                ("zs_opt", False, 1.0),
+                ("fs_opt", False, 1.0),
+                ("zs_opt", True, 0.3),
+            ):
                 task_id = naming.TaskId("cot", dataset, variant, inverted=inverted)
                 members.append((naming.make_task_name(task_id), weight * rows))
         seqio.MixtureRegistry.add(MIXTURE, members)
@@ -96,8 +113,7 @@ def register_bench_mixture() -> seqio.Vocabulary:
 
 def measure_render(num_examples: int, warmup: int = 500) -> dict:
     """Steady-state rendering rate: the first `warmup` draws open the task streams."""
-    sampler = export.MixtureSampler(export.get_task_rates(MIXTURE, "train"), split="train",
-                                    seed=0)
+    sampler = export.MixtureSampler(export.get_task_rates(MIXTURE, "train"), split="train", seed=0)
     for _ in range(warmup):
         sampler.next_example()
     start = time.perf_counter()
@@ -111,8 +127,13 @@ def iterate_packed(num_examples: int):
     # seed=None: the rendered sources' dataset_fn takes no seed argument (seqio then
     # refuses a seed); the order does not matter for throughput.
     dataset = seqio.get_mixture_or_task(MIXTURE).get_dataset(
-        {"inputs": LENGTHS.inputs, "targets": LENGTHS.targets}, split="train",
-        shuffle=False, seed=None, use_cached=False, num_epochs=1)
+        {"inputs": LENGTHS.inputs, "targets": LENGTHS.targets},
+        split="train",
+        shuffle=False,
+        seed=None,
+        use_cached=False,
+        num_epochs=1,
+    )
     buffer = []
     for example in dataset.take(num_examples).as_numpy_iterator():
         buffer.append({"inputs": example["inputs"], "targets": example["targets"]})
@@ -135,17 +156,30 @@ def measure_pipeline(num_examples: int) -> tuple[dict, list[dict]]:
         target_tokens += int((features["decoder_target_tokens"] > 0).sum())
         batches.append(features)
     seconds = time.perf_counter() - start
-    return {"examples_per_s": examples / seconds, "rows_per_s": rows / seconds,
-            "target_tokens_per_s": target_tokens / seconds,
-            "examples_per_row": examples / rows}, batches
+    return {
+        "examples_per_s": examples / seconds,
+        "rows_per_s": rows / seconds,
+        "target_tokens_per_s": target_tokens / seconds,
+        "examples_per_row": examples / rows,
+    }, batches
 
 
 def measure_export(num_examples: int) -> dict:
     """Runs an export in a child process (fresh RSS accounting); returns its figures."""
     with tempfile.TemporaryDirectory() as out_dir:
-        result = subprocess.run([sys.executable, __file__, "--export_child", out_dir,
-                                 "--num_examples", str(num_examples)],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--export_child",
+                out_dir,
+                "--num_examples",
+                str(num_examples),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     if result.returncode != 0:
         raise RuntimeError(f"the export child failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -156,13 +190,25 @@ def run_export_child(out_dir: str, num_examples: int) -> None:
     measure_render(50, warmup=0)  # Warms up tf.data so the baseline includes the runtime.
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
-    export.export_mixture(export.ExportConfig(MIXTURE, os.path.join(out_dir, "export"),
-                                              max_examples=num_examples,
-                                              examples_per_shard=500))
+    export.export_mixture(
+        export.ExportConfig(
+            MIXTURE,
+            os.path.join(out_dir, "export"),
+            max_examples=num_examples,
+            examples_per_shard=500,
+        )
+    )
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"examples_per_s": num_examples / seconds, "baseline_rss_mb": baseline / 2**20,
-                      "peak_rss_growth_mb": (peak - baseline) / 2**20}))
+    print(
+        json.dumps(
+            {
+                "examples_per_s": num_examples / seconds,
+                "baseline_rss_mb": baseline / 2**20,
+                "peak_rss_growth_mb": (peak - baseline) / 2**20,
+            }
+        )
+    )
 
 
 def measure_train_step(size: str, batches: list[dict], timed_steps: int = 2) -> dict:
@@ -178,21 +224,28 @@ def measure_train_step(size: str, batches: list[dict], timed_steps: int = 2) -> 
     mesh = partitioning.make_mesh(partitioning.MeshConfig())
     rules = partitioning.get_logical_axis_rules("1d")
     param_axes = t5.param_logical_axes(config)
-    optimizer = adafactor.make_adafactor(1e-3, param_axes=param_axes,
-                                         config=adafactor.AdafactorConfig())
-    shardings = train_state.get_train_state_shardings(t5.abstract_params(config), param_axes,
-                                                      optimizer, mesh, rules)
+    optimizer = adafactor.make_adafactor(
+        1e-3, param_axes=param_axes, config=adafactor.AdafactorConfig()
+    )
+    shardings = train_state.get_train_state_shardings(
+        t5.abstract_params(config), param_axes, optimizer, mesh, rules
+    )
     params = jax.tree.map(np.asarray, t5.init_params(config, jax.random.key(0)))
     state = train_state.init_sharded_train_state(params, optimizer, shardings)
     step = train_step.make_train_step(
         model=t5.T5Model(config),
-        optimizer=optimizer, loss_config=losses.LossConfig(),
-        mesh=mesh, rules=rules, state_shardings=shardings,
+        optimizer=optimizer,
+        loss_config=losses.LossConfig(),
+        mesh=mesh,
+        rules=rules,
+        state_shardings=shardings,
         # One device: activation constraints would change nothing.
-        config=train_step.TrainStepConfig(constrain_activations=False))
+        config=train_step.TrainStepConfig(constrain_activations=False),
+    )
     rows = TRAIN_ROWS[size]
     batch = partitioning.make_global_batch(
-        {name: value[:rows] for name, value in batches[0].items()}, mesh, rules)
+        {name: value[:rows] for name, value in batches[0].items()}, mesh, rules
+    )
     state, metrics = step(state, batch)  # Compiles.
     jax.block_until_ready(metrics)
     start = time.perf_counter()
@@ -200,33 +253,48 @@ def measure_train_step(size: str, batches: list[dict], timed_steps: int = 2) -> 
         state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / timed_steps
-    return {"rows": rows, "step_s": seconds, "rows_per_s": rows / seconds,
-            "device": str(jax.devices()[0].platform)}
+    return {
+        "rows": rows,
+        "step_s": seconds,
+        "rows_per_s": rows / seconds,
+        "device": str(jax.devices()[0].platform),
+    }
 
 
 def print_table(results: dict) -> None:
     pipeline = results["pipeline"]["render_tokenize_pack"]["examples_per_s"]
-    lines = [f"{'stage':<24}{'examples/s':>14}{'pipeline / trainer':>22}",
-             f"{'render':<24}{results['pipeline']['render']['examples_per_s']:>14,.0f}",
-             f"{'render+tokenize+pack':<24}{pipeline:>14,.0f}",
-             f"{'export (jsonl)':<24}{results['export']['examples_per_s']:>14,.0f}"]
+    lines = [
+        f"{'stage':<24}{'examples/s':>14}{'pipeline / trainer':>22}",
+        f"{'render':<24}{results['pipeline']['render']['examples_per_s']:>14,.0f}",
+        f"{'render+tokenize+pack':<24}{pipeline:>14,.0f}",
+        f"{'export (jsonl)':<24}{results['export']['examples_per_s']:>14,.0f}",
+    ]
     for size, trainer in results["trainer"].items():
         rate = trainer["examples_per_s"]
-        lines.append(f"{'trainer ' + size + ' (' + trainer['source'] + ')':<24}{rate:>14,.1f}"
-                     f"{pipeline / rate:>21,.1f}x")
-    lines.append(f"export peak RSS growth: {results['export']['peak_rss_growth_mb']:.1f} MB over "
-                 f"{results['export']['baseline_rss_mb']:.0f} MB after imports "
-                 f"({results['num_examples']} examples)")
+        lines.append(
+            f"{'trainer ' + size + ' (' + trainer['source'] + ')':<24}{rate:>14,.1f}"
+            f"{pipeline / rate:>21,.1f}x"
+        )
+    lines.append(
+        f"export peak RSS growth: {results['export']['peak_rss_growth_mb']:.1f} MB over "
+        f"{results['export']['baseline_rss_mb']:.0f} MB after imports "
+        f"({results['num_examples']} examples)"
+    )
     print("\n".join(lines))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num_examples", type=int, default=2000)
     parser.add_argument("--sizes", default="tiny,small", help="trainer sizes to time")
-    parser.add_argument("--trainer_rate", action="append", default=[],
-                        help="SIZE=EXAMPLES_PER_S: use this consumption rate instead of timing")
+    parser.add_argument(
+        "--trainer_rate",
+        action="append",
+        default=[],
+        help="SIZE=EXAMPLES_PER_S: use this consumption rate instead of timing",
+    )
     parser.add_argument("--export_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.export_child:
@@ -235,12 +303,18 @@ def main() -> None:
     if not available_datasets():
         sys.exit(f"No CoT TSVs in {COT_DIR}; this benchmark needs ../shared/data.")
     register_bench_mixture()
-    results = {"mixture": MIXTURE, "datasets": available_datasets(),
-               "num_examples": args.num_examples, "lengths": [LENGTHS.inputs, LENGTHS.targets],
-               "host": {"cpus": os.cpu_count(), "machine": platform.machine()}}
+    results = {
+        "mixture": MIXTURE,
+        "datasets": available_datasets(),
+        "num_examples": args.num_examples,
+        "lengths": [LENGTHS.inputs, LENGTHS.targets],
+        "host": {"cpus": os.cpu_count(), "machine": platform.machine()},
+    }
     pipeline, batches = measure_pipeline(args.num_examples)
-    results["pipeline"] = {"render": measure_render(args.num_examples),
-                           "render_tokenize_pack": pipeline}
+    results["pipeline"] = {
+        "render": measure_render(args.num_examples),
+        "render_tokenize_pack": pipeline,
+    }
     results["export"] = measure_export(args.num_examples)
     given = dict(item.split("=", 1) for item in args.trainer_rate)
     unknown = sorted(set(args.sizes.split(",") + list(given)) - set(TRAIN_ROWS) - {""})

@@ -31,6 +31,7 @@ samples, KL to the teacher); the plot shows each against steps, and accuracy is 
 yardstick. Teacher and student share the demo vocabulary, so the alignment is near-identity
 and its fallback rate is reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,11 @@ from flan_jax.training import adafactor, checkpointing, losses, metrics, trainer
 MODES = ("answer_only", "sample_matching", "distribution_matching")
 _LOG = logging.getLogger(__name__)
 _PER_TOKEN = "num_real_target_tokens"  # per-token losses, comparable across batches
-_FORMAT_OF_MODE = {"answer_only": formats.ZS_ANSWER_ONLY, "sample_matching": formats.ZS_COT,
-                   "distribution_matching": formats.ZS_COT}
+_FORMAT_OF_MODE = {
+    "answer_only": formats.ZS_ANSWER_ONLY,
+    "sample_matching": formats.ZS_COT,
+    "distribution_matching": formats.ZS_COT,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +109,19 @@ class ExperimentConfig:
 
 _PRESETS = {
     "cpu": ExperimentConfig(),
-    "smoke": ExperimentConfig(num_train=32, num_teacher_train=32, num_heldout=8,
-                              teacher_steps=6, student_steps=4,
-                              batch_size=8, num_samples=2, num_evals=1,
-                              teacher_dims=(32, 2, 8, 32, 1), student_dims=(16, 2, 8, 32, 1),
-                              targets_length=32),
+    "smoke": ExperimentConfig(
+        num_train=32,
+        num_teacher_train=32,
+        num_heldout=8,
+        teacher_steps=6,
+        student_steps=4,
+        batch_size=8,
+        num_samples=2,
+        num_evals=1,
+        teacher_dims=(32, 2, 8, 32, 1),
+        student_dims=(16, 2, 8, 32, 1),
+        targets_length=32,
+    ),
 }
 
 
@@ -132,56 +144,104 @@ class ExperimentResult:
 
 def load_arith_problems(split: str, count: int, seed: int) -> list[MathExample]:
     """Demo arithmetic problems as MathExamples (held-out = the collection's validation)."""
-    return [MathExample(question=f["question"], answer=f["answer"], rationale=f["rationale"],
-                        source="demo_arith", id=f"demo_arith/{key}")
-            for key, f in generators.iterate_examples("arith", split, count, seed=seed)]
+    return [
+        MathExample(
+            question=f["question"],
+            answer=f["answer"],
+            rationale=f["rationale"],
+            source="demo_arith",
+            id=f"demo_arith/{key}",
+        )
+        for key, f in generators.iterate_examples("arith", split, count, seed=seed)
+    ]
 
 
-def split_teacher_questions(problems: Sequence[MathExample], num_students: int
-                            ) -> tuple[list[MathExample], list[MathExample]]:
+def split_teacher_questions(
+    problems: Sequence[MathExample], num_students: int
+) -> tuple[list[MathExample], list[MathExample]]:
     """``(students' questions, teacher's training problems)``, no question in both."""
     students = list(problems[:num_students])
     seen = {normalise_question(p.question) for p in students}
-    return students, [p for p in problems[num_students:]
-                      if normalise_question(p.question) not in seen]
+    return students, [
+        p for p in problems[num_students:] if normalise_question(p.question) not in seen
+    ]
 
 
 def _model_config(dims: Sequence[int], vocab_size: int) -> T5Config:
     emb, heads, head_dim, mlp, layers = dims
-    return T5Config(vocab_size=vocab_size, emb_dim=emb, num_heads=heads, head_dim=head_dim,
-                    mlp_dim=mlp, num_encoder_layers=layers, num_decoder_layers=layers,
-                    relative_attention_num_buckets=16, relative_attention_max_distance=64,
-                    dropout_rate=0.0, dtype="float32")
+    return T5Config(
+        vocab_size=vocab_size,
+        emb_dim=emb,
+        num_heads=heads,
+        head_dim=head_dim,
+        mlp_dim=mlp,
+        num_encoder_layers=layers,
+        num_decoder_layers=layers,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=64,
+        dropout_rate=0.0,
+        dtype="float32",
+    )
 
 
 LOG_PERIOD = 10
 
 
-def _fit(cfg: ExperimentConfig, vocabulary, examples, model_config: T5Config, *,
-         model_dir: str, steps: int, loss: losses.LossConfig, evaluator=None,
-         eval_period: int = 0) -> tuple[trainer.TrainResult, list[tuple[int, float]]]:
+def _fit(
+    cfg: ExperimentConfig,
+    vocabulary,
+    examples,
+    model_config: T5Config,
+    *,
+    model_dir: str,
+    steps: int,
+    loss: losses.LossConfig,
+    evaluator=None,
+    eval_period: int = 0,
+) -> tuple[trainer.TrainResult, list[tuple[int, float]]]:
     """One run through the one trainer; returns its result and the logged loss curve."""
-    batches = targets.DistillationBatches(examples, batch_size=cfg.batch_size,
-                                          inputs_length=cfg.inputs_length,
-                                          targets_length=cfg.targets_length, seed=cfg.seed)
+    batches = targets.DistillationBatches(
+        examples,
+        batch_size=cfg.batch_size,
+        inputs_length=cfg.inputs_length,
+        targets_length=cfg.targets_length,
+        seed=cfg.seed,
+    )
     result = trainer.fit(
-        model=t5.T5Model(model_config), batch_source=batches, vocabulary=vocabulary,
-        model_dir=model_dir, train_steps=steps, batch_size=cfg.batch_size,
+        model=t5.T5Model(model_config),
+        batch_source=batches,
+        vocabulary=vocabulary,
+        model_dir=model_dir,
+        train_steps=steps,
+        batch_size=cfg.batch_size,
         feature_lengths={"inputs": cfg.inputs_length, "targets": cfg.targets_length},
-        learning_rate=cfg.learning_rate, seed=cfg.seed, loss_config=loss,
+        learning_rate=cfg.learning_rate,
+        seed=cfg.seed,
+        loss_config=loss,
         optimizer_config=adafactor.AdafactorConfig(min_dim_size_to_factor=32),
         checkpoint_config=checkpointing.CheckpointConfig(period=steps, keep=1),
-        metrics_config=metrics.MetricsConfig(log_period=min(LOG_PERIOD, steps),
-                                             tensorboard=False),
-        evaluator=evaluator, eval_period=eval_period)
+        metrics_config=metrics.MetricsConfig(log_period=min(LOG_PERIOD, steps), tensorboard=False),
+        evaluator=evaluator,
+        eval_period=eval_period,
+    )
     with open(os.path.join(model_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        curve = [(line["step"], line["train/loss"]) for line in map(json.loads, f)
-                 if "train/loss" in line]
+        curve = [
+            (line["step"], line["train/loss"])
+            for line in map(json.loads, f)
+            if "train/loss" in line
+        ]
     return result, curve
 
 
-def evaluate_accuracy(model_config: T5Config, params: Any, vocabulary, problems, *,
-                      format_name: str, cfg: ExperimentConfig) -> float:
+def evaluate_accuracy(
+    model_config: T5Config,
+    params: Any,
+    vocabulary,
+    problems,
+    *,
+    format_name: str,
+    cfg: ExperimentConfig,
+) -> float:
     """Held-out accuracy of greedy decoding in one zero-shot format."""
     prompts = [formats.render_inputs(p, format_name) for p in problems]
     decode = DecodeConfig(max_decode_len=cfg.targets_length, max_input_len=cfg.inputs_length)
@@ -189,88 +249,161 @@ def evaluate_accuracy(model_config: T5Config, params: Any, vocabulary, problems,
     return float(np.mean([answers.answers_match(t, p.answer) for t, p in zip(texts, problems)]))
 
 
-def train_teacher(cfg: ExperimentConfig, vocabulary, train: Sequence[MathExample],
-                  model_config: T5Config, work_dir: str) -> tuple[Any, list[float]]:
+def train_teacher(
+    cfg: ExperimentConfig,
+    vocabulary,
+    train: Sequence[MathExample],
+    model_config: T5Config,
+    work_dir: str,
+) -> tuple[Any, list[float]]:
     """The teacher: gold zero-shot CoT, cross-entropy."""
-    examples = targets.build_gold_examples(train, vocabulary, ratios={formats.ZS_COT: 1.0},
-                                           seed=cfg.seed)
-    result, curve = _fit(cfg, vocabulary, examples, model_config,
-                         model_dir=os.path.join(work_dir, "teacher"), steps=cfg.teacher_steps,
-                         loss=losses.LossConfig(chunk_size=512, normalization=_PER_TOKEN))
+    examples = targets.build_gold_examples(
+        train, vocabulary, ratios={formats.ZS_COT: 1.0}, seed=cfg.seed
+    )
+    result, curve = _fit(
+        cfg,
+        vocabulary,
+        examples,
+        model_config,
+        model_dir=os.path.join(work_dir, "teacher"),
+        steps=cfg.teacher_steps,
+        loss=losses.LossConfig(chunk_size=512, normalization=_PER_TOKEN),
+    )
     return jax.tree.map(np.asarray, result.state.params), [loss for _, loss in curve]
 
 
-def _student_examples(mode: str, cfg: ExperimentConfig, vocabulary, train, store,
-                      stats: alignment.AlignmentStats) -> list[targets.StudentExample]:
+def _student_examples(
+    mode: str, cfg: ExperimentConfig, vocabulary, train, store, stats: alignment.AlignmentStats
+) -> list[targets.StudentExample]:
     if mode == "answer_only":
-        return targets.build_gold_examples(train, vocabulary, k=cfg.top_k, seed=cfg.seed,
-                                           ratios={formats.ZS_ANSWER_ONLY: 1.0})
+        return targets.build_gold_examples(
+            train, vocabulary, k=cfg.top_k, seed=cfg.seed, ratios={formats.ZS_ANSWER_ONLY: 1.0}
+        )
     return targets.build_teacher_examples(
-        store, vocabulary, distribution=mode == "distribution_matching", k=cfg.top_k,
-        ratios={formats.ZS_COT: 1.0}, seed=cfg.seed, stats=stats)
+        store,
+        vocabulary,
+        distribution=mode == "distribution_matching",
+        k=cfg.top_k,
+        ratios={formats.ZS_COT: 1.0},
+        seed=cfg.seed,
+        stats=stats,
+    )
 
 
-def train_student(mode: str, cfg: ExperimentConfig, vocabulary, examples, heldout,
-                  model_config: T5Config, work_dir: str) -> dict[str, Any]:
+def train_student(
+    mode: str,
+    cfg: ExperimentConfig,
+    vocabulary,
+    examples,
+    heldout,
+    model_config: T5Config,
+    work_dir: str,
+) -> dict[str, Any]:
     """One student: its logged loss curve and held-out accuracy at evenly spaced steps."""
     kind = SPARSE_KL if mode == "distribution_matching" else "cross_entropy"
     loss = losses.LossConfig(kind=kind, chunk_size=512, normalization=_PER_TOKEN)
 
     def evaluate(params: Any) -> dict[str, float]:
-        return {"heldout_accuracy": evaluate_accuracy(
-            model_config, params, vocabulary, heldout, format_name=_FORMAT_OF_MODE[mode],
-            cfg=cfg)}
+        return {
+            "heldout_accuracy": evaluate_accuracy(
+                model_config,
+                params,
+                vocabulary,
+                heldout,
+                format_name=_FORMAT_OF_MODE[mode],
+                cfg=cfg,
+            )
+        }
 
     start = time.perf_counter()
-    result, curve = _fit(cfg, vocabulary, examples, model_config,
-                         model_dir=os.path.join(work_dir, mode), steps=cfg.student_steps,
-                         loss=loss, evaluator=evaluate,
-                         eval_period=max(1, cfg.student_steps // cfg.num_evals))
-    return {"loss_steps": [step for step, _ in curve], "loss": [value for _, value in curve],
-            "heldout_accuracy": {str(step): scalars["heldout_accuracy"]
-                                 for step, scalars in result.eval_history},
-            "num_train_examples": len(examples), "seconds": time.perf_counter() - start}
+    result, curve = _fit(
+        cfg,
+        vocabulary,
+        examples,
+        model_config,
+        model_dir=os.path.join(work_dir, mode),
+        steps=cfg.student_steps,
+        loss=loss,
+        evaluator=evaluate,
+        eval_period=max(1, cfg.student_steps // cfg.num_evals),
+    )
+    return {
+        "loss_steps": [step for step, _ in curve],
+        "loss": [value for _, value in curve],
+        "heldout_accuracy": {
+            str(step): scalars["heldout_accuracy"] for step, scalars in result.eval_history
+        },
+        "num_train_examples": len(examples),
+        "seconds": time.perf_counter() - start,
+    }
 
 
-def generate_teacher_samples(cfg: ExperimentConfig, vocabulary, teacher_config: T5Config,
-                             teacher_params: Any, train: Sequence[MathExample],
-                             store_dir: str) -> teacher_generation.GenerationStats:
+def generate_teacher_samples(
+    cfg: ExperimentConfig,
+    vocabulary,
+    teacher_config: T5Config,
+    teacher_params: Any,
+    train: Sequence[MathExample],
+    store_dir: str,
+) -> teacher_generation.GenerationStats:
     """Producer (b) on the training questions."""
-    decode = DecodeConfig(method="sample", num_samples=cfg.num_samples,
-                          temperature=cfg.temperature, max_decode_len=cfg.targets_length,
-                          max_input_len=cfg.inputs_length, batch_size=64, seed=cfg.seed)
+    decode = DecodeConfig(
+        method="sample",
+        num_samples=cfg.num_samples,
+        temperature=cfg.temperature,
+        max_decode_len=cfg.targets_length,
+        max_input_len=cfg.inputs_length,
+        batch_size=64,
+        seed=cfg.seed,
+    )
     generation = teacher_generation.GenerationConfig(decode=decode, store_top_k=cfg.top_k)
     names = teacher_generation.teacher_vocabulary(vocabulary, teacher_config.vocab_size)
     with TeacherStoreWriter(store_dir, k=cfg.top_k, vocabulary=names) as writer:
         return teacher_generation.generate_teacher_store(
-            model=t5.T5Model(teacher_config), params=teacher_params, vocabulary=vocabulary,
-            examples=train, writer=writer, generation=generation)
+            model=t5.T5Model(teacher_config),
+            params=teacher_params,
+            vocabulary=vocabulary,
+            examples=train,
+            writer=writer,
+            generation=generation,
+        )
 
 
 def format_table(results: dict[str, Any]) -> str:
     """The markdown table: per mode, held-out accuracy at each evaluated step and final loss."""
     trained = {m: r for m, r in results["students"].items() if "skipped" not in r}
     steps = sorted({int(s) for r in trained.values() for s in r["heldout_accuracy"]})
-    header = ["mode", "train examples"] + [f"acc @{s}" for s in steps] + ["final train loss",
-                                                                         "seconds"]
+    header = (
+        ["mode", "train examples"] + [f"acc @{s}" for s in steps] + ["final train loss", "seconds"]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for mode, r in results["students"].items():
         if mode not in trained:
             lines.append(f"| {mode} | 0 | {r['skipped']} |")
             continue
         accs = [f"{r['heldout_accuracy'].get(str(s), float('nan')):.3f}" for s in steps]
-        lines.append("| " + " | ".join([mode, str(r["num_train_examples"])] + accs + [
-            f"{r['loss'][-1]:.4f}", f"{r['seconds']:.0f}"]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [mode, str(r["num_train_examples"])]
+                + accs
+                + [f"{r['loss'][-1]:.4f}", f"{r['seconds']:.0f}"]
+            )
+            + " |"
+        )
     teacher = results["teacher"]
     teacher_line = (
         f"Teacher ({teacher['num_train_problems']} training problems, none of them a student "
         f"question): held-out accuracy {teacher['heldout_accuracy']:.3f} (zero-shot CoT, "
         f"greedy); kept {teacher['num_kept']} of {teacher['num_samples']} samples "
         f"({teacher['kept_rate']:.1%}); alignment fallback rate "
-        f"{results['alignment_fallback_rate']:.2%}.")
-    loss_line = (f"Final train loss = mean of the last {LOG_PERIOD} steps; the modes' losses "
-                 "are different quantities (answer-only NLL, sample NLL, KL to the teacher). "
-                 f"Teacher samples drawn at temperature {results['config']['temperature']}.")
+        f"{results['alignment_fallback_rate']:.2%}."
+    )
+    loss_line = (
+        f"Final train loss = mean of the last {LOG_PERIOD} steps; the modes' losses "
+        "are different quantities (answer-only NLL, sample NLL, KL to the teacher). "
+        f"Teacher samples drawn at temperature {results['config']['temperature']}."
+    )
     lines += ["", teacher_line, loss_line]
     return "\n".join(lines) + "\n"
 
@@ -284,10 +417,10 @@ def plot_results(results: dict[str, Any], path: str) -> None:
             continue
         ax_loss.plot(r["loss_steps"], r["loss"], label=mode)
         steps = sorted(int(s) for s in r["heldout_accuracy"])
-        ax_acc.plot(steps, [r["heldout_accuracy"][str(s)] for s in steps], marker="o",
-                    label=mode)
-    ax_loss.set(xlabel="step", ylabel="training loss (per token)", yscale="log",
-                title="training loss")
+        ax_acc.plot(steps, [r["heldout_accuracy"][str(s)] for s in steps], marker="o", label=mode)
+    ax_loss.set(
+        xlabel="step", ylabel="training loss (per token)", yscale="log", title="training loss"
+    )
     ax_acc.set(xlabel="step", ylabel="held-out accuracy", title="held-out accuracy", ylim=(0, 1))
     for axis in (ax_loss, ax_acc):
         axis.legend()
@@ -296,9 +429,13 @@ def plot_results(results: dict[str, Any], path: str) -> None:
     file_io.write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
 
 
-def run_experiment(*, out_dir: str, work_dir: str | None = None,
-                   config: ExperimentConfig = ExperimentConfig(),
-                   name: str = "distill_experiment") -> ExperimentResult:
+def run_experiment(
+    *,
+    out_dir: str,
+    work_dir: str | None = None,
+    config: ExperimentConfig = ExperimentConfig(),
+    name: str = "distill_experiment",
+) -> ExperimentResult:
     """Runs every phase and writes ``{name}.md``, ``{name}.json`` and ``{name}.png``."""
     cfg = config
     os.makedirs(out_dir, exist_ok=True)
@@ -306,21 +443,25 @@ def run_experiment(*, out_dir: str, work_dir: str | None = None,
     vocabulary = get_demo_vocabulary()
     vocab_size = -(-vocabulary.vocab_size // 128) * 128
     train, teacher_train = split_teacher_questions(
-        load_arith_problems("train", cfg.num_train + cfg.num_teacher_train, cfg.seed),
-        cfg.num_train)
+        load_arith_problems("train", cfg.num_train + cfg.num_teacher_train, cfg.seed), cfg.num_train
+    )
     heldout = load_arith_problems("validation", cfg.num_heldout, cfg.seed)
     teacher_config = _model_config(cfg.teacher_dims, vocab_size)
     student_config = _model_config(cfg.student_dims, vocab_size)
     start = time.perf_counter()
-    teacher_params, teacher_loss = train_teacher(cfg, vocabulary, teacher_train,
-                                                 teacher_config, work_dir)
-    teacher_accuracy = evaluate_accuracy(teacher_config, teacher_params, vocabulary, heldout,
-                                         format_name=formats.ZS_COT, cfg=cfg)
-    _LOG.info("teacher: final loss %.4f, held-out accuracy %.3f", teacher_loss[-1],
-              teacher_accuracy)
+    teacher_params, teacher_loss = train_teacher(
+        cfg, vocabulary, teacher_train, teacher_config, work_dir
+    )
+    teacher_accuracy = evaluate_accuracy(
+        teacher_config, teacher_params, vocabulary, heldout, format_name=formats.ZS_COT, cfg=cfg
+    )
+    _LOG.info(
+        "teacher: final loss %.4f, held-out accuracy %.3f", teacher_loss[-1], teacher_accuracy
+    )
     store_dir = os.path.join(work_dir, "teacher_store")
-    generation = generate_teacher_samples(cfg, vocabulary, teacher_config, teacher_params,
-                                          train, store_dir)
+    generation = generate_teacher_samples(
+        cfg, vocabulary, teacher_config, teacher_params, train, store_dir
+    )
     _LOG.info("teacher samples: kept %d of %d", generation.num_kept, generation.num_samples)
     store = TeacherStore(store_dir)
     stats = alignment.AlignmentStats()
@@ -331,26 +472,33 @@ def run_experiment(*, out_dir: str, work_dir: str | None = None,
             students[mode] = {"skipped": "no training examples (the teacher kept no sample)"}
             _LOG.info("%s: skipped, no training examples", mode)
             continue
-        students[mode] = train_student(mode, cfg, vocabulary, examples, heldout, student_config,
-                                       work_dir)
+        students[mode] = train_student(
+            mode, cfg, vocabulary, examples, heldout, student_config, work_dir
+        )
         _LOG.info("%s: held-out accuracy %s", mode, students[mode]["heldout_accuracy"])
     results = {
         "config": dataclasses.asdict(cfg),
         "device": str(jax.devices()[0].platform),
-        "teacher": {"heldout_accuracy": teacher_accuracy, "loss": teacher_loss,
-                    "num_train_problems": len(teacher_train),
-                    "num_samples": generation.num_samples, "num_kept": generation.num_kept,
-                    "kept_rate": generation.kept_rate,
-                    "num_params": int(sum(x.size for x in jax.tree.leaves(teacher_params)))},
-        "student_num_params": int(sum(x.size for x in jax.tree.leaves(
-            t5.abstract_params(student_config)))),
+        "teacher": {
+            "heldout_accuracy": teacher_accuracy,
+            "loss": teacher_loss,
+            "num_train_problems": len(teacher_train),
+            "num_samples": generation.num_samples,
+            "num_kept": generation.num_kept,
+            "kept_rate": generation.kept_rate,
+            "num_params": int(sum(x.size for x in jax.tree.leaves(teacher_params))),
+        },
+        "student_num_params": int(
+            sum(x.size for x in jax.tree.leaves(t5.abstract_params(student_config)))
+        ),
         "alignment_fallback_rate": stats.fallback_rate,
         "students": students,
         "total_seconds": time.perf_counter() - start,
     }
     paths = [os.path.join(out_dir, f"{name}.{ext}") for ext in ("md", "json", "png")]
-    file_io.write_text_atomically(paths[0], f"# CoT distillation on the demo arithmetic tasks\n\n"
-                                            f"{format_table(results)}")
+    file_io.write_text_atomically(
+        paths[0], f"# CoT distillation on the demo arithmetic tasks\n\n{format_table(results)}"
+    )
     file_io.write_json_atomically(paths[1], results, indent=1)
     plot_results(results, paths[2])
     return ExperimentResult(*paths, results)
@@ -360,18 +508,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="cpu", choices=sorted(_PRESETS))
     parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(__file__), "results"))
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="teacher sampling temperature (default: the preset's)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="teacher sampling temperature (default: the preset's)",
+    )
     parser.add_argument("--name", default="distill_experiment", help="output file stem")
-    parser.add_argument("--work_dir", default=None,
-                        help="teacher store (default: a new temporary directory)")
+    parser.add_argument(
+        "--work_dir", default=None, help="teacher store (default: a new temporary directory)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = get_preset(args.preset)
     if args.temperature is not None:
         config = dataclasses.replace(config, temperature=args.temperature)
-    result = run_experiment(out_dir=args.out_dir, work_dir=args.work_dir, config=config,
-                            name=args.name)
+    result = run_experiment(
+        out_dir=args.out_dir, work_dir=args.work_dir, config=config, name=args.name
+    )
     with open(result.table_path, encoding="utf-8") as f:
         print(f.read())
 

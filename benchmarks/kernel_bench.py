@@ -15,6 +15,7 @@ and single digits).
 Usage: python benchmarks/kernel_bench.py [--quick] [--repeats N] [--out PATH]
 Prints a table and writes JSON to benchmarks/results/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,14 +50,18 @@ def _loss_functions(targets, top_ids, top_logprobs, chunk_size):
     return {
         "ce+z_loss": (
             lambda h, w: fused_loss.cross_entropy_from_hidden(
-                h, w, targets, z_loss=1e-4, chunk_size=chunk_size).loss.sum(),
-            lambda h, w: naive_kernels.naive_cross_entropy(h, w, targets, z_loss=1e-4)[0].sum()),
+                h, w, targets, z_loss=1e-4, chunk_size=chunk_size
+            ).loss.sum(),
+            lambda h, w: naive_kernels.naive_cross_entropy(h, w, targets, z_loss=1e-4)[0].sum(),
+        ),
         "sparse_kl": (
             lambda h, w: fused_loss.sparse_kl_from_hidden(
-                h, w, top_ids, top_logprobs, missing_mass="residual",
-                chunk_size=chunk_size).sum(),
+                h, w, top_ids, top_logprobs, missing_mass="residual", chunk_size=chunk_size
+            ).sum(),
             lambda h, w: naive_kernels.naive_sparse_kl(
-                h, w, top_ids, top_logprobs, missing_mass="residual").sum()),
+                h, w, top_ids, top_logprobs, missing_mass="residual"
+            ).sum(),
+        ),
     }
 
 
@@ -74,8 +79,9 @@ def _measure(fn, hidden, kernel, repeats: int) -> tuple[int, float]:
     return temp_bytes, statistics.median(times)
 
 
-def bench_losses(batch: int, length: int, d_models: list[int], repeats: int,
-                 chunk_size: int) -> list[dict]:
+def bench_losses(
+    batch: int, length: int, d_models: list[int], repeats: int, chunk_size: int
+) -> list[dict]:
     rows = []
     rng = np.random.default_rng(0)
     tokens = batch * length
@@ -84,18 +90,32 @@ def bench_losses(batch: int, length: int, d_models: list[int], repeats: int,
     for d_model in d_models:
         hidden = jnp.asarray(rng.normal(size=(batch, length, d_model)) * 0.1, jnp.float32)
         kernel = jnp.asarray(rng.normal(size=(d_model, VOCAB)) * 0.05, jnp.float32)
-        for name, (fused, naive) in _loss_functions(targets, jnp.asarray(ids),
-                                                    jnp.asarray(logprobs), chunk_size).items():
+        for name, (fused, naive) in _loss_functions(
+            targets, jnp.asarray(ids), jnp.asarray(logprobs), chunk_size
+        ).items():
             fused_bytes, fused_s = _measure(fused, hidden, kernel, repeats)
             naive_bytes, naive_s = _measure(naive, hidden, kernel, repeats)
-            rows.append({"loss": name, "d_model": d_model, "tokens": tokens, "vocab": VOCAB,
-                         "chunk_size": chunk_size, "fused_temp_mib": fused_bytes / 2**20,
-                         "naive_temp_mib": naive_bytes / 2**20,
-                         "memory_ratio": naive_bytes / max(fused_bytes, 1),
-                         "fused_s": fused_s, "naive_s": naive_s, "speedup": naive_s / fused_s})
-            print(f"  {name:<10} d={d_model}: fused {fused_bytes / 2**20:8.1f} MiB "
-                  f"{fused_s * 1e3:8.1f} ms | naive {naive_bytes / 2**20:8.1f} MiB "
-                  f"{naive_s * 1e3:8.1f} ms", flush=True)
+            rows.append(
+                {
+                    "loss": name,
+                    "d_model": d_model,
+                    "tokens": tokens,
+                    "vocab": VOCAB,
+                    "chunk_size": chunk_size,
+                    "fused_temp_mib": fused_bytes / 2**20,
+                    "naive_temp_mib": naive_bytes / 2**20,
+                    "memory_ratio": naive_bytes / max(fused_bytes, 1),
+                    "fused_s": fused_s,
+                    "naive_s": naive_s,
+                    "speedup": naive_s / fused_s,
+                }
+            )
+            print(
+                f"  {name:<10} d={d_model}: fused {fused_bytes / 2**20:8.1f} MiB "
+                f"{fused_s * 1e3:8.1f} ms | naive {naive_bytes / 2**20:8.1f} MiB "
+                f"{naive_s * 1e3:8.1f} ms",
+                flush=True,
+            )
     return rows
 
 
@@ -118,8 +138,13 @@ def _alignment_texts(count: int) -> tuple[list[str], str]:
         with open(GSM8K, encoding="utf-8") as handle:
             records = [json.loads(line) for _, line in zip(range(count), handle)]
         return [f"{r['question']}\n{r['answer']}" for r in records], str(GSM8K)
-    texts = [" ".join(f"Step {i}: {i * 7} + {i * 13} = <<{i * 7}+{i * 13}={i * 20}>>{i * 20} "
-                      "apples in total." for i in range(1, 12 + n % 5)) for n in range(count)]
+    texts = [
+        " ".join(
+            f"Step {i}: {i * 7} + {i * 13} = <<{i * 7}+{i * 13}={i * 20}>>{i * 20} apples in total."
+            for i in range(1, 12 + n % 5)
+        )
+        for n in range(count)
+    ]
     return texts, "synthetic (GSM8K absent)"
 
 
@@ -128,7 +153,8 @@ def bench_alignment(count: int) -> dict:
     pairs = [(_teacher_tokens(t), _student_tokens(t)) for t in texts]
     for teacher, student in pairs[:3]:  # both give the same path
         assert alignment.align_tokens(teacher, student).pairs.tolist() == [
-            list(p) for p in naive_alignment.naive_align(teacher, student)[1]]
+            list(p) for p in naive_alignment.naive_align(teacher, student)[1]
+        ]
     start = time.perf_counter()
     for teacher, student in pairs:
         naive_alignment.naive_align(teacher, student)
@@ -139,32 +165,50 @@ def bench_alignment(count: int) -> dict:
     fast_s = time.perf_counter() - start
     teacher_len = float(np.mean([len(t) for t, _ in pairs]))
     student_len = float(np.mean([len(s) for _, s in pairs]))
-    row = {"source": source, "examples": count, "mean_teacher_tokens": teacher_len,
-           "mean_student_tokens": student_len, "naive_examples_per_s": count / naive_s,
-           "vectorised_examples_per_s": count / fast_s, "speedup": naive_s / fast_s}
-    print(f"  alignment: {count} examples, ~{teacher_len:.0f} x {student_len:.0f} tokens: naive "
-          f"{count / naive_s:.1f} ex/s, vectorised {count / fast_s:.1f} ex/s", flush=True)
+    row = {
+        "source": source,
+        "examples": count,
+        "mean_teacher_tokens": teacher_len,
+        "mean_student_tokens": student_len,
+        "naive_examples_per_s": count / naive_s,
+        "vectorised_examples_per_s": count / fast_s,
+        "speedup": naive_s / fast_s,
+    }
+    print(
+        f"  alignment: {count} examples, ~{teacher_len:.0f} x {student_len:.0f} tokens: naive "
+        f"{count / naive_s:.1f} ex/s, vectorised {count / fast_s:.1f} ex/s",
+        flush=True,
+    )
     return row
 
 
 def print_tables(losses: list[dict], align: dict) -> None:
-    header = (f"{'loss':<10} {'d':>4} {'tokens':>6} {'fused MiB':>10} {'naive MiB':>10} "
-              f"{'mem x':>6} {'fused ms':>9} {'naive ms':>9} {'speed x':>7}")
+    header = (
+        f"{'loss':<10} {'d':>4} {'tokens':>6} {'fused MiB':>10} {'naive MiB':>10} "
+        f"{'mem x':>6} {'fused ms':>9} {'naive ms':>9} {'speed x':>7}"
+    )
     print("\n" + header + "\n" + "-" * len(header))
     for r in losses:
-        print(f"{r['loss']:<10} {r['d_model']:>4} {r['tokens']:>6} {r['fused_temp_mib']:>10.1f} "
-              f"{r['naive_temp_mib']:>10.1f} {r['memory_ratio']:>6.1f} {r['fused_s'] * 1e3:>9.1f} "
-              f"{r['naive_s'] * 1e3:>9.1f} {r['speedup']:>7.2f}")
-    print(f"\nalignment ({align['source']}): {align['examples']} examples, mean "
-          f"{align['mean_teacher_tokens']:.0f} teacher x {align['mean_student_tokens']:.0f} "
-          f"student tokens; naive {align['naive_examples_per_s']:.1f} ex/s, vectorised "
-          f"{align['vectorised_examples_per_s']:.1f} ex/s, speedup {align['speedup']:.1f}x")
+        print(
+            f"{r['loss']:<10} {r['d_model']:>4} {r['tokens']:>6} {r['fused_temp_mib']:>10.1f} "
+            f"{r['naive_temp_mib']:>10.1f} {r['memory_ratio']:>6.1f} {r['fused_s'] * 1e3:>9.1f} "
+            f"{r['naive_s'] * 1e3:>9.1f} {r['speedup']:>7.2f}"
+        )
+    print(
+        f"\nalignment ({align['source']}): {align['examples']} examples, mean "
+        f"{align['mean_teacher_tokens']:.0f} teacher x {align['mean_student_tokens']:.0f} "
+        f"student tokens; naive {align['naive_examples_per_s']:.1f} ex/s, vectorised "
+        f"{align['vectorised_examples_per_s']:.1f} ex/s, speedup {align['speedup']:.1f}x"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="small shapes (2 x 128 targets, d_model 512) and 5 alignments")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small shapes (2 x 128 targets, d_model 512) and 5 alignments",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
     parser.add_argument("--chunk-size", type=int, default=fused_loss.DEFAULT_CHUNK_SIZE)
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
@@ -177,11 +221,20 @@ def main(argv: list[str] | None = None) -> int:
     losses = bench_losses(batch, length, d_models, repeats, args.chunk_size)
     align = bench_alignment(count)
     print_tables(losses, align)
-    out = pathlib.Path(args.out) if args.out else RESULTS_DIR / (
-        "kernel_bench_quick.json" if args.quick else "kernel_bench.json")
-    payload = {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
-               "platform": platform.platform(), "cpu_count": os.cpu_count(),
-               "quick": args.quick, "losses": losses, "alignment": align}
+    out = (
+        pathlib.Path(args.out)
+        if args.out
+        else RESULTS_DIR / ("kernel_bench_quick.json" if args.quick else "kernel_bench.json")
+    )
+    payload = {
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0]),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "quick": args.quick,
+        "losses": losses,
+        "alignment": align,
+    }
     file_io.write_json_atomically(out, payload)
     print(f"\nwrote {out}")
     return 0

@@ -8,14 +8,15 @@ benchmarks/results/model_bench.json.
     python benchmarks/model_bench.py            # full shapes, 3 timed iterations
     python benchmarks/model_bench.py --quick    # small shapes, 1 timed iteration
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,15 +40,19 @@ def _time(fn: Callable[[], object], iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def _inputs(config: T5Config, batch: int, enc_len: int, dec_len: int
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _inputs(
+    config: T5Config, batch: int, enc_len: int, dec_len: int
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    return (rng.integers(2, config.vocab_size, (batch, enc_len)).astype(np.int32),
-            rng.integers(2, config.vocab_size, (batch, dec_len)).astype(np.int32))
+    return (
+        rng.integers(2, config.vocab_size, (batch, enc_len)).astype(np.int32),
+        rng.integers(2, config.vocab_size, (batch, dec_len)).astype(np.int32),
+    )
 
 
-def bench_jax(config: T5Config, params: dict, enc: np.ndarray, targets: np.ndarray,
-              iters: int) -> dict[str, float]:
+def bench_jax(
+    config: T5Config, params: dict, enc: np.ndarray, targets: np.ndarray, iters: int
+) -> dict[str, float]:
     """Seconds per forward+backward and per greedy decode of targets.shape[1] tokens."""
     model = t5.EncoderDecoder(config)
     dec_in = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
@@ -56,32 +61,43 @@ def bench_jax(config: T5Config, params: dict, enc: np.ndarray, targets: np.ndarr
     def grad_step(p):
         def loss(p):
             logits = model.apply({"params": p}, enc, dec_in)
-            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
-                                                 targets[..., None], -1))
+            return -jnp.mean(
+                jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)
+            )
+
         return jax.value_and_grad(loss)(p)
 
     def decode():
-        return decoding.greedy_decode(t5.T5Model(config), params, enc,
-                                      max_decode_len=targets.shape[1], eos_id=NEVER_EOS)
+        return decoding.greedy_decode(
+            t5.T5Model(config), params, enc, max_decode_len=targets.shape[1], eos_id=NEVER_EOS
+        )
 
     train = _time(lambda: jax.block_until_ready(grad_step(params)), iters)
     greedy = _time(lambda: jax.block_until_ready(decode().tokens), iters)
     return {"train_step_s": train, "greedy_decode_s": greedy}
 
 
-def bench_torch(config: T5Config, params: dict, enc: np.ndarray, targets: np.ndarray,
-                iters: int, dtype: str) -> dict[str, float]:
+def bench_torch(
+    config: T5Config, params: dict, enc: np.ndarray, targets: np.ndarray, iters: int, dtype: str
+) -> dict[str, float]:
     """The same measurements with transformers' T5ForConditionalGeneration."""
     import torch
     import transformers
 
     from flan_jax.models.hf_convert import hf_config_from_config
 
-    hf_config = transformers.T5Config(**{k: v for k, v in hf_config_from_config(config).items()
-                                         if k not in ("architectures", "model_type")})
+    hf_config = transformers.T5Config(
+        **{
+            k: v
+            for k, v in hf_config_from_config(config).items()
+            if k not in ("architectures", "model_type")
+        }
+    )
     model = transformers.T5ForConditionalGeneration(hf_config)
-    state = {k: torch.from_numpy(np.array(v))
-             for k, v in hf_state_dict_from_params(params, config).items()}
+    state = {
+        k: torch.from_numpy(np.array(v))
+        for k, v in hf_state_dict_from_params(params, config).items()
+    }
     model.load_state_dict(state, strict=False)
     model = model.to(getattr(torch, dtype))
     enc_t, labels = torch.from_numpy(enc).long(), torch.from_numpy(targets).long()
@@ -92,9 +108,16 @@ def bench_torch(config: T5Config, params: dict, enc: np.ndarray, targets: np.nda
 
     def decode():
         with torch.no_grad():
-            model.generate(input_ids=enc_t, max_new_tokens=targets.shape[1],
-                           min_new_tokens=targets.shape[1], do_sample=False, num_beams=1,
-                           decoder_start_token_id=0, pad_token_id=0, eos_token_id=None)
+            model.generate(
+                input_ids=enc_t,
+                max_new_tokens=targets.shape[1],
+                min_new_tokens=targets.shape[1],
+                do_sample=False,
+                num_beams=1,
+                decoder_start_token_id=0,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
 
     model.train()
     model.config.dropout_rate = 0.0
@@ -125,18 +148,34 @@ def main() -> None:
         ours = bench_jax(config, params, enc, targets, iters)
         theirs = bench_torch(config, params, enc, targets, iters, dtype)
         for metric in ("train_step_s", "greedy_decode_s"):
-            rows.append({"dtype": dtype, "metric": metric, "flan_jax_s": ours[metric],
-                         "torch_s": theirs[metric],
-                         "speedup": theirs[metric] / ours[metric]})
-    print(f"T5 1.1 small, batch {batch} x ({enc_len}, {dec_len}), {iters} iteration(s), "
-          f"{os.cpu_count()} CPU(s)")
+            rows.append(
+                {
+                    "dtype": dtype,
+                    "metric": metric,
+                    "flan_jax_s": ours[metric],
+                    "torch_s": theirs[metric],
+                    "speedup": theirs[metric] / ours[metric],
+                }
+            )
+    print(
+        f"T5 1.1 small, batch {batch} x ({enc_len}, {dec_len}), {iters} iteration(s), "
+        f"{os.cpu_count()} CPU(s)"
+    )
     print(f"{'dtype':<9} {'metric':<16} {'flan_jax s':>11} {'torch s':>9} {'speedup':>8}")
     for row in rows:
-        print(f"{row['dtype']:<9} {row['metric']:<16} {row['flan_jax_s']:>11.3f} "
-              f"{row['torch_s']:>9.3f} {row['speedup']:>7.2f}x")
-    report = {"shape": {"batch": batch, "inputs": enc_len, "targets": dec_len},
-              "iters": iters, "cpus": os.cpu_count(), "machine": platform.processor(),
-              "jax": jax.__version__, "torch": torch.__version__, "rows": rows}
+        print(
+            f"{row['dtype']:<9} {row['metric']:<16} {row['flan_jax_s']:>11.3f} "
+            f"{row['torch_s']:>9.3f} {row['speedup']:>7.2f}x"
+        )
+    report = {
+        "shape": {"batch": batch, "inputs": enc_len, "targets": dec_len},
+        "iters": iters,
+        "cpus": os.cpu_count(),
+        "machine": platform.processor(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     file_io.write_json_atomically(RESULTS, report)
     print(f"wrote {RESULTS}")
 

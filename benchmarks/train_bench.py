@@ -18,6 +18,7 @@ Prints a table and writes ``benchmarks/results/train_bench.json``.
 
     python benchmarks/train_bench.py [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,14 +50,28 @@ from flan_jax.training import (
 
 RESULTS = Path(__file__).parent / "results" / "train_bench.json"
 SIZES = {
-    "tiny": dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256, num_encoder_layers=2,
-                 num_decoder_layers=2),
-    "small": dict(emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024, num_encoder_layers=8,
-                  num_decoder_layers=8),
+    "tiny": dict(
+        emb_dim=128,
+        num_heads=4,
+        head_dim=32,
+        mlp_dim=256,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+    ),
+    "small": dict(
+        emb_dim=512,
+        num_heads=6,
+        head_dim=64,
+        mlp_dim=1024,
+        num_encoder_layers=8,
+        num_decoder_layers=8,
+    ),
 }
 # Rows per step and row lengths per size; small is kept short so a CPU step takes seconds.
-SHAPES = {"tiny": (8, {"inputs": 256, "targets": 128}),
-          "small": (4, {"inputs": 192, "targets": 128})}
+SHAPES = {
+    "tiny": (8, {"inputs": 256, "targets": 128}),
+    "small": (4, {"inputs": 192, "targets": 128}),
+}
 
 
 def measure_matmul_peak(size: int = 3072, trials: int = 5, repeats: int = 3) -> float:
@@ -89,14 +104,18 @@ def build_jax_step(config: T5Config):
     param_axes = t5.param_logical_axes(config)
     optimizer = adafactor.make_adafactor(1e-3, param_axes=param_axes)
     shardings = train_state.get_train_state_shardings(
-        t5.abstract_params(config), param_axes, optimizer, mesh, rules)
+        t5.abstract_params(config), param_axes, optimizer, mesh, rules
+    )
     params = jax.tree.map(np.asarray, t5.init_params(config, jax.random.key(0)))
     state = train_state.init_sharded_train_state(params, optimizer, shardings)
     step = train_step.make_train_step(
         model=t5.T5Model(config),
         optimizer=optimizer,
-        loss_config=losses.LossConfig(normalization="average_per_sequence"), mesh=mesh,
-        rules=rules, state_shardings=shardings)
+        loss_config=losses.LossConfig(normalization="average_per_sequence"),
+        mesh=mesh,
+        rules=rules,
+        state_shardings=shardings,
+    )
     return step, state, mesh, rules
 
 
@@ -107,8 +126,9 @@ def make_packed_batches(examples, rows: int, lengths: dict, count: int) -> list[
     order = np.random.default_rng(0).permutation(len(packed["decoder_target_tokens"]))
     if len(order) < rows * count:
         raise ValueError(f"only {len(order)} packed rows for {count} batches of {rows}")
-    return [{k: v[order[i * rows:(i + 1) * rows]] for k, v in packed.items()}
-            for i in range(count)]
+    return [
+        {k: v[order[i * rows : (i + 1) * rows]] for k, v in packed.items()} for i in range(count)
+    ]
 
 
 def bench_flan_jax(config: T5Config, batches: list[dict], lengths: dict) -> dict:
@@ -125,11 +145,21 @@ def bench_flan_jax(config: T5Config, batches: list[dict], lengths: dict) -> dict
         sequences += float(out["num_sequences"])
     seconds = time.perf_counter() - start
     steps = len(batches) - 1
-    flops = metrics.estimate_train_flops_per_step(
-        config, batch_size=rows, inputs_length=lengths["inputs"],
-        targets_length=lengths["targets"]) * steps
-    return {"seconds_per_step": seconds / steps, "real_target_tokens_per_s": tokens / seconds,
-            "sequences_per_s": sequences / seconds, "flops_per_s": flops / seconds}
+    flops = (
+        metrics.estimate_train_flops_per_step(
+            config,
+            batch_size=rows,
+            inputs_length=lengths["inputs"],
+            targets_length=lengths["targets"],
+        )
+        * steps
+    )
+    return {
+        "seconds_per_step": seconds / steps,
+        "real_target_tokens_per_s": tokens / seconds,
+        "sequences_per_s": sequences / seconds,
+        "flops_per_s": flops / seconds,
+    }
 
 
 def _torch_batch(examples, torch):
@@ -139,8 +169,8 @@ def _torch_batch(examples, torch):
     enc = np.zeros((len(examples), enc_len), np.int64)
     labels = np.full((len(examples), dec_len), -100, np.int64)  # -100: ignored by HF
     for i, e in enumerate(examples):
-        enc[i, :len(e["inputs"])] = e["inputs"]
-        labels[i, :len(e["targets"])] = e["targets"]
+        enc[i, : len(e["inputs"])] = e["inputs"]
+        labels[i, : len(e["targets"])] = e["targets"]
     return torch.from_numpy(enc), torch.from_numpy(enc > 0), torch.from_numpy(labels)
 
 
@@ -154,8 +184,11 @@ def bench_torch(config: T5Config, packed_batches: list[dict]) -> dict:
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    hf = {k: v for k, v in hf_config_from_config(config).items()
-          if k not in ("architectures", "model_type")}
+    hf = {
+        k: v
+        for k, v in hf_config_from_config(config).items()
+        if k not in ("architectures", "model_type")
+    }
     model = transformers.T5ForConditionalGeneration(transformers.T5Config(**hf)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batches = [_torch_batch(data_testing.unpack_rows(b), torch) for b in packed_batches]
@@ -175,11 +208,18 @@ def bench_torch(config: T5Config, packed_batches: list[dict]) -> dict:
         tokens += float((batch[2] >= 0).sum())
         sequences += batch[0].shape[0]
         flops += metrics.estimate_train_flops_per_step(
-            config, batch_size=batch[0].shape[0], inputs_length=batch[0].shape[1],
-            targets_length=batch[2].shape[1])
+            config,
+            batch_size=batch[0].shape[0],
+            inputs_length=batch[0].shape[1],
+            targets_length=batch[2].shape[1],
+        )
     seconds = time.perf_counter() - start
-    return {"seconds_per_step": seconds / steps, "real_target_tokens_per_s": tokens / seconds,
-            "sequences_per_s": sequences / seconds, "flops_per_s": flops / seconds}
+    return {
+        "seconds_per_step": seconds / steps,
+        "real_target_tokens_per_s": tokens / seconds,
+        "sequences_per_s": sequences / seconds,
+        "flops_per_s": flops / seconds,
+    }
 
 
 def bench_size(size: str, examples, steps: int, peak: float) -> dict:
@@ -190,38 +230,53 @@ def bench_size(size: str, examples, steps: int, peak: float) -> dict:
     theirs = bench_torch(config, batches)
     for result in (ours, theirs):
         result["mfu"] = result["flops_per_s"] / peak
-    return {"size": size, "rows": rows, "lengths": lengths, "flan_jax": ours,
-            "pytorch": theirs, "tokens_per_s_ratio": ours["real_target_tokens_per_s"]
-            / theirs["real_target_tokens_per_s"]}
+    return {
+        "size": size,
+        "rows": rows,
+        "lengths": lengths,
+        "flan_jax": ours,
+        "pytorch": theirs,
+        "tokens_per_s_ratio": ours["real_target_tokens_per_s"] / theirs["real_target_tokens_per_s"],
+    }
 
 
 def bench_packing(examples) -> list[dict]:
     rows = []
     for lengths in packing_bench.CAPACITIES[:2]:
-        rows.append({"lengths": lengths,
-                     "flan_jax": packing_bench.run_ours(examples, lengths, 1024),
-                     "seqio_trim_and_pack": packing_bench.run_seqio(examples, lengths)})
+        rows.append(
+            {
+                "lengths": lengths,
+                "flan_jax": packing_bench.run_ours(examples, lengths, 1024),
+                "seqio_trim_and_pack": packing_bench.run_seqio(examples, lengths),
+            }
+        )
     return rows
 
 
 def print_tables(peak: float, runs: list[dict], packing_rows: list[dict]) -> None:
     print(f"\nmeasured f32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
-    header = (f"{'size':<6} | {'framework':<9} | {'s/step':>7} | {'real tgt tok/s':>14} | "
-              f"{'seq/s':>7} | {'MFU':>6} | {'ratio':>6}")
+    header = (
+        f"{'size':<6} | {'framework':<9} | {'s/step':>7} | {'real tgt tok/s':>14} | "
+        f"{'seq/s':>7} | {'MFU':>6} | {'ratio':>6}"
+    )
     print(header + "\n" + "-" * len(header))
     for run in runs:
         for name in ("flan_jax", "pytorch"):
             r = run[name]
             ratio = f"{run['tokens_per_s_ratio']:.2f}x" if name == "flan_jax" else ""
-            print(f"{run['size']:<6} | {name:<9} | {r['seconds_per_step']:>7.3f} | "
-                  f"{r['real_target_tokens_per_s']:>14,.0f} | {r['sequences_per_s']:>7.1f} | "
-                  f"{r['mfu']:>6.1%} | {ratio:>6}")
+            print(
+                f"{run['size']:<6} | {name:<9} | {r['seconds_per_step']:>7.3f} | "
+                f"{r['real_target_tokens_per_s']:>14,.0f} | {r['sequences_per_s']:>7.1f} | "
+                f"{r['mfu']:>6.1%} | {ratio:>6}"
+            )
     print("\npacking efficiency (share of real tokens, both streams; bottleneck stream)")
     for row in packing_rows:
         ours, theirs = row["flan_jax"], row["seqio_trim_and_pack"]
-        print(f"  {row['lengths']['inputs']}/{row['lengths']['targets']}: flan_jax "
-              f"{ours['combined']:.1%} ({ours['bottleneck']:.1%}) vs seqio "
-              f"{theirs['combined']:.1%} ({theirs['bottleneck']:.1%})")
+        print(
+            f"  {row['lengths']['inputs']}/{row['lengths']['targets']}: flan_jax "
+            f"{ours['combined']:.1%} ({ours['bottleneck']:.1%}) vs seqio "
+            f"{theirs['combined']:.1%} ({theirs['bottleneck']:.1%})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,17 +290,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"No real data under {data_testing.shared_data_dir()}; nothing to measure.")
         return 1
     rng = np.random.default_rng(0)
-    sample = [pairs[int(i)] for i in rng.choice(len(pairs), size=min(4096, len(pairs)),
-                                                replace=False)]
+    sample = [
+        pairs[int(i)] for i in rng.choice(len(pairs), size=min(4096, len(pairs)), replace=False)
+    ]
     examples = data_testing.make_examples_from_lengths(sample, 0)
     peak = measure_matmul_peak()
     runs = [bench_size(size, examples, steps, peak) for size in SIZES]
     packing_rows = bench_packing(examples[: 2048 if args.quick else 4096])
     print_tables(peak, runs, packing_rows)
-    result = {"machine": platform.processor() or platform.machine(),
-              "devices": [str(d) for d in jax.devices()], "quick": args.quick,
-              "timed_steps": steps, "matmul_peak_flops_per_s": peak, "runs": runs,
-              "packing": packing_rows}
+    result = {
+        "machine": platform.processor() or platform.machine(),
+        "devices": [str(d) for d in jax.devices()],
+        "quick": args.quick,
+        "timed_steps": steps,
+        "matmul_peak_flops_per_s": peak,
+        "runs": runs,
+        "packing": packing_rows,
+    }
     name = RESULTS.with_name("train_bench_quick.json" if args.quick else RESULTS.name)
     file_io.write_json_atomically(name, result)
     print(f"wrote {name}")

@@ -30,6 +30,7 @@ Worked example (EOS = 1, max_decode_len = 6)::
     [7, 0, 9, 1, 0, 0] -> [7, 0, 9]       a 0 the model emitted before EOS
     [7, 8, 9, 4, 0, 0] -> [7, 8, 9, 4]    no EOS: trailing 0s dropped
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,15 +88,22 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"DecodeConfig.method must be one of {METHODS}; got "
-                             f"{self.method!r}.")
-        for name in ("max_decode_len", "num_beams", "num_samples", "batch_size",
-                     "max_input_len", "length_bucket"):
+            raise ValueError(f"DecodeConfig.method must be one of {METHODS}; got {self.method!r}.")
+        for name in (
+            "max_decode_len",
+            "num_beams",
+            "num_samples",
+            "batch_size",
+            "max_input_len",
+            "length_bucket",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"DecodeConfig.{name} must be >= 1; got {getattr(self, name)}.")
         if self.method == "sample" and not self.temperature > 0:
-            raise ValueError(f"DecodeConfig.temperature must be > 0 with method 'sample' (use "
-                             f"method 'greedy' for temperature 0); got {self.temperature}.")
+            raise ValueError(
+                f"DecodeConfig.temperature must be > 0 with method 'sample' (use "
+                f"method 'greedy' for temperature 0); got {self.temperature}."
+            )
         if self.top_k < 0:
             raise ValueError(f"DecodeConfig.top_k must be >= 0; got {self.top_k}.")
         if not 0.0 < self.top_p <= 1.0:
@@ -103,8 +111,10 @@ class DecodeConfig:
         if self.alpha < 0:
             raise ValueError(f"DecodeConfig.alpha must be >= 0; got {self.alpha}.")
         if self.num_samples > 1 and self.method != "sample":
-            raise ValueError(f"DecodeConfig.num_samples > 1 needs method 'sample'; got "
-                             f"num_samples={self.num_samples} with method {self.method!r}.")
+            raise ValueError(
+                f"DecodeConfig.num_samples > 1 needs method 'sample'; got "
+                f"num_samples={self.num_samples} with method {self.method!r}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,18 +138,19 @@ def completion_tokens(row: Sequence[int] | np.ndarray, *, eos_id: int = EOS_ID) 
     row = np.asarray(row)
     eos = np.flatnonzero(row == eos_id)
     if len(eos):
-        return row[:eos[0]]
+        return row[: eos[0]]
     real = np.flatnonzero(row != 0)
-    return row[:real[-1] + 1] if len(real) else row[:0]
+    return row[: real[-1] + 1] if len(real) else row[:0]
 
 
 def encode_text(vocabulary: seqio.Vocabulary, text: str, *, max_len: int) -> list[int]:
     """Token ids of ``text`` cut to ``max_len - 1``, then EOS (kept when truncating)."""
-    return list(vocabulary.encode(text))[:max_len - 1] + [EOS_ID]
+    return list(vocabulary.encode(text))[: max_len - 1] + [EOS_ID]
 
 
-def pad_token_rows(rows: TokenRows, *, length_multiple: int, num_rows: int | None = None
-                   ) -> np.ndarray:
+def pad_token_rows(
+    rows: TokenRows, *, length_multiple: int, num_rows: int | None = None
+) -> np.ndarray:
     """0-pads token rows to their longest length rounded up to ``length_multiple``.
 
     Args:
@@ -156,7 +167,7 @@ def pad_token_rows(rows: TokenRows, *, length_multiple: int, num_rows: int | Non
     out = np.zeros((num_rows, length), np.int32)
     for i in range(num_rows):
         row = rows[min(i, len(rows) - 1)]
-        out[i, :len(row)] = row
+        out[i, : len(row)] = row
     return out
 
 
@@ -182,8 +193,13 @@ class Predictor:
         predictor.predict(["translate English to German: the house"])  # ["das Haus"]
     """
 
-    def __init__(self, model: Model, params: Any, vocabulary: seqio.Vocabulary,
-                 config: DecodeConfig = DecodeConfig()) -> None:
+    def __init__(
+        self,
+        model: Model,
+        params: Any,
+        vocabulary: seqio.Vocabulary,
+        config: DecodeConfig = DecodeConfig(),
+    ) -> None:
         self.model = model
         self.params = params
         self.vocabulary = vocabulary
@@ -198,16 +214,16 @@ class Predictor:
         """The text of a completion (as :func:`completion_tokens` returns it)."""
         return self.vocabulary.decode([int(t) for t in tokens])
 
-    def predict(self, texts: Sequence[str], *, rng: jax.Array | None = None
-                ) -> TextPredictions:
+    def predict(self, texts: Sequence[str], *, rng: jax.Array | None = None) -> TextPredictions:
         """Predicted texts, one per input (a list of ``num_samples`` when sampling several)."""
         predictions = self.predict_tokens(self.tokenize(texts), rng=rng)
         if self.config.num_samples == 1:
             return [self.detokenize(tokens) for tokens in predictions]
         return [[self.detokenize(tokens) for tokens in samples] for samples in predictions]
 
-    def predict_tokens(self, token_rows: TokenRows, *, rng: jax.Array | None = None
-                       ) -> TokenPredictions:
+    def predict_tokens(
+        self, token_rows: TokenRows, *, rng: jax.Array | None = None
+    ) -> TokenPredictions:
         """Completions (:func:`completion_tokens`) of token rows, used as given (not cut).
 
         Args:
@@ -225,10 +241,9 @@ class Predictor:
         num_rows = _rows_per_call(len(token_rows), config.batch_size)
         predictions: list[Any] = []
         for start in range(0, len(token_rows), num_rows):
-            rows = list(token_rows[start:start + num_rows])
-            inputs = pad_token_rows(rows, length_multiple=config.length_bucket,
-                                    num_rows=num_rows)
-            generated = self._decode(inputs, jax.random.fold_in(rng, start))[:len(rows)]
+            rows = list(token_rows[start : start + num_rows])
+            inputs = pad_token_rows(rows, length_multiple=config.length_bucket, num_rows=num_rows)
+            generated = self._decode(inputs, jax.random.fold_in(rng, start))[: len(rows)]
             for outputs in generated:  # [num_samples, max_decode_len]
                 completions = [completion_tokens(row) for row in outputs]
                 predictions.append(completions if config.num_samples > 1 else completions[0])
@@ -238,19 +253,31 @@ class Predictor:
         """Generated rows ``[len(inputs), num_samples, max_decode_len]`` (EOS, then 0s)."""
         config, model, params = self.config, self.model, self.params
         if config.method == "beam":
-            result = decoding.beam_search(model, params, inputs,
-                                          max_decode_len=config.max_decode_len,
-                                          num_beams=config.num_beams, alpha=config.alpha)
+            result = decoding.beam_search(
+                model,
+                params,
+                inputs,
+                max_decode_len=config.max_decode_len,
+                num_beams=config.num_beams,
+                alpha=config.alpha,
+            )
             return np.asarray(result.tokens[:, :1])  # the best beam
         if config.method == "greedy":
-            result = decoding.greedy_decode(model, params, inputs,
-                                            max_decode_len=config.max_decode_len)
+            result = decoding.greedy_decode(
+                model, params, inputs, max_decode_len=config.max_decode_len
+            )
             return np.asarray(result.tokens)[:, None]
         # Sample j of input i is row i * num_samples + j.
         result = decoding.temperature_sample(
-            model, params, np.repeat(inputs, config.num_samples, axis=0), rng=rng,
-            max_decode_len=config.max_decode_len, temperature=config.temperature,
-            top_k=config.top_k, top_p=config.top_p)
+            model,
+            params,
+            np.repeat(inputs, config.num_samples, axis=0),
+            rng=rng,
+            max_decode_len=config.max_decode_len,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+        )
         return np.asarray(result.tokens).reshape(len(inputs), config.num_samples, -1)
 
     def score(self, inputs: Sequence[str], targets: Sequence[str]) -> ScoreResult:
@@ -260,8 +287,10 @@ class Predictor:
         ending with EOS; the EOS of the target is scored.
         """
         if len(inputs) != len(targets):
-            raise ValueError(f"Predictor.score needs one target per input; got {len(inputs)} "
-                             f"inputs and {len(targets)} targets.")
+            raise ValueError(
+                f"Predictor.score needs one target per input; got {len(inputs)} "
+                f"inputs and {len(targets)} targets."
+            )
         input_rows = self.tokenize(inputs)
         target_rows = self.tokenize(targets, max_len=self.config.max_decode_len)
         num_rows = _rows_per_call(len(input_rows), self.config.batch_size)
@@ -270,9 +299,13 @@ class Predictor:
             stop = start + num_rows
             pad = {"length_multiple": self.config.length_bucket, "num_rows": num_rows}
             batch_scores = decoding.score_targets(
-                self.model, self.params, pad_token_rows(input_rows[start:stop], **pad),
-                pad_token_rows(target_rows[start:stop], **pad))
-            scores.append(np.asarray(batch_scores)[:len(input_rows[start:stop])])
+                self.model,
+                self.params,
+                pad_token_rows(input_rows[start:stop], **pad),
+                pad_token_rows(target_rows[start:stop], **pad),
+            )
+            scores.append(np.asarray(batch_scores)[: len(input_rows[start:stop])])
         return ScoreResult(
             np.concatenate(scores) if scores else np.zeros((0,), np.float32),
-            np.array([len(row) for row in target_rows], np.int64))
+            np.array([len(row) for row in target_rows], np.int64),
+        )

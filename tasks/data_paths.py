@@ -19,11 +19,12 @@ A gin file binds the root from the outside:
     from flan_jax.tasks import data_paths
     data_paths.get_data_paths.root = "/data/flan"
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 ENV_DATA_DIR = "FLAN_JAX_DATA_DIR"
 ENV_TFDS_DATA_DIR = "TFDS_DATA_DIR"
@@ -76,8 +77,11 @@ def get_data_paths(
     """
     return DataPaths(
         root=root if root is not None else os.environ.get(ENV_DATA_DIR) or None,
-        tfds_data_dir=(tfds_data_dir if tfds_data_dir is not None
-                       else os.environ.get(ENV_TFDS_DATA_DIR) or None),
+        tfds_data_dir=(
+            tfds_data_dir
+            if tfds_data_dir is not None
+            else os.environ.get(ENV_TFDS_DATA_DIR) or None
+        ),
         source_dirs=dict(source_dirs or {}),
     )
 

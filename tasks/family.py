@@ -18,13 +18,15 @@ a family that drifts from the interface fails naming the function and the expect
 arguments. Families whose data is generated (the demo) ignore `paths` and `seed` where
 they do not apply.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import functools
 import inspect
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import seqio
 
@@ -45,15 +47,17 @@ class LoadSplit(Protocol):
     seeds any rendering done while loading (T0's promptsource prompts).
     """
 
-    def __call__(self, dataset: str, *, split: str, paths: data_paths.DataPaths | None = None,
-                 seed: int = 0) -> Iterable[sources.RawExample]: ...
+    def __call__(
+        self, dataset: str, *, split: str, paths: data_paths.DataPaths | None = None, seed: int = 0
+    ) -> Iterable[sources.RawExample]: ...
 
 
 class MissingData(Protocol):
     """None when `dataset`'s local data is present, else what is missing and how to get it."""
 
-    def __call__(self, dataset: str, *, paths: data_paths.DataPaths | None = None
-                 ) -> str | None: ...
+    def __call__(
+        self, dataset: str, *, paths: data_paths.DataPaths | None = None
+    ) -> str | None: ...
 
 
 class Register(Protocol):
@@ -62,9 +66,15 @@ class Register(Protocol):
     Idempotent, and reads no data: `few_shot=None` uses the family's own Flan 2022 settings.
     """
 
-    def __call__(self, vocabulary: seqio.Vocabulary, *, datasets: Sequence[str] | None = None,
-                 paths: data_paths.DataPaths | None = None, seed: int = 0,
-                 few_shot: few_shot_lib.FewShotSettings | None = None) -> list[str]: ...
+    def __call__(
+        self,
+        vocabulary: seqio.Vocabulary,
+        *,
+        datasets: Sequence[str] | None = None,
+        paths: data_paths.DataPaths | None = None,
+        seed: int = 0,
+        few_shot: few_shot_lib.FewShotSettings | None = None,
+    ) -> list[str]: ...
 
 
 # Field of `TaskFamily` -> the protocol its function must match.
@@ -78,8 +88,9 @@ INTERFACE: dict[str, type] = {
 
 def parameters_of(function: Callable) -> tuple[tuple[str, Any, Any], ...]:
     """(name, kind, default) of each parameter: what "the same signature" compares."""
-    return tuple((p.name, p.kind, p.default)
-                 for p in inspect.signature(function).parameters.values())
+    return tuple(
+        (p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()
+    )
 
 
 def interface_parameters(field: str) -> tuple[tuple[str, Any, Any], ...]:
@@ -88,10 +99,11 @@ def interface_parameters(field: str) -> tuple[tuple[str, Any, Any], ...]:
 
 
 def _format_parameters(function: Callable, *, skip_self: bool = False) -> str:
-    """"(dataset, *, split, paths=None, seed=0)": the parameters without annotations."""
-    parameters = list(inspect.signature(function).parameters.values())[int(skip_self):]
-    return str(inspect.Signature(
-        [p.replace(annotation=inspect.Parameter.empty) for p in parameters]))
+    """ "(dataset, *, split, paths=None, seed=0)": the parameters without annotations."""
+    parameters = list(inspect.signature(function).parameters.values())[int(skip_self) :]
+    return str(
+        inspect.Signature([p.replace(annotation=inspect.Parameter.empty) for p in parameters])
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +126,7 @@ class TaskFamily:
 
     def __post_init__(self):
         if self.name not in naming.SOURCES:
-            raise ValueError(f"TaskFamily.name must be one of {naming.SOURCES}, "
-                             f"got {self.name!r}.")
+            raise ValueError(f"TaskFamily.name must be one of {naming.SOURCES}, got {self.name!r}.")
         for field in INTERFACE:
             function = getattr(self, field)
             if parameters_of(function) != interface_parameters(field):
@@ -123,11 +134,13 @@ class TaskFamily:
                     f"TaskFamily {self.name!r}: {field} = {function.__qualname__}"
                     f"{_format_parameters(function)} must take the arguments "
                     f"{_format_parameters(INTERFACE[field].__call__, skip_self=True)} (see "
-                    f"{INTERFACE[field].__name__}).")
+                    f"{INTERFACE[field].__name__})."
+                )
 
 
-def select_datasets(source: str, datasets: Sequence[str] | None,
-                    known: Sequence[str]) -> tuple[str, ...]:
+def select_datasets(
+    source: str, datasets: Sequence[str] | None, known: Sequence[str]
+) -> tuple[str, ...]:
     """`datasets` checked against the catalog `known` (None: all of `known`).
 
     Raises:
@@ -138,13 +151,16 @@ def select_datasets(source: str, datasets: Sequence[str] | None,
     unknown = [d for d in datasets if d not in known]
     if unknown:
         closest = sorted({c for d in unknown for c in difflib.get_close_matches(d, known, n=3)})
-        raise ValueError(f"Unknown {source} datasets {unknown}; closest known: {closest} "
-                         f"(all: {source} FAMILY.list_datasets()).")
+        raise ValueError(
+            f"Unknown {source} datasets {unknown}; closest known: {closest} "
+            f"(all: {source} FAMILY.list_datasets())."
+        )
     return tuple(datasets)
 
 
-def bind_split(load_split: LoadSplit, dataset: str, *, paths: data_paths.DataPaths | None,
-               seed: int) -> sources.LoadSplitFn:
+def bind_split(
+    load_split: LoadSplit, dataset: str, *, paths: data_paths.DataPaths | None, seed: int
+) -> sources.LoadSplitFn:
     """`split -> load_split(dataset, split=split, paths=paths, seed=seed)`: a seqio source's
     loader for one dataset."""
 
@@ -181,7 +197,8 @@ def register_dataset_task(
     spec_few_shot = None
     if task_id.few_shot:
         spec_few_shot = few_shot_lib.make_few_shot_spec(
-            functools.partial(load_split, "train"), vocabulary, settings=few_shot)
+            functools.partial(load_split, "train"), vocabulary, settings=few_shot
+        )
     spec = sources.RenderSpec(task_id, task_templates, seed=seed, few_shot=spec_few_shot)
     sources.register_rendered_task(spec, load_split, vocabulary=vocabulary, splits=list(splits))
     return spec.task_name
@@ -212,8 +229,13 @@ def register_original_and_inverted(
     return [
         register_dataset_task(
             naming.TaskId(source, dataset, variant, inverted=inverted),
-            load_templates(inverted).templates, load_split, vocabulary, splits=splits,
-            seed=seed, few_shot=few_shot)
+            load_templates(inverted).templates,
+            load_split,
+            vocabulary,
+            splits=splits,
+            seed=seed,
+            few_shot=few_shot,
+        )
         for inverted in (False, True)
         for variant in variants
     ]

@@ -8,11 +8,12 @@ thousands of few-shot tasks does no I/O:
                                        settings=few_shot.FewShotSettings(num_shots=3))
     # nothing read yet; rendering the first few-shot example reads the first 256 rows.
 """
+
 from __future__ import annotations
 
 import collections.abc
 import dataclasses
-from typing import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import seqio
 
@@ -38,8 +39,9 @@ class FewShotSettings:
         for field in ("num_shots", "max_input_tokens", "pool_size"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 0:
-                raise ValueError(f"FewShotSettings.{field} must be a non-negative integer, "
-                                 f"got {value!r}.")
+                raise ValueError(
+                    f"FewShotSettings.{field} must be a non-negative integer, got {value!r}."
+                )
 
 
 class LazyExemplarPool(collections.abc.Sequence):
@@ -50,8 +52,9 @@ class LazyExemplarPool(collections.abc.Sequence):
     in every process).
     """
 
-    def __init__(self, load_examples: Callable[[], Iterator[tuple[str, Mapping]]],
-                 max_size: int = 256):
+    def __init__(
+        self, load_examples: Callable[[], Iterator[tuple[str, Mapping]]], max_size: int = 256
+    ):
         self._load_examples = load_examples
         self._max_size = max_size
         self._examples: Sequence[tuple[str, Mapping]] | None = None

@@ -14,12 +14,13 @@ normalises a sub-mixture's rates by its total, so the weights here are the share
 each part. Example: two CoT datasets of 7,473 and 150,000 examples get rates 7,473 and
 100,000 in `cot_zs_opt`, and `cot_submix` draws 1/2.6 of its examples from `cot_zs_opt`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import seqio
 
@@ -34,10 +35,10 @@ RECOUNTED_ORIGIN = "counted: recompute_counts on local data"
 CAPS = {"flan2021": 30_000, "t0": 20_000, "niv2": 5_000, "cot": 100_000, "dialog": 200_000}
 SUBMIX_WEIGHTS = {
     "flan2021": 0.40,  # The Flan Collection (Longpre et al. 2023), flan2022_submix: Flan 2021.
-    "t0": 0.32,        # The Flan Collection (Longpre et al. 2023), flan2022_submix: T0-SF.
-    "niv2": 0.20,      # The Flan Collection (Longpre et al. 2023), flan2022_submix: NIv2.
-    "cot": 0.05,       # The Flan Collection (Longpre et al. 2023), flan2022_submix: CoT.
-    "dialog": 0.03,    # The Flan Collection (Longpre et al. 2023), flan2022_submix: Dialog.
+    "t0": 0.32,  # The Flan Collection (Longpre et al. 2023), flan2022_submix: T0-SF.
+    "niv2": 0.20,  # The Flan Collection (Longpre et al. 2023), flan2022_submix: NIv2.
+    "cot": 0.05,  # The Flan Collection (Longpre et al. 2023), flan2022_submix: CoT.
+    "dialog": 0.03,  # The Flan Collection (Longpre et al. 2023), flan2022_submix: Dialog.
 }
 # Each variant mixture weighs 1 inside its source submix (zero-/few-shot x options, 1:1),
 # as in the Flan 2022 collection's submix definitions.
@@ -65,8 +66,9 @@ class CountRow:
 def read_count_table(path: str = COUNTS_PATH) -> list[CountRow]:
     """Reads the count table; a malformed row names the file and line."""
     with open(path, encoding="utf-8") as f:
-        lines = [(number, line) for number, line in enumerate(f, start=1)
-                 if not line.startswith("#")]
+        lines = [
+            (number, line) for number, line in enumerate(f, start=1) if not line.startswith("#")
+        ]
     header = lines[0][1].rstrip("\n").split("\t")
     if tuple(header) != _COUNT_COLUMNS:
         raise ValueError(f"{path}:{lines[0][0]}: expected columns {_COUNT_COLUMNS}, got {header}.")
@@ -84,8 +86,9 @@ def read_count_table(path: str = COUNTS_PATH) -> list[CountRow]:
 
 def load_counts(path: str = COUNTS_PATH) -> dict[tuple[str, str], int | None]:
     """{(source, dataset): train examples or None} from the count table."""
-    return {(r.source, r.dataset): r.num_examples for r in read_count_table(path)
-            if r.split == "train"}
+    return {
+        (r.source, r.dataset): r.num_examples for r in read_count_table(path) if r.split == "train"
+    }
 
 
 def load_mixing_counts(path: str = COUNTS_PATH) -> dict[tuple[str, str], int | None]:
@@ -95,8 +98,12 @@ def load_mixing_counts(path: str = COUNTS_PATH) -> dict[tuple[str, str], int | N
     itself, so they are not repeated in the table.
     """
     counts = load_counts(path)
-    counts.update({("flan2021", entry.name): entry.train_examples
-                   for entry in flan2021_catalog.load_catalog()})
+    counts.update(
+        {
+            ("flan2021", entry.name): entry.train_examples
+            for entry in flan2021_catalog.load_catalog()
+        }
+    )
     return counts
 
 
@@ -138,8 +145,7 @@ def recompute_counts(
     for row in read_count_table(path):
         count = count_examples(row.source, row.dataset, paths)
         if count is not None:
-            row = dataclasses.replace(row, num_examples=count,
-                                      origin=RECOUNTED_ORIGIN)
+            row = dataclasses.replace(row, num_examples=count, origin=RECOUNTED_ORIGIN)
         rows.append(row)
     write_count_table(rows, path)
     return rows
@@ -160,7 +166,9 @@ def _add_mixture(name: str, members: Sequence[tuple[str, float]]) -> str:
     return name
 
 
-def _group_by_variant(task_names: Iterable[str]) -> dict[tuple[str, bool, str], list[naming.TaskId]]:
+def _group_by_variant(
+    task_names: Iterable[str],
+) -> dict[tuple[str, bool, str], list[naming.TaskId]]:
     groups: dict[tuple[str, bool, str], list[naming.TaskId]] = {}
     for name in task_names:
         task_id = naming.parse_task_name(name)
@@ -186,8 +194,10 @@ def register_source_mixtures(task_names: Iterable[str], counts: Counts) -> dict[
         mixture = _add_mixture(variant_mixture_name(source, variant, inverted), members)
         weight = INVERTED_WEIGHT if inverted else VARIANT_WEIGHT
         submix_members.setdefault(source, []).append((mixture, weight))
-    return {source: _add_mixture(f"{source}_submix", members)
-            for source, members in submix_members.items()}
+    return {
+        source: _add_mixture(f"{source}_submix", members)
+        for source, members in submix_members.items()
+    }
 
 
 def register_flan2022_mixtures(task_names: Sequence[str], counts: Counts) -> list[str]:
@@ -205,11 +215,14 @@ def register_flan2022_mixtures(task_names: Sequence[str], counts: Counts) -> lis
     if present:
         names.append(_add_mixture("flan2022_submix", present))
     original = [naming.parse_task_name(n) for n in task_names]
-    original = [t for t in original if t.source == "flan2021" and not t.inverted
-                and t.variant == "zs_opt"]
+    original = [
+        t for t in original if t.source == "flan2021" and not t.inverted and t.variant == "zs_opt"
+    ]
     if original:
-        members = [(naming.make_task_name(t),
-                    task_rate(t, counts, cap=FLAN2021_ORIGINAL_RATE_CAP)) for t in original]
+        members = [
+            (naming.make_task_name(t), task_rate(t, counts, cap=FLAN2021_ORIGINAL_RATE_CAP))
+            for t in original
+        ]
         names.append(_add_mixture("flan2021_original", members))
     logging.info("Registered %d mixtures over %d tasks.", len(names), len(task_names))
     return names

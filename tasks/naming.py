@@ -5,6 +5,7 @@ Every registered task name is `SOURCE__DATASET[__inverted]__VARIANT`, for exampl
 separates fields so dataset names may contain single underscores. Nothing else in the
 project assembles task names by hand.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,6 +72,4 @@ def parse_task_name(name: str) -> TaskId:
         return TaskId(parts[0], parts[1], parts[3], inverted=True)
     if len(parts) == 3:
         return TaskId(parts[0], parts[1], parts[2])
-    raise ValueError(
-        f"Task name {name!r} is not of the form SOURCE__DATASET[__inverted]__VARIANT."
-    )
+    raise ValueError(f"Task name {name!r} is not of the form SOURCE__DATASET[__inverted]__VARIANT.")

@@ -17,11 +17,12 @@ Entry points (the CLI, gin run configs) register the whole catalog with `registe
     from flan_jax.tasks import registry as task_registry
     task_registry.register_catalog.vocabulary_path = %VOCABULARY_PATH
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import seqio
 
@@ -29,7 +30,12 @@ from flan_jax.tasks import cot, data_paths, demo, dialog, family, flan2021, mixt
 
 # The families of the Flan 2022 collection, in the order their tasks are registered.
 FLAN2022_FAMILIES: tuple[family.TaskFamily, ...] = (
-    flan2021.FAMILY, t0.FAMILY, niv2.FAMILY, cot.FAMILY, dialog.FAMILY)
+    flan2021.FAMILY,
+    t0.FAMILY,
+    niv2.FAMILY,
+    cot.FAMILY,
+    dialog.FAMILY,
+)
 FAMILY_SOURCES = tuple(f.name for f in FLAN2022_FAMILIES)
 # Every family, the demo collection included.
 FAMILIES: tuple[family.TaskFamily, ...] = FLAN2022_FAMILIES + (demo.FAMILY,)
@@ -62,8 +68,9 @@ def get_family(source: str) -> family.TaskFamily:
     return _FAMILY_BY_NAME[source]
 
 
-def _available_datasets(task_family: family.TaskFamily, paths: data_paths.DataPaths,
-                        skipped: dict[str, str]) -> tuple[str, ...]:
+def _available_datasets(
+    task_family: family.TaskFamily, paths: data_paths.DataPaths, skipped: dict[str, str]
+) -> tuple[str, ...]:
     """The family's datasets whose local data is present; records the others in `skipped`."""
     available = []
     for dataset in task_family.list_datasets():
@@ -105,15 +112,20 @@ def register_all(
         datasets = task_family.list_datasets()
         if skip_missing:
             datasets = _available_datasets(
-                task_family, data_paths.resolve_data_paths(paths), skipped)
+                task_family, data_paths.resolve_data_paths(paths), skipped
+            )
         tasks.extend(task_family.register(vocabulary, datasets=datasets, paths=paths, seed=seed))
     if skipped:
         shown = sorted(skipped)
-        logging.warning("Skipped %d datasets without local data (RegistrationReport.skipped "
-                        "says why): %s%s", len(shown), ", ".join(shown[:20]),
-                        ", ..." if len(shown) > 20 else "")
+        logging.warning(
+            "Skipped %d datasets without local data (RegistrationReport.skipped says why): %s%s",
+            len(shown),
+            ", ".join(shown[:20]),
+            ", ..." if len(shown) > 20 else "",
+        )
     mixture_names = mixtures.register_flan2022_mixtures(
-        tasks, mixtures.load_mixing_counts(counts_path))
+        tasks, mixtures.load_mixing_counts(counts_path)
+    )
     return RegistrationReport(tuple(tasks), tuple(mixture_names), skipped)
 
 
@@ -136,11 +148,15 @@ def get_catalog_vocabulary(
             f"the T5 SentencePiece model, e.g. --gin.{VOCABULARY_MACRO}=/path/spiece.model "
             "(the spiece.model of a converted checkpoint; from Python: "
             "register_catalog(vocabulary_path=...)). To try things out with the built-in "
-            f"demo vocabulary instead, set --gin.{ALLOW_DEMO_VOCABULARY_MACRO}=True.")
-    logging.warning("Registering the Flan 2022 tasks with the demo vocabulary, as asked (no "
-                    "vocabulary path given): its token counts also prune few-shot prompts. "
-                    "Real runs give the T5 model: --gin.%s=/path/spiece.model in run configs, "
-                    "--vocabulary in `flan-jax tasks` and `flan-jax data`.", VOCABULARY_MACRO)
+            f"demo vocabulary instead, set --gin.{ALLOW_DEMO_VOCABULARY_MACRO}=True."
+        )
+    logging.warning(
+        "Registering the Flan 2022 tasks with the demo vocabulary, as asked (no "
+        "vocabulary path given): its token counts also prune few-shot prompts. "
+        "Real runs give the T5 model: --gin.%s=/path/spiece.model in run configs, "
+        "--vocabulary in `flan-jax tasks` and `flan-jax data`.",
+        VOCABULARY_MACRO,
+    )
     return demo.get_demo_vocabulary()
 
 
@@ -166,8 +182,11 @@ def register_catalog(
     Returns:
       The report of the Flan 2022 registration.
     """
-    vocabulary = get_catalog_vocabulary(vocabulary_path=vocabulary_path, extra_ids=extra_ids,
-                                        allow_demo_vocabulary=allow_demo_vocabulary)
+    vocabulary = get_catalog_vocabulary(
+        vocabulary_path=vocabulary_path,
+        extra_ids=extra_ids,
+        allow_demo_vocabulary=allow_demo_vocabulary,
+    )
     demo.FAMILY.register(demo.get_demo_vocabulary())
     return register_all(vocabulary)
 
@@ -180,9 +199,12 @@ def count_local_examples(source: str, dataset: str, paths: data_paths.DataPaths)
     return sum(1 for _ in task_family.load_split(dataset, split="train", paths=paths))
 
 
-def recompute_counts(data_root: str | None = None, *,
-                     paths: data_paths.DataPaths | None = None,
-                     path: str = mixtures.COUNTS_PATH) -> list[mixtures.CountRow]:
+def recompute_counts(
+    data_root: str | None = None,
+    *,
+    paths: data_paths.DataPaths | None = None,
+    path: str = mixtures.COUNTS_PATH,
+) -> list[mixtures.CountRow]:
     """Rebuilds the example-count table from local data (rows without data are kept).
 
     Args:

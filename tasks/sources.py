@@ -11,10 +11,12 @@ Every rendered example carries its provenance so it survives `get_dataset` and e
      "_task_name": "demo__arith__zs_opt", "_task_source": "demo",
      "_template_idx": 3, "_template_type": "inverted", "_example_key": "train:17"}
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import seqio
 import tensorflow as tf
@@ -129,20 +131,28 @@ def _prepend_exemplars(
     """Few-shot prompt: exemplars (same template) then the example, pruned to the budget."""
     few_shot = spec.few_shot
     candidates = [i for i, (pool_key, _) in enumerate(few_shot.pool) if pool_key != key]
-    chosen = rng.choice(candidates, size=min(few_shot.num_shots, len(candidates)),
-                        replace=False) if candidates else []
+    chosen = (
+        rng.choice(candidates, size=min(few_shot.num_shots, len(candidates)), replace=False)
+        if candidates
+        else []
+    )
     target_sep = FEW_SHOT_TARGET_SEPARATORS[rng.integers(len(FEW_SHOT_TARGET_SEPARATORS))]
-    exemplar_sep = FEW_SHOT_EXEMPLAR_SEPARATORS[
-        rng.integers(len(FEW_SHOT_EXEMPLAR_SEPARATORS))]
+    exemplar_sep = FEW_SHOT_EXEMPLAR_SEPARATORS[rng.integers(len(FEW_SHOT_EXEMPLAR_SEPARATORS))]
     shots = []
     for index in chosen:
         pool_key, fields = few_shot.pool[int(index)]
-        shot = templates.render(template, fields, with_options=spec.task_id.with_options,
-                                rng=rng, where=f"{where} exemplar {pool_key}")
+        shot = templates.render(
+            template,
+            fields,
+            with_options=spec.task_id.with_options,
+            rng=rng,
+            where=f"{where} exemplar {pool_key}",
+        )
         shots.append(shot.inputs + target_sep + shot.targets)
     # Drop the earliest exemplars first: the example itself is never cut.
     while shots and few_shot.count_tokens(exemplar_sep.join(shots + [inputs])) > (
-            few_shot.max_input_tokens):
+        few_shot.max_input_tokens
+    ):
         shots.pop(0)
     return exemplar_sep.join(shots + [inputs])
 

@@ -20,19 +20,22 @@ Worked example (`with_options=True`, one possible draw):
 
     example = {"premise": "A dog runs.", "hypothesis": "An animal moves.",
                "options": ["yes", "no"], "answer": "yes"}
-    inputs  -> "A dog runs.\\nDoes it follow that \\"An animal moves.\\"?\\n\\nPick one:\\n(A) yes\\n(B) no"
+    inputs  -> "A dog runs.\\nDoes it follow that \\"An animal moves.\\"?"
+               "\\n\\nPick one:\\n(A) yes\\n(B) no"
     targets -> "(A)"
 
 Randomness comes only from `example_rng(seed, task_name, example_key)`, so the same
 example renders the same text in any process, run or resume.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import os
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -152,8 +155,9 @@ def load_template_set(path: str | os.PathLike) -> TemplateSet:
         templates.append(template)
     if not templates:
         raise TemplateError(f"{path}: has no templates.")
-    return TemplateSet(str(data.get("family", os.path.basename(path))), fields,
-                       tuple(templates), path)
+    return TemplateSet(
+        str(data.get("family", os.path.basename(path))), fields, tuple(templates), path
+    )
 
 
 def example_rng(seed: int, task_name: str, example_key: str) -> np.random.Generator:
@@ -223,9 +227,7 @@ def render(
     options = example.get("options")
     values[OPTIONS_PLACEHOLDER] = ""
     if with_options and template.uses_options and options:
-        block, shown_answer = format_options(
-            [str(o) for o in options], example.get("answer"), rng
-        )
+        block, shown_answer = format_options([str(o) for o in options], example.get("answer"), rng)
         values[OPTIONS_PLACEHOLDER] = block
         if shown_answer is not None:
             values["answer"] = shown_answer

@@ -10,9 +10,10 @@ what `tfds build` prepared in the data_dir.
     rows = tfds_reading.read_tfds_split("glue/rte:2.0.0", "train", "/data/tfds",
                                         dataset="rte", how_to_get="Run tfds build.")
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from flan_jax.tasks import data_paths
 
@@ -29,14 +30,16 @@ def _open_builder(name: str, data_dir: str | None):
     return builder if prepared else None
 
 
-def _not_prepared_message(name: str, data_dir: str | None, *, dataset: str,
-                          how_to_get: str) -> str:
-    return (f"Data for dataset {dataset!r} not found: TFDS dataset {name!r} is not prepared "
-            f"in data_dir {data_dir or 'the TFDS default'}. {how_to_get}")
+def _not_prepared_message(name: str, data_dir: str | None, *, dataset: str, how_to_get: str) -> str:
+    return (
+        f"Data for dataset {dataset!r} not found: TFDS dataset {name!r} is not prepared "
+        f"in data_dir {data_dir or 'the TFDS default'}. {how_to_get}"
+    )
 
 
-def missing_tfds_message(name: str, data_dir: str | None, *, dataset: str,
-                         how_to_get: str) -> str | None:
+def missing_tfds_message(
+    name: str, data_dir: str | None, *, dataset: str, how_to_get: str
+) -> str | None:
     """None when TFDS dataset `name` is prepared in `data_dir`, else what is missing.
 
     Args:
@@ -70,5 +73,6 @@ def read_tfds_split(
     builder = _open_builder(name, data_dir)
     if builder is None:
         raise data_paths.MissingDataError(
-            _not_prepared_message(name, data_dir, dataset=dataset, how_to_get=how_to_get))
+            _not_prepared_message(name, data_dir, dataset=dataset, how_to_get=how_to_get)
+        )
     yield from tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))

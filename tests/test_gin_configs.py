@@ -1,4 +1,5 @@
 """Every shipped gin file parses, and the run configs build valid config objects."""
+
 from __future__ import annotations
 
 import gin
@@ -24,9 +25,17 @@ RUN_STACKS = (
     ("models/t5_1_1_small.gin", "runs/finetune.gin"),
     ("models/t5_1_1_base.gin", "runs/finetune.gin", "runs/pretrain.gin"),
 )
-CONFIG_CLASSES = (trainer.DataConfig, trainer.PartitioningConfig, partitioning.MeshConfig,
-                  adafactor.AdafactorConfig, losses.LossConfig, train_step.TrainStepConfig,
-                  checkpointing.CheckpointConfig, task_eval.EvalConfig, metrics.MetricsConfig)
+CONFIG_CLASSES = (
+    trainer.DataConfig,
+    trainer.PartitioningConfig,
+    partitioning.MeshConfig,
+    adafactor.AdafactorConfig,
+    losses.LossConfig,
+    train_step.TrainStepConfig,
+    checkpointing.CheckpointConfig,
+    task_eval.EvalConfig,
+    metrics.MetricsConfig,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -79,23 +88,32 @@ def test_demo_config_matches_the_demo_collection():
 
 
 def test_unknown_gin_name_is_one_clear_error(capsys):
-    code = train_cli.main([f"--gin_file={f}" for f in train_cli.DEMO_GIN_FILES]
-                          + ["--gin.trainer.train.bogus=1"])
+    code = train_cli.main(
+        [f"--gin_file={f}" for f in train_cli.DEMO_GIN_FILES] + ["--gin.trainer.train.bogus=1"]
+    )
     assert code == 2
     assert "bogus" in capsys.readouterr().err
 
 
 def test_missing_model_dir_is_one_clear_error(capsys):
-    code = train_cli.main(["--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/finetune.gin",
-                           "--gin.MIXTURE_OR_TASK_NAME=demo_mixture"])
+    code = train_cli.main(
+        [
+            "--gin_file=models/t5_1_1_tiny.gin",
+            "--gin_file=runs/finetune.gin",
+            "--gin.MIXTURE_OR_TASK_NAME=demo_mixture",
+        ]
+    )
     assert code == 2
     assert "--gin.MODEL_DIR" in capsys.readouterr().err
 
 
 # The run configs that register the task catalog, and where they bind it.
 CATALOG_CONFIGS = (
-    pytest.param(("models/t5_1_1_small.gin", "runs/finetune.gin"),
-                 "trainer.train.register_tasks", id="finetune"),
+    pytest.param(
+        ("models/t5_1_1_small.gin", "runs/finetune.gin"),
+        "trainer.train.register_tasks",
+        id="finetune",
+    ),
     pytest.param(("runs/eval.gin",), "evaluate_cli.run.register_tasks", id="eval"),
 )
 
@@ -107,8 +125,11 @@ def test_run_configs_without_vocabulary_fail_naming_the_macro(files, parameter):
     gin_flags.parse_gin(list(files), [])
     [register] = gin.query_parameter(parameter)
     assert register.configurable.wrapped is registry.register_catalog
-    with pytest.raises(ValueError, match=r"gin macro VOCABULARY_PATH.*"
-                                         r"--gin\.VOCABULARY_PATH=/path/spiece\.model"):
+    with pytest.raises(
+        ValueError,
+        match=r"gin macro VOCABULARY_PATH.*"
+        r"--gin\.VOCABULARY_PATH=/path/spiece\.model",
+    ):
         register.scoped_configurable_fn()
 
 
@@ -123,13 +144,17 @@ def test_run_configs_pass_the_vocabulary_macros_to_the_catalog(files, parameter,
         raise StopIteration  # Recorded; registering the whole catalog is not the point.
 
     monkeypatch.setattr(registry, "get_catalog_vocabulary", record)
-    gin_flags.parse_gin(list(files), ["VOCABULARY_PATH = '/ckpt/spiece.model'",
-                                      "ALLOW_DEMO_VOCABULARY = True"])
+    gin_flags.parse_gin(
+        list(files), ["VOCABULARY_PATH = '/ckpt/spiece.model'", "ALLOW_DEMO_VOCABULARY = True"]
+    )
     [register] = gin.query_parameter(parameter)
     with pytest.raises(StopIteration):
         register.scoped_configurable_fn()
-    assert received == {"vocabulary_path": "/ckpt/spiece.model", "extra_ids": 100,
-                        "allow_demo_vocabulary": True}
+    assert received == {
+        "vocabulary_path": "/ckpt/spiece.model",
+        "extra_ids": 100,
+        "allow_demo_vocabulary": True,
+    }
 
 
 def test_the_demo_config_registers_only_the_demo_collection():

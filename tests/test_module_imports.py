@@ -1,4 +1,5 @@
 """Every flan_jax module imports without the optional plotting dependency."""
+
 import json
 import os
 import subprocess
@@ -27,15 +28,23 @@ print(json.dumps({"blocked": blocked, "names": names, "failures": failures}))
 
 
 def test_every_module_imports_without_matplotlib():
-    result = subprocess.run([sys.executable, "-c", _IMPORT_ALL_WITHOUT_MATPLOTLIB],
-                            capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_ALL_WITHOUT_MATPLOTLIB],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["blocked"], "the guard did not block matplotlib"
     # Spot-check that the walk reached every layer, so an empty walk cannot pass.
-    for name in ("flan_jax.cli.distill", "flan_jax.distill.train_student",
-                 "flan_jax.training.metrics", "flan_jax.models.t5", "flan_jax.tasks.mixtures"):
+    for name in (
+        "flan_jax.cli.distill",
+        "flan_jax.distill.train_student",
+        "flan_jax.training.metrics",
+        "flan_jax.models.t5",
+        "flan_jax.tasks.mixtures",
+    ):
         assert name in report["names"]
     assert report["failures"] == {}
-

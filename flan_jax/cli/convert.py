@@ -7,6 +7,7 @@ The Hugging Face directory holds config.json, the weights (safetensors or pytorc
 and spiece.model; the exported one loads with
 `transformers.T5ForConditionalGeneration.from_pretrained`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,22 +16,33 @@ from pathlib import Path
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flan-jax convert",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="flan-jax convert", description=__doc__.split("\n")[0])
     direction = parser.add_mutually_exclusive_group(required=True)
-    direction.add_argument("--from-hf", dest="from_hf", metavar="HF_DIR",
-                           help="import a Hugging Face directory")
-    direction.add_argument("--to-hf", dest="to_hf", metavar="CKPT_DIR",
-                           help="export a flan_jax checkpoint directory")
+    direction.add_argument(
+        "--from-hf", dest="from_hf", metavar="HF_DIR", help="import a Hugging Face directory"
+    )
+    direction.add_argument(
+        "--to-hf", dest="to_hf", metavar="CKPT_DIR", help="export a flan_jax checkpoint directory"
+    )
     parser.add_argument("--out", required=True, help="output directory (must be new or empty)")
-    parser.add_argument("--vocab", default=None,
-                        help="SentencePiece model when HF_DIR has no spiece.model")
-    parser.add_argument("--extra_ids", type=int, default=100,
-                        help="sentinel ids on top of the SentencePiece vocabulary (T5: 100)")
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
-                        help="activation dtype recorded in the imported config")
-    parser.add_argument("--scan_layers", action="store_true",
-                        help="store the imported layers stacked for nn.scan")
+    parser.add_argument(
+        "--vocab", default=None, help="SentencePiece model when HF_DIR has no spiece.model"
+    )
+    parser.add_argument(
+        "--extra_ids",
+        type=int,
+        default=100,
+        help="sentinel ids on top of the SentencePiece vocabulary (T5: 100)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float32"),
+        default="bfloat16",
+        help="activation dtype recorded in the imported config",
+    )
+    parser.add_argument(
+        "--scan_layers", action="store_true", help="store the imported layers stacked for nn.scan"
+    )
     parser.add_argument("--step", type=int, default=None, help="step to export (default latest)")
     return parser
 
@@ -47,13 +59,15 @@ def import_from_hf(args: argparse.Namespace) -> Path:
 
     out = Path(args.out)
     _check_new_directory(out)
-    params, config, vocab_path = load_hf_directory(args.from_hf, dtype=args.dtype,
-                                                   scan_layers=args.scan_layers)
+    params, config, vocab_path = load_hf_directory(
+        args.from_hf, dtype=args.dtype, scan_layers=args.scan_layers
+    )
     vocab_path = Path(args.vocab) if args.vocab else vocab_path
     if vocab_path is None:
         raise FileNotFoundError(f"{args.from_hf} has no spiece.model; pass --vocab PATH.")
-    return save_model_checkpoint(out, params=params, config=config, vocab_path=vocab_path,
-                                 extra_ids=args.extra_ids)
+    return save_model_checkpoint(
+        out, params=params, config=config, vocab_path=vocab_path, extra_ids=args.extra_ids
+    )
 
 
 def export_to_hf(args: argparse.Namespace) -> Path:
@@ -63,8 +77,9 @@ def export_to_hf(args: argparse.Namespace) -> Path:
 
     loaded = load_model_checkpoint(args.to_hf, step=args.step)
     vocab_path = read_model_metadata(args.to_hf).vocab_path
-    return save_hf_directory(args.out, params=loaded.params, config=loaded.config,
-                             vocab_path=vocab_path)
+    return save_hf_directory(
+        args.out, params=loaded.params, config=loaded.config, vocab_path=vocab_path
+    )
 
 
 def main(argv: list[str]) -> int:

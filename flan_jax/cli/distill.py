@@ -25,6 +25,7 @@ on the `--eval` sets (each NAME is the set's original format: gsm8k, multiarith,
 svamp), prints the accuracy table and the step that is best on the `--dev` sets, and writes
 both to `--out`; with `--train_questions`, a dev set sharing a question with them is an error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,11 @@ def _add_ingest(sub) -> None:
     parser.add_argument("--input", required=True, nargs="+", help="completion JSONL file(s)")
     parser.add_argument("--out", required=True, help="teacher store directory (appended)")
     parser.add_argument("--k", type=int, default=5, help="top-k kept per position")
-    parser.add_argument("--keep_correct", action="store_true",
-                        help="keep only choices whose answer equals metadata.answer")
+    parser.add_argument(
+        "--keep_correct",
+        action="store_true",
+        help="keep only choices whose answer equals metadata.answer",
+    )
 
 
 def _add_generate(sub) -> None:
@@ -52,16 +56,25 @@ def _add_generate(sub) -> None:
     parser.add_argument("--teacher", required=True, help="flan_jax checkpoint directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     parser.add_argument("--questions", required=True, help="questions file")
-    parser.add_argument("--dataset", default=None,
-                        help="read --questions in this data set's format (e.g. gsm8k)")
+    parser.add_argument(
+        "--dataset", default=None, help="read --questions in this data set's format (e.g. gsm8k)"
+    )
     parser.add_argument("--out", required=True, help="teacher store directory (appended)")
     parser.add_argument("--num_samples", type=int, default=4)
     parser.add_argument("--temperature", type=float, default=0.5)
-    parser.add_argument("--top_k", type=int, default=5,
-                        help="entries of the teacher distribution stored per position")
+    parser.add_argument(
+        "--top_k",
+        type=int,
+        default=5,
+        help="entries of the teacher distribution stored per position",
+    )
     parser.add_argument("--max_decode_len", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=16,
-                        help="questions per sampling call (each sampled num_samples times)")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=16,
+        help="questions per sampling call (each sampled num_samples times)",
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -69,8 +82,11 @@ def _add_align(sub) -> None:
     parser = sub.add_parser("align", help="align a store to a student tokenizer")
     parser.add_argument("--store", required=True)
     parser.add_argument("--student_vocab", required=True, help="student SentencePiece model")
-    parser.add_argument("--teacher_vocab", default=None,
-                        help="JSON list of teacher token strings (default: the store's)")
+    parser.add_argument(
+        "--teacher_vocab",
+        default=None,
+        help="JSON list of teacher token strings (default: the store's)",
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--k", type=int, default=None, help="target width (default: store k)")
 
@@ -78,23 +94,39 @@ def _add_align(sub) -> None:
 def _add_select(sub) -> None:
     parser = sub.add_parser("select", help="accuracy of every saved step; best step on dev")
     parser.add_argument("--checkpoint_dir", required=True, help="directory of step dirs")
-    parser.add_argument("--eval", required=True, action="append", metavar="NAME=PATH",
-                        help="an evaluation set in its original format (repeatable)")
+    parser.add_argument(
+        "--eval",
+        required=True,
+        action="append",
+        metavar="NAME=PATH",
+        help="an evaluation set in its original format (repeatable)",
+    )
     parser.add_argument("--dev", required=True, help="comma-separated selection sets")
     parser.add_argument("--format", default="zs_cot", choices=("zs_cot", "zs_answer_only"))
-    parser.add_argument("--num_samples", type=int, default=1,
-                        help="1: greedy; N > 1: N samples and a majority vote")
+    parser.add_argument(
+        "--num_samples", type=int, default=1, help="1: greedy; N > 1: N samples and a majority vote"
+    )
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--max_decode_len", type=int, default=256)
     parser.add_argument("--max_input_len", type=int, default=512)
-    parser.add_argument("--batch_size", type=int, default=32,
-                        help="questions per decoding call (each decoded num_samples times)")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=32,
+        help="questions per decoding call (each decoded num_samples times)",
+    )
     parser.add_argument("--max_examples", type=int, default=None, help="per evaluation set")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train_questions", default=None,
-                        help="training questions; the dev sets must not overlap them")
-    parser.add_argument("--train_dataset", default=None,
-                        help="read --train_questions in this format (default: JSONL)")
+    parser.add_argument(
+        "--train_questions",
+        default=None,
+        help="training questions; the dev sets must not overlap them",
+    )
+    parser.add_argument(
+        "--train_dataset",
+        default=None,
+        help="read --train_questions in this format (default: JSONL)",
+    )
     parser.add_argument("--out", required=True, help="results JSON (written atomically)")
 
 
@@ -114,8 +146,10 @@ def run_ingest(args: argparse.Namespace) -> str:
     def keep(record, choice) -> bool:
         gold = (record.get("metadata") or {}).get("answer")
         if gold is None:
-            raise InputError(f"--keep_correct needs metadata.answer in every record; record "
-                             f"{record.get('id')!r} has none")
+            raise InputError(
+                f"--keep_correct needs metadata.answer in every record; record "
+                f"{record.get('id')!r} has none"
+            )
         return answers_match(str(choice.get("text") or ""), str(gold))
 
     added = skipped = 0
@@ -132,9 +166,16 @@ def _read_questions(path: str, dataset: str | None):
     if dataset is not None:
         return load_math_dataset(dataset, path)
     records = read_jsonl(path, required=("question", "answer"))
-    return [MathExample(question=r["question"], answer=r["answer"], rationale=None,
-                        source=os.path.basename(path), id=str(r.get("id", f"q{i}")))
-            for i, r in enumerate(records)]
+    return [
+        MathExample(
+            question=r["question"],
+            answer=r["answer"],
+            rationale=None,
+            source=os.path.basename(path),
+            id=str(r.get("id", f"q{i}")),
+        )
+        for i, r in enumerate(records)
+    ]
 
 
 def run_generate(args: argparse.Namespace) -> str:
@@ -145,18 +186,33 @@ def run_generate(args: argparse.Namespace) -> str:
     questions = _read_questions(args.questions, args.dataset)
     loaded = load_model_checkpoint(args.teacher, step=args.step)
     decode = dataclasses.replace(
-        teacher_generation.TEACHER_SAMPLING, num_samples=args.num_samples,
-        temperature=args.temperature, max_decode_len=args.max_decode_len,
-        batch_size=args.batch_size, seed=args.seed)
+        teacher_generation.TEACHER_SAMPLING,
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        max_decode_len=args.max_decode_len,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     generation = teacher_generation.GenerationConfig(decode=decode, store_top_k=args.top_k)
     names = teacher_generation.teacher_vocabulary(loaded.vocabulary, loaded.config.vocab_size)
-    with TeacherStoreWriter(args.out, k=args.top_k, vocabulary=names,
-                            metadata={"producer": "flan_jax", "teacher": args.teacher}) as writer:
+    with TeacherStoreWriter(
+        args.out,
+        k=args.top_k,
+        vocabulary=names,
+        metadata={"producer": "flan_jax", "teacher": args.teacher},
+    ) as writer:
         stats = teacher_generation.generate_teacher_store(
-            model=loaded.model, params=loaded.params, vocabulary=loaded.vocabulary,
-            examples=questions, writer=writer, generation=generation)
-    return (f"kept {stats.num_kept} of {stats.num_samples} samples "
-            f"({stats.kept_rate:.1%}) for {stats.num_questions} questions in {args.out}")
+            model=loaded.model,
+            params=loaded.params,
+            vocabulary=loaded.vocabulary,
+            examples=questions,
+            writer=writer,
+            generation=generation,
+        )
+    return (
+        f"kept {stats.num_kept} of {stats.num_samples} samples "
+        f"({stats.kept_rate:.1%}) for {stats.num_questions} questions in {args.out}"
+    )
 
 
 def run_align(args: argparse.Namespace) -> str:
@@ -172,8 +228,9 @@ def run_align(args: argparse.Namespace) -> str:
     encode, pieces = targets.sentencepiece_encoder(get_vocabulary(args.student_vocab))
     stats = alignment.AlignmentStats()
     keys, student_ids, rows = [], [], []
-    for key, ids, aligned in alignment.align_teacher_store(store, encode, pieces, k=args.k,
-                                                           stats=stats):
+    for key, ids, aligned in alignment.align_teacher_store(
+        store, encode, pieces, k=args.k, stats=stats
+    ):
         keys.append(key)
         student_ids.append(np.asarray(ids, np.int32))
         rows.append(aligned)
@@ -181,42 +238,64 @@ def run_align(args: argparse.Namespace) -> str:
     offsets = np.cumsum([0] + [len(ids) for ids in student_ids])
     k = rows[0].ids.shape[1] if rows else (args.k or store.k)
     arrays = {
-        "keys": np.asarray(keys, str), "offsets": offsets,
+        "keys": np.asarray(keys, str),
+        "offsets": offsets,
         "student_ids": np.concatenate(student_ids or [np.zeros((0,), np.int32)]),
         "ids": np.concatenate([r.ids for r in rows] or [np.zeros((0, k), np.int32)]),
         "logprobs": np.concatenate([r.logprobs for r in rows] or [np.zeros((0, k), np.float32)]),
-        "fallback": np.concatenate([r.fallback for r in rows] or [np.zeros((0,), bool)])}
-    write_atomically(os.path.join(args.out, "aligned.npz"), lambda f: np.savez(f, **arrays),
-                     mode="wb")
-    summary = {"store": args.store, "student_vocab": args.student_vocab,
-               "num_examples": stats.num_examples,
-               "num_student_tokens": stats.num_student_tokens,
-               "num_fallback": stats.num_fallback, "fallback_rate": stats.fallback_rate}
+        "fallback": np.concatenate([r.fallback for r in rows] or [np.zeros((0,), bool)]),
+    }
+    write_atomically(
+        os.path.join(args.out, "aligned.npz"), lambda f: np.savez(f, **arrays), mode="wb"
+    )
+    summary = {
+        "store": args.store,
+        "student_vocab": args.student_vocab,
+        "num_examples": stats.num_examples,
+        "num_student_tokens": stats.num_student_tokens,
+        "num_fallback": stats.num_fallback,
+        "fallback_rate": stats.fallback_rate,
+    }
     write_json_atomically(os.path.join(args.out, "summary.json"), summary)
-    return (f"aligned {stats.num_examples} examples ({stats.num_student_tokens} student tokens); "
-            f"fallback rate {stats.fallback_rate:.2%}; wrote {args.out}")
+    return (
+        f"aligned {stats.num_examples} examples ({stats.num_student_tokens} student tokens); "
+        f"fallback rate {stats.fallback_rate:.2%}; wrote {args.out}"
+    )
 
 
 def run_select(args: argparse.Namespace) -> str:
     from flan_jax.distill import select_checkpoints as select
     from flan_jax.inference import DecodeConfig
 
-    eval_sets = select.load_eval_sets(select.parse_eval_specs(args.eval),
-                                      max_examples=args.max_examples)
-    training = (_read_questions(args.train_questions, args.train_dataset)
-                if args.train_questions else None)
+    eval_sets = select.load_eval_sets(
+        select.parse_eval_specs(args.eval), max_examples=args.max_examples
+    )
+    training = (
+        _read_questions(args.train_questions, args.train_dataset) if args.train_questions else None
+    )
     decode = DecodeConfig(
-        method="sample" if args.num_samples > 1 else "greedy", num_samples=args.num_samples,
-        temperature=args.temperature, max_decode_len=args.max_decode_len,
-        max_input_len=args.max_input_len, batch_size=args.batch_size, seed=args.seed)
+        method="sample" if args.num_samples > 1 else "greedy",
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        max_decode_len=args.max_decode_len,
+        max_input_len=args.max_input_len,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     result = select.run_selection(
-        checkpoint_dir=args.checkpoint_dir, eval_sets=eval_sets,
-        dev_sets=[name for name in args.dev.split(",") if name], decode=decode,
-        format_name=args.format, training=training)
+        checkpoint_dir=args.checkpoint_dir,
+        eval_sets=eval_sets,
+        dev_sets=[name for name in args.dev.split(",") if name],
+        decode=decode,
+        format_name=args.format,
+        training=training,
+    )
     select.write_selection(args.out, result)
     chosen = result.selection
-    return (f"{result.table.to_markdown()}\n\nselected step {chosen.step} (mean dev accuracy "
-            f"{chosen.dev_accuracy:.3f} on {', '.join(chosen.dev_sets)}); wrote {args.out}")
+    return (
+        f"{result.table.to_markdown()}\n\nselected step {chosen.step} (mean dev accuracy "
+        f"{chosen.dev_accuracy:.3f} on {', '.join(chosen.dev_sets)}); wrote {args.out}"
+    )
 
 
 def run_train(argv: list[str]) -> int:
@@ -233,8 +312,12 @@ def run_train(argv: list[str]) -> int:
     return gin_flags.run_gin_command("distill train", argv, train_student.train_student)
 
 
-_COMMANDS = {"ingest-openai": run_ingest, "generate": run_generate, "align": run_align,
-             "select": run_select}
+_COMMANDS = {
+    "ingest-openai": run_ingest,
+    "generate": run_generate,
+    "align": run_align,
+    "select": run_select,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -10,6 +10,7 @@
 Prints one line per metric (`eval/<task>/<metric> = value`) and, with
 `--gin.EVAL_OUTPUT_PATH=...`, writes them as JSON.
 """
+
 from __future__ import annotations
 
 import os

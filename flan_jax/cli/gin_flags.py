@@ -7,6 +7,7 @@ Gin files are looked up as given, then under the installed `gin_configs/` direct
 shipped configs are named relative to it. A value that is not a gin literal or reference
 (`/tmp/run`, `my_mixture`) is quoted for you; t5x would reject it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -58,9 +59,9 @@ def split_gin_args(argv: list[str]) -> GinArgs:
                 raise ValueError("--gin_file needs a path.")
             parsed.files.append(path)
         elif arg.startswith(_GIN_FILE + "="):
-            parsed.files.append(arg[len(_GIN_FILE) + 1:])
+            parsed.files.append(arg[len(_GIN_FILE) + 1 :])
         elif arg.startswith(_GIN_PREFIX):
-            name, sep, value = arg[len(_GIN_PREFIX):].partition("=")
+            name, sep, value = arg[len(_GIN_PREFIX) :].partition("=")
             if not sep or not name:
                 raise ValueError(f"Expected --gin.NAME=VALUE, got {arg!r}.")
             parsed.bindings.append(f"{name} = {_as_gin_value(value)}")
@@ -105,8 +106,13 @@ def parse_gin(files: list[str], bindings: list[str]) -> None:
     )
 
 
-def run_gin_command(command: str, argv: list[str], function: Callable[..., Any], *,
-                    default_files: Sequence[str] = ()) -> int:
+def run_gin_command(
+    command: str,
+    argv: list[str],
+    function: Callable[..., Any],
+    *,
+    default_files: Sequence[str] = (),
+) -> int:
     """Runs the gin-bound `function` of a command; bad input is one line and exit status 2.
 
     Args:
@@ -122,8 +128,11 @@ def run_gin_command(command: str, argv: list[str], function: Callable[..., Any],
         return 2
     files = args.files or list(default_files)
     if args.rest or not files:
-        print(f"flan-jax {command}: error: expected --gin_file=PATH and --gin.NAME=VALUE "
-              f"flags; got {args.rest or 'no gin file'}", file=sys.stderr)
+        print(
+            f"flan-jax {command}: error: expected --gin_file=PATH and --gin.NAME=VALUE "
+            f"flags; got {args.rest or 'no gin file'}",
+            file=sys.stderr,
+        )
         return 2
     try:
         parse_gin(files, args.bindings)

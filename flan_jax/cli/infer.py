@@ -12,6 +12,7 @@ Each input line is a JSON object with an "inputs" string; the output repeats it 
 "prediction" string added. Tokenising, batching and decoding are `flan_jax.inference`'s
 `Predictor`; the input reading and checkpoint flags here are shared with `flan-jax score`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,9 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str]) -> list[dict[st
     for number, record in file_io.read_jsonl_objects(path, error_type=InputError):
         for field in required:
             if not isinstance(record.get(field), str):
-                raise InputError(f"{path}:{number}: field {field!r} must be a string, "
-                                 f"got {record.get(field)!r}.")
+                raise InputError(
+                    f"{path}:{number}: field {field!r} must be a string, got {record.get(field)!r}."
+                )
         records.append(record)
     return records
 
@@ -57,10 +59,18 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input_file", required=True)
     parser.add_argument("--output_file", required=True)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--max_input_len", type=int, default=512,
-                        help="inputs are truncated to this many tokens (EOS included)")
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
-                        help="activation dtype (default: the checkpoint's)")
+    parser.add_argument(
+        "--max_input_len",
+        type=int,
+        default=512,
+        help="inputs are truncated to this many tokens (EOS included)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float32"),
+        default=None,
+        help="activation dtype (default: the checkpoint's)",
+    )
 
 
 def load_for_inference(args: argparse.Namespace) -> Any:
@@ -69,8 +79,9 @@ def load_for_inference(args: argparse.Namespace) -> Any:
 
     loaded = load_model_checkpoint(args.checkpoint, step=args.step)
     if args.dtype is not None:
-        loaded = type(loaded)(loaded.params, loaded.config.replace(dtype=args.dtype),
-                              loaded.vocabulary, loaded.step)
+        loaded = type(loaded)(
+            loaded.params, loaded.config.replace(dtype=args.dtype), loaded.vocabulary, loaded.step
+        )
     return loaded
 
 
@@ -129,10 +140,18 @@ def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
     """The decoding options the flags describe."""
     from flan_jax.inference import DecodeConfig
 
-    return DecodeConfig(method=args.decode, max_decode_len=args.max_decode_len,
-                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                        num_beams=args.num_beams, alpha=args.alpha, seed=args.seed,
-                        batch_size=args.batch_size, max_input_len=args.max_input_len)
+    return DecodeConfig(
+        method=args.decode,
+        max_decode_len=args.max_decode_len,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        num_beams=args.num_beams,
+        alpha=args.alpha,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_input_len=args.max_input_len,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,13 +163,18 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_for_inference(args)
     predictor = Predictor(loaded.model, loaded.params, loaded.vocabulary, decode)
     predictions = predictor.predict([r["inputs"] for r in records])
-    file_io.write_jsonl(args.output_file,
-                        ({**r, "prediction": p} for r, p in zip(records, predictions)))
+    file_io.write_jsonl(
+        args.output_file, ({**r, "prediction": p} for r, p in zip(records, predictions))
+    )
     return len(predictions)
 
 
-def run_reporting_errors(command: str, run_fn: Callable[[argparse.Namespace], int],
-                         args: argparse.Namespace, written: str) -> int:
+def run_reporting_errors(
+    command: str,
+    run_fn: Callable[[argparse.Namespace], int],
+    args: argparse.Namespace,
+    written: str,
+) -> int:
     """Runs `run_fn(args)`: bad input is one line on stderr and exit status 1, not a traceback.
 
     Args:

@@ -4,6 +4,7 @@ Each subcommand lives in its own module under `flan_jax.cli` and exposes
 `main(argv: list[str]) -> int`. Modules are imported lazily so `flan-jax tasks list`
 does not pay for importing JAX or TensorFlow it never uses.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,7 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("flan_jax.cli.infer", "decode predictions for a JSONL file of inputs"),
     "score": ("flan_jax.cli.score", "log-likelihood of given targets for a JSONL file"),
     "convert": ("flan_jax.cli.convert", "convert checkpoints to and from Hugging Face T5"),
-    "distill": ("flan_jax.cli.distill", "CoT distillation: teacher store, alignment, training, model selection"),
+    "distill": (
+        "flan_jax.cli.distill",
+        "CoT distillation: teacher store, alignment, training, model selection",
+    ),
     "data": ("flan_jax.cli.data", "export rendered mixtures to JSONL / ArrayRecord"),
     "tasks": ("flan_jax.cli.tasks", "list, show and preview registered tasks"),
 }

@@ -6,20 +6,29 @@ Each input line is a JSON object with "inputs" and "targets" strings; the output
 with "log_likelihood" (summed over the target tokens, EOS included) and "num_target_tokens".
 Ranking the options of a multiple-choice question by this score is rank classification.
 """
+
 from __future__ import annotations
 
 import argparse
 
-from flan_jax.cli.infer import (add_checkpoint_arguments, load_for_inference, read_jsonl,
-                                run_reporting_errors)
+from flan_jax.cli.infer import (
+    add_checkpoint_arguments,
+    load_for_inference,
+    read_jsonl,
+    run_reporting_errors,
+)
 from flan_jax.data import file_io
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flan-jax score", description=__doc__.split("\n")[0])
     add_checkpoint_arguments(parser)
-    parser.add_argument("--max_target_len", type=int, default=512,
-                        help="targets are truncated to this many tokens (EOS included)")
+    parser.add_argument(
+        "--max_target_len",
+        type=int,
+        default=512,
+        help="targets are truncated to this many tokens (EOS included)",
+    )
     return parser
 
 
@@ -28,14 +37,21 @@ def run(args: argparse.Namespace) -> int:
     from flan_jax.inference import DecodeConfig, Predictor
 
     records = read_jsonl(args.input_file, required=("inputs", "targets"))
-    decode = DecodeConfig(max_decode_len=args.max_target_len, max_input_len=args.max_input_len,
-                          batch_size=args.batch_size)
+    decode = DecodeConfig(
+        max_decode_len=args.max_target_len,
+        max_input_len=args.max_input_len,
+        batch_size=args.batch_size,
+    )
     loaded = load_for_inference(args)
     predictor = Predictor(loaded.model, loaded.params, loaded.vocabulary, decode)
     scores = predictor.score([r["inputs"] for r in records], [r["targets"] for r in records])
-    file_io.write_jsonl(args.output_file, (
-        {**r, "log_likelihood": float(s), "num_target_tokens": int(n)}
-        for r, s, n in zip(records, scores.log_likelihoods, scores.num_tokens)))
+    file_io.write_jsonl(
+        args.output_file,
+        (
+            {**r, "log_likelihood": float(s), "num_target_tokens": int(n)}
+            for r, s, n in zip(records, scores.log_likelihoods, scores.num_tokens)
+        ),
+    )
     return len(records)
 
 

@@ -13,13 +13,14 @@ table the mixture rates come from (`tasks/counts.tsv`) by counting the local dat
 data root, keeping the rows whose data is absent. An unknown name is answered with the
 closest registered names.
 """
+
 from __future__ import annotations
 
 import argparse
 import collections
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import seqio
 
@@ -30,12 +31,15 @@ from flan_jax.tasks import mixtures, naming, sources
 def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags `register_catalog_from_flags` reads, shared by the commands that read tasks."""
     parser.add_argument(
-        "--vocabulary", default=None,
+        "--vocabulary",
+        default=None,
         help="SentencePiece model of the Flan 2022 tasks' output features (it also counts "
-             "few-shot prompt tokens, so exports depend on it); without it they use the "
-             "built-in demo vocabulary, with a warning")
-    parser.add_argument("--extra_ids", type=int, default=100,
-                        help="sentinel ids on top of --vocabulary (T5: 100)")
+        "few-shot prompt tokens, so exports depend on it); without it they use the "
+        "built-in demo vocabulary, with a warning",
+    )
+    parser.add_argument(
+        "--extra_ids", type=int, default=100, help="sentinel ids on top of --vocabulary (T5: 100)"
+    )
 
 
 def register_catalog_from_flags(args: argparse.Namespace) -> None:
@@ -46,13 +50,19 @@ def register_catalog_from_flags(args: argparse.Namespace) -> None:
     """
     from flan_jax.tasks import registry
 
-    registry.register_catalog(vocabulary_path=args.vocabulary, extra_ids=args.extra_ids,
-                              allow_demo_vocabulary=args.vocabulary is None)
+    registry.register_catalog(
+        vocabulary_path=args.vocabulary,
+        extra_ids=args.extra_ids,
+        allow_demo_vocabulary=args.vocabulary is None,
+    )
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="flan-jax tasks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="flan-jax tasks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_catalog_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="list tasks (or mixtures)")
@@ -68,10 +78,14 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     preview.add_argument("--seed", type=int, default=0, help="seed of the mixture sampler")
     preview.add_argument("--json", action="store_true", help="one JSON object per line")
     recount = commands.add_parser("recount", help="recount examples from local data")
-    recount.add_argument("--data_root", default=None,
-                         help="the data root (default: $FLAN_JAX_DATA_DIR)")
-    recount.add_argument("--table", default=mixtures.COUNTS_PATH,
-                         help="the count table to rewrite (default: the shipped one)")
+    recount.add_argument(
+        "--data_root", default=None, help="the data root (default: $FLAN_JAX_DATA_DIR)"
+    )
+    recount.add_argument(
+        "--table",
+        default=mixtures.COUNTS_PATH,
+        help="the count table to rewrite (default: the shipped one)",
+    )
     return parser.parse_args(argv)
 
 
@@ -84,8 +98,10 @@ def recount(data_root: str | None, table: str) -> list[str]:
     for row in rows:
         totals[row.source] += 1
         counted[row.source] += row.origin == mixtures.RECOUNTED_ORIGIN
-    return [f"{source}: {counted[source]} of {totals[source]} datasets counted from local data"
-            for source in sorted(totals)] + [f"wrote {table}"]
+    return [
+        f"{source}: {counted[source]} of {totals[source]} datasets counted from local data"
+        for source in sorted(totals)
+    ] + [f"wrote {table}"]
 
 
 def _source_of(task_name: str) -> str | None:
@@ -105,14 +121,19 @@ def list_tasks(mixture: str | None, source: str | None) -> list[str]:
         rates = {t.name: 1.0 if t is provider else float(provider.get_rate(t)) for t in tasks}
         total = sum(rates.values()) or 1.0
         rows = [(name, (rate, rate / total)) for name, rate in sorted(rates.items())]
-    return [name if rate is None else f"{name}\t{rate[0]:.6g}\t{100 * rate[1]:.3f}%"
-            for name, rate in rows if source is None or _source_of(name) == source]
+    return [
+        name if rate is None else f"{name}\t{rate[0]:.6g}\t{100 * rate[1]:.3f}%"
+        for name, rate in rows
+        if source is None or _source_of(name) == source
+    ]
 
 
 def list_mixtures() -> list[str]:
     """Each registered mixture with its number of tasks."""
-    return [f"{name}\t{len(seqio.get_mixture_or_task(name).tasks)} tasks"
-            for name in sorted(seqio.MixtureRegistry.names())]
+    return [
+        f"{name}\t{len(seqio.get_mixture_or_task(name).tasks)} tasks"
+        for name in sorted(seqio.MixtureRegistry.names())
+    ]
 
 
 def _format_count(task: seqio.Task, split: str) -> str:
@@ -128,16 +149,22 @@ def _describe_templates(task: seqio.Task) -> list[str]:
     if not isinstance(spec, sources.RenderSpec):
         return ["templates: not exposed by this source"]
     types = collections.Counter(t.type for t in spec.templates)
-    lines = [f"templates: {len(spec.templates)} ("
-             + ", ".join(f"{n} {kind}" for kind, n in sorted(types.items()))
-             + f"), rendering seed {spec.seed}"]
+    lines = [
+        f"templates: {len(spec.templates)} ("
+        + ", ".join(f"{n} {kind}" for kind, n in sorted(types.items()))
+        + f"), rendering seed {spec.seed}"
+    ]
     if spec.few_shot is not None:
-        lines.append(f"few-shot: {spec.few_shot.num_shots} shots from a pool of "
-                     f"{len(spec.few_shot.pool)}, input budget {spec.few_shot.max_input_tokens}"
-                     " tokens")
+        lines.append(
+            f"few-shot: {spec.few_shot.num_shots} shots from a pool of "
+            f"{len(spec.few_shot.pool)}, input budget {spec.few_shot.max_input_tokens}"
+            " tokens"
+        )
     for template in spec.templates:
-        lines.append(f"  [{template.index}] {template.type}: {json.dumps(template.inputs)}"
-                     f" -> {json.dumps(template.targets)}")
+        lines.append(
+            f"  [{template.index}] {template.type}: {json.dumps(template.inputs)}"
+            f" -> {json.dumps(template.targets)}"
+        )
     return lines
 
 
@@ -148,8 +175,9 @@ def _describe_rates(task_name: str) -> list[str]:
         task = next((t for t in mixture.tasks if t.name == task_name), None)
         if task is not None:
             rate = float(mixture.get_rate(task))
-            lines.append(f"  {name}: rate {rate:.6g} ({100 * rate / mixture.total_rate:.3f}% "
-                         "of the mixture)")
+            lines.append(
+                f"  {name}: rate {rate:.6g} ({100 * rate / mixture.total_rate:.3f}% of the mixture)"
+            )
     return ["rates:"] + lines if lines else ["rates: in no registered mixture"]
 
 
@@ -158,14 +186,14 @@ def show_task(task: seqio.Task) -> list[str]:
     lines = [f"task: {task.name}"]
     try:
         task_id = naming.parse_task_name(task.name)
-        lines.append(f"source: {task_id.source}, dataset {task_id.dataset}, variant "
-                     f"{task_id.variant}{', inverted' if task_id.inverted else ''}")
+        lines.append(
+            f"source: {task_id.source}, dataset {task_id.dataset}, variant "
+            f"{task_id.variant}{', inverted' if task_id.inverted else ''}"
+        )
     except ValueError:
         lines.append("source: (name not of the SOURCE__DATASET__VARIANT form)")
-    lines.append(f"data source: {type(task.source).__name__}, splits "
-                 f"{', '.join(task.splits)}")
-    lines.append("examples: " + ", ".join(
-        f"{s} {_format_count(task, s)}" for s in task.splits))
+    lines.append(f"data source: {type(task.source).__name__}, splits {', '.join(task.splits)}")
+    lines.append("examples: " + ", ".join(f"{s} {_format_count(task, s)}" for s in task.splits))
     lines += _describe_cap(_source_of(task.name))
     return lines + _describe_templates(task) + _describe_rates(task.name)
 
@@ -174,8 +202,7 @@ def _describe_cap(source: str | None) -> list[str]:
     caps = mixtures.CAPS
     if source not in caps:
         return []
-    return [f"cap: {caps[source]:,} examples (examples-proportional rate = "
-            "min(cap, examples))"]
+    return [f"cap: {caps[source]:,} examples (examples-proportional rate = min(cap, examples))"]
 
 
 def show_mixture(mixture: seqio.Mixture) -> list[str]:
@@ -185,8 +212,11 @@ def show_mixture(mixture: seqio.Mixture) -> list[str]:
     by_source = collections.Counter()
     for name, rate in rates.items():
         by_source[_source_of(name) or "(other)"] += rate
-    lines = [f"mixture: {mixture.name}", f"tasks: {len(rates)}, total rate {total:.6g}",
-             "share per source:"]
+    lines = [
+        f"mixture: {mixture.name}",
+        f"tasks: {len(rates)}, total rate {total:.6g}",
+        "share per source:",
+    ]
     lines += [f"  {source}: {100 * rate / total:.2f}%" for source, rate in by_source.most_common()]
     lines.append("largest rates:")
     top = sorted(rates.items(), key=lambda item: (-item[1], item[0]))[:10]
@@ -194,8 +224,7 @@ def show_mixture(mixture: seqio.Mixture) -> list[str]:
     return lines
 
 
-def preview(name: str, num_examples: int, split: str, seed: int,
-            as_json: bool) -> list[str]:
+def preview(name: str, num_examples: int, split: str, seed: int, as_json: bool) -> list[str]:
     """The first rendered examples of a task or mixture, with their metadata."""
     sampler = export.MixtureSampler(export.get_task_rates(name, split), split=split, seed=seed)
     lines = []

@@ -9,6 +9,7 @@ The gin files bind `run.entry_point` (the trainer, or the demo around it) and ev
 argument of `flan_jax.training.trainer.train`. Gin files are looked up as given, then
 under the shipped `gin_configs/`.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,10 @@ def run(entry_point: Callable[[], Any] | None = None) -> Any:
         entry_point: ``@trainer.train`` (finetune/pretrain configs) or ``@demo.run_demo``.
     """
     if entry_point is None:
-        raise ValueError("no training entry point: include a run config such as "
-                         "runs/finetune.gin, which binds train_cli.run.entry_point")
+        raise ValueError(
+            "no training entry point: include a run config such as "
+            "runs/finetune.gin, which binds train_cli.run.entry_point"
+        )
     return entry_point()
 
 

@@ -31,6 +31,7 @@ an uninterrupted one: no duplicates, no gaps.
 A task whose stream runs out leaves the draw and the remaining rates are renormalised;
 the export ends at `max_examples` or when every stream is exhausted.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,7 +39,8 @@ import difflib
 import itertools
 import json
 import os
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import seqio
@@ -91,10 +93,13 @@ class ExportConfig:
         if self.max_examples is not None and self.max_examples < 1:
             raise ExportError(
                 f"ExportConfig.max_examples must be a positive integer or None, got "
-                f"{self.max_examples!r}.")
+                f"{self.max_examples!r}."
+            )
         if self.examples_per_shard < 1:
             raise ExportError(
-                f"ExportConfig.examples_per_shard must be positive, got {self.examples_per_shard!r}.")
+                "ExportConfig.examples_per_shard must be positive, got "
+                f"{self.examples_per_shard!r}."
+            )
 
 
 def get_mixture_or_task(name: str) -> Provider:
@@ -125,8 +130,10 @@ def make_text_dataset(task: seqio.Task, split: str) -> tf.data.Dataset:
     dataset = task.source.get_dataset(split=split, shuffle=False)
     for preprocessor in task.preprocessors:
         function = getattr(preprocessor, "func", preprocessor)  # functools.partial
-        if (isinstance(preprocessor, seqio.CacheDatasetPlaceholder)
-                or function in _TOKENIZING_PREPROCESSORS):
+        if (
+            isinstance(preprocessor, seqio.CacheDatasetPlaceholder)
+            or function in _TOKENIZING_PREPROCESSORS
+        ):
             break
         dataset = seqio.utils.add_kwargs_to_transform(
             preprocessor, sequence_length=None, output_features=task.output_features
@@ -185,8 +192,7 @@ class MixtureSampler:
     Same seed, same tasks and rates, same stream contents: the same order, in any process.
     """
 
-    def __init__(self, task_rates: Sequence[tuple[seqio.Task, float]], *, split: str,
-                 seed: int):
+    def __init__(self, task_rates: Sequence[tuple[seqio.Task, float]], *, split: str, seed: int):
         self._streams = {task.name: TaskStream(task, split) for task, _ in task_rates}
         self._rates = {task.name: rate for task, rate in task_rates}
         self._rng = np.random.default_rng(seed)
@@ -210,11 +216,13 @@ class MixtureSampler:
             raise ExportError(
                 "The sampler state names tasks "
                 f"{sorted(set(state['consumed']) ^ set(self._streams))} that differ from the "
-                "mixture's tasks; the registry changed since the export started.")
+                "mixture's tasks; the registry changed since the export started."
+            )
         self._rng.bit_generator.state = state["rng"]
         for name, consumed in state["consumed"].items():
-            self._streams[name] = TaskStream(self._streams[name].task,
-                                             self._streams[name].split, int(consumed))
+            self._streams[name] = TaskStream(
+                self._streams[name].task, self._streams[name].split, int(consumed)
+            )
         self._exhausted = set(state["exhausted"])
         self._update_live()
 
@@ -261,7 +269,7 @@ def _write_shard(path: str, export_format: str, sampler: MixtureSampler, budget:
     with file_io.atomic_output_path(path) as temp_path:
         if export_format == "jsonl":
             with open(temp_path, "w", encoding="utf-8") as f:
-                for count, record in enumerate(records, start=1):
+                for count, record in enumerate(records, start=1):  # noqa: B007 (count is returned)
                     f.write(record + "\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -270,24 +278,27 @@ def _write_shard(path: str, export_format: str, sampler: MixtureSampler, budget:
 
             writer = array_record_module.ArrayRecordWriter(temp_path, "group_size:1")
             try:
-                for count, record in enumerate(records, start=1):
+                for count, record in enumerate(records, start=1):  # noqa: B007 (count is returned)
                     writer.write(record.encode())
             finally:
                 writer.close()
     return count
 
 
-def _start_manifest(config: ExportConfig, task_rates: Sequence[tuple[seqio.Task, float]],
-                    sampler: MixtureSampler) -> dict[str, Any]:
+def _start_manifest(
+    config: ExportConfig, task_rates: Sequence[tuple[seqio.Task, float]], sampler: MixtureSampler
+) -> dict[str, Any]:
     manifest = {"version": MANIFEST_VERSION}
     manifest.update({field: getattr(config, field) for field in _RESUME_FIELDS})
-    manifest.update({
-        "rates": {task.name: rate for task, rate in task_rates},
-        "shards": [],
-        "num_examples": 0,
-        "complete": False,
-        "state": sampler.get_state(),
-    })
+    manifest.update(
+        {
+            "rates": {task.name: rate for task, rate in task_rates},
+            "shards": [],
+            "num_examples": 0,
+            "complete": False,
+            "state": sampler.get_state(),
+        }
+    )
     return manifest
 
 
@@ -303,26 +314,33 @@ def read_manifest(out_dir: str) -> dict[str, Any] | None:
         raise ExportError(f"{path}: cannot read the export manifest: {e}") from e
 
 
-def _check_resumable(manifest: Mapping[str, Any], config: ExportConfig,
-                     rates: Mapping[str, float]) -> None:
+def _check_resumable(
+    manifest: Mapping[str, Any], config: ExportConfig, rates: Mapping[str, float]
+) -> None:
     path = os.path.join(config.out_dir, MANIFEST_NAME)
     if manifest.get("version") != MANIFEST_VERSION:
-        raise ExportError(f"{path}: version {manifest.get('version')!r} is not "
-                          f"{MANIFEST_VERSION}; export to a new directory.")
+        raise ExportError(
+            f"{path}: version {manifest.get('version')!r} is not "
+            f"{MANIFEST_VERSION}; export to a new directory."
+        )
     for field in _RESUME_FIELDS:
         if manifest.get(field) != getattr(config, field):
             raise ExportError(
                 f"{path}: field {field!r} is {manifest.get(field)!r} but this export asks for "
                 f"{getattr(config, field)!r}; resume with the same arguments or use a new "
-                "output directory.")
+                "output directory."
+            )
     if manifest["rates"] != dict(rates):
         changed = sorted(set(manifest["rates"].items()) ^ set(rates.items()))
-        raise ExportError(f"{path}: the tasks or rates of {config.name!r} changed since the "
-                          f"export started (differences: {changed[:5]}); use a new directory.")
+        raise ExportError(
+            f"{path}: the tasks or rates of {config.name!r} changed since the "
+            f"export started (differences: {changed[:5]}); use a new directory."
+        )
 
 
-def export_mixture(config: ExportConfig, *,
-                   on_shard: Callable[[int], None] | None = None) -> dict[str, Any]:
+def export_mixture(
+    config: ExportConfig, *, on_shard: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Exports (or resumes exporting) a task or mixture; returns the final manifest.
 
     Args:

@@ -17,6 +17,7 @@ picks (so each layer keeps its own error class):
     {"inputs": "fine"}
     {"inputs": oops}      -> ValueError("in.jsonl:2: not valid JSON (Expecting value).")
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, Any
 
 _TEMP_PREFIX, _TEMP_SUFFIX = ".tmp-", ".tmp"
 
@@ -44,8 +46,7 @@ def atomic_output_path(path: str | os.PathLike) -> Iterator[str]:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX,
-                                         suffix=_TEMP_SUFFIX)
+    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
     os.close(handle)
     try:
         yield temp_path
@@ -62,15 +63,19 @@ def remove_temporary_files(directory: str | os.PathLike) -> list[str]:
     Only for a directory that one writer owns (an export being resumed): a temporary file
     of a writer that is still running would be removed too.
     """
-    names = sorted(name for name in os.listdir(directory)
-                   if name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX))
+    names = sorted(
+        name
+        for name in os.listdir(directory)
+        if name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)
+    )
     for name in names:
         os.remove(os.path.join(directory, name))
     return names
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[IO], Any], *,
-                     mode: str = "w") -> None:
+def write_atomically(
+    path: str | os.PathLike, write: Callable[[IO], Any], *, mode: str = "w"
+) -> None:
     """Calls `write(file)` on a temporary file beside `path`, then renames it into place.
 
     Args:
@@ -95,8 +100,7 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     write_atomically(path, lambda f: f.write(text))
 
 
-def write_json_atomically(path: str | os.PathLike, data: Any, *,
-                          indent: int | None = 2) -> None:
+def write_json_atomically(path: str | os.PathLike, data: Any, *, indent: int | None = 2) -> None:
     """Writes `data` as JSON (UTF-8, not ASCII-escaped, a final newline) atomically.
 
     Args:
@@ -122,8 +126,10 @@ def atomic_output_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"{path} already exists and is not an empty directory; "
-                              "remove it or choose another output directory.")
+        raise FileExistsError(
+            f"{path} already exists and is not an empty directory; "
+            "remove it or choose another output directory."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     temp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}."))
     try:
@@ -136,9 +142,9 @@ def atomic_output_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def read_jsonl_objects(path: str | os.PathLike, *,
-                       error_type: type[Exception] = ValueError
-                       ) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl_objects(
+    path: str | os.PathLike, *, error_type: type[Exception] = ValueError
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yields (1-based line number, object) for every non-blank line of a JSONL file.
 
     Args:
@@ -155,11 +161,11 @@ def read_jsonl_objects(path: str | os.PathLike, *,
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise error_type(
-                    f"{path}:{line_number}: not valid JSON ({error.msg}).") from error
+                raise error_type(f"{path}:{line_number}: not valid JSON ({error.msg}).") from error
             if not isinstance(record, dict):
-                raise error_type(f"{path}:{line_number}: expected a JSON object, "
-                                 f"got {type(record).__name__}.")
+                raise error_type(
+                    f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}."
+                )
             yield line_number, record
 
 

@@ -39,10 +39,11 @@ tokens; segment id 0 and position 0 mark padding.
 Unpacked conversion (`pad_examples`) puts one example per row and matches seqio's
 `EncDecFeatureConverter(pack=False)` exactly, including its shift over the whole row.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -83,16 +84,18 @@ class FeatureLengths:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(
-                    f"FeatureLengths.{name} must be a positive integer, got {value!r}.")
+                    f"FeatureLengths.{name} must be a positive integer, got {value!r}."
+                )
 
     @classmethod
-    def from_mapping(cls, lengths: Mapping[str, int]) -> "FeatureLengths":
+    def from_mapping(cls, lengths: Mapping[str, int]) -> FeatureLengths:
         """From seqio-style `task_feature_lengths` ({"inputs": .., "targets": ..})."""
         missing = {"inputs", "targets"} - set(lengths)
         if missing:
             raise ValueError(
                 f"task_feature_lengths needs keys 'inputs' and 'targets'; missing "
-                f"{sorted(missing)} in {dict(lengths)}.")
+                f"{sorted(missing)} in {dict(lengths)}."
+            )
         return cls(int(lengths["inputs"]), int(lengths["targets"]))
 
 
@@ -104,8 +107,9 @@ def trim_example(example: Example, lengths: FeatureLengths) -> dict[str, np.ndar
     }
 
 
-def _best_fit(in_len: np.ndarray, tgt_len: np.ndarray, order: np.ndarray,
-              lengths: FeatureLengths) -> list[list[int]]:
+def _best_fit(
+    in_len: np.ndarray, tgt_len: np.ndarray, order: np.ndarray, lengths: FeatureLengths
+) -> list[list[int]]:
     """Places examples in `order`, each into the row it fits best (or a new row)."""
     free_in = np.zeros(len(order), np.int64)
     free_tgt = np.zeros(len(order), np.int64)
@@ -132,8 +136,9 @@ def _best_fit(in_len: np.ndarray, tgt_len: np.ndarray, order: np.ndarray,
     return rows
 
 
-def assign_rows(input_lengths: Sequence[int], target_lengths: Sequence[int],
-                lengths: FeatureLengths) -> list[list[int]]:
+def assign_rows(
+    input_lengths: Sequence[int], target_lengths: Sequence[int], lengths: FeatureLengths
+) -> list[list[int]]:
     """Best-fit assignment of one buffer of examples to rows.
 
     Two placement orders are tried and the one giving fewer rows is kept (the decreasing
@@ -163,8 +168,9 @@ def assign_rows(input_lengths: Sequence[int], target_lengths: Sequence[int],
     return arrival if len(arrival) < len(decreasing) else decreasing
 
 
-def _fill_stream(sequences: Sequence[np.ndarray], rows: Sequence[Sequence[int]],
-                 length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _fill_stream(
+    sequences: Sequence[np.ndarray], rows: Sequence[Sequence[int]], length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lays segments out along rows; returns (tokens, segment_ids, positions) [rows, length]."""
     tokens = np.zeros((len(rows), length), np.int32)
     segment_ids = np.zeros((len(rows), length), np.int32)
@@ -181,13 +187,16 @@ def _fill_stream(sequences: Sequence[np.ndarray], rows: Sequence[Sequence[int]],
     return tokens, segment_ids, positions
 
 
-def make_packed_features(examples: Sequence[Example], rows: Sequence[Sequence[int]],
-                         lengths: FeatureLengths) -> dict[str, np.ndarray]:
+def make_packed_features(
+    examples: Sequence[Example], rows: Sequence[Sequence[int]], lengths: FeatureLengths
+) -> dict[str, np.ndarray]:
     """Builds the packed features of `rows` (from `assign_rows`) over trimmed `examples`."""
     enc_tokens, enc_segments, enc_positions = _fill_stream(
-        [e["inputs"] for e in examples], rows, lengths.inputs)
+        [e["inputs"] for e in examples], rows, lengths.inputs
+    )
     targets, dec_segments, dec_positions = _fill_stream(
-        [e["targets"] for e in examples], rows, lengths.targets)
+        [e["targets"] for e in examples], rows, lengths.targets
+    )
     # Shift right, then zero every segment start (position 0) and all padding.
     decoder_inputs = np.zeros_like(targets)
     decoder_inputs[:, 1:] = targets[:, :-1]
@@ -207,8 +216,9 @@ def make_packed_features(examples: Sequence[Example], rows: Sequence[Sequence[in
 def pack_examples(examples: Sequence[Example], lengths: FeatureLengths) -> dict[str, np.ndarray]:
     """Trims and best-fit packs one buffer of examples; returns features `[rows, length]`."""
     trimmed = [trim_example(e, lengths) for e in examples]
-    rows = assign_rows([len(e["inputs"]) for e in trimmed],
-                       [len(e["targets"]) for e in trimmed], lengths)
+    rows = assign_rows(
+        [len(e["inputs"]) for e in trimmed], [len(e["targets"]) for e in trimmed], lengths
+    )
     return make_packed_features(trimmed, rows, lengths)
 
 

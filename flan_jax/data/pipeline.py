@@ -18,11 +18,13 @@ Everything a batch depends on is a function of (seed, shard, position), so the p
 the example stream up to the buffer's start (`tf.data` `skip`), which reads but does not
 pack the skipped examples; with `use_cached=True` tasks that replay is fast.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import seqio
@@ -31,8 +33,17 @@ from flan_jax.data import batch_source, packing
 
 STATE_VERSION = 1
 # Fields of the state that must match the iterator it is restored into.
-_STATE_IDENTITY = ("mixture_or_task_name", "split", "seed", "shard_index", "num_shards",
-                   "pack", "buffer_size", "batch_size", "task_feature_lengths")
+_STATE_IDENTITY = (
+    "mixture_or_task_name",
+    "split",
+    "seed",
+    "shard_index",
+    "num_shards",
+    "pack",
+    "buffer_size",
+    "batch_size",
+    "task_feature_lengths",
+)
 
 
 @dataclasses.dataclass
@@ -64,7 +75,8 @@ class PackingStats:
     def efficiency(self) -> float:
         """Share of real tokens over both streams (the packing efficiency)."""
         return (self.encoder_real + self.decoder_real) / max(
-            self.encoder_total + self.decoder_total, 1)
+            self.encoder_total + self.decoder_total, 1
+        )
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -85,25 +97,47 @@ class TrainIterator:
     `[batch_size // num_shards, length]`.
     """
 
-    def __init__(self, mixture_or_task_name: str, *, task_feature_lengths: Mapping[str, int],
-                 batch_size: int, seed: int, shard_index: int, num_shards: int, pack: bool,
-                 use_cached: bool, buffer_size: int, split: str, num_epochs: int | None):
+    def __init__(
+        self,
+        mixture_or_task_name: str,
+        *,
+        task_feature_lengths: Mapping[str, int],
+        batch_size: int,
+        seed: int,
+        shard_index: int,
+        num_shards: int,
+        pack: bool,
+        use_cached: bool,
+        buffer_size: int,
+        split: str,
+        num_epochs: int | None,
+    ):
         if num_shards < 1 or not 0 <= shard_index < num_shards:
-            raise ValueError(f"shard_index must be in [0, num_shards={num_shards}), got "
-                             f"{shard_index}.")
+            raise ValueError(
+                f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}."
+            )
         if batch_size < 1 or batch_size % num_shards:
-            raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of "
-                             f"num_shards ({num_shards}): each process serves batch_size / "
-                             "num_shards rows.")
+            raise ValueError(
+                f"batch_size ({batch_size}) must be a positive multiple of "
+                f"num_shards ({num_shards}): each process serves batch_size / "
+                "num_shards rows."
+            )
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}.")
         self._lengths = packing.FeatureLengths.from_mapping(task_feature_lengths)
         self._config = {
-            "mixture_or_task_name": mixture_or_task_name, "split": split, "seed": int(seed),
-            "shard_index": int(shard_index), "num_shards": int(num_shards), "pack": bool(pack),
-            "buffer_size": int(buffer_size), "batch_size": int(batch_size),
-            "task_feature_lengths": {"inputs": self._lengths.inputs,
-                                     "targets": self._lengths.targets},
+            "mixture_or_task_name": mixture_or_task_name,
+            "split": split,
+            "seed": int(seed),
+            "shard_index": int(shard_index),
+            "num_shards": int(num_shards),
+            "pack": bool(pack),
+            "buffer_size": int(buffer_size),
+            "batch_size": int(batch_size),
+            "task_feature_lengths": {
+                "inputs": self._lengths.inputs,
+                "targets": self._lengths.targets,
+            },
         }
         # Raises a clear error for an unknown name before any data is read.
         self._provider = seqio.get_mixture_or_task(mixture_or_task_name)
@@ -120,10 +154,14 @@ class TrainIterator:
     def _open_examples(self, skip: int) -> Iterator[dict]:
         config = self._config
         dataset = self._provider.get_dataset(
-            sequence_length=config["task_feature_lengths"], split=config["split"],
-            use_cached=self._use_cached, shuffle=True, seed=config["seed"],
+            sequence_length=config["task_feature_lengths"],
+            split=config["split"],
+            use_cached=self._use_cached,
+            shuffle=True,
+            seed=config["seed"],
             shard_info=seqio.ShardInfo(config["shard_index"], config["num_shards"]),
-            num_epochs=self._num_epochs)
+            num_epochs=self._num_epochs,
+        )
         dataset = dataset.map(lambda ex: {k: ex[k] for k in ("inputs", "targets") if k in ex})
         return dataset.skip(skip).as_numpy_iterator()
 
@@ -133,7 +171,8 @@ class TrainIterator:
             self._examples = self._open_examples(self._buffer_index * self._config["buffer_size"])
         examples = [
             {"inputs": ex.get("inputs", np.zeros([0], np.int32)), "targets": ex["targets"]}
-            for ex in itertools.islice(self._examples, self._config["buffer_size"])]
+            for ex in itertools.islice(self._examples, self._config["buffer_size"])
+        ]
         if not examples:
             return False
         if self._config["pack"]:
@@ -161,13 +200,14 @@ class TrainIterator:
                 self._rows = None
                 continue
             take = min(count, available)
-            pieces.append({k: v[self._row_offset:self._row_offset + take]
-                           for k, v in self._rows.items()})
+            pieces.append(
+                {k: v[self._row_offset : self._row_offset + take] for k, v in self._rows.items()}
+            )
             self._row_offset += take
             count -= take
         return pieces
 
-    def __iter__(self) -> "TrainIterator":
+    def __iter__(self) -> TrainIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -189,20 +229,28 @@ class TrainIterator:
 
     def get_state(self) -> dict[str, Any]:
         """The position after the last served batch, as a small JSON-serialisable dict."""
-        return {"version": STATE_VERSION, **self._config, "buffer_index": self._buffer_index,
-                "row_offset": self._row_offset, "batches": self._batches,
-                "stats": self.stats.to_dict()}
+        return {
+            "version": STATE_VERSION,
+            **self._config,
+            "buffer_index": self._buffer_index,
+            "row_offset": self._row_offset,
+            "batches": self._batches,
+            "stats": self.stats.to_dict(),
+        }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Continues from `state` (from `get_state` of an identically configured iterator)."""
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data state version {state.get('version')!r} is not supported "
-                             f"(expected {STATE_VERSION}).")
+            raise ValueError(
+                f"data state version {state.get('version')!r} is not supported "
+                f"(expected {STATE_VERSION})."
+            )
         for key in _STATE_IDENTITY:
             if state.get(key) != self._config[key]:
                 raise ValueError(
                     f"data state field {key!r} is {state.get(key)!r} but this iterator has "
-                    f"{self._config[key]!r}; resume with the configuration it was saved with.")
+                    f"{self._config[key]!r}; resume with the configuration it was saved with."
+                )
         self._buffer_index = int(state["buffer_index"])
         self._row_offset = int(state["row_offset"])
         self._batches = int(state["batches"])
@@ -246,10 +294,18 @@ def make_train_iterator(
       state: a `get_state()` dict to continue from.
     """
     iterator = TrainIterator(
-        mixture_or_task_name, task_feature_lengths=task_feature_lengths,
-        batch_size=batch_size, seed=seed, shard_index=shard_index, num_shards=num_shards,
-        pack=pack, use_cached=use_cached, buffer_size=buffer_size, split=split,
-        num_epochs=num_epochs)
+        mixture_or_task_name,
+        task_feature_lengths=task_feature_lengths,
+        batch_size=batch_size,
+        seed=seed,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        pack=pack,
+        use_cached=use_cached,
+        buffer_size=buffer_size,
+        split=split,
+        num_epochs=num_epochs,
+    )
     if state is not None:
         iterator.set_state(state)
     return iterator
@@ -279,11 +335,17 @@ def make_eval_examples(
     """
     task = seqio.get_mixture_or_task(task_name)
     if not isinstance(task, seqio.Task):
-        raise ValueError(f"make_eval_examples needs a task, got mixture {task_name!r}; "
-                         "evaluate its tasks one by one.")
+        raise ValueError(
+            f"make_eval_examples needs a task, got mixture {task_name!r}; "
+            "evaluate its tasks one by one."
+        )
     dataset = task.get_dataset(
-        sequence_length=dict(task_feature_lengths), split=split, shuffle=False, num_epochs=1,
-        shard_info=seqio.ShardInfo(shard_index, num_shards))
+        sequence_length=dict(task_feature_lengths),
+        split=split,
+        shuffle=False,
+        num_epochs=1,
+        shard_info=seqio.ShardInfo(shard_index, num_shards),
+    )
     if max_examples is not None:
         dataset = dataset.take(max_examples)
     return [{k: _as_python(v) for k, v in ex.items()} for ex in dataset.as_numpy_iterator()]
@@ -303,7 +365,7 @@ def make_eval_batches(
     lengths = packing.FeatureLengths.from_mapping(task_feature_lengths)
     empty = {"inputs": np.zeros([0], np.int32), "targets": np.zeros([0], np.int32)}
     for start in range(0, len(examples), batch_size):
-        chunk = list(examples[start:start + batch_size])
+        chunk = list(examples[start : start + batch_size])
         real = len(chunk)
         chunk += [empty] * (batch_size - real)
         yield packing.pad_examples(chunk, lengths), real

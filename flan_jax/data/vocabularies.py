@@ -10,6 +10,7 @@ temporary file renamed into place), so a crash or a concurrent builder never lea
 truncated `.model` behind, and `get_or_build_vocabulary` caches them under a name derived
 from a digest of the corpus and the settings.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,10 +18,10 @@ import hashlib
 import io
 import json
 import os
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-import seqio
 import sentencepiece as spm
+import seqio
 
 from flan_jax.data import file_io
 
@@ -53,19 +54,25 @@ class SentencePieceSettings:
     def __post_init__(self):
         if self.vocab_size < 4:
             raise ValueError(
-                f"SentencePieceSettings.vocab_size must be >= 4, got {self.vocab_size}.")
+                f"SentencePieceSettings.vocab_size must be >= 4, got {self.vocab_size}."
+            )
         if self.model_type not in ("unigram", "bpe"):
-            raise ValueError("SentencePieceSettings.model_type must be 'unigram' or 'bpe', "
-                             f"got {self.model_type!r}.")
+            raise ValueError(
+                "SentencePieceSettings.model_type must be 'unigram' or 'bpe', "
+                f"got {self.model_type!r}."
+            )
         if not 0.0 < self.character_coverage <= 1.0:
-            raise ValueError("SentencePieceSettings.character_coverage must be in (0, 1], "
-                             f"got {self.character_coverage}.")
+            raise ValueError(
+                "SentencePieceSettings.character_coverage must be in (0, 1], "
+                f"got {self.character_coverage}."
+            )
 
 
 def default_cache_dir() -> str:
     """`$FLAN_JAX_CACHE_DIR`, else `~/.cache/flan_jax`."""
     return os.environ.get(CACHE_DIR_ENV) or os.path.join(
-        os.path.expanduser("~"), ".cache", "flan_jax")
+        os.path.expanduser("~"), ".cache", "flan_jax"
+    )
 
 
 def train_sentencepiece_bytes(texts: Iterable[str], settings: SentencePieceSettings) -> bytes:
@@ -97,8 +104,9 @@ def train_sentencepiece_bytes(texts: Iterable[str], settings: SentencePieceSetti
     return model.getvalue()
 
 
-def build_sentencepiece_model(texts: Iterable[str], out_prefix: str,
-                              vocab_size: int, **settings) -> str:
+def build_sentencepiece_model(
+    texts: Iterable[str], out_prefix: str, vocab_size: int, **settings
+) -> str:
     """Trains a T5-layout SentencePiece model and writes `{out_prefix}.model` atomically.
 
     Args:
@@ -111,7 +119,8 @@ def build_sentencepiece_model(texts: Iterable[str], out_prefix: str,
       The path of the written model.
     """
     model_bytes = train_sentencepiece_bytes(
-        texts, SentencePieceSettings(vocab_size=vocab_size, **settings))
+        texts, SentencePieceSettings(vocab_size=vocab_size, **settings)
+    )
     path = f"{out_prefix}.model"
     file_io.write_atomically(path, lambda f: f.write(model_bytes), mode="wb")
     return path
@@ -126,7 +135,8 @@ def get_vocabulary(path: str, extra_ids: int = 0) -> seqio.SentencePieceVocabula
     if layout != (PAD_ID, EOS_ID, UNK_ID, -1):
         raise ValueError(
             f"{path}: expected the T5 id layout (pad 0, eos 1, unk 2, no bos), got pad "
-            f"{layout[0]}, eos {layout[1]}, unk {layout[2]}, bos {layout[3]}.")
+            f"{layout[0]}, eos {layout[1]}, unk {layout[2]}, bos {layout[3]}."
+        )
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 

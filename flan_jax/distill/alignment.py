@@ -35,12 +35,12 @@ vectorised with numpy: along one axis each cell depends on its left neighbour th
 `min(x, left + cost)`, which unrolls into a prefix minimum (`np.minimum.accumulate`), so each
 row is a handful of array operations instead of a Python loop over cells.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -74,8 +74,9 @@ def _encode_strings(strings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes.reshape(len(strings), width), np.char.str_len(strings)
 
 
-def _edit_distance_block(codes_a: np.ndarray, len_a: np.ndarray, codes_b: np.ndarray,
-                         len_b: np.ndarray) -> np.ndarray:
+def _edit_distance_block(
+    codes_a: np.ndarray, len_a: np.ndarray, codes_b: np.ndarray, len_b: np.ndarray
+) -> np.ndarray:
     """Levenshtein `[X, Y]` for code points sorted so that `len_a` is non-increasing.
 
     One vectorised step per character of a; strings of a that are finished drop out. Padding
@@ -83,7 +84,7 @@ def _edit_distance_block(codes_a: np.ndarray, len_a: np.ndarray, codes_b: np.nda
     beyond len(b) never feed the cells read at len(b).
     """
     width = int(len_b.max()) + 1
-    codes_b = codes_b[:, :width - 1].T  # [q, y]
+    codes_b = codes_b[:, : width - 1].T  # [q, y]
     ramp = np.arange(width, dtype=np.int16)[:, None, None]
     # prev[q, x, y]: distance between the current prefix of a_x and b_y[:q]; q first so the
     # prefix minimum runs over contiguous rows.
@@ -127,7 +128,8 @@ def pairwise_edit_distance(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
     for group in np.unique(groups):
         members = np.flatnonzero(groups == group)
         distances[by_length[:, None], members[None, :]] = _edit_distance_block(
-            codes_a, len_a, codes_b[members], len_b[members])
+            codes_a, len_a, codes_b[members], len_b[members]
+        )
     return distances[inverse_a.reshape(-1)][:, inverse_b.reshape(-1)]
 
 
@@ -222,9 +224,12 @@ def align_tokens(teacher_tokens: Sequence[str], student_tokens: Sequence[str]) -
     return TokenAlignment(pairs, matched, int(table[-1, -1]) if table.size else 0)
 
 
-def map_teacher_vocabulary(teacher_vocabulary: Sequence[str], piece_to_id: Mapping[str, int], *,
-                           to_student_piece: Callable[[str], str] = to_sentencepiece_piece,
-                           ) -> np.ndarray:
+def map_teacher_vocabulary(
+    teacher_vocabulary: Sequence[str],
+    piece_to_id: Mapping[str, int],
+    *,
+    to_student_piece: Callable[[str], str] = to_sentencepiece_piece,
+) -> np.ndarray:
     """Student id of every teacher token string, -1 where the student has no such piece.
 
     Args:
@@ -235,8 +240,9 @@ def map_teacher_vocabulary(teacher_vocabulary: Sequence[str], piece_to_id: Mappi
     Returns:
       int64 `[len(teacher_vocabulary)]`.
     """
-    return np.array([piece_to_id.get(to_student_piece(token), -1)
-                     for token in teacher_vocabulary], np.int64).reshape(-1)
+    return np.array(
+        [piece_to_id.get(to_student_piece(token), -1) for token in teacher_vocabulary], np.int64
+    ).reshape(-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,14 +271,20 @@ def _merge_top_k(ids: np.ndarray, logprobs: np.ndarray, k: int) -> tuple[np.ndar
     order = np.argsort(-merged, kind="stable")[:k]
     out_ids = np.full((k,), PAD_STUDENT_ID, np.int32)
     out_logprobs = np.full((k,), -np.inf, np.float32)
-    out_ids[:len(order)] = unique[order]
-    out_logprobs[:len(order)] = merged[order]
+    out_ids[: len(order)] = unique[order]
+    out_logprobs[: len(order)] = merged[order]
     return out_ids, out_logprobs
 
 
-def build_aligned_targets(alignment: TokenAlignment, student_ids: Sequence[int],
-                          teacher_top_ids: np.ndarray, teacher_top_logprobs: np.ndarray,
-                          teacher_to_student: np.ndarray, *, k: int) -> AlignedTargets:
+def build_aligned_targets(
+    alignment: TokenAlignment,
+    student_ids: Sequence[int],
+    teacher_top_ids: np.ndarray,
+    teacher_top_logprobs: np.ndarray,
+    teacher_to_student: np.ndarray,
+    *,
+    k: int,
+) -> AlignedTargets:
     """Student targets from an alignment and the teacher's per-position top-k.
 
     Args:
@@ -323,10 +335,14 @@ class AlignmentStats:
         return self.num_fallback / max(self.num_student_tokens, 1)
 
 
-def align_teacher_store(store: TeacherStore, encode: Callable[[str], tuple[list[int], list[str]]],
-                        piece_to_id: Mapping[str, int], *, k: int | None = None,
-                        stats: AlignmentStats | None = None,
-                        ) -> Iterator[tuple[str, list[int], AlignedTargets]]:
+def align_teacher_store(
+    store: TeacherStore,
+    encode: Callable[[str], tuple[list[int], list[str]]],
+    piece_to_id: Mapping[str, int],
+    *,
+    k: int | None = None,
+    stats: AlignmentStats | None = None,
+) -> Iterator[tuple[str, list[int], AlignedTargets]]:
     """Aligns every example of a teacher store to the student's tokenisation of its text.
 
     The text of an example is its `metadata["text"]` when present (the OpenAI producer records
@@ -349,8 +365,9 @@ def align_teacher_store(store: TeacherStore, encode: Callable[[str], tuple[list[
         text = example.metadata.get("text")
         student_ids, student_pieces = encode("".join(teacher_tokens) if text is None else text)
         alignment = align_tokens(teacher_tokens, student_pieces)
-        targets = build_aligned_targets(alignment, student_ids, example.top_ids,
-                                        example.top_logprobs, teacher_to_student, k=k)
+        targets = build_aligned_targets(
+            alignment, student_ids, example.top_ids, example.top_logprobs, teacher_to_student, k=k
+        )
         if stats is not None:
             stats.update(targets)
         yield example.key, list(student_ids), targets

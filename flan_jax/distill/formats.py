@@ -30,10 +30,12 @@ Worked example (zero-shot CoT, GSM8K train row 0):
 For sample matching, turn a teacher completion back into a rationale and render it in any
 format: `dataclasses.replace(example, rationale=rationale_from_completion(sample))`.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,11 +77,14 @@ class FormatConfig:
 
     def __post_init__(self):
         if self.num_demonstrations < 1:
-            raise ValueError("FormatConfig.num_demonstrations must be >= 1; got "
-                             f"{self.num_demonstrations}.")
+            raise ValueError(
+                f"FormatConfig.num_demonstrations must be >= 1; got {self.num_demonstrations}."
+            )
         if "{answer}" not in self.answer_sentence:
-            raise ValueError("FormatConfig.answer_sentence must contain '{answer}'; got "
-                             f"{self.answer_sentence!r}.")
+            raise ValueError(
+                "FormatConfig.answer_sentence must contain '{answer}'; got "
+                f"{self.answer_sentence!r}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +134,7 @@ def rationale_from_completion(completion: str, config: FormatConfig = FormatConf
     prefix = config.answer_sentence.split("{answer}")[0]
     text = completion.strip()
     if text.startswith(config.cot_trigger):
-        text = text[len(config.cot_trigger):]
+        text = text[len(config.cot_trigger) :]
     start = text.rfind(prefix)
     if start < 0:
         raise ValueError(f"The completion has no answer sentence {prefix!r}: {completion[-80:]!r}.")
@@ -155,9 +160,13 @@ def _target(example: MathExample, config: FormatConfig, cot: bool) -> str:
     return _cot_target(example, config) if cot else _answer_statement(example, config)
 
 
-def render_inputs(example: MathExample, format_name: str, *,
-                  demonstrations: Sequence[MathExample] = (),
-                  config: FormatConfig = FormatConfig()) -> str:
+def render_inputs(
+    example: MathExample,
+    format_name: str,
+    *,
+    demonstrations: Sequence[MathExample] = (),
+    config: FormatConfig = FormatConfig(),
+) -> str:
     """The encoder text of `example` in one format; the item itself needs no rationale.
 
     Args:
@@ -171,18 +180,25 @@ def render_inputs(example: MathExample, format_name: str, *,
         raise ValueError(f"Unknown format {format_name!r}; expected one of {FORMATS}.")
     expected = config.num_demonstrations if format_name in _ICL_FORMATS else 0
     if len(demonstrations) != expected:
-        raise ValueError(f"Format {format_name!r} takes {expected} demonstrations; got "
-                         f"{len(demonstrations)} for example {example.id!r}.")
+        raise ValueError(
+            f"Format {format_name!r} takes {expected} demonstrations; got "
+            f"{len(demonstrations)} for example {example.id!r}."
+        )
     cot = format_name in _COT_FORMATS
-    blocks = [f"{_question(demo, config, cot)} {_target(demo, config, cot)}"
-              for demo in demonstrations]
+    blocks = [
+        f"{_question(demo, config, cot)} {_target(demo, config, cot)}" for demo in demonstrations
+    ]
     blocks.append(_question(example, config, cot))
     return config.demonstration_separator.join(blocks)
 
 
-def render_example(example: MathExample, format_name: str, *,
-                   demonstrations: Sequence[MathExample] = (),
-                   config: FormatConfig = FormatConfig()) -> FormattedExample:
+def render_example(
+    example: MathExample,
+    format_name: str,
+    *,
+    demonstrations: Sequence[MathExample] = (),
+    config: FormatConfig = FormatConfig(),
+) -> FormattedExample:
     """Renders one training example (inputs and targets) in one format.
 
     Args are those of `render_inputs`; CoT formats need `example.rationale`.
@@ -203,8 +219,9 @@ class DemonstrationPool:
 
     def __init__(self, examples: Sequence[MathExample]):
         self._examples = tuple(examples)
-        self._with_rationale = np.array([i for i, e in enumerate(self._examples) if e.rationale],
-                                        dtype=np.int64)
+        self._with_rationale = np.array(
+            [i for i, e in enumerate(self._examples) if e.rationale], dtype=np.int64
+        )
         self._everyone = np.arange(len(self._examples), dtype=np.int64)
         self._positions_by_key: dict[str, list[int]] = {}
         for position, example in enumerate(self._examples):
@@ -218,8 +235,9 @@ class DemonstrationPool:
     def __len__(self) -> int:
         return len(self._examples)
 
-    def sample(self, example: MathExample, count: int, rng: np.random.Generator, *,
-               need_rationale: bool) -> list[MathExample]:
+    def sample(
+        self, example: MathExample, count: int, rng: np.random.Generator, *, need_rationale: bool
+    ) -> list[MathExample]:
         """`count` distinct pool examples, none of them `example` (by id or question).
 
         Args:
@@ -229,17 +247,21 @@ class DemonstrationPool:
           need_rationale: draw only from examples with a rationale (CoT demonstrations).
         """
         candidates = self._with_rationale if need_rationale else self._everyone
-        excluded = {p for key in self._exclusion_keys(example)
-                    for p in self._positions_by_key.get(key, ())}
+        excluded = {
+            p for key in self._exclusion_keys(example) for p in self._positions_by_key.get(key, ())
+        }
         # Drawing `count + len(excluded)` distinct positions leaves at least `count` after
         # removing the excluded ones, in one draw whose result depends only on the rng.
         available = len(candidates) - int(np.isin(candidates, list(excluded)).sum())
         if available < count:
             kind = "with a rationale " if need_rationale else ""
-            raise ValueError(f"The demonstration pool has {available} examples {kind}other "
-                             f"than {example.id!r}; {count} are needed.")
-        draw = rng.choice(candidates, size=min(len(candidates), count + len(excluded)),
-                          replace=False)
+            raise ValueError(
+                f"The demonstration pool has {available} examples {kind}other "
+                f"than {example.id!r}; {count} are needed."
+            )
+        draw = rng.choice(
+            candidates, size=min(len(candidates), count + len(excluded)), replace=False
+        )
         return [self._examples[p] for p in draw if p not in excluded][:count]
 
 
@@ -254,9 +276,14 @@ def _check_ratios(ratios: Mapping[str, float]) -> tuple[tuple[str, ...], np.ndar
     return names, weights / weights.sum()
 
 
-def render_mixed_example(example: MathExample, *, pool: DemonstrationPool,
-                         ratios: Mapping[str, float], seed: int,
-                         config: FormatConfig = FormatConfig()) -> FormattedExample:
+def render_mixed_example(
+    example: MathExample,
+    *,
+    pool: DemonstrationPool,
+    ratios: Mapping[str, float],
+    seed: int,
+    config: FormatConfig = FormatConfig(),
+) -> FormattedExample:
     """Renders an item in a format drawn by `ratios`, with demonstrations drawn per item.
 
     Args:
@@ -272,15 +299,25 @@ def render_mixed_example(example: MathExample, *, pool: DemonstrationPool,
     format_name = names[int(rng.choice(len(names), p=probabilities))]
     demonstrations: Sequence[MathExample] = ()
     if format_name in _ICL_FORMATS:
-        demonstrations = pool.sample(example, config.num_demonstrations, rng,
-                                     need_rationale=format_name in _COT_FORMATS)
+        demonstrations = pool.sample(
+            example, config.num_demonstrations, rng, need_rationale=format_name in _COT_FORMATS
+        )
     return render_example(example, format_name, demonstrations=demonstrations, config=config)
 
 
-def render_mixed(examples: Sequence[MathExample], *, pool: Sequence[MathExample] | None = None,
-                 ratios: Mapping[str, float], seed: int,
-                 config: FormatConfig = FormatConfig()) -> list[FormattedExample]:
+def render_mixed(
+    examples: Sequence[MathExample],
+    *,
+    pool: Sequence[MathExample] | None = None,
+    ratios: Mapping[str, float],
+    seed: int,
+    config: FormatConfig = FormatConfig(),
+) -> list[FormattedExample]:
     """`render_mixed_example` over a data set; the pool defaults to the examples themselves."""
     demonstration_pool = DemonstrationPool(examples if pool is None else pool)
-    return [render_mixed_example(example, pool=demonstration_pool, ratios=ratios, seed=seed,
-                                 config=config) for example in examples]
+    return [
+        render_mixed_example(
+            example, pool=demonstration_pool, ratios=ratios, seed=seed, config=config
+        )
+        for example in examples
+    ]

@@ -27,6 +27,7 @@ The z-loss of ``LossConfig.z_loss`` is added as in cross-entropy training, and t
 metric compares the student's argmax with ``decoder_target_tokens``; both come from one extra
 chunked pass of :func:`~flan_jax.kernels.fused_loss.cross_entropy_from_hidden`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -42,9 +43,14 @@ TEACHER_LOGPROBS = "teacher_logprobs"
 _OPTIONS = ("missing_mass", "temperature")
 
 
-def sparse_kl_token_loss(hidden: jax.Array, kernel: jax.Array, batch: Mapping[str, jax.Array],
-                         config: losses.LossConfig, *,
-                         vocab_sharding: fused_loss.VocabSharding | None) -> losses.TokenLosses:
+def sparse_kl_token_loss(
+    hidden: jax.Array,
+    kernel: jax.Array,
+    batch: Mapping[str, jax.Array],
+    config: losses.LossConfig,
+    *,
+    vocab_sharding: fused_loss.VocabSharding | None,
+) -> losses.TokenLosses:
     """Per-token KL(teacher || student) from ``batch["teacher_ids"/"teacher_logprobs"]``.
 
     Args:
@@ -59,12 +65,15 @@ def sparse_kl_token_loss(hidden: jax.Array, kernel: jax.Array, batch: Mapping[st
     """
     unknown = sorted(set(config.kind_options) - set(_OPTIONS))
     if unknown:
-        raise ValueError(f"loss kind {SPARSE_KL!r} takes kind_options {_OPTIONS}; got unknown "
-                         f"{unknown}")
+        raise ValueError(
+            f"loss kind {SPARSE_KL!r} takes kind_options {_OPTIONS}; got unknown {unknown}"
+        )
     missing = [name for name in (TEACHER_IDS, TEACHER_LOGPROBS) if name not in batch]
     if missing:
-        raise ValueError(f"loss kind {SPARSE_KL!r} needs batch features {missing}; build the "
-                         "batches with flan_jax.distill.targets")
+        raise ValueError(
+            f"loss kind {SPARSE_KL!r} needs batch features {missing}; build the "
+            "batches with flan_jax.distill.targets"
+        )
     kl = fused_loss.sparse_kl_from_hidden(
         hidden,
         kernel,
@@ -76,10 +85,14 @@ def sparse_kl_token_loss(hidden: jax.Array, kernel: jax.Array, batch: Mapping[st
         vocab_sharding=vocab_sharding,
     )
     ce = fused_loss.cross_entropy_from_hidden(
-        hidden, kernel, batch["decoder_target_tokens"], z_loss=config.z_loss,
-        chunk_size=config.chunk_size, vocab_sharding=vocab_sharding)
+        hidden,
+        kernel,
+        batch["decoder_target_tokens"],
+        z_loss=config.z_loss,
+        chunk_size=config.chunk_size,
+        vocab_sharding=vocab_sharding,
+    )
     return losses.TokenLosses(kl + ce.z_loss, ce.z_loss, ce.correct)
 
 
 losses.register_token_loss(SPARSE_KL, sparse_kl_token_loss)
-

@@ -29,6 +29,7 @@ Worked example (k = 2, targets "▁7 ." + EOS; "▁7" aligned to a teacher token
     teacher_ids            [[12, 13],    [5, 0],     [1, 0],     [0, 0]     ]
     teacher_logprobs       [[-0.1, -2.4], [0, -inf], [0, -inf], [-inf, -inf]]
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,18 +82,25 @@ def encode_text(vocabulary: seqio.SentencePieceVocabulary, text: str) -> np.ndar
     return np.asarray(list(vocabulary.encode(text)) + [EOS_ID], np.int32)
 
 
-def _one_hot_example(vocabulary, inputs: str, targets: str, k: int, fmt: str,
-                     key: str) -> StudentExample:
+def _one_hot_example(
+    vocabulary, inputs: str, targets: str, k: int, fmt: str, key: str
+) -> StudentExample:
     target_ids = encode_text(vocabulary, targets)
-    return StudentExample(encode_text(vocabulary, inputs), target_ids,
-                          *one_hot_rows(target_ids, k), fmt, key)
+    return StudentExample(
+        encode_text(vocabulary, inputs), target_ids, *one_hot_rows(target_ids, k), fmt, key
+    )
 
 
-def build_gold_examples(examples: Sequence[MathExample], vocabulary: seqio.SentencePieceVocabulary,
-                        *, ratios: Mapping[str, float], seed: int, k: int = 1,
-                        pool: Sequence[MathExample] | None = None,
-                        format_config: formats.FormatConfig = formats.FormatConfig(),
-                        ) -> list[StudentExample]:
+def build_gold_examples(
+    examples: Sequence[MathExample],
+    vocabulary: seqio.SentencePieceVocabulary,
+    *,
+    ratios: Mapping[str, float],
+    seed: int,
+    k: int = 1,
+    pool: Sequence[MathExample] | None = None,
+    format_config: formats.FormatConfig = formats.FormatConfig(),
+) -> list[StudentExample]:
     """Gold examples in formats drawn by ``ratios``, with one-hot rows (NLL training).
 
     Args:
@@ -104,10 +112,10 @@ def build_gold_examples(examples: Sequence[MathExample], vocabulary: seqio.Sente
       pool: demonstrations for in-context formats (default: ``examples``).
       format_config: the wording.
     """
-    rendered = formats.render_mixed(examples, pool=pool, ratios=ratios, seed=seed,
-                                    config=format_config)
-    return [_one_hot_example(vocabulary, r.inputs, r.targets, k, r.format, r.id)
-            for r in rendered]
+    rendered = formats.render_mixed(
+        examples, pool=pool, ratios=ratios, seed=seed, config=format_config
+    )
+    return [_one_hot_example(vocabulary, r.inputs, r.targets, k, r.format, r.id) for r in rendered]
 
 
 def _sample_item(metadata: Mapping, key: str, config: formats.FormatConfig) -> MathExample:
@@ -117,16 +125,22 @@ def _sample_item(metadata: Mapping, key: str, config: formats.FormatConfig) -> M
     """
     missing = [name for name in ("question", "answer", "text") if metadata.get(name) is None]
     if missing:
-        raise ValueError(f"teacher store example {key!r}: metadata lacks {missing}; the "
-                         "student's inputs are rendered from the question and answer")
+        raise ValueError(
+            f"teacher store example {key!r}: metadata lacks {missing}; the "
+            "student's inputs are rendered from the question and answer"
+        )
     text = str(metadata["text"])
     try:
         rationale = formats.rationale_from_completion(text, config)
     except ValueError:  # a correct sample may state its answer without the answer sentence
         rationale = text
-    return MathExample(question=str(metadata["question"]), answer=str(metadata["answer"]),
-                       rationale=rationale, source=str(metadata.get("source", "teacher")),
-                       id=key)
+    return MathExample(
+        question=str(metadata["question"]),
+        answer=str(metadata["answer"]),
+        rationale=rationale,
+        source=str(metadata.get("source", "teacher")),
+        id=key,
+    )
 
 
 def sentencepiece_encoder(vocabulary: seqio.SentencePieceVocabulary):
@@ -141,8 +155,9 @@ def sentencepiece_encoder(vocabulary: seqio.SentencePieceVocabulary):
     return encode, pieces
 
 
-def _teacher_rows(student_ids: Sequence[int], aligned: alignment.AlignedTargets | None,
-                  k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _teacher_rows(
+    student_ids: Sequence[int], aligned: alignment.AlignedTargets | None, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Targets with EOS, and their rows: aligned ones (cut / padded to k) or one-hot."""
     target_ids = np.asarray(list(student_ids) + [EOS_ID], np.int32)
     ids, logprobs = one_hot_rows(target_ids, k)
@@ -153,12 +168,18 @@ def _teacher_rows(student_ids: Sequence[int], aligned: alignment.AlignedTargets 
     return target_ids, ids, logprobs
 
 
-def build_teacher_examples(store: TeacherStore, vocabulary: seqio.SentencePieceVocabulary, *,
-                           distribution: bool, ratios: Mapping[str, float], seed: int,
-                           k: int | None = None, pool: Sequence[MathExample] = (),
-                           format_config: formats.FormatConfig = formats.FormatConfig(),
-                           stats: alignment.AlignmentStats | None = None,
-                           ) -> list[StudentExample]:
+def build_teacher_examples(
+    store: TeacherStore,
+    vocabulary: seqio.SentencePieceVocabulary,
+    *,
+    distribution: bool,
+    ratios: Mapping[str, float],
+    seed: int,
+    k: int | None = None,
+    pool: Sequence[MathExample] = (),
+    format_config: formats.FormatConfig = formats.FormatConfig(),
+    stats: alignment.AlignmentStats | None = None,
+) -> list[StudentExample]:
     """Student examples from a teacher store (sample or distribution matching).
 
     Args:
@@ -181,26 +202,40 @@ def build_teacher_examples(store: TeacherStore, vocabulary: seqio.SentencePieceV
         aligned_iter = alignment.align_teacher_store(store, encode, pieces, k=k, stats=stats)
     out = []
     for example in store:
-        aligned_key, student_ids, aligned = (next(aligned_iter) if aligned_iter is not None
-                                             else (example.key, None, None))
+        aligned_key, student_ids, aligned = (
+            next(aligned_iter) if aligned_iter is not None else (example.key, None, None)
+        )
         assert aligned_key == example.key, "alignment and store iterate in the same order"
         item = _sample_item(example.metadata, example.key, format_config)
-        rendered = formats.render_mixed_example(item, pool=demonstrations, ratios=ratios,
-                                                seed=seed, config=format_config)
+        rendered = formats.render_mixed_example(
+            item, pool=demonstrations, ratios=ratios, seed=seed, config=format_config
+        )
         if rendered.format not in (formats.ZS_COT, formats.ICL_COT):
-            out.append(_one_hot_example(vocabulary, rendered.inputs, rendered.targets, k,
-                                        rendered.format, example.key))
+            out.append(
+                _one_hot_example(
+                    vocabulary, rendered.inputs, rendered.targets, k, rendered.format, example.key
+                )
+            )
             continue
         if student_ids is None:
             student_ids = list(vocabulary.encode(str(example.metadata["text"])))
         target_ids, ids, logprobs = _teacher_rows(student_ids, aligned, k)
-        out.append(StudentExample(encode_text(vocabulary, rendered.inputs), target_ids, ids,
-                                  logprobs, rendered.format, example.key))
+        out.append(
+            StudentExample(
+                encode_text(vocabulary, rendered.inputs),
+                target_ids,
+                ids,
+                logprobs,
+                rendered.format,
+                example.key,
+            )
+        )
     return out
 
 
-def make_features(examples: Sequence[StudentExample], *, inputs_length: int,
-                  targets_length: int) -> dict[str, np.ndarray]:
+def make_features(
+    examples: Sequence[StudentExample], *, inputs_length: int, targets_length: int
+) -> dict[str, np.ndarray]:
     """Unpacked feature-converter features plus the teacher rows, all ``[batch, ...]``.
 
     Longer inputs and targets are cut to the lengths (as seqio's trimming does).
@@ -216,11 +251,12 @@ def make_features(examples: Sequence[StudentExample], *, inputs_length: int,
     }
     for row, example in enumerate(examples):
         inputs, targets = example.inputs[:inputs_length], example.targets[:targets_length]
-        features["encoder_input_tokens"][row, :len(inputs)] = inputs
-        features["decoder_target_tokens"][row, :len(targets)] = targets
-        features["teacher_ids"][row, :len(targets)] = example.teacher_ids[:targets_length]
-        features["teacher_logprobs"][row, :len(targets)] = example.teacher_logprobs[
-            :targets_length]
+        features["encoder_input_tokens"][row, : len(inputs)] = inputs
+        features["decoder_target_tokens"][row, : len(targets)] = targets
+        features["teacher_ids"][row, : len(targets)] = example.teacher_ids[:targets_length]
+        features["teacher_logprobs"][row, : len(targets)] = example.teacher_logprobs[
+            :targets_length
+        ]
     targets = features["decoder_target_tokens"]
     features["decoder_input_tokens"] = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
     features["decoder_loss_weights"] = (targets > 0).astype(np.float32)
@@ -245,27 +281,42 @@ class DistillationBatches:
       shard_index, num_shards: this process's share of every batch.
     """
 
-    def __init__(self, examples: Sequence[StudentExample], *, batch_size: int,
-                 inputs_length: int, targets_length: int, seed: int, shard_index: int = 0,
-                 num_shards: int = 1):
+    def __init__(
+        self,
+        examples: Sequence[StudentExample],
+        *,
+        batch_size: int,
+        inputs_length: int,
+        targets_length: int,
+        seed: int,
+        shard_index: int = 0,
+        num_shards: int = 1,
+    ):
         if not examples:
-            raise ValueError("DistillationBatches needs at least one example (did the teacher "
-                             "keep no sample?)")
+            raise ValueError(
+                "DistillationBatches needs at least one example (did the teacher keep no sample?)"
+            )
         if batch_size < 1 or batch_size % num_shards:
-            raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of the "
-                             f"number of processes ({num_shards})")
+            raise ValueError(
+                f"batch_size ({batch_size}) must be a positive multiple of the "
+                f"number of processes ({num_shards})"
+            )
         self._examples = examples
         self._lengths = {"inputs_length": inputs_length, "targets_length": targets_length}
         local = batch_size // num_shards
         self._rows = slice(shard_index * local, (shard_index + 1) * local)
-        self._identity = {"seed": int(seed), "num_examples": len(examples),
-                          "batch_size": int(batch_size)}
+        self._identity = {
+            "seed": int(seed),
+            "num_examples": len(examples),
+            "batch_size": int(batch_size),
+        }
         self._epoch, self._position = 0, 0
         self._order = self._permutation(0)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self._identity["seed"], epoch]).permutation(
-            len(self._examples))
+            len(self._examples)
+        )
 
     def _next_index(self) -> int:
         if self._position == len(self._order):
@@ -278,8 +329,7 @@ class DistillationBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        chosen = [self._examples[self._next_index()]
-                  for _ in range(self._identity["batch_size"])]
+        chosen = [self._examples[self._next_index()] for _ in range(self._identity["batch_size"])]
         return make_features(chosen[self._rows], **self._lengths)
 
     def get_state(self) -> dict[str, Any]:
@@ -288,9 +338,11 @@ class DistillationBatches:
     def set_state(self, state: Mapping[str, Any]) -> None:
         for key, value in self._identity.items():
             if state.get(key) != value:
-                raise ValueError(f"distillation data state: {key} is {state.get(key)!r} in the "
-                                 f"checkpoint but {value!r} in this run; resume with the same "
-                                 "store, formats, BATCH_SIZE and SEED")
+                raise ValueError(
+                    f"distillation data state: {key} is {state.get(key)!r} in the "
+                    f"checkpoint but {value!r} in this run; resume with the same "
+                    "store, formats, BATCH_SIZE and SEED"
+                )
         self._epoch, self._position = int(state["epoch"]), int(state["position"])
         self._order = self._permutation(self._epoch)
 

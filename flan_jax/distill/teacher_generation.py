@@ -14,6 +14,7 @@ The store's vocabulary is the teacher's: its SentencePiece pieces by id, then
 ``<extra_id_N>`` and ``<unused_N>`` names up to the model's (padded) vocabulary size, so every
 id a top-k can hold has a distinct string for the alignment.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,14 @@ AnswerCheck = Callable[[str, str], bool]
 
 # The teacher's default sampling: 4 samples per question at temperature 0.5 (the paper: about
 # 40 at 0.5), 16 questions per sampling call.
-TEACHER_SAMPLING = DecodeConfig(method="sample", num_samples=4, temperature=0.5,
-                                max_decode_len=128, max_input_len=256, batch_size=16)
+TEACHER_SAMPLING = DecodeConfig(
+    method="sample",
+    num_samples=4,
+    temperature=0.5,
+    max_decode_len=128,
+    max_input_len=256,
+    batch_size=16,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +69,12 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if self.store_top_k < 1:
-            raise ValueError(f"GenerationConfig.store_top_k must be >= 1; got "
-                             f"{self.store_top_k}")
+            raise ValueError(f"GenerationConfig.store_top_k must be >= 1; got {self.store_top_k}")
         if self.format_name not in (formats.ZS_COT, formats.ZS_ANSWER_ONLY):
-            raise ValueError("GenerationConfig.format_name must be 'zs_cot' or "
-                             f"'zs_answer_only'; got {self.format_name!r}")
+            raise ValueError(
+                "GenerationConfig.format_name must be 'zs_cot' or "
+                f"'zs_answer_only'; got {self.format_name!r}"
+            )
 
 
 @dataclasses.dataclass
@@ -133,36 +141,60 @@ class _Sample:
     text: str
 
 
-def _store_kept(writer: TeacherStoreWriter, score, batch_items: Sequence[MathExample],
-                prompts: Sequence[str], prompt_rows: Sequence[Sequence[int]],
-                kept: Sequence[_Sample], generation: GenerationConfig) -> None:
+def _store_kept(
+    writer: TeacherStoreWriter,
+    score,
+    batch_items: Sequence[MathExample],
+    prompts: Sequence[str],
+    prompt_rows: Sequence[Sequence[int]],
+    kept: Sequence[_Sample],
+    generation: GenerationConfig,
+) -> None:
     """Scores the kept samples with the teacher and appends them to the store."""
     if not kept:
         return
     bucket = generation.decode.length_bucket
-    top_ids, top_logprobs, chosen = map(np.asarray, score(
-        pad_token_rows([prompt_rows[s.item_index] for s in kept], length_multiple=bucket),
-        pad_token_rows([s.tokens for s in kept], length_multiple=bucket)))
+    top_ids, top_logprobs, chosen = map(
+        np.asarray,
+        score(
+            pad_token_rows([prompt_rows[s.item_index] for s in kept], length_multiple=bucket),
+            pad_token_rows([s.tokens for s in kept], length_multiple=bucket),
+        ),
+    )
     for row, sample in enumerate(kept):
         item = batch_items[sample.item_index]
         length = len(sample.tokens)
-        writer.add(f"{item.id}/{sample.sample_index}", sample.tokens,
-                   top_ids[row, :length], top_logprobs[row, :length],
-                   token_logprobs=chosen[row, :length],
-                   metadata={"question": item.question, "answer": item.answer,
-                             "text": sample.text, "inputs": prompts[sample.item_index],
-                             "format": generation.format_name, "question_id": item.id,
-                             "sample": sample.sample_index, "source": item.source})
+        writer.add(
+            f"{item.id}/{sample.sample_index}",
+            sample.tokens,
+            top_ids[row, :length],
+            top_logprobs[row, :length],
+            token_logprobs=chosen[row, :length],
+            metadata={
+                "question": item.question,
+                "answer": item.answer,
+                "text": sample.text,
+                "inputs": prompts[sample.item_index],
+                "format": generation.format_name,
+                "question_id": item.id,
+                "sample": sample.sample_index,
+                "source": item.source,
+            },
+        )
 
 
-def generate_teacher_store(*, model: Model, params: Any,
-                           vocabulary: seqio.SentencePieceVocabulary,
-                           examples: Sequence[MathExample], writer: TeacherStoreWriter,
-                           generation: GenerationConfig = GenerationConfig(),
-                           sample_fn: SampleFn | None = None,
-                           is_correct: AnswerCheck = answers.answers_match,
-                           format_config: formats.FormatConfig = formats.FormatConfig(),
-                           ) -> GenerationStats:
+def generate_teacher_store(
+    *,
+    model: Model,
+    params: Any,
+    vocabulary: seqio.SentencePieceVocabulary,
+    examples: Sequence[MathExample],
+    writer: TeacherStoreWriter,
+    generation: GenerationConfig = GenerationConfig(),
+    sample_fn: SampleFn | None = None,
+    is_correct: AnswerCheck = answers.answers_match,
+    format_config: formats.FormatConfig = formats.FormatConfig(),
+) -> GenerationStats:
     """Samples the teacher on every question and stores the correct samples' top-k.
 
     Args:
@@ -186,14 +218,17 @@ def generate_teacher_store(*, model: Model, params: Any,
     stats = GenerationStats()
     rng = jax.random.key(generation.decode.seed)
     for start in range(0, len(examples), generation.decode.batch_size):
-        batch_items = list(examples[start:start + generation.decode.batch_size])
-        prompts = [formats.render_inputs(item, generation.format_name, config=format_config)
-                   for item in batch_items]
+        batch_items = list(examples[start : start + generation.decode.batch_size])
+        prompts = [
+            formats.render_inputs(item, generation.format_name, config=format_config)
+            for item in batch_items
+        ]
         prompt_rows = predictor.tokenize(prompts)
-        samples = [_Sample(i, j, np.asarray(tokens, np.int32), predictor.detokenize(tokens))
-                   for i, item_samples in enumerate(sample_fn(prompt_rows,
-                                                              jax.random.fold_in(rng, start)))
-                   for j, tokens in enumerate(item_samples)]
+        samples = [
+            _Sample(i, j, np.asarray(tokens, np.int32), predictor.detokenize(tokens))
+            for i, item_samples in enumerate(sample_fn(prompt_rows, jax.random.fold_in(rng, start)))
+            for j, tokens in enumerate(item_samples)
+        ]
         kept = [s for s in samples if is_correct(s.text, batch_items[s.item_index].answer)]
         _store_kept(writer, score, batch_items, prompts, prompt_rows, kept, generation)
         per_item = np.bincount([s.item_index for s in kept], minlength=len(batch_items))

@@ -29,6 +29,7 @@ Per example, a shard holds (concatenated over examples, split by `offsets`):
 `top_ids [L, k]` and `top_logprobs [L, k]` sorted by decreasing log-prob and padded with
 id -1 / log-prob -inf, a string `key` and a JSON `metadata` object.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,15 @@ INDEX_FILE = "index.json"
 VOCABULARY_FILE = "vocabulary.json"
 PAD_ID = -1  # teacher-vocabulary padding id in `top_ids`
 
-_SHARD_ARRAYS = ("offsets", "tokens", "token_logprobs", "top_ids", "top_logprobs", "keys",
-                 "metadata")
+_SHARD_ARRAYS = (
+    "offsets",
+    "tokens",
+    "token_logprobs",
+    "top_ids",
+    "top_logprobs",
+    "keys",
+    "metadata",
+)
 
 
 class TeacherStoreError(ValueError):
@@ -88,18 +96,22 @@ def _read_json(path: str) -> Any:
 def _read_index(store_dir: str) -> dict[str, Any]:
     path = os.path.join(store_dir, INDEX_FILE)
     if not os.path.exists(path):
-        raise TeacherStoreError(f"{store_dir}: no {INDEX_FILE}; not a teacher store (create one "
-                                "with TeacherStoreWriter).")
+        raise TeacherStoreError(
+            f"{store_dir}: no {INDEX_FILE}; not a teacher store (create one "
+            "with TeacherStoreWriter)."
+        )
     index = _read_json(path)
     if index.get("format") != STORE_FORMAT or index.get("version") != STORE_VERSION:
         raise TeacherStoreError(
             f"{path}: expected format {STORE_FORMAT!r} version {STORE_VERSION}; got "
-            f"{index.get('format')!r} version {index.get('version')!r}.")
+            f"{index.get('format')!r} version {index.get('version')!r}."
+        )
     return index
 
 
-def select_top_k(top_ids: np.ndarray, top_logprobs: np.ndarray,
-                 k: int) -> tuple[np.ndarray, np.ndarray]:
+def select_top_k(
+    top_ids: np.ndarray, top_logprobs: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Sorts each row by decreasing log-prob and keeps / pads to exactly k entries.
 
     Args:
@@ -113,8 +125,10 @@ def select_top_k(top_ids: np.ndarray, top_logprobs: np.ndarray,
     top_ids = np.asarray(top_ids, np.int64)
     top_logprobs = np.asarray(top_logprobs, np.float32)
     if top_ids.ndim != 2 or top_ids.shape != top_logprobs.shape:
-        raise TeacherStoreError(f"top_ids {top_ids.shape} and top_logprobs {top_logprobs.shape} "
-                                "must both be [length, n].")
+        raise TeacherStoreError(
+            f"top_ids {top_ids.shape} and top_logprobs {top_logprobs.shape} "
+            "must both be [length, n]."
+        )
     top_logprobs = np.where(top_ids < 0, -np.inf, top_logprobs).astype(np.float32)
     order = np.argsort(-top_logprobs, axis=-1, kind="stable")[:, :k]
     ids = np.take_along_axis(top_ids, order, axis=-1)
@@ -140,9 +154,15 @@ class TeacherStoreWriter:
             writer.add("q1/0", tokens, top_ids, top_logprobs)
     """
 
-    def __init__(self, store_dir: str, *, k: int | None = None,
-                 vocabulary: Sequence[str] | None = None, examples_per_shard: int = 1000,
-                 metadata: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: str,
+        *,
+        k: int | None = None,
+        vocabulary: Sequence[str] | None = None,
+        examples_per_shard: int = 1000,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
         """Opens `store_dir` for appending, creating the store if needed.
 
         Args:
@@ -164,16 +184,25 @@ class TeacherStoreWriter:
             if k is not None and k != self._index["k"]:
                 raise TeacherStoreError(f"{store_dir}: store has k={self._index['k']}; got k={k}.")
             self._vocabulary = list(_read_json(os.path.join(store_dir, VOCABULARY_FILE)))
-            if vocabulary is not None and list(vocabulary[:len(self._vocabulary)]) != \
-                    self._vocabulary:
-                raise TeacherStoreError(f"{store_dir}: the given vocabulary does not extend the "
-                                        "store's vocabulary.json.")
+            if (
+                vocabulary is not None
+                and list(vocabulary[: len(self._vocabulary)]) != self._vocabulary
+            ):
+                raise TeacherStoreError(
+                    f"{store_dir}: the given vocabulary does not extend the "
+                    "store's vocabulary.json."
+                )
         else:
             if k is None or k <= 0:
                 raise TeacherStoreError(f"{store_dir}: a new store needs a positive k; got {k}.")
             os.makedirs(store_dir, exist_ok=True)
-            self._index = {"format": STORE_FORMAT, "version": STORE_VERSION, "k": int(k),
-                           "shards": [], "metadata": dict(metadata or {})}
+            self._index = {
+                "format": STORE_FORMAT,
+                "version": STORE_VERSION,
+                "k": int(k),
+                "shards": [],
+                "metadata": dict(metadata or {}),
+            }
             self._vocabulary = []
         if vocabulary is not None and len(vocabulary) > len(self._vocabulary):
             self._vocabulary = list(vocabulary)
@@ -193,9 +222,16 @@ class TeacherStoreWriter:
             self._vocabulary.append(token)
         return token_id
 
-    def add(self, key: str, tokens: Sequence[int] | np.ndarray, top_ids: np.ndarray,
-            top_logprobs: np.ndarray, *, token_logprobs: np.ndarray | None = None,
-            metadata: Mapping[str, Any] | None = None) -> None:
+    def add(
+        self,
+        key: str,
+        tokens: Sequence[int] | np.ndarray,
+        top_ids: np.ndarray,
+        top_logprobs: np.ndarray,
+        *,
+        token_logprobs: np.ndarray | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
         """Buffers one example given as ids (the local-teacher producer's entry point).
 
         Args:
@@ -211,23 +247,36 @@ class TeacherStoreWriter:
         if np.shape(top_ids)[:1] != (length,) or np.shape(top_ids) != np.shape(top_logprobs):
             raise TeacherStoreError(
                 f"example {key!r}: top_ids {np.shape(top_ids)} and top_logprobs "
-                f"{np.shape(top_logprobs)} must both be [{length}, n] for {length} tokens.")
+                f"{np.shape(top_logprobs)} must both be [{length}, n] for {length} tokens."
+            )
         limit = len(self._vocabulary)
         if length and (tokens.min() < 0 or (limit and tokens.max() >= limit)):
             raise TeacherStoreError(f"example {key!r}: token ids must lie in [0, {limit}).")
         if token_logprobs is None:
             token_logprobs = np.full((length,), np.nan, np.float32)
         ids, logprobs = select_top_k(top_ids, top_logprobs, self.k)
-        self._buffer.append(TeacherExample(
-            str(key), tokens, np.asarray(token_logprobs, np.float32).reshape(length), ids,
-            logprobs, dict(metadata or {})))
+        self._buffer.append(
+            TeacherExample(
+                str(key),
+                tokens,
+                np.asarray(token_logprobs, np.float32).reshape(length),
+                ids,
+                logprobs,
+                dict(metadata or {}),
+            )
+        )
         if len(self._buffer) >= self._examples_per_shard:
             self.flush()
 
-    def add_strings(self, key: str, tokens: Sequence[str],
-                    top_logprobs: Sequence[Mapping[str, float]], *,
-                    token_logprobs: Sequence[float] | None = None,
-                    metadata: Mapping[str, Any] | None = None) -> None:
+    def add_strings(
+        self,
+        key: str,
+        tokens: Sequence[str],
+        top_logprobs: Sequence[Mapping[str, float]],
+        *,
+        token_logprobs: Sequence[float] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
         """Buffers one example given as token strings (the OpenAI-style producer's form).
 
         Args:
@@ -245,8 +294,11 @@ class TeacherStoreWriter:
                 ids[position, column] = self.token_id(token)
                 logprobs[position, column] = logprob
         token_ids = [self.token_id(token) for token in tokens]
-        lp = None if token_logprobs is None else np.asarray(
-            [np.nan if x is None else x for x in token_logprobs], np.float32)
+        lp = (
+            None
+            if token_logprobs is None
+            else np.asarray([np.nan if x is None else x for x in token_logprobs], np.float32)
+        )
         self.add(key, token_ids, ids, logprobs, token_logprobs=lp, metadata=metadata)
 
     def flush(self) -> None:
@@ -255,23 +307,31 @@ class TeacherStoreWriter:
             return
         shard_name = f"shard-{len(self._index['shards']):05d}.npz"
         arrays = _pack_shard(self._buffer, self.k)
-        file_io.write_atomically(os.path.join(self._dir, shard_name),
-                                 lambda handle: np.savez(handle, **arrays), mode="wb")
-        file_io.write_json_atomically(os.path.join(self._dir, VOCABULARY_FILE),
-                                      self._vocabulary, indent=None)
-        self._index["shards"].append({"file": shard_name, "num_examples": len(self._buffer),
-                                      "num_positions": int(arrays["offsets"][-1])})
-        file_io.write_json_atomically(os.path.join(self._dir, INDEX_FILE), self._index,
-                                      indent=None)
+        file_io.write_atomically(
+            os.path.join(self._dir, shard_name),
+            lambda handle: np.savez(handle, **arrays),
+            mode="wb",
+        )
+        file_io.write_json_atomically(
+            os.path.join(self._dir, VOCABULARY_FILE), self._vocabulary, indent=None
+        )
+        self._index["shards"].append(
+            {
+                "file": shard_name,
+                "num_examples": len(self._buffer),
+                "num_positions": int(arrays["offsets"][-1]),
+            }
+        )
+        file_io.write_json_atomically(os.path.join(self._dir, INDEX_FILE), self._index, indent=None)
         self._buffer = []
 
     def close(self) -> None:
         """Flushes pending examples (and writes the vocabulary even for an empty store)."""
         self.flush()
-        file_io.write_json_atomically(os.path.join(self._dir, VOCABULARY_FILE),
-                                      self._vocabulary, indent=None)
-        file_io.write_json_atomically(os.path.join(self._dir, INDEX_FILE), self._index,
-                                      indent=None)
+        file_io.write_json_atomically(
+            os.path.join(self._dir, VOCABULARY_FILE), self._vocabulary, indent=None
+        )
+        file_io.write_json_atomically(os.path.join(self._dir, INDEX_FILE), self._index, indent=None)
 
     def __enter__(self) -> TeacherStoreWriter:
         return self
@@ -288,8 +348,9 @@ def _pack_shard(examples: Sequence[TeacherExample], k: int) -> dict[str, np.ndar
 
     def cat(name: str, dtype, trailing: tuple[int, ...] = ()) -> np.ndarray:
         parts = [getattr(example, name) for example in examples]
-        return np.concatenate(parts).astype(dtype) if offsets[-1] else np.zeros(
-            (0,) + trailing, dtype)
+        return (
+            np.concatenate(parts).astype(dtype) if offsets[-1] else np.zeros((0,) + trailing, dtype)
+        )
 
     return {
         "offsets": offsets,
@@ -298,8 +359,10 @@ def _pack_shard(examples: Sequence[TeacherExample], k: int) -> dict[str, np.ndar
         "top_ids": cat("top_ids", np.int32, (k,)),
         "top_logprobs": cat("top_logprobs", np.float32, (k,)),
         "keys": np.asarray([example.key for example in examples], dtype=np.str_),
-        "metadata": np.asarray([json.dumps(example.metadata, ensure_ascii=False)
-                                for example in examples], dtype=np.str_),
+        "metadata": np.asarray(
+            [json.dumps(example.metadata, ensure_ascii=False) for example in examples],
+            dtype=np.str_,
+        ),
     }
 
 
@@ -346,10 +409,13 @@ class TeacherStore:
         row = index - int(self._starts[shard_index])
         begin, end = arrays["offsets"][row], arrays["offsets"][row + 1]
         return TeacherExample(
-            key=str(arrays["keys"][row]), tokens=arrays["tokens"][begin:end],
+            key=str(arrays["keys"][row]),
+            tokens=arrays["tokens"][begin:end],
             token_logprobs=arrays["token_logprobs"][begin:end],
-            top_ids=arrays["top_ids"][begin:end], top_logprobs=arrays["top_logprobs"][begin:end],
-            metadata=json.loads(str(arrays["metadata"][row])))
+            top_ids=arrays["top_ids"][begin:end],
+            top_logprobs=arrays["top_logprobs"][begin:end],
+            metadata=json.loads(str(arrays["metadata"][row])),
+        )
 
     def __iter__(self) -> Iterator[TeacherExample]:
         for index in range(len(self)):
@@ -363,11 +429,14 @@ class TeacherStore:
 def _parse_completion_choice(choice: Any, where: str):
     """(tokens, token_logprobs, top_logprobs) of one completion choice; errors name `where`."""
     if not isinstance(choice, dict):
-        raise TeacherStoreError(f"{where}: a choice must be an object; got {type(choice).__name__}.")
+        raise TeacherStoreError(
+            f"{where}: a choice must be an object; got {type(choice).__name__}."
+        )
     logprobs = choice.get("logprobs")
     if not isinstance(logprobs, dict):
-        raise TeacherStoreError(f"{where}: choice has no 'logprobs' object (request completions "
-                                "with logprobs=k).")
+        raise TeacherStoreError(
+            f"{where}: choice has no 'logprobs' object (request completions with logprobs=k)."
+        )
     tokens, tops = logprobs.get("tokens"), logprobs.get("top_logprobs")
     if not isinstance(tokens, list) or not isinstance(tops, list):
         raise TeacherStoreError(f"{where}: 'logprobs' needs lists 'tokens' and 'top_logprobs'.")
@@ -375,24 +444,30 @@ def _parse_completion_choice(choice: Any, where: str):
         raise TeacherStoreError(f"{where}: {len(tokens)} tokens but {len(tops)} top_logprobs.")
     token_logprobs = logprobs.get("token_logprobs") or [None] * len(tokens)
     if len(token_logprobs) != len(tokens):
-        raise TeacherStoreError(f"{where}: {len(tokens)} tokens but {len(token_logprobs)} "
-                                "token_logprobs.")
+        raise TeacherStoreError(
+            f"{where}: {len(tokens)} tokens but {len(token_logprobs)} token_logprobs."
+        )
     for position, (token, top) in enumerate(zip(tokens, tops)):
         if not isinstance(token, str):
             raise TeacherStoreError(f"{where}: tokens[{position}] is not a string: {token!r}.")
         if top is None:  # the API's value where it has no distribution (an echoed prompt)
             continue
         if not isinstance(top, dict) or not all(
-                isinstance(v, (int, float)) and not math.isnan(v) and v <= 1e-4
-                for v in top.values()):
-            raise TeacherStoreError(f"{where}: top_logprobs[{position}] must map token strings "
-                                    f"to log-probs <= 0; got {top!r}.")
+            isinstance(v, (int, float)) and not math.isnan(v) and v <= 1e-4 for v in top.values()
+        ):
+            raise TeacherStoreError(
+                f"{where}: top_logprobs[{position}] must map token strings "
+                f"to log-probs <= 0; got {top!r}."
+            )
     return tokens, token_logprobs, [top or {} for top in tops]
 
 
-def ingest_openai_jsonl(path: str, writer: TeacherStoreWriter, *,
-                        keep: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None,
-                        ) -> tuple[int, int]:
+def ingest_openai_jsonl(
+    path: str,
+    writer: TeacherStoreWriter,
+    *,
+    keep: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None,
+) -> tuple[int, int]:
     """Adds every choice of an OpenAI-style completion JSONL file to a teacher store.
 
     Each line is a completion response (`{"id": ..., "choices": [{"text": ..., "logprobs":
@@ -426,9 +501,17 @@ def ingest_openai_jsonl(path: str, writer: TeacherStoreWriter, *,
                 continue
             tokens, token_logprobs, tops = parsed
             metadata = dict(record.get("metadata") or {})
-            metadata.update(source=f"{where}", text=choice.get("text"),
-                            finish_reason=choice.get("finish_reason"))
-            writer.add_strings(f"{record_id}/{choice.get('index', position)}", tokens, tops,
-                               token_logprobs=token_logprobs, metadata=metadata)
+            metadata.update(
+                source=f"{where}",
+                text=choice.get("text"),
+                finish_reason=choice.get("finish_reason"),
+            )
+            writer.add_strings(
+                f"{record_id}/{choice.get('index', position)}",
+                tokens,
+                tops,
+                token_logprobs=token_logprobs,
+                metadata=metadata,
+            )
             added += 1
     return added, skipped

@@ -31,6 +31,7 @@ Steps:
 ``MODEL_DIR/distill_summary.json`` records the inputs, the example counts per format and the
 alignment fallback rate.
 """
+
 from __future__ import annotations
 
 import collections
@@ -52,8 +53,7 @@ from flan_jax.distill.teacher_store import TeacherStore
 from flan_jax.evaluation.math_datasets import MathExample, load_math_dataset
 from flan_jax.evaluation.selection import list_checkpoint_steps
 from flan_jax.models import t5
-from flan_jax.training import (adafactor, checkpointing, losses, metrics, train_step,
-                               trainer)
+from flan_jax.training import adafactor, checkpointing, losses, metrics, train_step, trainer
 
 _LOG = logging.getLogger(__name__)
 SUMMARY_FILENAME = "distill_summary.json"
@@ -84,13 +84,18 @@ def _require(value: Any, macro: str) -> Any:
     return value
 
 
-def build_training_examples(*, vocabulary, store: TeacherStore | None, distribution: bool,
-                            teacher_ratios: Mapping[str, float],
-                            gold: Sequence[MathExample],
-                            gold_ratios: Mapping[str, float] | None, seed: int,
-                            format_config: formats.FormatConfig,
-                            stats: alignment.AlignmentStats,
-                            ) -> list[targets.StudentExample]:
+def build_training_examples(
+    *,
+    vocabulary,
+    store: TeacherStore | None,
+    distribution: bool,
+    teacher_ratios: Mapping[str, float],
+    gold: Sequence[MathExample],
+    gold_ratios: Mapping[str, float] | None,
+    seed: int,
+    format_config: formats.FormatConfig,
+    stats: alignment.AlignmentStats,
+) -> list[targets.StudentExample]:
     """Teacher-store examples (both matching modes) plus optional gold examples.
 
     Args:
@@ -104,27 +109,41 @@ def build_training_examples(*, vocabulary, store: TeacherStore | None, distribut
       format_config: the wording.
       stats: updated with the alignment's fallback counts.
     """
-    in_context = {name for ratios in (teacher_ratios, gold_ratios or {})
-                  for name, ratio in ratios.items()
-                  if ratio > 0 and name in (formats.ICL_COT, formats.ICL_ANSWER_ONLY)}
+    in_context = {
+        name
+        for ratios in (teacher_ratios, gold_ratios or {})
+        for name, ratio in ratios.items()
+        if ratio > 0 and name in (formats.ICL_COT, formats.ICL_ANSWER_ONLY)
+    }
     if in_context and not gold:
-        raise ValueError(f"distill train: in-context formats {sorted(in_context)} draw their "
-                         "demonstrations from TRAIN_DATA, which is not set.")
+        raise ValueError(
+            f"distill train: in-context formats {sorted(in_context)} draw their "
+            "demonstrations from TRAIN_DATA, which is not set."
+        )
     k = store.k if store is not None else 1
     examples: list[targets.StudentExample] = []
     if store is not None:
         examples += targets.build_teacher_examples(
-            store, vocabulary, distribution=distribution, ratios=teacher_ratios, seed=seed,
-            k=k, pool=gold, format_config=format_config, stats=stats)
+            store,
+            vocabulary,
+            distribution=distribution,
+            ratios=teacher_ratios,
+            seed=seed,
+            k=k,
+            pool=gold,
+            format_config=format_config,
+            stats=stats,
+        )
     if gold_ratios is not None:
         if not gold:
-            raise ValueError("distill train: GOLD_RATIOS is set but TRAIN_DATA gives no "
-                             "gold problems.")
-        examples += targets.build_gold_examples(gold, vocabulary, ratios=gold_ratios,
-                                                seed=seed, k=k, format_config=format_config)
+            raise ValueError(
+                "distill train: GOLD_RATIOS is set but TRAIN_DATA gives no gold problems."
+            )
+        examples += targets.build_gold_examples(
+            gold, vocabulary, ratios=gold_ratios, seed=seed, k=k, format_config=format_config
+        )
     if not examples:
-        raise ValueError("distill train: no training examples (an empty STORE and no "
-                         "GOLD_RATIOS).")
+        raise ValueError("distill train: no training examples (an empty STORE and no GOLD_RATIOS).")
     return examples
 
 
@@ -133,31 +152,41 @@ def _initial_student_params(student_dir: str, step: int | None, model_config):
 
     def load(abstract_params: Any, shardings: Any) -> Any:
         return checkpointing.load_initial_params(
-            student_dir, model_config=model_config, abstract_params=abstract_params,
-            shardings=shardings, step=step)
+            student_dir,
+            model_config=model_config,
+            abstract_params=abstract_params,
+            shardings=shardings,
+            step=step,
+        )
 
     return load
 
 
-def train_student(*, store_dir: str | None, student_dir: str | None, model_dir: str | None,
-                  train_steps: int,
-                  loss_config: losses.LossConfig,
-                  learning_rate: float | optax.Schedule = 1e-3,
-                  teacher_ratios: Mapping[str, float] | None = None,
-                  train_data: str | None = None, train_data_format: str = "gsm8k",
-                  gold_ratios: Mapping[str, float] | None = None,
-                  format_config: formats.FormatConfig = formats.FormatConfig(),
-                  batch_size: int = 8,
-                  feature_lengths: Mapping[str, int] | None = None,
-                  student_step: int | None = None,
-                  seed: int = 0,
-                  optimizer_config: adafactor.AdafactorConfig = adafactor.AdafactorConfig(),
-                  step_config: train_step.TrainStepConfig = train_step.TrainStepConfig(),
-                  partitioning_config: trainer.PartitioningConfig = trainer.PartitioningConfig(),
-                  checkpoint_config: checkpointing.CheckpointConfig = checkpointing.CheckpointConfig(
-                      period=100, keep=None),
-                  metrics_config: metrics.MetricsConfig = metrics.MetricsConfig(),
-                  ) -> StudentRunResult:
+def train_student(
+    *,
+    store_dir: str | None,
+    student_dir: str | None,
+    model_dir: str | None,
+    train_steps: int,
+    loss_config: losses.LossConfig,
+    learning_rate: float | optax.Schedule = 1e-3,
+    teacher_ratios: Mapping[str, float] | None = None,
+    train_data: str | None = None,
+    train_data_format: str = "gsm8k",
+    gold_ratios: Mapping[str, float] | None = None,
+    format_config: formats.FormatConfig = formats.FormatConfig(),
+    batch_size: int = 8,
+    feature_lengths: Mapping[str, int] | None = None,
+    student_step: int | None = None,
+    seed: int = 0,
+    optimizer_config: adafactor.AdafactorConfig = adafactor.AdafactorConfig(),
+    step_config: train_step.TrainStepConfig = train_step.TrainStepConfig(),
+    partitioning_config: trainer.PartitioningConfig = trainer.PartitioningConfig(),
+    checkpoint_config: checkpointing.CheckpointConfig = checkpointing.CheckpointConfig(
+        period=100, keep=None
+    ),
+    metrics_config: metrics.MetricsConfig = metrics.MetricsConfig(),
+) -> StudentRunResult:
     """Trains a student checkpoint on a teacher store; see the module docstring.
 
     Args:
@@ -193,8 +222,9 @@ def train_student(*, store_dir: str | None, student_dir: str | None, model_dir: 
     feature_lengths = feature_lengths or {"inputs": 512, "targets": 256}
     missing = {"inputs", "targets"} - set(feature_lengths)
     if missing:
-        raise ValueError(f"distill train: FEATURE_LENGTHS lacks {sorted(missing)}; got "
-                         f"{dict(feature_lengths)}.")
+        raise ValueError(
+            f"distill train: FEATURE_LENGTHS lacks {sorted(missing)}; got {dict(feature_lengths)}."
+        )
     trainer.initialize_distributed_run(partitioning_config)
     metadata = checkpoints.read_model_metadata(student_dir)
     vocabulary = get_vocabulary(str(metadata.vocab_path), metadata.extra_ids)
@@ -203,29 +233,63 @@ def train_student(*, store_dir: str | None, student_dir: str | None, model_dir: 
     distribution = loss_config.kind == SPARSE_KL
     stats = alignment.AlignmentStats()
     examples = build_training_examples(
-        vocabulary=vocabulary, store=store, distribution=distribution,
-        teacher_ratios=teacher_ratios, gold=gold, gold_ratios=gold_ratios, seed=seed,
-        format_config=format_config, stats=stats)
+        vocabulary=vocabulary,
+        store=store,
+        distribution=distribution,
+        teacher_ratios=teacher_ratios,
+        gold=gold,
+        gold_ratios=gold_ratios,
+        seed=seed,
+        format_config=format_config,
+        stats=stats,
+    )
     fallback_rate = stats.fallback_rate if distribution and store is not None else None
     counts = dict(collections.Counter(example.format for example in examples))
-    _LOG.info("distill train: %d examples %s; alignment fallback rate %s", len(examples),
-              counts, "n/a" if fallback_rate is None else f"{fallback_rate:.2%}")
-    write_json_atomically(os.path.join(model_dir, SUMMARY_FILENAME), {
-        "store": store_dir, "student": student_dir, "student_step": student_step,
-        "loss_kind": loss_config.kind, "num_examples": counts,
-        "alignment_fallback_rate": fallback_rate,
-        "num_student_tokens": stats.num_student_tokens, "num_fallback": stats.num_fallback})
+    _LOG.info(
+        "distill train: %d examples %s; alignment fallback rate %s",
+        len(examples),
+        counts,
+        "n/a" if fallback_rate is None else f"{fallback_rate:.2%}",
+    )
+    write_json_atomically(
+        os.path.join(model_dir, SUMMARY_FILENAME),
+        {
+            "store": store_dir,
+            "student": student_dir,
+            "student_step": student_step,
+            "loss_kind": loss_config.kind,
+            "num_examples": counts,
+            "alignment_fallback_rate": fallback_rate,
+            "num_student_tokens": stats.num_student_tokens,
+            "num_fallback": stats.num_fallback,
+        },
+    )
     batches = targets.DistillationBatches(
-        examples, batch_size=batch_size, inputs_length=feature_lengths["inputs"],
-        targets_length=feature_lengths["targets"], seed=seed,
-        shard_index=jax.process_index(), num_shards=jax.process_count())
+        examples,
+        batch_size=batch_size,
+        inputs_length=feature_lengths["inputs"],
+        targets_length=feature_lengths["targets"],
+        seed=seed,
+        shard_index=jax.process_index(),
+        num_shards=jax.process_count(),
+    )
     result = trainer.fit(
-        model=t5.T5Model(metadata.config), batch_source=batches, vocabulary=vocabulary,
-        model_dir=model_dir, train_steps=train_steps, batch_size=batch_size,
-        feature_lengths=feature_lengths, learning_rate=learning_rate,
+        model=t5.T5Model(metadata.config),
+        batch_source=batches,
+        vocabulary=vocabulary,
+        model_dir=model_dir,
+        train_steps=train_steps,
+        batch_size=batch_size,
+        feature_lengths=feature_lengths,
+        learning_rate=learning_rate,
         initial_params=_initial_student_params(student_dir, student_step, metadata.config),
-        seed=seed, optimizer_config=optimizer_config, loss_config=loss_config,
-        step_config=step_config, partitioning_config=partitioning_config,
-        checkpoint_config=checkpoint_config, metrics_config=metrics_config)
+        seed=seed,
+        optimizer_config=optimizer_config,
+        loss_config=loss_config,
+        step_config=step_config,
+        partitioning_config=partitioning_config,
+        checkpoint_config=checkpoint_config,
+        metrics_config=metrics_config,
+    )
     saved = tuple(list_checkpoint_steps(model_dir))
     return StudentRunResult(model_dir, saved, counts, fallback_rate, result)

@@ -24,11 +24,12 @@ Worked example:
     extract_answer("So the answer is (C).", numeric=False)                   -> "(C)"
     answers_match("... The answer is 3/4.", "0.75")                          -> True
 """
+
 from __future__ import annotations
 
 import fractions
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 # `<<48/2=24>>`: the calculator annotations of the GSM8K gold solutions.
 _CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
@@ -122,7 +123,7 @@ def parse_number(text: str) -> fractions.Fraction | None:
     if match is None:
         return None
     value = _match_value(match)
-    rest = stripped[match.end():].strip()
+    rest = stripped[match.end() :].strip()
     # What may follow the number: a unit word or a parenthesised unit, never another number.
     if value is None or re.search(r"\d", rest):
         return None
@@ -167,9 +168,9 @@ def extract_answer_span(text: str) -> str | None:
     text = _normalise_symbols(strip_calculator_annotations(text))
     markers = list(_MARKER_RE.finditer(text))
     if markers:
-        tail = text[markers[-1].end():].lstrip()
+        tail = text[markers[-1].end() :].lstrip()
         end = _SENTENCE_END_RE.search(tail)
-        span = (tail[:end.start()] if end else tail).strip()
+        span = (tail[: end.start()] if end else tail).strip()
         if span:
             return span
     numbers = list(_iter_numbers(text))

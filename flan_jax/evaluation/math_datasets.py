@@ -24,6 +24,7 @@ Worked example (first GSM8K train row):
 Rationales are kept exactly as written (calculator annotations included); the distillation
 formats strip what they need to.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,8 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ElementTree
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from flan_jax.evaluation import answers
 
@@ -81,13 +83,15 @@ def _read_json_lines(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
             except json.JSONDecodeError as error:
                 raise MathDataError(f"{path}:{line_number}: invalid JSON ({error.msg}).") from None
             if not isinstance(row, dict):
-                raise MathDataError(f"{path}:{line_number}: expected a JSON object, got "
-                                    f"{type(row).__name__}.")
+                raise MathDataError(
+                    f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}."
+                )
             yield line_number, row
 
 
-def _read_json_problems(path: str, required: tuple[str, ...]
-                        ) -> Iterator[tuple[int, dict[str, Any], str]]:
+def _read_json_problems(
+    path: str, required: tuple[str, ...]
+) -> Iterator[tuple[int, dict[str, Any], str]]:
     """(position, problem, where) for each object of a JSON list that has `required` keys."""
     with open(path, encoding="utf-8") as f:
         try:
@@ -138,15 +142,19 @@ def load_gsm8k(path: str | os.PathLike) -> list[MathExample]:
         _require(row, ("question", "answer"), where)
         solution, marker, final = str(row["answer"]).rpartition("####")
         if not marker or not final.strip():
-            raise MathDataError(f"{where}: the answer has no final '#### <number>' line: "
-                                f"{str(row['answer'])[-80:]!r}.")
-        examples.append(MathExample(
-            question=str(row["question"]).strip(),
-            answer=_canonical_number(final.strip(), where),
-            rationale=solution.strip(),
-            source="gsm8k",
-            id=f"gsm8k/{split}-{len(examples)}",
-        ))
+            raise MathDataError(
+                f"{where}: the answer has no final '#### <number>' line: "
+                f"{str(row['answer'])[-80:]!r}."
+            )
+        examples.append(
+            MathExample(
+                question=str(row["question"]).strip(),
+                answer=_canonical_number(final.strip(), where),
+                rationale=solution.strip(),
+                source="gsm8k",
+                id=f"gsm8k/{split}-{len(examples)}",
+            )
+        )
     return examples
 
 
@@ -157,15 +165,18 @@ def load_multiarith(path: str | os.PathLike) -> list[MathExample]:
     for position, row, where in _read_json_problems(path, ("sQuestion", "lSolutions")):
         solutions = row["lSolutions"]
         if not isinstance(solutions, list) or len(solutions) != 1:
-            raise MathDataError(f"{where}: lSolutions must hold exactly one value, got "
-                                f"{solutions!r}.")
-        examples.append(MathExample(
-            question=" ".join(str(row["sQuestion"]).split()),
-            answer=_canonical_number(solutions[0], where),
-            rationale=None,
-            source="multiarith",
-            id=f"multiarith/{row.get('iIndex', position)}",
-        ))
+            raise MathDataError(
+                f"{where}: lSolutions must hold exactly one value, got {solutions!r}."
+            )
+        examples.append(
+            MathExample(
+                question=" ".join(str(row["sQuestion"]).split()),
+                answer=_canonical_number(solutions[0], where),
+                rationale=None,
+                source="multiarith",
+                id=f"multiarith/{row.get('iIndex', position)}",
+            )
+        )
     return examples
 
 
@@ -174,13 +185,15 @@ def load_svamp(path: str | os.PathLike) -> list[MathExample]:
     path = os.fspath(path)
     examples = []
     for position, row, where in _read_json_problems(path, ("Body", "Question", "Answer")):
-        examples.append(MathExample(
-            question=_join_body_question(str(row["Body"]), str(row["Question"])),
-            answer=_canonical_number(row["Answer"], where),
-            rationale=None,
-            source="svamp",
-            id=f"svamp/{row.get('ID', position)}",
-        ))
+        examples.append(
+            MathExample(
+                question=_join_body_question(str(row["Body"]), str(row["Question"])),
+                answer=_canonical_number(row["Answer"], where),
+                rationale=None,
+                source="svamp",
+                id=f"svamp/{row.get('ID', position)}",
+            )
+        )
     return examples
 
 
@@ -227,8 +240,10 @@ def load_asdiv(path: str | os.PathLike) -> list[MathExample]:
     path = os.fspath(path)
     if path.endswith(".xml"):
         return _load_asdiv_xml(path)
-    return [_asdiv_example(row, f"{path}:{line_number}", default_id=f"line-{line_number}")
-            for line_number, row in _read_json_lines(path)]
+    return [
+        _asdiv_example(row, f"{path}:{line_number}", default_id=f"line-{line_number}")
+        for line_number, row in _read_json_lines(path)
+    ]
 
 
 def unescape_tsv_field(text: str) -> str:
@@ -253,18 +268,22 @@ def load_cot_tsv(path: str | os.PathLike, *, source: str | None = None) -> list[
                 continue
             columns = line.split("\t")
             if len(columns) != 3:
-                raise MathDataError(f"{path}:{line_number}: expected 3 tab-separated columns "
-                                    f"(question, answer, rationale), got {len(columns)}.")
+                raise MathDataError(
+                    f"{path}:{line_number}: expected 3 tab-separated columns "
+                    f"(question, answer, rationale), got {len(columns)}."
+                )
             question, answer, rationale = (unescape_tsv_field(c).strip() for c in columns)
             if not question or not answer:
                 raise MathDataError(f"{path}:{line_number}: empty question or answer.")
-            examples.append(MathExample(
-                question=question,
-                answer=answers.canonicalize_answer(answer),
-                rationale=rationale or None,
-                source=source,
-                id=f"{source}/cot-{line_number - 1}",
-            ))
+            examples.append(
+                MathExample(
+                    question=question,
+                    answer=answers.canonicalize_answer(answer),
+                    rationale=rationale or None,
+                    source=source,
+                    id=f"{source}/cot-{line_number - 1}",
+                )
+            )
     return examples
 
 

@@ -20,12 +20,13 @@ reduced to one answer by majority vote (self-consistency). Worked example:
 Choose on a dev split built by `splits.make_ood_dev_split`, which shares no question with
 the training data.
 """
+
 from __future__ import annotations
 
 import collections
 import dataclasses
 import os
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from flan_jax.data import file_io
 from flan_jax.evaluation import answers
@@ -118,8 +119,10 @@ class AccuracyTable:
         names = list(self.set_sizes) if set_names is None else list(set_names)
         unknown = sorted(set(names) - set(self.set_sizes))
         if unknown or not names:
-            raise ValueError(f"Unknown evaluation set(s) {unknown or names}; the table has "
-                             f"{list(self.set_sizes)}.")
+            raise ValueError(
+                f"Unknown evaluation set(s) {unknown or names}; the table has "
+                f"{list(self.set_sizes)}."
+            )
         return sum(self.accuracy(step, name) for name in names) / len(names)
 
     def to_markdown(self) -> str:
@@ -133,9 +136,10 @@ class AccuracyTable:
 
     def to_json_dict(self) -> dict:
         """A JSON-serialisable form that `from_json_dict` reads back."""
-        return {"set_sizes": dict(self.set_sizes),
-                "rows": [{"step": step, "correct": dict(self.correct[step])}
-                         for step in self.steps]}
+        return {
+            "set_sizes": dict(self.set_sizes),
+            "rows": [{"step": step, "correct": dict(self.correct[step])} for step in self.steps],
+        }
 
     @classmethod
     def from_json_dict(cls, data: Mapping) -> AccuracyTable:
@@ -148,8 +152,9 @@ class AccuracyTable:
         file_io.write_json_atomically(path, self.to_json_dict())
 
 
-def evaluate_checkpoints(steps: Sequence[int], eval_sets: Mapping[str, Sequence[MathExample]],
-                         predict_fn: PredictFn) -> AccuracyTable:
+def evaluate_checkpoints(
+    steps: Sequence[int], eval_sets: Mapping[str, Sequence[MathExample]], predict_fn: PredictFn
+) -> AccuracyTable:
     """Accuracy of every checkpoint on every evaluation set.
 
     Args:
@@ -167,8 +172,10 @@ def evaluate_checkpoints(steps: Sequence[int], eval_sets: Mapping[str, Sequence[
         raise ValueError(f"Evaluation set(s) {empty} have no examples.")
     correct = {}
     for step in sorted(steps):
-        correct[step] = {name: count_correct(examples, predict_fn(step, examples))
-                         for name, examples in eval_sets.items()}
+        correct[step] = {
+            name: count_correct(examples, predict_fn(step, examples))
+            for name, examples in eval_sets.items()
+        }
     set_sizes = {name: len(examples) for name, examples in eval_sets.items()}
     return AccuracyTable(tuple(sorted(steps)), set_sizes, correct)
 
@@ -199,5 +206,8 @@ def list_checkpoint_steps(checkpoint_dir: str | os.PathLike) -> list[int]:
     checkpoint_dir = os.fspath(checkpoint_dir)
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"No checkpoint directory at {checkpoint_dir!r}.")
-    return sorted(int(name) for name in os.listdir(checkpoint_dir)
-                  if name.isdigit() and os.path.isdir(os.path.join(checkpoint_dir, name)))
+    return sorted(
+        int(name)
+        for name in os.listdir(checkpoint_dir)
+        if name.isdigit() and os.path.isdir(os.path.join(checkpoint_dir, name))
+    )

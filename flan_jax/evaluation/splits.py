@@ -16,6 +16,7 @@ Worked example:
     split.dev, split.test      # disjoint, and neither shares a normalised question with training
     split.removed_ids          # candidates dropped as duplicates of training (or of each other)
 """
+
 from __future__ import annotations
 
 import collections
@@ -23,7 +24,7 @@ import dataclasses
 import hashlib
 import re
 import unicodedata
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from flan_jax.evaluation import answers
 from flan_jax.evaluation.math_datasets import MathExample
@@ -41,25 +42,32 @@ def normalise_question(text: str) -> str:
     return " ".join(_PUNCTUATION_RE.sub(" ", text).replace("_", " ").split())
 
 
-def find_overlaps(candidates: Iterable[MathExample],
-                  reference: Iterable[MathExample]) -> list[tuple[str, str]]:
+def find_overlaps(
+    candidates: Iterable[MathExample], reference: Iterable[MathExample]
+) -> list[tuple[str, str]]:
     """`(candidate id, reference id)` for every candidate whose question occurs in reference."""
     reference_ids: dict[str, str] = {}
     for example in reference:
         reference_ids.setdefault(normalise_question(example.question), example.id)
-    return [(example.id, reference_ids[key]) for example in candidates
-            if (key := normalise_question(example.question)) in reference_ids]
+    return [
+        (example.id, reference_ids[key])
+        for example in candidates
+        if (key := normalise_question(example.question)) in reference_ids
+    ]
 
 
-def check_no_overlap(candidates: Sequence[MathExample], reference: Sequence[MathExample], *,
-                     what: str = "dev split") -> None:
+def check_no_overlap(
+    candidates: Sequence[MathExample], reference: Sequence[MathExample], *, what: str = "dev split"
+) -> None:
     """Raises ValueError listing overlaps when a candidate question occurs in `reference`."""
     overlaps = find_overlaps(candidates, reference)
     if overlaps:
         shown = ", ".join(f"{c} = {r}" for c, r in overlaps[:5])
-        raise ValueError(f"The {what} shares {len(overlaps)} question(s) with the training "
-                         f"data (after normalisation), e.g. {shown}. Build it with "
-                         f"make_ood_dev_split to drop them.")
+        raise ValueError(
+            f"The {what} shares {len(overlaps)} question(s) with the training "
+            f"data (after normalisation), e.g. {shown}. Build it with "
+            f"make_ood_dev_split to drop them."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +90,13 @@ def _order_key(seed: int, example_id: str) -> bytes:
     return hashlib.sha256(f"{seed}\x1f{example_id}".encode()).digest()
 
 
-def make_ood_dev_split(candidates: Sequence[MathExample], *, training: Sequence[MathExample],
-                       dev_size: int, seed: int = 0) -> OODSplit:
+def make_ood_dev_split(
+    candidates: Sequence[MathExample],
+    *,
+    training: Sequence[MathExample],
+    dev_size: int,
+    seed: int = 0,
+) -> OODSplit:
     """Splits out-of-distribution candidates into dev and test, without training questions.
 
     Duplicates of training questions and repeated candidate questions are dropped first.
@@ -112,8 +125,10 @@ def make_ood_dev_split(candidates: Sequence[MathExample], *, training: Sequence[
             seen.add(key)
             kept.append(example)
     if not 0 < dev_size <= len(kept):
-        raise ValueError(f"dev_size must be in [1, {len(kept)}] (the candidates left after "
-                         f"removing {len(removed)} duplicates); got {dev_size}.")
+        raise ValueError(
+            f"dev_size must be in [1, {len(kept)}] (the candidates left after "
+            f"removing {len(removed)} duplicates); got {dev_size}."
+        )
     order = sorted(range(len(kept)), key=lambda i: _order_key(seed, kept[i].id))
     dev_positions = set(order[:dev_size])
     return OODSplit(

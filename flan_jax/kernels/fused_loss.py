@@ -31,6 +31,7 @@ and the per-token statistics are combined across shards (`_combine_shard_stats`)
 logsumexp of the shards' logsumexps, the target logit from the shard that owns the id, the
 argmax from the shard with the largest logit. The backward pass stays per shard as well.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -123,8 +124,9 @@ def _forward_stats(plan: _ChunkPlan, hidden, kernel, ids, teacher, teacher_lse) 
         logits = _chunk_logits(hidden32, kernel, start, plan)  # [n, chunk]
         scaled = jnp.where(fresh, logits * plan.inv_temperature, -jnp.inf)
         new_max = jnp.maximum(run_max, scaled.max(axis=-1))
-        run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.exp(
-            scaled - new_max[:, None]).sum(axis=-1)
+        run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.exp(scaled - new_max[:, None]).sum(
+            axis=-1
+        )
         local, owned = _ids_in_chunk(ids, start, index, plan)
         gathered = gathered + jnp.where(owned, jnp.take_along_axis(logits, local, axis=-1), 0.0)
         logit_sum = logit_sum + jnp.where(fresh, logits, 0.0).sum(axis=-1)
@@ -132,8 +134,10 @@ def _forward_stats(plan: _ChunkPlan, hidden, kernel, ids, teacher, teacher_lse) 
         chunk_best = masked.max(axis=-1)
         chunk_idx = jnp.argmax(masked, axis=-1).astype(jnp.int32) + start
         improved = chunk_best > best  # strict: earlier chunks win ties, like jnp.argmax
-        best, best_idx = jnp.where(improved, chunk_best, best), jnp.where(
-            improved, chunk_idx, best_idx)
+        best, best_idx = (
+            jnp.where(improved, chunk_best, best),
+            jnp.where(improved, chunk_idx, best_idx),
+        )
         if teacher is not None:
             t_logp, t_prob = _teacher_probs(teacher, teacher_lse, start, fresh, plan)
             cross = cross + (t_prob * logits).sum(axis=-1)
@@ -145,12 +149,21 @@ def _forward_stats(plan: _ChunkPlan, hidden, kernel, ids, teacher, teacher_lse) 
     # this runs per vocabulary shard inside `shard_map`; elsewhere it is the same constant.
     zeros = jax.lax.full_like(hidden32, 0.0, shape=(n,))
     minus_inf = jax.lax.full_like(hidden32, -jnp.inf, shape=(n,))
-    init = (minus_inf, zeros, jax.lax.full_like(hidden32, 0.0, shape=ids.shape), zeros,
-            minus_inf, jax.lax.full_like(hidden32, 0, jnp.int32, (n,)), zeros, zeros)
+    init = (
+        minus_inf,
+        zeros,
+        jax.lax.full_like(hidden32, 0.0, shape=ids.shape),
+        zeros,
+        minus_inf,
+        jax.lax.full_like(hidden32, 0, jnp.int32, (n,)),
+        zeros,
+        zeros,
+    )
     carry, _ = jax.lax.scan(body, init, jnp.arange(plan.num_chunks))
     run_max, run_sum, gathered, logit_sum, best, best_idx, cross, neg_ent = carry
-    return _ChunkStats(run_max + jnp.log(run_sum), gathered, logit_sum, best_idx, best, cross,
-                       neg_ent)
+    return _ChunkStats(
+        run_max + jnp.log(run_sum), gathered, logit_sum, best_idx, best, cross, neg_ent
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -173,7 +186,11 @@ def _chunked_stats_bwd(plan, residuals, cotangents):
     hidden, kernel, ids, teacher, teacher_lse, lse = residuals
     # argmax, max_logit and the teacher's entropy carry no gradient.
     g_lse, g_gathered, g_sum, g_cross = (
-        cotangents.lse, cotangents.gathered, cotangents.logit_sum, cotangents.teacher_cross)
+        cotangents.lse,
+        cotangents.gathered,
+        cotangents.logit_sum,
+        cotangents.teacher_cross,
+    )
     n, d = hidden.shape
     hidden32 = hidden.astype(jnp.float32)
     rows = jnp.arange(n)[:, None]
@@ -227,8 +244,10 @@ class VocabSharding:
         axes = (self.axes,) if isinstance(self.axes, str) else tuple(self.axes)
         unknown = [a for a in axes if a not in self.mesh.shape]
         if not axes or unknown:
-            raise ValueError(f"VocabSharding.axes must be a non-empty subset of the mesh axes "
-                             f"{tuple(self.mesh.shape)}; got {self.axes!r}.")
+            raise ValueError(
+                f"VocabSharding.axes must be a non-empty subset of the mesh axes "
+                f"{tuple(self.mesh.shape)}; got {self.axes!r}."
+            )
         object.__setattr__(self, "axes", axes)
 
     @property
@@ -236,8 +255,9 @@ class VocabSharding:
         return math.prod(self.mesh.shape[a] for a in self.axes)
 
 
-def _combine_shard_stats(local: _ChunkStats, offset: jax.Array,
-                         axes: tuple[str, ...]) -> _ChunkStats:
+def _combine_shard_stats(
+    local: _ChunkStats, offset: jax.Array, axes: tuple[str, ...]
+) -> _ChunkStats:
     """Statistics of the whole vocabulary from each shard's (inside `shard_map`).
 
     The logsumexp is rescaled by the largest shard's value (a constant for autodiff, as in
@@ -249,15 +269,23 @@ def _combine_shard_stats(local: _ChunkStats, offset: jax.Array,
     top = jax.lax.pmax(jax.lax.stop_gradient(local.lse), axes)
     lse = top + jnp.log(psum(jnp.exp(local.lse - top)))
     max_logit = jax.lax.pmax(jax.lax.stop_gradient(local.max_logit), axes)
-    candidate = jnp.where(local.max_logit == max_logit, local.argmax + offset,
-                          jnp.iinfo(jnp.int32).max)
-    return _ChunkStats(lse, psum(local.gathered), psum(local.logit_sum),
-                       jax.lax.pmin(candidate, axes), max_logit, psum(local.teacher_cross),
-                       psum(local.teacher_neg_entropy))
+    candidate = jnp.where(
+        local.max_logit == max_logit, local.argmax + offset, jnp.iinfo(jnp.int32).max
+    )
+    return _ChunkStats(
+        lse,
+        psum(local.gathered),
+        psum(local.logit_sum),
+        jax.lax.pmin(candidate, axes),
+        max_logit,
+        psum(local.teacher_cross),
+        psum(local.teacher_neg_entropy),
+    )
 
 
-def _sharded_stats(plan: _ChunkPlan, sharding: VocabSharding, hidden, kernel, ids, teacher,
-                   teacher_lse) -> _ChunkStats:
+def _sharded_stats(
+    plan: _ChunkPlan, sharding: VocabSharding, hidden, kernel, ids, teacher, teacher_lse
+) -> _ChunkStats:
     """`_chunked_stats` with the vocabulary split over `sharding.axes`, one pass per shard.
 
     Every input is made varying over the vocabulary axes before the custom-VJP primitive, so
@@ -269,27 +297,30 @@ def _sharded_stats(plan: _ChunkPlan, sharding: VocabSharding, hidden, kernel, id
         raise ValueError(
             f"the vocabulary ({plan.vocab_size}) must split evenly over the {shards} shards of "
             f"mesh axes {axes}; pad the output layer to a multiple of {shards} (T5's "
-            f"32128 = 2**7 * 251 splits into 2, 4, ..., 128 shards) or shrink those mesh axes.")
+            f"32128 = 2**7 * 251 splits into 2, 4, ..., 128 shards) or shrink those mesh axes."
+        )
     local_vocab = plan.vocab_size // shards
-    local_plan = dataclasses.replace(plan, vocab_size=local_vocab,
-                                     chunk_size=min(plan.chunk_size, local_vocab))
+    local_plan = dataclasses.replace(
+        plan, vocab_size=local_vocab, chunk_size=min(plan.chunk_size, local_vocab)
+    )
     with_teacher = teacher is not None
 
     def per_shard(hidden, kernel, ids, *teacher_args):
         offset = jax.lax.axis_index(axes) * local_vocab
         varying = functools.partial(jax.lax.pcast, axis_name=axes, to="varying")
-        teacher_args = ((teacher_args[0], varying(teacher_args[1])) if with_teacher
-                        else (None, None))
-        local = _chunked_stats(local_plan, varying(hidden), kernel, varying(ids) - offset,
-                               *teacher_args)
+        teacher_args = (teacher_args[0], varying(teacher_args[1])) if with_teacher else (None, None)
+        local = _chunked_stats(
+            local_plan, varying(hidden), kernel, varying(ids) - offset, *teacher_args
+        )
         return _combine_shard_stats(local, offset, axes)
 
     columns, whole = PartitionSpec(None, axes), PartitionSpec()
     args, specs = (hidden, kernel, ids), (whole, columns, whole)
     if with_teacher:
         args, specs = args + (teacher, teacher_lse), specs + (columns, whole)
-    mapped = jax.shard_map(per_shard, mesh=sharding.mesh, in_specs=specs, out_specs=whole,
-                           axis_names=set(axes))
+    mapped = jax.shard_map(
+        per_shard, mesh=sharding.mesh, in_specs=specs, out_specs=whole, axis_names=set(axes)
+    )
     return mapped(*args)
 
 
@@ -299,15 +330,24 @@ def _check_inputs(hidden: jax.Array, kernel: jax.Array, chunk_size: int, tempera
     if hidden.shape[-1] != kernel.shape[0]:
         raise ValueError(
             f"hidden's last dimension ({hidden.shape[-1]}) must equal kernel's first "
-            f"dimension ({kernel.shape[0]}); got hidden {hidden.shape}, kernel {kernel.shape}.")
+            f"dimension ({kernel.shape[0]}); got hidden {hidden.shape}, kernel {kernel.shape}."
+        )
     if not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}.")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0; got {temperature!r}.")
 
 
-def _compute_stats(hidden, kernel, ids, *, temperature=1.0, chunk_size=DEFAULT_CHUNK_SIZE,
-                   teacher_logits=None, vocab_sharding=None) -> _ChunkStats:
+def _compute_stats(
+    hidden,
+    kernel,
+    ids,
+    *,
+    temperature=1.0,
+    chunk_size=DEFAULT_CHUNK_SIZE,
+    teacher_logits=None,
+    vocab_sharding=None,
+) -> _ChunkStats:
     """Flattens leading dimensions and runs the chunked pass; outputs are `[n]` / `[n, k]`."""
     _check_inputs(hidden, kernel, chunk_size, temperature)
     vocab = kernel.shape[1]
@@ -320,14 +360,18 @@ def _compute_stats(hidden, kernel, ids, *, temperature=1.0, chunk_size=DEFAULT_C
         teacher_lse = jax.nn.logsumexp(teacher.astype(jnp.float32) * plan.inv_temperature, -1)
     if vocab_sharding is None or vocab_sharding.num_shards == 1:
         return _chunked_stats(plan, flat_hidden, kernel, flat_ids, teacher, teacher_lse)
-    return _sharded_stats(plan, vocab_sharding, flat_hidden, kernel, flat_ids, teacher,
-                          teacher_lse)
+    return _sharded_stats(plan, vocab_sharding, flat_hidden, kernel, flat_ids, teacher, teacher_lse)
 
 
-def token_logprobs_from_hidden(hidden: jax.Array, kernel: jax.Array, ids: jax.Array, *,
-                               temperature: float = 1.0,
-                               chunk_size: int = DEFAULT_CHUNK_SIZE,
-                               vocab_sharding: VocabSharding | None = None) -> jax.Array:
+def token_logprobs_from_hidden(
+    hidden: jax.Array,
+    kernel: jax.Array,
+    ids: jax.Array,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    vocab_sharding: VocabSharding | None = None,
+) -> jax.Array:
     """Chunked log-softmax of `hidden @ kernel / temperature`, read at `ids`.
 
     Args:
@@ -342,16 +386,28 @@ def token_logprobs_from_hidden(hidden: jax.Array, kernel: jax.Array, ids: jax.Ar
     Returns:
       f32 log-probabilities `[..., k]`.
     """
-    stats = _compute_stats(hidden, kernel, ids, temperature=temperature, chunk_size=chunk_size,
-                           vocab_sharding=vocab_sharding)
+    stats = _compute_stats(
+        hidden,
+        kernel,
+        ids,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        vocab_sharding=vocab_sharding,
+    )
     logprobs = stats.gathered / temperature - stats.lse[:, None]
     return logprobs.reshape(ids.shape)
 
 
-def cross_entropy_from_hidden(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, *,
-                              z_loss: float = 0.0, label_smoothing: float = 0.0,
-                              chunk_size: int = DEFAULT_CHUNK_SIZE,
-                              vocab_sharding: VocabSharding | None = None) -> CrossEntropyOutput:
+def cross_entropy_from_hidden(
+    hidden: jax.Array,
+    kernel: jax.Array,
+    targets: jax.Array,
+    *,
+    z_loss: float = 0.0,
+    label_smoothing: float = 0.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    vocab_sharding: VocabSharding | None = None,
+) -> CrossEntropyOutput:
     """Per-token cross-entropy with z-loss and label smoothing, from hidden states.
 
     Follows the t5x convention: with label smoothing `s` the target puts `1 - s` on the gold
@@ -375,19 +431,22 @@ def cross_entropy_from_hidden(hidden: jax.Array, kernel: jax.Array, targets: jax
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing!r}.")
     if hidden.shape[:-1] != targets.shape:
-        raise ValueError(f"targets shape {targets.shape} must equal hidden's leading "
-                         f"dimensions {hidden.shape[:-1]}.")
+        raise ValueError(
+            f"targets shape {targets.shape} must equal hidden's leading "
+            f"dimensions {hidden.shape[:-1]}."
+        )
     vocab = kernel.shape[-1]
-    stats = _compute_stats(hidden, kernel, targets[..., None], chunk_size=chunk_size,
-                           vocab_sharding=vocab_sharding)
+    stats = _compute_stats(
+        hidden, kernel, targets[..., None], chunk_size=chunk_size, vocab_sharding=vocab_sharding
+    )
     target_logit = stats.gathered[:, 0]
     if label_smoothing > 0.0:
         confidence = 1.0 - label_smoothing
         low = label_smoothing / (vocab - 1)
-        target_entropy = -(confidence * jnp.log(confidence) +
-                           (vocab - 1) * low * jnp.log(low + 1e-20))
-        nll = (stats.lse - (confidence - low) * target_logit - low * stats.logit_sum
-               - target_entropy)
+        target_entropy = -(
+            confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low + 1e-20)
+        )
+        nll = stats.lse - (confidence - low) * target_logit - low * stats.logit_sum - target_entropy
     else:
         nll = stats.lse - target_logit
     z_term = z_loss * jnp.square(stats.lse)
@@ -395,8 +454,9 @@ def cross_entropy_from_hidden(hidden: jax.Array, kernel: jax.Array, targets: jax
     return CrossEntropyOutput(*(x.reshape(targets.shape) for x in (nll + z_term, z_term, correct)))
 
 
-def _tempered_teacher(teacher_logprobs: jax.Array, valid: jax.Array, temperature: float,
-                      missing_mass: str) -> tuple[jax.Array, jax.Array]:
+def _tempered_teacher(
+    teacher_logprobs: jax.Array, valid: jax.Array, temperature: float, missing_mass: str
+) -> tuple[jax.Array, jax.Array]:
     """Teacher log-probs `[n, k]` (0 where invalid) and residual log-mass `[n]` after tempering.
 
     The teacher is known only on its top-k plus one "everything else" bucket of mass
@@ -423,15 +483,24 @@ def _log1mexp(x: jax.Array) -> jax.Array:
     x = jnp.minimum(x, -1e-30)
     near_zero = x > -0.6931472
     # Each branch gets inputs where it is finite, so the unused one cannot put NaN in the grad.
-    return jnp.where(near_zero, jnp.log(-jnp.expm1(jnp.where(near_zero, x, -1.0))),
-                     jnp.log1p(-jnp.exp(jnp.where(near_zero, -1.0, x))))
+    return jnp.where(
+        near_zero,
+        jnp.log(-jnp.expm1(jnp.where(near_zero, x, -1.0))),
+        jnp.log1p(-jnp.exp(jnp.where(near_zero, -1.0, x))),
+    )
 
 
-def sparse_kl_from_hidden(hidden: jax.Array, kernel: jax.Array, teacher_ids: jax.Array,
-                          teacher_logprobs: jax.Array, *, missing_mass: MissingMass = "drop",
-                          temperature: float = 1.0,
-                          chunk_size: int = DEFAULT_CHUNK_SIZE,
-                          vocab_sharding: VocabSharding | None = None) -> jax.Array:
+def sparse_kl_from_hidden(
+    hidden: jax.Array,
+    kernel: jax.Array,
+    teacher_ids: jax.Array,
+    teacher_logprobs: jax.Array,
+    *,
+    missing_mass: MissingMass = "drop",
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    vocab_sharding: VocabSharding | None = None,
+) -> jax.Array:
     """Forward KL(teacher || student) per token from a sparse top-k teacher.
 
     The teacher is given as its top-k `(id, log-prob)` per token. Entries whose log-prob is
@@ -468,14 +537,20 @@ def sparse_kl_from_hidden(hidden: jax.Array, kernel: jax.Array, teacher_ids: jax
     if teacher_ids.shape != teacher_logprobs.shape or teacher_ids.shape[:-1] != hidden.shape[:-1]:
         raise ValueError(
             f"teacher_ids {teacher_ids.shape} and teacher_logprobs {teacher_logprobs.shape} must "
-            f"both be hidden's leading dimensions {hidden.shape[:-1]} plus a top-k axis.")
+            f"both be hidden's leading dimensions {hidden.shape[:-1]} plus a top-k axis."
+        )
     k = teacher_ids.shape[-1]
     logprobs = jax.lax.stop_gradient(teacher_logprobs.reshape(-1, k).astype(jnp.float32))
     valid = logprobs > -jnp.inf
     teacher_logp, teacher_residual = _tempered_teacher(logprobs, valid, temperature, missing_mass)
     student_logp = token_logprobs_from_hidden(
-        hidden, kernel, teacher_ids, temperature=temperature, chunk_size=chunk_size,
-        vocab_sharding=vocab_sharding).reshape(-1, k)
+        hidden,
+        kernel,
+        teacher_ids,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        vocab_sharding=vocab_sharding,
+    ).reshape(-1, k)
     teacher_p = jnp.where(valid, jnp.exp(teacher_logp), 0.0)
     loss = (teacher_p * (teacher_logp - jnp.where(valid, student_logp, 0.0))).sum(-1)
     if missing_mass == "residual":
@@ -483,15 +558,19 @@ def sparse_kl_from_hidden(hidden: jax.Array, kernel: jax.Array, teacher_ids: jax
         student_residual = _log1mexp(student_top)
         residual_p = jnp.exp(teacher_residual)
         safe_teacher = jnp.where(residual_p > 0, teacher_residual, 0.0)
-        loss = loss + jnp.where(residual_p > 0, residual_p * (safe_teacher - student_residual),
-                                0.0)
+        loss = loss + jnp.where(residual_p > 0, residual_p * (safe_teacher - student_residual), 0.0)
     return loss.reshape(teacher_ids.shape[:-1])
 
 
-def dense_kl_from_hidden(hidden: jax.Array, kernel: jax.Array, teacher_logits: jax.Array, *,
-                         temperature: float = 1.0,
-                         chunk_size: int = DEFAULT_CHUNK_SIZE,
-                         vocab_sharding: VocabSharding | None = None) -> jax.Array:
+def dense_kl_from_hidden(
+    hidden: jax.Array,
+    kernel: jax.Array,
+    teacher_logits: jax.Array,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    vocab_sharding: VocabSharding | None = None,
+) -> jax.Array:
     """Forward KL(teacher || student) per token from a local teacher's full logits.
 
     Both distributions are `softmax(logits / temperature)`; the teacher is a constant (no
@@ -511,11 +590,19 @@ def dense_kl_from_hidden(hidden: jax.Array, kernel: jax.Array, teacher_logits: j
       f32 per-token KL `[...]`.
     """
     if teacher_logits.shape != hidden.shape[:-1] + (kernel.shape[-1],):
-        raise ValueError(f"teacher_logits shape {teacher_logits.shape} must be hidden's leading "
-                         f"dimensions {hidden.shape[:-1]} plus the vocabulary ({kernel.shape[-1]}).")
+        raise ValueError(
+            f"teacher_logits shape {teacher_logits.shape} must be hidden's leading "
+            f"dimensions {hidden.shape[:-1]} plus the vocabulary ({kernel.shape[-1]})."
+        )
     no_ids = jnp.zeros(hidden.shape[:-1] + (0,), jnp.int32)
-    stats = _compute_stats(hidden, kernel, no_ids, temperature=temperature,
-                           chunk_size=chunk_size, teacher_logits=teacher_logits,
-                           vocab_sharding=vocab_sharding)
+    stats = _compute_stats(
+        hidden,
+        kernel,
+        no_ids,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        teacher_logits=teacher_logits,
+        vocab_sharding=vocab_sharding,
+    )
     kl = stats.teacher_neg_entropy - (stats.teacher_cross / temperature - stats.lse)
     return kl.reshape(hidden.shape[:-1])

@@ -3,6 +3,7 @@
 The field names follow t5x (`emb_dim`, `mlp_dim`, `head_dim`, ...). Hugging Face names are
 translated in `flan_jax.models.hf_convert`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,28 +64,43 @@ class T5Config:
     remat_policy: str = "none"
 
     def __post_init__(self) -> None:
-        positive = ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
-                    "num_encoder_layers", "num_decoder_layers",
-                    "relative_attention_num_buckets", "relative_attention_max_distance")
+        positive = (
+            "vocab_size",
+            "emb_dim",
+            "num_heads",
+            "head_dim",
+            "mlp_dim",
+            "num_encoder_layers",
+            "num_decoder_layers",
+            "relative_attention_num_buckets",
+            "relative_attention_max_distance",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"T5Config.{name} must be a positive int, got {value!r}.")
         if self.relative_attention_num_buckets % 2:
             # Bidirectional buckets are split in two halves (past / future).
-            raise ValueError("T5Config.relative_attention_num_buckets must be even, got "
-                             f"{self.relative_attention_num_buckets}.")
+            raise ValueError(
+                "T5Config.relative_attention_num_buckets must be even, got "
+                f"{self.relative_attention_num_buckets}."
+            )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
         if not self.layer_norm_epsilon > 0:
-            raise ValueError("T5Config.layer_norm_epsilon must be > 0, got "
-                             f"{self.layer_norm_epsilon!r}.")
-        choices = (("feed_forward", FEED_FORWARD_KINDS), ("dtype", ACTIVATION_DTYPES),
-                   ("remat_policy", REMAT_POLICIES))
+            raise ValueError(
+                f"T5Config.layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}."
+            )
+        choices = (
+            ("feed_forward", FEED_FORWARD_KINDS),
+            ("dtype", ACTIVATION_DTYPES),
+            ("remat_policy", REMAT_POLICIES),
+        )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
-                raise ValueError(f"T5Config.{name} must be one of {allowed}, "
-                                 f"got {getattr(self, name)!r}.")
+                raise ValueError(
+                    f"T5Config.{name} must be one of {allowed}, got {getattr(self, name)!r}."
+                )
         for name in ("tie_word_embeddings", "scan_layers"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"T5Config.{name} must be a bool, got {getattr(self, name)!r}.")
@@ -94,7 +110,7 @@ class T5Config:
         """The jnp dtype of activations (`dtype` as an object)."""
         return jnp.dtype(self.dtype)
 
-    def replace(self, **changes: Any) -> "T5Config":
+    def replace(self, **changes: Any) -> T5Config:
         """Returns a copy with `changes` applied (and validated)."""
         return dataclasses.replace(self, **changes)
 
@@ -103,7 +119,7 @@ class T5Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> "T5Config":
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> T5Config:
         """Builds a config from `to_dict` output, rejecting unknown keys.
 
         Args:
@@ -113,8 +129,9 @@ class T5Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown T5Config field(s) {unknown}; "
-                             f"known fields are {sorted(known)}.")
+            raise ValueError(
+                f"{source}: unknown T5Config field(s) {unknown}; known fields are {sorted(known)}."
+            )
         return cls(**values)
 
     def to_json(self) -> str:
@@ -122,7 +139,7 @@ class T5Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, *, source: str = "config") -> "T5Config":
+    def from_json(cls, text: str, *, source: str = "config") -> T5Config:
         """Parses `to_json` output; `source` names the origin in error messages."""
         try:
             values = json.loads(text)

@@ -15,6 +15,7 @@ Generated token arrays are [batch, max_decode_len]: the tokens after the start t
 EOS (id 1 by default) included and 0 after it. :func:`flan_jax.inference.completion_tokens`
 turns a row into the completion it holds.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +51,7 @@ class DecodeResult:
     scores: Array
 
 
-def _log_probs_step(model: Model, params: Params, state: Any, tokens: Array
-                    ) -> tuple[Array, Any]:
+def _log_probs_step(model: Model, params: Params, state: Any, tokens: Array) -> tuple[Array, Any]:
     """Feeds `tokens` [batch]; returns log-probabilities [batch, vocab] and the new state."""
     logits, state = model.decode_step(params, state, tokens)
     return jax.nn.log_softmax(logits), state
@@ -83,11 +83,21 @@ def filter_logits(logits: Array, *, top_k: int = 0, top_p: float = 1.0) -> Array
     return logits
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_decode_len", "eos_id",
-                                             "temperature", "top_k", "top_p"))
-def _sample_loop(model: Model, params: Params, inputs: Array, rng: Array, *,
-                 max_decode_len: int, eos_id: int, temperature: float, top_k: int,
-                 top_p: float) -> tuple[Array, Array]:
+@functools.partial(
+    jax.jit, static_argnames=("model", "max_decode_len", "eos_id", "temperature", "top_k", "top_p")
+)
+def _sample_loop(
+    model: Model,
+    params: Params,
+    inputs: Array,
+    rng: Array,
+    *,
+    max_decode_len: int,
+    eos_id: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+) -> tuple[Array, Array]:
     batch = inputs.shape[0]
     decode_state = model.init_decode_state(params, inputs, max_decode_len=max_decode_len)
 
@@ -111,17 +121,31 @@ def _sample_loop(model: Model, params: Params, inputs: Array, rng: Array, *,
         out = out.at[:, step].set(token)
         return step + 1, token, out, done | (token == eos_id), total, decode_state, key
 
-    init = (jnp.array(0), jnp.zeros((batch,), jnp.int32),
-            jnp.zeros((batch, max_decode_len), jnp.int32), jnp.zeros((batch,), bool),
-            jnp.zeros((batch,), jnp.float32), decode_state, rng)
+    init = (
+        jnp.array(0),
+        jnp.zeros((batch,), jnp.int32),
+        jnp.zeros((batch, max_decode_len), jnp.int32),
+        jnp.zeros((batch,), bool),
+        jnp.zeros((batch,), jnp.float32),
+        decode_state,
+        rng,
+    )
     _, _, out, _, total, _, _ = jax.lax.while_loop(cond, body, init)
     return out, total
 
 
-def temperature_sample(model: Model, params: Params, inputs: Array, *,
-                       rng: Array | None = None, max_decode_len: int, temperature: float = 1.0,
-                       top_k: int = 0, top_p: float = 1.0, eos_id: int = EOS_ID
-                       ) -> DecodeResult:
+def temperature_sample(
+    model: Model,
+    params: Params,
+    inputs: Array,
+    *,
+    rng: Array | None = None,
+    max_decode_len: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_id: int = EOS_ID,
+) -> DecodeResult:
     """Samples continuations, stopping each row at EOS.
 
     Args:
@@ -149,18 +173,27 @@ def temperature_sample(model: Model, params: Params, inputs: Array, *,
         if temperature != 0.0:
             raise ValueError("temperature_sample needs an rng unless temperature is 0.")
         rng = jax.random.key(0)
-    tokens, scores = _sample_loop(model, params, jnp.asarray(inputs), rng,
-                                  max_decode_len=int(max_decode_len), eos_id=eos_id,
-                                  temperature=float(temperature), top_k=int(top_k),
-                                  top_p=float(top_p))
+    tokens, scores = _sample_loop(
+        model,
+        params,
+        jnp.asarray(inputs),
+        rng,
+        max_decode_len=int(max_decode_len),
+        eos_id=eos_id,
+        temperature=float(temperature),
+        top_k=int(top_k),
+        top_p=float(top_p),
+    )
     return DecodeResult(tokens, scores)
 
 
-def greedy_decode(model: Model, params: Params, inputs: Array, *,
-                  max_decode_len: int, eos_id: int = EOS_ID) -> DecodeResult:
+def greedy_decode(
+    model: Model, params: Params, inputs: Array, *, max_decode_len: int, eos_id: int = EOS_ID
+) -> DecodeResult:
     """Greedy decoding: `temperature_sample` at temperature 0."""
-    return temperature_sample(model, params, inputs, temperature=0.0,
-                              max_decode_len=max_decode_len, eos_id=eos_id)
+    return temperature_sample(
+        model, params, inputs, temperature=0.0, max_decode_len=max_decode_len, eos_id=eos_id
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -174,19 +207,31 @@ def length_penalty(length: Array | int, alpha: float) -> Array:
 def _top_k_along(values: Array, k: int, *arrays: Array) -> tuple[Array, ...]:
     """The k largest `values` [batch, n] and the matching rows of each [batch, n, ...] array."""
     top_values, indices = jax.lax.top_k(values, k)
-    gathered = tuple(jnp.take_along_axis(a, indices.reshape(indices.shape + (1,) * (a.ndim - 2)),
-                                         axis=1) for a in arrays)
+    gathered = tuple(
+        jnp.take_along_axis(a, indices.reshape(indices.shape + (1,) * (a.ndim - 2)), axis=1)
+        for a in arrays
+    )
     return (top_values, indices) + gathered
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_beams", "alpha", "max_decode_len",
-                                             "eos_id"))
-def _beam_search(model: Model, params: Params, inputs: Array, *, num_beams: int, alpha: float,
-                 max_decode_len: int, eos_id: int) -> tuple[Array, Array]:
+@functools.partial(
+    jax.jit, static_argnames=("model", "num_beams", "alpha", "max_decode_len", "eos_id")
+)
+def _beam_search(
+    model: Model,
+    params: Params,
+    inputs: Array,
+    *,
+    num_beams: int,
+    alpha: float,
+    max_decode_len: int,
+    eos_id: int,
+) -> tuple[Array, Array]:
     batch, k, length = inputs.shape[0], num_beams, max_decode_len
     # Row b * k + j of the decode state serves beam j of input b.
-    decode_state = model.init_decode_state(params, jnp.repeat(inputs, k, axis=0),
-                                           max_decode_len=length)
+    decode_state = model.init_decode_state(
+        params, jnp.repeat(inputs, k, axis=0), max_decode_len=length
+    )
     best_bound = length_penalty(length, alpha)
 
     def cond(state: tuple) -> Array:
@@ -199,10 +244,9 @@ def _beam_search(model: Model, params: Params, inputs: Array, *, num_beams: int,
     def body(state: tuple) -> tuple:
         step, alive_seqs, alive_logp, finished_seqs, finished_scores, decode_state = state
         last = jnp.where(step == 0, 0, alive_seqs[:, :, jnp.maximum(step - 1, 0)])
-        log_probs, decode_state = _log_probs_step(model, params, decode_state,
-                                                  last.reshape(-1))
+        log_probs, decode_state = _log_probs_step(model, params, decode_state, last.reshape(-1))
         vocab = log_probs.shape[-1]
-        candidates = (alive_logp[:, :, None] + log_probs.reshape(batch, k, vocab))
+        candidates = alive_logp[:, :, None] + log_probs.reshape(batch, k, vocab)
         # 2k candidates always leave k that did not just end with EOS.
         cand_logp, flat = jax.lax.top_k(candidates.reshape(batch, k * vocab), 2 * k)
         cand_beam, cand_token = flat // vocab, flat % vocab
@@ -210,15 +254,17 @@ def _beam_search(model: Model, params: Params, inputs: Array, *, num_beams: int,
         cand_seqs = cand_seqs.at[:, :, step].set(cand_token)
         ends = (cand_token == eos_id) | (step + 1 == length)
         real = cand_logp > NEG_INF / 2
-        cand_scores = jnp.where(ends & real, cand_logp / length_penalty(step + 1, alpha),
-                                NEG_INF)
+        cand_scores = jnp.where(ends & real, cand_logp / length_penalty(step + 1, alpha), NEG_INF)
         alive_logp, _, alive_seqs, beam = _top_k_along(
-            jnp.where(cand_token == eos_id, NEG_INF, cand_logp), k, cand_seqs, cand_beam)
+            jnp.where(cand_token == eos_id, NEG_INF, cand_logp), k, cand_seqs, cand_beam
+        )
         rows = jnp.arange(batch)[:, None] * k
         decode_state = model.reorder_decode_state(decode_state, (rows + beam).reshape(-1))
         finished_scores, _, finished_seqs = _top_k_along(
-            jnp.concatenate([finished_scores, cand_scores], axis=1), k,
-            jnp.concatenate([finished_seqs, cand_seqs], axis=1))
+            jnp.concatenate([finished_scores, cand_scores], axis=1),
+            k,
+            jnp.concatenate([finished_seqs, cand_seqs], axis=1),
+        )
         return step + 1, alive_seqs, alive_logp, finished_seqs, finished_scores, decode_state
 
     alive_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1)), (batch, 1))
@@ -228,8 +274,16 @@ def _beam_search(model: Model, params: Params, inputs: Array, *, num_beams: int,
     return finished_seqs, finished_scores
 
 
-def beam_search(model: Model, params: Params, inputs: Array, *, max_decode_len: int,
-                num_beams: int = 4, alpha: float = 0.6, eos_id: int = EOS_ID) -> DecodeResult:
+def beam_search(
+    model: Model,
+    params: Params,
+    inputs: Array,
+    *,
+    max_decode_len: int,
+    num_beams: int = 4,
+    alpha: float = 0.6,
+    eos_id: int = EOS_ID,
+) -> DecodeResult:
     """Beam search for the sequences of highest length-penalised log-probability.
 
     A hypothesis is complete when it emits EOS or reaches `max_decode_len` tokens; its score
@@ -253,9 +307,15 @@ def beam_search(model: Model, params: Params, inputs: Array, *, max_decode_len: 
         raise ValueError(f"num_beams must be >= 1, got {num_beams}.")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}.")
-    tokens, scores = _beam_search(model, params, jnp.asarray(inputs), num_beams=int(num_beams),
-                                  alpha=float(alpha), max_decode_len=int(max_decode_len),
-                                  eos_id=eos_id)
+    tokens, scores = _beam_search(
+        model,
+        params,
+        jnp.asarray(inputs),
+        num_beams=int(num_beams),
+        alpha=float(alpha),
+        max_decode_len=int(max_decode_len),
+        eos_id=eos_id,
+    )
     return DecodeResult(tokens, scores)
 
 
@@ -263,8 +323,7 @@ def beam_search(model: Model, params: Params, inputs: Array, *, max_decode_len: 
 # Scoring
 # ------------------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("model",))
-def token_log_likelihoods(model: Model, params: Params, inputs: Array, targets: Array
-                          ) -> Array:
+def token_log_likelihoods(model: Model, params: Params, inputs: Array, targets: Array) -> Array:
     """Log-probability of every target token [batch, target_len]; 0 at padding (id 0).
 
     The fused kernel reads the log-softmax at the targets from the hidden states in
@@ -273,8 +332,9 @@ def token_log_likelihoods(model: Model, params: Params, inputs: Array, targets: 
     batch = model.make_scoring_batch(jnp.asarray(inputs), jnp.asarray(targets))
     hidden = model.hidden_states(params, batch)  # [batch, target_len, embed]
     target_tokens = batch["decoder_target_tokens"]
-    chosen = token_logprobs_from_hidden(hidden, model.output_kernel(params),
-                                        target_tokens[..., None])[..., 0]
+    chosen = token_logprobs_from_hidden(
+        hidden, model.output_kernel(params), target_tokens[..., None]
+    )[..., 0]
     return jnp.where(batch["decoder_loss_weights"] > 0, chosen, 0.0)
 
 

@@ -8,13 +8,15 @@ reproduces every tensor exactly.
 Layouts: torch `nn.Linear` stores weights as [out, in]; flan_jax kernels are [in, out], with
 attention kernels split per head: query/key/value [embed, heads, kv], out [heads, kv, embed].
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +33,9 @@ _EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weigh
 # ------------------------------------------------------------------------------------------
 # Config
 # ------------------------------------------------------------------------------------------
-def config_from_hf(hf_config: Mapping[str, Any], *, source: str = "config.json",
-                   **overrides: Any) -> T5Config:
+def config_from_hf(
+    hf_config: Mapping[str, Any], *, source: str = "config.json", **overrides: Any
+) -> T5Config:
     """Builds a T5Config from a Hugging Face T5 `config.json` dict.
 
     Args:
@@ -40,27 +43,37 @@ def config_from_hf(hf_config: Mapping[str, Any], *, source: str = "config.json",
       source: Named in error messages.
       **overrides: T5Config fields to set (dtype, scan_layers, remat_policy, ...).
     """
-    missing = [k for k in ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers")
-               if k not in hf_config]
+    missing = [
+        k
+        for k in ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers")
+        if k not in hf_config
+    ]
     if missing:
         raise ValueError(f"{source}: missing T5 field(s) {missing}.")
     feed_forward = hf_config.get("feed_forward_proj", "relu")
     if feed_forward not in ("gated-gelu", "relu"):
-        raise ValueError(f"{source}: feed_forward_proj {feed_forward!r} is not supported; "
-                         "expected 'gated-gelu' (T5 1.1, Flan-T5) or 'relu' (T5 1.0).")
+        raise ValueError(
+            f"{source}: feed_forward_proj {feed_forward!r} is not supported; "
+            "expected 'gated-gelu' (T5 1.1, Flan-T5) or 'relu' (T5 1.0)."
+        )
     # transformers 5 always ties the modules and records the T5 1.0 output rescaling as
     # `scale_decoder_outputs`; older configs express the same with `tie_word_embeddings`.
     tied = hf_config.get("scale_decoder_outputs", hf_config.get("tie_word_embeddings", True))
     values = dict(
-        vocab_size=hf_config["vocab_size"], emb_dim=hf_config["d_model"],
-        num_heads=hf_config["num_heads"], head_dim=hf_config["d_kv"],
-        mlp_dim=hf_config["d_ff"], num_encoder_layers=hf_config["num_layers"],
+        vocab_size=hf_config["vocab_size"],
+        emb_dim=hf_config["d_model"],
+        num_heads=hf_config["num_heads"],
+        head_dim=hf_config["d_kv"],
+        mlp_dim=hf_config["d_ff"],
+        num_encoder_layers=hf_config["num_layers"],
         num_decoder_layers=hf_config.get("num_decoder_layers") or hf_config["num_layers"],
         relative_attention_num_buckets=hf_config.get("relative_attention_num_buckets", 32),
         relative_attention_max_distance=hf_config.get("relative_attention_max_distance", 128),
         dropout_rate=float(hf_config.get("dropout_rate", 0.1)),
         layer_norm_epsilon=float(hf_config.get("layer_norm_epsilon", 1e-6)),
-        feed_forward=feed_forward, tie_word_embeddings=bool(tied))
+        feed_forward=feed_forward,
+        tie_word_embeddings=bool(tied),
+    )
     values.update(overrides)
     try:
         return T5Config(**values)
@@ -115,25 +128,38 @@ def _name_table(config: T5Config) -> list[tuple[str, tuple[str, ...], str]]:
     """(Hugging Face name, unscanned flan_jax path, layout) for every tensor."""
     table = [("shared.weight", ("token_embedder", "embedding"), "copy")]
     for stack in ("encoder", "decoder"):
-        table.append((f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                      (stack, "relpos_bias", "rel_embedding"), "transpose"))
+        table.append(
+            (
+                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                (stack, "relpos_bias", "rel_embedding"),
+                "transpose",
+            )
+        )
         norm = "encoder_norm" if stack == "encoder" else "decoder_norm"
         table.append((f"{stack}.final_layer_norm.weight", (stack, norm, "scale"), "copy"))
     for i in range(config.num_encoder_layers):
         hf, path = f"encoder.block.{i}.layer", ("encoder", f"layers_{i}")
         table += _attention_entries(f"{hf}.0.SelfAttention", path + ("attention",))
-        table.append((f"{hf}.0.layer_norm.weight", path + ("pre_attention_layer_norm", "scale"),
-                      "copy"))
+        table.append(
+            (f"{hf}.0.layer_norm.weight", path + ("pre_attention_layer_norm", "scale"), "copy")
+        )
         table += _mlp_entries(config, f"{hf}.1", path)
     for i in range(config.num_decoder_layers):
         hf, path = f"decoder.block.{i}.layer", ("decoder", f"layers_{i}")
         table += _attention_entries(f"{hf}.0.SelfAttention", path + ("self_attention",))
-        table.append((f"{hf}.0.layer_norm.weight",
-                      path + ("pre_self_attention_layer_norm", "scale"), "copy"))
-        table += _attention_entries(f"{hf}.1.EncDecAttention",
-                                    path + ("encoder_decoder_attention",))
-        table.append((f"{hf}.1.layer_norm.weight",
-                      path + ("pre_cross_attention_layer_norm", "scale"), "copy"))
+        table.append(
+            (f"{hf}.0.layer_norm.weight", path + ("pre_self_attention_layer_norm", "scale"), "copy")
+        )
+        table += _attention_entries(
+            f"{hf}.1.EncDecAttention", path + ("encoder_decoder_attention",)
+        )
+        table.append(
+            (
+                f"{hf}.1.layer_norm.weight",
+                path + ("pre_cross_attention_layer_norm", "scale"),
+                "copy",
+            )
+        )
         table += _mlp_entries(config, f"{hf}.2", path)
     if not config.tie_word_embeddings:
         table.append(("lm_head.weight", ("decoder", "logits_dense", "kernel"), "transpose"))
@@ -198,8 +224,9 @@ def _unstack_layers(stack: Params, num_layers: int) -> Params:
     return stack
 
 
-def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: T5Config, *,
-                              source: str = "state dict") -> Params:
+def params_from_hf_state_dict(
+    state_dict: Mapping[str, np.ndarray], config: T5Config, *, source: str = "state dict"
+) -> Params:
     """Converts Hugging Face tensors (numpy, float32) into a flan_jax parameter tree.
 
     Raises:
@@ -211,8 +238,10 @@ def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: T5Co
     if config.tie_word_embeddings:
         lm_head = state_dict.pop("lm_head.weight", None)
         if lm_head is not None and not np.array_equal(lm_head, state_dict.get("shared.weight")):
-            raise ValueError(f"{source}: the config ties the output layer to the embedding "
-                             "(T5 1.0) but lm_head.weight differs from shared.weight.")
+            raise ValueError(
+                f"{source}: the config ties the output layer to the embedding "
+                "(T5 1.0) but lm_head.weight differs from shared.weight."
+            )
     elif "lm_head.weight" not in state_dict and "shared.weight" in state_dict:
         # transformers 5 saves untied T5 1.1 models with a tied (absent) lm_head.
         state_dict["lm_head.weight"] = state_dict["shared.weight"]
@@ -220,8 +249,9 @@ def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: T5Co
     problems = _state_dict_problems(state_dict, table, config)
     if problems:
         more = f"; ... {len(problems) - 8} more" if len(problems) > 8 else ""
-        raise ValueError(f"{source}: the weights do not match the config: "
-                         + "; ".join(problems[:8]) + more)
+        raise ValueError(
+            f"{source}: the weights do not match the config: " + "; ".join(problems[:8]) + more
+        )
     params: Params = {}
     for name, path, layout in table:
         tensor = np.asarray(state_dict[name], dtype=np.float32)
@@ -232,8 +262,9 @@ def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: T5Co
     return params
 
 
-def _state_dict_problems(state_dict: Mapping[str, np.ndarray], table: list[tuple],
-                         config: T5Config) -> list[str]:
+def _state_dict_problems(
+    state_dict: Mapping[str, np.ndarray], table: list[tuple], config: T5Config
+) -> list[str]:
     """Missing, unexpected and wrongly shaped tensors, as readable strings."""
     from flan_jax.models.t5 import abstract_params  # Deferred: pulls in flax.
 
@@ -245,8 +276,9 @@ def _state_dict_problems(state_dict: Mapping[str, np.ndarray], table: list[tuple
         if name not in state_dict:
             problems.append(f"missing {name} {expected}")
         elif tuple(state_dict[name].shape) != expected:
-            problems.append(f"{name} has shape {tuple(state_dict[name].shape)}, "
-                            f"config expects {expected}")
+            problems.append(
+                f"{name} has shape {tuple(state_dict[name].shape)}, config expects {expected}"
+            )
     return problems
 
 
@@ -256,9 +288,12 @@ def hf_state_dict_from_params(params: Params, config: T5Config) -> StateDict:
     if config.scan_layers:
         params["encoder"] = _unstack_layers(params["encoder"], config.num_encoder_layers)
         params["decoder"] = _unstack_layers(params["decoder"], config.num_decoder_layers)
-    return {name: np.ascontiguousarray(_to_torch(np.asarray(_get_path(params, path),
-                                                            dtype=np.float32), layout))
-            for name, path, layout in _name_table(config)}
+    return {
+        name: np.ascontiguousarray(
+            _to_torch(np.asarray(_get_path(params, path), dtype=np.float32), layout)
+        )
+        for name, path, layout in _name_table(config)
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -266,8 +301,10 @@ def hf_state_dict_from_params(params: Params, config: T5Config) -> StateDict:
 # ------------------------------------------------------------------------------------------
 def _read_weight_files(hf_dir: Path) -> StateDict:
     """Reads the tensors of a Hugging Face directory as float32 numpy arrays."""
-    for index_name, single_name in (("model.safetensors.index.json", "model.safetensors"),
-                                    ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+    for index_name, single_name in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
         if (hf_dir / index_name).is_file():
             try:
                 weight_map = json.loads((hf_dir / index_name).read_text())["weight_map"]
@@ -279,8 +316,10 @@ def _read_weight_files(hf_dir: Path) -> StateDict:
             files = [single_name]
             break
     else:
-        raise FileNotFoundError(f"{hf_dir} holds no model.safetensors or pytorch_model.bin "
-                                "(nor a sharded *.index.json).")
+        raise FileNotFoundError(
+            f"{hf_dir} holds no model.safetensors or pytorch_model.bin "
+            "(nor a sharded *.index.json)."
+        )
     state_dict: StateDict = {}
     for name in files:
         state_dict.update(_read_one_weight_file(hf_dir / name))
@@ -305,8 +344,9 @@ def _read_one_weight_file(path: Path) -> StateDict:
         raise ValueError(f"{path}: cannot read the weights ({error}).") from error
 
 
-def load_hf_directory(hf_dir: str | os.PathLike, **overrides: Any
-                      ) -> tuple[Params, T5Config, Path | None]:
+def load_hf_directory(
+    hf_dir: str | os.PathLike, **overrides: Any
+) -> tuple[Params, T5Config, Path | None]:
     """Imports a Hugging Face T5 / Flan-T5 directory.
 
     Args:
@@ -319,23 +359,30 @@ def load_hf_directory(hf_dir: str | os.PathLike, **overrides: Any
     hf_dir = Path(hf_dir)
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} is missing: {hf_dir} is not a Hugging Face "
-                                "model directory.")
+        raise FileNotFoundError(
+            f"{config_path} is missing: {hf_dir} is not a Hugging Face model directory."
+        )
     try:
         hf_config = json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{config_path}: not valid JSON ({error}).") from error
     if hf_config.get("model_type", "t5") != "t5":
-        raise ValueError(f"{config_path}: model_type is {hf_config.get('model_type')!r}, "
-                         "only 't5' is supported.")
+        raise ValueError(
+            f"{config_path}: model_type is {hf_config.get('model_type')!r}, only 't5' is supported."
+        )
     config = config_from_hf(hf_config, source=str(config_path), **overrides)
     params = params_from_hf_state_dict(_read_weight_files(hf_dir), config, source=str(hf_dir))
     vocab_path = hf_dir / "spiece.model"
     return params, config, vocab_path if vocab_path.is_file() else None
 
 
-def save_hf_directory(out_dir: str | os.PathLike, *, params: Params, config: T5Config,
-                      vocab_path: str | os.PathLike | None = None) -> Path:
+def save_hf_directory(
+    out_dir: str | os.PathLike,
+    *,
+    params: Params,
+    config: T5Config,
+    vocab_path: str | os.PathLike | None = None,
+) -> Path:
     """Exports a directory that `T5ForConditionalGeneration.from_pretrained` loads.
 
     The directory is written under a temporary name and renamed into place, so an
@@ -353,10 +400,14 @@ def save_hf_directory(out_dir: str | os.PathLike, *, params: Params, config: T5C
     from safetensors.numpy import save_file
 
     with file_io.atomic_output_directory(out_dir) as temp_dir:
-        save_file(hf_state_dict_from_params(params, config),
-                  str(temp_dir / "model.safetensors"), metadata={"format": "pt"})
+        save_file(
+            hf_state_dict_from_params(params, config),
+            str(temp_dir / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         (temp_dir / "config.json").write_text(
-            json.dumps(hf_config_from_config(config), indent=2) + "\n")
+            json.dumps(hf_config_from_config(config), indent=2) + "\n"
+        )
         if vocab_path is not None:
             shutil.copyfile(vocab_path, temp_dir / "spiece.model")
     return Path(out_dir)

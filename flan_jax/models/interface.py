@@ -61,8 +61,9 @@ class Model(Protocol):
         """Logical axis names of every parameter, as ``PartitionSpec`` leaves."""
         ...
 
-    def hidden_states(self, params: Params, batch: Batch, *,
-                      dropout_rng: Array | None = None) -> Array:
+    def hidden_states(
+        self, params: Params, batch: Batch, *, dropout_rng: Array | None = None
+    ) -> Array:
         """Final hidden states ``[batch, length, embed]`` aligned with the targets.
 
         Dropout is applied when ``dropout_rng`` is given (training) and not otherwise.
@@ -73,8 +74,7 @@ class Model(Protocol):
         """The ``[embed, vocab]`` projection: ``logits == hidden @ output_kernel(params)``."""
         ...
 
-    def train_flops_per_step(self, *, batch_size: int, feature_lengths: Mapping[str, int]
-                             ) -> float:
+    def train_flops_per_step(self, *, batch_size: int, feature_lengths: Mapping[str, int]) -> float:
         """Matmul FLOPs of one training step (forward + backward), for MFU."""
         ...
 
@@ -87,14 +87,17 @@ class Model(Protocol):
         """
         ...
 
-    def init_decode_state(self, params: Params, inputs: Array, *,
-                          max_decode_len: int) -> DecodeState:
+    def init_decode_state(
+        self, params: Params, inputs: Array, *, max_decode_len: int
+    ) -> DecodeState:
         """The decode state before the first generated token (row i serves ``inputs[i]``)."""
         ...
 
-    def decode_step(self, params: Params, state: DecodeState, tokens: Array
-                    ) -> tuple[Array, DecodeState]:
-        """Feeds ``tokens`` ``[batch]`` (0, the start id, first); float32 logits ``[batch, vocab]``."""
+    def decode_step(
+        self, params: Params, state: DecodeState, tokens: Array
+    ) -> tuple[Array, DecodeState]:
+        """Feeds ``tokens`` ``[batch]`` (the start id 0 first); returns f32 ``[batch, vocab]``
+        logits of the next token and the advanced state."""
         ...
 
     def reorder_decode_state(self, state: DecodeState, indices: Array) -> DecodeState:

@@ -8,10 +8,11 @@ Parameters are float32 and carry logical axis names (t5x convention) through
 `nn.with_logical_partitioning`; activations are constrained with `nn.with_logical_constraint`,
 which is a no-op outside a mesh.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -75,8 +76,9 @@ def default_positions(tokens: Array) -> Array:
     return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
 
 
-def relative_position_bucket(relative_position: Array, *, bidirectional: bool,
-                             num_buckets: int, max_distance: int) -> Array:
+def relative_position_bucket(
+    relative_position: Array, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Array:
     """Maps relative positions (key - query) to bucket ids, as Mesh TensorFlow T5 does.
 
     Half of the buckets (per direction) hold exact small distances, the other half
@@ -104,8 +106,11 @@ def relative_position_bucket(relative_position: Array, *, bidirectional: bool,
     # float32 arithmetic in the reference's order, so the truncation matches it bucket for
     # bucket; the maximum avoids log(0) on entries that `is_small` discards anyway.
     ratio = jnp.maximum(distance, 1).astype(jnp.float32) / max_exact
-    scaled = (jnp.log(ratio) / np.float32(math.log(max_distance / max_exact))
-              * np.float32(num_buckets - max_exact))
+    scaled = (
+        jnp.log(ratio)
+        / np.float32(math.log(max_distance / max_exact))
+        * np.float32(num_buckets - max_exact)
+    )
     if_large = jnp.minimum(max_exact + scaled.astype(jnp.int32), num_buckets - 1)
     return buckets + jnp.where(is_small, distance.astype(jnp.int32), if_large)
 
@@ -136,9 +141,12 @@ class EinsumDense(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         shape = tuple(x.shape[-1] if size == 0 else size for size in self.kernel_shape)
-        kernel = self.param("kernel", nn.with_logical_partitioning(normal_init(self.stddev),
-                                                                   self.kernel_axes),
-                            shape, jnp.float32)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(normal_init(self.stddev), self.kernel_axes),
+            shape,
+            jnp.float32,
+        )
         return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
 
 
@@ -155,11 +163,16 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                           (x.shape[-1],), jnp.float32)
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            (x.shape[-1],),
+            jnp.float32,
+        )
         x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-                                     + self.epsilon)
+        normed = x32 * jax.lax.rsqrt(
+            jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon
+        )
         return (normed * scale).astype(self.dtype)
 
 
@@ -186,11 +199,16 @@ class RelativePositionBias(nn.Module):
         table = self.param(
             "rel_embedding",
             nn.with_logical_partitioning(normal_init(1.0), ("heads", "relpos_buckets")),
-            (self.num_heads, self.num_buckets), jnp.float32)  # [heads, buckets]
+            (self.num_heads, self.num_buckets),
+            jnp.float32,
+        )  # [heads, buckets]
         relative = key_positions[:, None, :] - query_positions[:, :, None]  # [b, q, k]
-        buckets = relative_position_bucket(relative, bidirectional=self.bidirectional,
-                                           num_buckets=self.num_buckets,
-                                           max_distance=self.max_distance)
+        buckets = relative_position_bucket(
+            relative,
+            bidirectional=self.bidirectional,
+            num_buckets=self.num_buckets,
+            max_distance=self.max_distance,
+        )
         bias = jnp.take(table, buckets, axis=1)  # [heads, b, q, k]
         return jnp.transpose(bias, (1, 0, 2, 3)).astype(self.dtype)
 
@@ -218,14 +236,27 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     cache_mode: str = "append"
 
-    def _projection(self, name: str, stddev: float) -> "EinsumDense":
-        return EinsumDense((0, self.num_heads, self.head_dim), ("embed", "heads", "kv"),
-                           "bld,dhk->blhk", stddev, self.dtype, name=name)
+    def _projection(self, name: str, stddev: float) -> EinsumDense:
+        return EinsumDense(
+            (0, self.num_heads, self.head_dim),
+            ("embed", "heads", "kv"),
+            "bld,dhk->blhk",
+            stddev,
+            self.dtype,
+            name=name,
+        )
 
     @nn.compact
-    def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array | None, *,
-                 deterministic: bool = True, decode: bool = False,
-                 cache_index: Array | None = None) -> Array:
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_kv: Array,
+        bias: Array | None,
+        *,
+        deterministic: bool = True,
+        decode: bool = False,
+        cache_index: Array | None = None,
+    ) -> Array:
         """Attends from `inputs_q` [batch, q_len, embed] to `inputs_kv` [batch, kv_len, embed].
 
         Args:
@@ -242,8 +273,8 @@ class MultiHeadAttention(nn.Module):
         """
         emb_dim = inputs_q.shape[-1]
         query = self._projection("query", (emb_dim * self.head_dim) ** -0.5)(inputs_q)
-        key_proj = self._projection("key", emb_dim ** -0.5)
-        value_proj = self._projection("value", emb_dim ** -0.5)
+        key_proj = self._projection("key", emb_dim**-0.5)
+        value_proj = self._projection("value", emb_dim**-0.5)
         if decode:
             key, value = self._cached_key_value(inputs_kv, key_proj, value_proj, cache_index)
         else:
@@ -258,19 +289,31 @@ class MultiHeadAttention(nn.Module):
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         mixed = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [batch, q, heads, kv]
-        out = EinsumDense((self.num_heads, self.head_dim, emb_dim), ("heads", "kv", "embed"),
-                          "blhk,hkd->bld", (self.num_heads * self.head_dim) ** -0.5, self.dtype,
-                          name="out")(mixed)
+        out = EinsumDense(
+            (self.num_heads, self.head_dim, emb_dim),
+            ("heads", "kv", "embed"),
+            "blhk,hkd->bld",
+            (self.num_heads * self.head_dim) ** -0.5,
+            self.dtype,
+            name="out",
+        )(mixed)
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))
 
-    def _cached_key_value(self, inputs_kv: Array, key_proj: nn.Module, value_proj: nn.Module,
-                          cache_index: Array | None) -> tuple[Array, Array]:
+    def _cached_key_value(
+        self,
+        inputs_kv: Array,
+        key_proj: nn.Module,
+        value_proj: nn.Module,
+        cache_index: Array | None,
+    ) -> tuple[Array, Array]:
         """Reads (and for "append", updates) the cache; creates it on the first call."""
         initialized = self.has_variable("cache", "cached_key")
         if self.cache_mode == "static":
             if initialized:
-                return (self.get_variable("cache", "cached_key"),
-                        self.get_variable("cache", "cached_value"))
+                return (
+                    self.get_variable("cache", "cached_key"),
+                    self.get_variable("cache", "cached_value"),
+                )
             key, value = key_proj(inputs_kv), value_proj(inputs_kv)
             self.put_variable("cache", "cached_key", key)
             self.put_variable("cache", "cached_value", value)
@@ -285,9 +328,11 @@ class MultiHeadAttention(nn.Module):
             return key, value
         start = (0, cache_index, 0, 0)
         cached_key = jax.lax.dynamic_update_slice(
-            self.get_variable("cache", "cached_key"), key.astype(self.dtype), start)
+            self.get_variable("cache", "cached_key"), key.astype(self.dtype), start
+        )
         cached_value = jax.lax.dynamic_update_slice(
-            self.get_variable("cache", "cached_value"), value.astype(self.dtype), start)
+            self.get_variable("cache", "cached_value"), value.astype(self.dtype), start
+        )
         self.put_variable("cache", "cached_key", cached_key)
         self.put_variable("cache", "cached_value", cached_value)
         return cached_key, cached_value
@@ -309,9 +354,14 @@ class MlpBlock(nn.Module):
     dropout_rate: float = 0.0
 
     def _dense(self, features: int, axes: tuple[str, str], fan_in: int, name: str) -> nn.Dense:
-        return nn.Dense(features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                        name=name, kernel_init=nn.with_logical_partitioning(
-                            normal_init(fan_in ** -0.5), axes))
+        return nn.Dense(
+            features,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name=name,
+            kernel_init=nn.with_logical_partitioning(normal_init(fan_in**-0.5), axes),
+        )
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
@@ -319,8 +369,9 @@ class MlpBlock(nn.Module):
         emb_dim = x.shape[-1]
         if self.kind == "gated-gelu":
             # The tanh approximation of GELU, as the published T5 1.1 checkpoints use.
-            gate = jax.nn.gelu(self._dense(self.mlp_dim, ("embed", "mlp"), emb_dim, "wi_0")(x),
-                               approximate=True)
+            gate = jax.nn.gelu(
+                self._dense(self.mlp_dim, ("embed", "mlp"), emb_dim, "wi_0")(x), approximate=True
+            )
             hidden = gate * self._dense(self.mlp_dim, ("embed", "mlp"), emb_dim, "wi_1")(x)
         elif self.kind == "relu":
             hidden = jax.nn.relu(self._dense(self.mlp_dim, ("embed", "mlp"), emb_dim, "wi")(x))
@@ -347,9 +398,11 @@ class Embed(nn.Module):
 
     def setup(self) -> None:
         self.embedding = self.param(
-            "embedding", nn.with_logical_partitioning(normal_init(1.0),
-                                                      ("vocab", "embed")),
-            (self.num_embeddings, self.features), jnp.float32)
+            "embedding",
+            nn.with_logical_partitioning(normal_init(1.0), ("vocab", "embed")),
+            (self.num_embeddings, self.features),
+            jnp.float32,
+        )
 
     def __call__(self, tokens: Array) -> Array:
         """Looks up [batch, length] int tokens -> [batch, length, embed]."""

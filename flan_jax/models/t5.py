@@ -9,26 +9,37 @@ subtree whose leaves carry a leading "layers" axis):
                        pre_mlp_layer_norm/scale, mlp/{wi_0,wi_1 | wi,wo}/kernel
     encoder/encoder_norm/scale
     decoder/relpos_bias/rel_embedding
-    decoder/layers_{i}/pre_self_attention_layer_norm, self_attention, pre_cross_attention_layer_norm,
+    decoder/layers_{i}/pre_self_attention_layer_norm, self_attention,
+                       pre_cross_attention_layer_norm,
                        encoder_decoder_attention, pre_mlp_layer_norm, mlp
     decoder/decoder_norm/scale
     decoder/logits_dense/kernel                 [embed, vocab]   (absent when tied)
 """
+
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-import flax.struct
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from flan_jax.models.config import T5Config
-from flan_jax.models.layers import (Embed, MlpBlock, MultiHeadAttention, RelativePositionBias,
-                                    RMSNorm, default_positions, make_causal_mask,
-                                    make_segment_mask, mask_to_bias, normal_init)
+from flan_jax.models.layers import (
+    Embed,
+    MlpBlock,
+    MultiHeadAttention,
+    RelativePositionBias,
+    RMSNorm,
+    default_positions,
+    make_causal_mask,
+    make_segment_mask,
+    mask_to_bias,
+    normal_init,
+)
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -61,14 +72,15 @@ class EncoderLayer(nn.Module):
         cfg, dtype = self.config, self.config.activation_dtype
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         normed = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
-        attended = MultiHeadAttention(cfg.num_heads, cfg.head_dim, dtype, cfg.dropout_rate,
-                                      name="attention")(normed, normed, bias,
-                                                        deterministic=self.deterministic)
+        attended = MultiHeadAttention(
+            cfg.num_heads, cfg.head_dim, dtype, cfg.dropout_rate, name="attention"
+        )(normed, normed, bias, deterministic=self.deterministic)
         x = x + dropout(attended, deterministic=self.deterministic)
         normed = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
         mlp = MlpBlock(cfg.mlp_dim, cfg.feed_forward, dtype, cfg.dropout_rate, name="mlp")
-        x = x + dropout(mlp(normed, deterministic=self.deterministic),
-                        deterministic=self.deterministic)
+        x = x + dropout(
+            mlp(normed, deterministic=self.deterministic), deterministic=self.deterministic
+        )
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return (x, None) if self.scanned else x
 
@@ -94,23 +106,38 @@ class DecoderLayer(nn.Module):
     scanned: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, self_bias: Array, encoded: Array | None,
-                 cross_bias: Array | None, cache_index: Array | None
-                 ) -> Array | tuple[Array, None]:
+    def __call__(
+        self,
+        x: Array,
+        self_bias: Array,
+        encoded: Array | None,
+        cross_bias: Array | None,
+        cache_index: Array | None,
+    ) -> Array | tuple[Array, None]:
         cfg, dtype, det = self.config, self.config.activation_dtype, self.deterministic
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         normed = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(x)
-        attended = MultiHeadAttention(cfg.num_heads, cfg.head_dim, dtype, cfg.dropout_rate,
-                                      cache_mode="append", name="self_attention")(
-            normed, normed, self_bias, deterministic=det, decode=self.decode,
-            cache_index=cache_index)
+        attended = MultiHeadAttention(
+            cfg.num_heads,
+            cfg.head_dim,
+            dtype,
+            cfg.dropout_rate,
+            cache_mode="append",
+            name="self_attention",
+        )(normed, normed, self_bias, deterministic=det, decode=self.decode, cache_index=cache_index)
         x = x + dropout(attended, deterministic=det)
         if self.has_cross_attention:
-            normed = RMSNorm(cfg.layer_norm_epsilon, dtype,
-                             name="pre_cross_attention_layer_norm")(x)
-            attended = MultiHeadAttention(cfg.num_heads, cfg.head_dim, dtype, cfg.dropout_rate,
-                                          cache_mode="static", name="encoder_decoder_attention")(
-                normed, encoded, cross_bias, deterministic=det, decode=self.decode)
+            normed = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(
+                x
+            )
+            attended = MultiHeadAttention(
+                cfg.num_heads,
+                cfg.head_dim,
+                dtype,
+                cfg.dropout_rate,
+                cache_mode="static",
+                name="encoder_decoder_attention",
+            )(normed, encoded, cross_bias, deterministic=det, decode=self.decode)
             x = x + dropout(attended, deterministic=det)
         normed = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
         mlp = MlpBlock(cfg.mlp_dim, cfg.feed_forward, dtype, cfg.dropout_rate, name="mlp")
@@ -119,8 +146,14 @@ class DecoderLayer(nn.Module):
         return (x, None) if self.scanned else x
 
 
-def apply_layer_stack(layer_cls: type[nn.Module], config: T5Config, num_layers: int,
-                      x: Array, *args: Any, **attributes: Any) -> Array:
+def apply_layer_stack(
+    layer_cls: type[nn.Module],
+    config: T5Config,
+    num_layers: int,
+    x: Array,
+    *args: Any,
+    **attributes: Any,
+) -> Array:
     """Runs `num_layers` copies of `layer_cls` over `x`, scanned and/or rematerialised.
 
     Must be called from inside a compact method; the layers are named `layers_{i}`, or
@@ -135,13 +168,20 @@ def apply_layer_stack(layer_cls: type[nn.Module], config: T5Config, num_layers: 
       **attributes: Module attributes of every layer (deterministic, decode, ...).
     """
     if config.remat_policy != "none":
-        layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[config.remat_policy],
-                             prevent_cse=not config.scan_layers)
+        layer_cls = nn.remat(
+            layer_cls,
+            policy=_REMAT_POLICIES[config.remat_policy],
+            prevent_cse=not config.scan_layers,
+        )
     if config.scan_layers:
-        stack = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0},
-                        split_rngs={"params": True, "dropout": True},
-                        in_axes=(nn.broadcast,) * len(args), length=num_layers,
-                        metadata_params={nn.PARTITION_NAME: "layers"})
+        stack = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0, "cache": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * len(args),
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
         x, _ = stack(config=config, scanned=True, name="layers", **attributes)(x, *args)
         return x
     for i in range(num_layers):
@@ -153,9 +193,14 @@ def apply_layer_stack(layer_cls: type[nn.Module], config: T5Config, num_layers: 
 # Stacks
 # ------------------------------------------------------------------------------------------
 def _relpos(config: T5Config, bidirectional: bool) -> RelativePositionBias:
-    return RelativePositionBias(config.relative_attention_num_buckets,
-                                config.relative_attention_max_distance, config.num_heads,
-                                bidirectional, config.activation_dtype, name="relpos_bias")
+    return RelativePositionBias(
+        config.relative_attention_num_buckets,
+        config.relative_attention_max_distance,
+        config.num_heads,
+        bidirectional,
+        config.activation_dtype,
+        name="relpos_bias",
+    )
 
 
 class Encoder(nn.Module):
@@ -170,8 +215,9 @@ class Encoder(nn.Module):
     embedder: Embed
 
     @nn.compact
-    def __call__(self, tokens: Array, segment_ids: Array | None, positions: Array | None,
-                 deterministic: bool) -> Array:
+    def __call__(
+        self, tokens: Array, segment_ids: Array | None, positions: Array | None, deterministic: bool
+    ) -> Array:
         cfg = self.config
         if segment_ids is None:
             segment_ids = (tokens > 0).astype(jnp.int32)
@@ -181,8 +227,9 @@ class Encoder(nn.Module):
         bias = bias + mask_to_bias(make_segment_mask(segment_ids, segment_ids), bias.dtype)
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         x = dropout(self.embedder(tokens), deterministic=deterministic)
-        x = apply_layer_stack(EncoderLayer, cfg, cfg.num_encoder_layers, x, bias,
-                              deterministic=deterministic)
+        x = apply_layer_stack(
+            EncoderLayer, cfg, cfg.num_encoder_layers, x, bias, deterministic=deterministic
+        )
         x = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="encoder_norm")(x)
         return dropout(x, deterministic=deterministic)
 
@@ -199,9 +246,19 @@ class Decoder(nn.Module):
     embedder: Embed
 
     @nn.compact
-    def __call__(self, encoded: Array, encoder_segment_ids: Array, tokens: Array,
-                 segment_ids: Array | None, positions: Array | None, *, deterministic: bool,
-                 decode: bool, max_decode_len: int | None, return_hidden: bool) -> Array:
+    def __call__(
+        self,
+        encoded: Array,
+        encoder_segment_ids: Array,
+        tokens: Array,
+        segment_ids: Array | None,
+        positions: Array | None,
+        *,
+        deterministic: bool,
+        decode: bool,
+        max_decode_len: int | None,
+        return_hidden: bool,
+    ) -> Array:
         cfg = self.config
         stepping = decode and self.has_variable("cache", "cache_index")
         if stepping:
@@ -210,32 +267,49 @@ class Decoder(nn.Module):
         else:
             self_bias, cache_index = self._full_bias(tokens, segment_ids, positions, decode)
             query_segments = jnp.ones_like(tokens) if segment_ids is None else segment_ids
-        cross_bias = mask_to_bias(make_segment_mask(query_segments, encoder_segment_ids),
-                                  cfg.activation_dtype)
+        cross_bias = mask_to_bias(
+            make_segment_mask(query_segments, encoder_segment_ids), cfg.activation_dtype
+        )
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         x = dropout(self.embedder(tokens), deterministic=deterministic)
-        x = apply_layer_stack(DecoderLayer, cfg, cfg.num_decoder_layers, x, self_bias, encoded,
-                              cross_bias, cache_index, deterministic=deterministic,
-                              decode=decode)
+        x = apply_layer_stack(
+            DecoderLayer,
+            cfg,
+            cfg.num_decoder_layers,
+            x,
+            self_bias,
+            encoded,
+            cross_bias,
+            cache_index,
+            deterministic=deterministic,
+            decode=decode,
+        )
         x = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="decoder_norm")(x)
         x = dropout(x, deterministic=deterministic)
         if cfg.tie_word_embeddings:
             # T5 1.0 rescales before reusing the embedding as the output projection.
-            x = x * cfg.emb_dim ** -0.5
+            x = x * cfg.emb_dim**-0.5
         if return_hidden:
             return x
         if cfg.tie_word_embeddings:
             logits = self.embedder.attend(x)
         else:
-            logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.activation_dtype,
-                              param_dtype=jnp.float32, name="logits_dense",
-                              kernel_init=nn.with_logical_partitioning(
-                                  normal_init(cfg.emb_dim ** -0.5), ("embed", "vocab")))(x)
+            logits = nn.Dense(
+                cfg.vocab_size,
+                use_bias=False,
+                dtype=cfg.activation_dtype,
+                param_dtype=jnp.float32,
+                name="logits_dense",
+                kernel_init=nn.with_logical_partitioning(
+                    normal_init(cfg.emb_dim**-0.5), ("embed", "vocab")
+                ),
+            )(x)
         logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
         return logits.astype(jnp.float32)
 
-    def _full_bias(self, tokens: Array, segment_ids: Array | None, positions: Array | None,
-                   decode: bool) -> tuple[Array, None]:
+    def _full_bias(
+        self, tokens: Array, segment_ids: Array | None, positions: Array | None, decode: bool
+    ) -> tuple[Array, None]:
         """Causal bias over a whole sequence; in decode mode also creates the step counter."""
         if decode:
             self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
@@ -254,8 +328,9 @@ class Decoder(nn.Module):
         if max_decode_len is None:
             raise ValueError("Decoder: max_decode_len is required for cached decoding steps.")
         if tokens.shape[1] != 1:
-            raise ValueError(f"Decoder: cached decoding takes one token per step, got "
-                             f"{tokens.shape[1]}.")
+            raise ValueError(
+                f"Decoder: cached decoding takes one token per step, got {tokens.shape[1]}."
+            )
         counter = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
         index = counter.value
         counter.value = index + 1
@@ -284,18 +359,33 @@ class EncoderDecoder(nn.Module):
         self.encoder = Encoder(cfg, self.token_embedder)
         self.decoder = Decoder(cfg, self.token_embedder)
 
-    def encode(self, encoder_input_tokens: Array, *, encoder_segment_ids: Array | None = None,
-               encoder_positions: Array | None = None, enable_dropout: bool = False) -> Array:
+    def encode(
+        self,
+        encoder_input_tokens: Array,
+        *,
+        encoder_segment_ids: Array | None = None,
+        encoder_positions: Array | None = None,
+        enable_dropout: bool = False,
+    ) -> Array:
         """Encodes [batch, enc_len] tokens into [batch, enc_len, embed] states."""
-        return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions,
-                            not enable_dropout)
+        return self.encoder(
+            encoder_input_tokens, encoder_segment_ids, encoder_positions, not enable_dropout
+        )
 
-    def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array, *,
-               encoder_segment_ids: Array | None = None,
-               decoder_segment_ids: Array | None = None,
-               decoder_positions: Array | None = None, enable_dropout: bool = False,
-               decode: bool = False, max_decode_len: int | None = None,
-               return_hidden: bool = False) -> Array:
+    def decode(
+        self,
+        encoded: Array,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array,
+        *,
+        encoder_segment_ids: Array | None = None,
+        decoder_segment_ids: Array | None = None,
+        decoder_positions: Array | None = None,
+        enable_dropout: bool = False,
+        decode: bool = False,
+        max_decode_len: int | None = None,
+        return_hidden: bool = False,
+    ) -> Array:
         """Runs the decoder on `encoded` states.
 
         With `decode=True` the first call (full-length `decoder_input_tokens`
@@ -319,17 +409,30 @@ class EncoderDecoder(nn.Module):
         """
         if encoder_segment_ids is None:
             encoder_segment_ids = (encoder_input_tokens > 0).astype(jnp.int32)
-        return self.decoder(encoded, encoder_segment_ids, decoder_input_tokens,
-                            decoder_segment_ids, decoder_positions,
-                            deterministic=not enable_dropout, decode=decode,
-                            max_decode_len=max_decode_len, return_hidden=return_hidden)
+        return self.decoder(
+            encoded,
+            encoder_segment_ids,
+            decoder_input_tokens,
+            decoder_segment_ids,
+            decoder_positions,
+            deterministic=not enable_dropout,
+            decode=decode,
+            max_decode_len=max_decode_len,
+            return_hidden=return_hidden,
+        )
 
-    def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, *,
-                 encoder_segment_ids: Array | None = None,
-                 decoder_segment_ids: Array | None = None,
-                 encoder_positions: Array | None = None,
-                 decoder_positions: Array | None = None, enable_dropout: bool = False,
-                 return_hidden: bool = False) -> Array:
+    def __call__(
+        self,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array,
+        *,
+        encoder_segment_ids: Array | None = None,
+        decoder_segment_ids: Array | None = None,
+        encoder_positions: Array | None = None,
+        decoder_positions: Array | None = None,
+        enable_dropout: bool = False,
+        return_hidden: bool = False,
+    ) -> Array:
         """Teacher-forced forward pass.
 
         Args:
@@ -346,14 +449,22 @@ class EncoderDecoder(nn.Module):
         Returns:
           float32 logits [batch, dec_len, vocab], or the hidden states.
         """
-        encoded = self.encode(encoder_input_tokens, encoder_segment_ids=encoder_segment_ids,
-                              encoder_positions=encoder_positions,
-                              enable_dropout=enable_dropout)
-        return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                           encoder_segment_ids=encoder_segment_ids,
-                           decoder_segment_ids=decoder_segment_ids,
-                           decoder_positions=decoder_positions, enable_dropout=enable_dropout,
-                           return_hidden=return_hidden)
+        encoded = self.encode(
+            encoder_input_tokens,
+            encoder_segment_ids=encoder_segment_ids,
+            encoder_positions=encoder_positions,
+            enable_dropout=enable_dropout,
+        )
+        return self.decode(
+            encoded,
+            encoder_input_tokens,
+            decoder_input_tokens,
+            encoder_segment_ids=encoder_segment_ids,
+            decoder_segment_ids=decoder_segment_ids,
+            decoder_positions=decoder_positions,
+            enable_dropout=enable_dropout,
+            return_hidden=return_hidden,
+        )
 
 
 def output_kernel(params: Params) -> Array:
@@ -377,23 +488,29 @@ def init_params(config: T5Config, rng: Array) -> Params:
 
 def abstract_params(config: T5Config) -> Params:
     """Shapes and dtypes of the parameters (`jax.ShapeDtypeStruct` leaves), without compute."""
-    boxed = jax.eval_shape(lambda: EncoderDecoder(config).init(
-        jax.random.key(0), *_dummy_inputs())["params"])
+    boxed = jax.eval_shape(
+        lambda: EncoderDecoder(config).init(jax.random.key(0), *_dummy_inputs())["params"]
+    )
     return nn.unbox(boxed)
 
 
 def param_logical_axes(config: T5Config) -> Params:
     """Logical axis names of every parameter, as `PartitionSpec`s of logical names."""
-    boxed = jax.eval_shape(lambda: EncoderDecoder(config).init(
-        jax.random.key(0), *_dummy_inputs())["params"])
+    boxed = jax.eval_shape(
+        lambda: EncoderDecoder(config).init(jax.random.key(0), *_dummy_inputs())["params"]
+    )
     return nn.get_partition_spec(boxed)
 
 
 # ------------------------------------------------------------------------------------------
 # The model interface (flan_jax.models.interface.Model) for the trainer and the predictor
 # ------------------------------------------------------------------------------------------
-_PACKING_FEATURES = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
-                     "decoder_positions")
+_PACKING_FEATURES = (
+    "encoder_segment_ids",
+    "decoder_segment_ids",
+    "encoder_positions",
+    "decoder_positions",
+)
 
 
 @flax.struct.dataclass
@@ -443,21 +560,30 @@ class T5Model:
     def output_kernel(self, params: Params) -> Array:
         return output_kernel(params)
 
-    def hidden_states(self, params: Params, batch: Mapping[str, Array], *,
-                      dropout_rng: Array | None = None) -> Array:
+    def hidden_states(
+        self, params: Params, batch: Mapping[str, Array], *, dropout_rng: Array | None = None
+    ) -> Array:
         packing = {name: batch[name] for name in _PACKING_FEATURES if name in batch}
         return self.module.apply(
-            {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-            enable_dropout=dropout_rng is not None, return_hidden=True,
-            rngs=None if dropout_rng is None else {"dropout": dropout_rng}, **packing)
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            enable_dropout=dropout_rng is not None,
+            return_hidden=True,
+            rngs=None if dropout_rng is None else {"dropout": dropout_rng},
+            **packing,
+        )
 
-    def train_flops_per_step(self, *, batch_size: int, feature_lengths: Mapping[str, int]
-                             ) -> float:
+    def train_flops_per_step(self, *, batch_size: int, feature_lengths: Mapping[str, int]) -> float:
         # Imported here: metrics sits in the training layer above the models.
         from flan_jax.training import metrics
+
         return metrics.estimate_train_flops_per_step(
-            self.config, batch_size=batch_size, inputs_length=feature_lengths["inputs"],
-            targets_length=feature_lengths["targets"])
+            self.config,
+            batch_size=batch_size,
+            inputs_length=feature_lengths["inputs"],
+            targets_length=feature_lengths["targets"],
+        )
 
     def make_scoring_batch(self, inputs: Array, targets: Array) -> dict[str, Array]:
         targets = jnp.asarray(targets)
@@ -468,22 +594,36 @@ class T5Model:
             "decoder_loss_weights": (targets > 0).astype(jnp.float32),
         }
 
-    def init_decode_state(self, params: Params, inputs: Array, *,
-                          max_decode_len: int) -> T5DecodeState:
+    def init_decode_state(
+        self, params: Params, inputs: Array, *, max_decode_len: int
+    ) -> T5DecodeState:
         module = self.module
         encoded = module.apply({"params": params}, inputs, method=EncoderDecoder.encode)
         dummy = jnp.zeros((inputs.shape[0], max_decode_len), jnp.int32)
-        _, variables = module.apply({"params": params}, encoded, inputs, dummy, decode=True,
-                                    method=EncoderDecoder.decode, mutable=["cache"])
+        _, variables = module.apply(
+            {"params": params},
+            encoded,
+            inputs,
+            dummy,
+            decode=True,
+            method=EncoderDecoder.decode,
+            mutable=["cache"],
+        )
         return T5DecodeState(variables["cache"], encoded, inputs, max_decode_len)
 
-    def decode_step(self, params: Params, state: T5DecodeState, tokens: Array
-                    ) -> tuple[Array, T5DecodeState]:
+    def decode_step(
+        self, params: Params, state: T5DecodeState, tokens: Array
+    ) -> tuple[Array, T5DecodeState]:
         logits, variables = self.module.apply(
-            {"params": params, "cache": state.cache}, state.encoded,
-            state.encoder_input_tokens, tokens[:, None], decode=True,
-            max_decode_len=state.max_decode_len, method=EncoderDecoder.decode,
-            mutable=["cache"])
+            {"params": params, "cache": state.cache},
+            state.encoded,
+            state.encoder_input_tokens,
+            tokens[:, None],
+            decode=True,
+            max_decode_len=state.max_decode_len,
+            method=EncoderDecoder.decode,
+            mutable=["cache"],
+        )
         return logits[:, 0, :], state.replace(cache=variables["cache"])
 
     def reorder_decode_state(self, state: T5DecodeState, indices: Array) -> T5DecodeState:

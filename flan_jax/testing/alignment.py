@@ -4,6 +4,7 @@ This is the O(m n) double loop with a Python Levenshtein per cell that the vecto
 implementation replaces; tests check both give the same table and path, and
 `benchmarks/kernel_bench.py` times one against the other.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,14 +18,16 @@ def naive_levenshtein(a: str, b: str) -> int:
     for p, char_a in enumerate(a, start=1):
         current = [p]
         for q, char_b in enumerate(b, start=1):
-            current.append(min(previous[q] + 1, current[q - 1] + 1,
-                               previous[q - 1] + (char_a != char_b)))
+            current.append(
+                min(previous[q] + 1, current[q - 1] + 1, previous[q - 1] + (char_a != char_b))
+            )
         previous = current
     return previous[-1]
 
 
-def naive_align(teacher_tokens: Sequence[str],
-                student_tokens: Sequence[str]) -> tuple[list[list[int]], list[tuple[int, int]]]:
+def naive_align(
+    teacher_tokens: Sequence[str], student_tokens: Sequence[str]
+) -> tuple[list[list[int]], list[tuple[int, int]]]:
     """(cost table, path) of the alignment DP, cell by cell, with the library's tie-breaking."""
     s = [normalize_token(t) for t in teacher_tokens]
     t = [normalize_token(t) for t in student_tokens]

@@ -4,13 +4,14 @@ References the packer is compared against (seqio's greedy `trim_and_pack` and it
 `EncDecFeatureConverter`), an unpacker, and the length distribution of real instruction
 data read in place from the shared data folder (`../shared/data` beside the repository).
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import os
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -51,12 +52,12 @@ def load_instruction_texts(data_dir: str | None = None) -> list[tuple[str, str]]
 
 def load_instruction_lengths(data_dir: str | None = None) -> list[tuple[int, int]]:
     """(input, target) lengths of `load_instruction_texts` by the piece proxy, +1 for EOS."""
-    return [(count_pieces(q) + 1, count_pieces(a) + 1)
-            for q, a in load_instruction_texts(data_dir)]
+    return [(count_pieces(q) + 1, count_pieces(a) + 1) for q, a in load_instruction_texts(data_dir)]
 
 
-def make_examples_from_lengths(lengths: Sequence[tuple[int, int]],
-                               seed: int = 0) -> list[dict[str, np.ndarray]]:
+def make_examples_from_lengths(
+    lengths: Sequence[tuple[int, int]], seed: int = 0
+) -> list[dict[str, np.ndarray]]:
     """Random token examples (ids 3..999, EOS last) with the given (input, target) lengths."""
     rng = np.random.default_rng(seed)
     examples = []
@@ -83,14 +84,16 @@ def unpack_rows(features: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray
         for segment in range(1, int(max(enc_ids.max(), dec_ids.max())) + 1):
             enc = enc_ids == segment
             dec = dec_ids == segment
-            segments.append({
-                "inputs": features["encoder_input_tokens"][r][enc],
-                "targets": features["decoder_target_tokens"][r][dec],
-                "decoder_input_tokens": features["decoder_input_tokens"][r][dec],
-                "decoder_loss_weights": features["decoder_loss_weights"][r][dec],
-                "encoder_positions": features["encoder_positions"][r][enc],
-                "decoder_positions": features["decoder_positions"][r][dec],
-            })
+            segments.append(
+                {
+                    "inputs": features["encoder_input_tokens"][r][enc],
+                    "targets": features["decoder_target_tokens"][r][dec],
+                    "decoder_input_tokens": features["decoder_input_tokens"][r][dec],
+                    "decoder_loss_weights": features["decoder_loss_weights"][r][dec],
+                    "encoder_positions": features["encoder_positions"][r][enc],
+                    "decoder_positions": features["decoder_positions"][r][dec],
+                }
+            )
     return segments
 
 
@@ -99,12 +102,16 @@ def _as_dataset(examples: Sequence[Mapping[str, np.ndarray]]):
 
     return tf.data.Dataset.from_generator(
         lambda: ({"inputs": e["inputs"], "targets": e["targets"]} for e in examples),
-        output_signature={"inputs": tf.TensorSpec([None], tf.int32),
-                          "targets": tf.TensorSpec([None], tf.int32)})
+        output_signature={
+            "inputs": tf.TensorSpec([None], tf.int32),
+            "targets": tf.TensorSpec([None], tf.int32),
+        },
+    )
 
 
-def seqio_unpacked_features(examples: Sequence[Mapping[str, np.ndarray]],
-                            lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+def seqio_unpacked_features(
+    examples: Sequence[Mapping[str, np.ndarray]], lengths: Mapping[str, int]
+) -> dict[str, np.ndarray]:
     """seqio's `EncDecFeatureConverter(pack=False)` output, stacked `[examples, length]`."""
     import seqio
 
@@ -113,8 +120,9 @@ def seqio_unpacked_features(examples: Sequence[Mapping[str, np.ndarray]],
     return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
 
 
-def seqio_trim_and_pack(examples: Sequence[Mapping[str, np.ndarray]],
-                        lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+def seqio_trim_and_pack(
+    examples: Sequence[Mapping[str, np.ndarray]], lengths: Mapping[str, int]
+) -> dict[str, np.ndarray]:
     """seqio's greedy `trim_and_pack_dataset` of the examples, stacked `[rows, length]`."""
     import seqio
 

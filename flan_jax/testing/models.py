@@ -3,6 +3,7 @@
 Nothing here downloads anything: the Hugging Face reference model is built from a config with
 random weights, and the SentencePiece model is trained on a few generated sentences.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,19 +18,48 @@ from flan_jax.models.config import T5Config
 # odd head counts, head_dim != emb_dim / num_heads, unequal depths, tied / untied,
 # T5 1.0 relu and T5 1.1 gated-gelu, a small bucket range so long distances are exercised.
 PARITY_CONFIGS: dict[str, dict[str, Any]] = {
-    "gated_untied_odd_heads": dict(vocab_size=96, emb_dim=24, num_heads=3, head_dim=5,
-                                   mlp_dim=40, num_encoder_layers=2, num_decoder_layers=3),
-    "relu_tied": dict(vocab_size=80, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=48,
-                      num_encoder_layers=3, num_decoder_layers=2, feed_forward="relu",
-                      tie_word_embeddings=True),
-    "gated_tied_small_buckets": dict(vocab_size=64, emb_dim=20, num_heads=5, head_dim=7,
-                                     mlp_dim=36, num_encoder_layers=1, num_decoder_layers=2,
-                                     relative_attention_num_buckets=8,
-                                     relative_attention_max_distance=12,
-                                     tie_word_embeddings=True),
-    "relu_untied_one_head": dict(vocab_size=72, emb_dim=16, num_heads=1, head_dim=12,
-                                 mlp_dim=30, num_encoder_layers=2, num_decoder_layers=1,
-                                 feed_forward="relu"),
+    "gated_untied_odd_heads": dict(
+        vocab_size=96,
+        emb_dim=24,
+        num_heads=3,
+        head_dim=5,
+        mlp_dim=40,
+        num_encoder_layers=2,
+        num_decoder_layers=3,
+    ),
+    "relu_tied": dict(
+        vocab_size=80,
+        emb_dim=32,
+        num_heads=4,
+        head_dim=8,
+        mlp_dim=48,
+        num_encoder_layers=3,
+        num_decoder_layers=2,
+        feed_forward="relu",
+        tie_word_embeddings=True,
+    ),
+    "gated_tied_small_buckets": dict(
+        vocab_size=64,
+        emb_dim=20,
+        num_heads=5,
+        head_dim=7,
+        mlp_dim=36,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=12,
+        tie_word_embeddings=True,
+    ),
+    "relu_untied_one_head": dict(
+        vocab_size=72,
+        emb_dim=16,
+        num_heads=1,
+        head_dim=12,
+        mlp_dim=30,
+        num_encoder_layers=2,
+        num_decoder_layers=1,
+        feed_forward="relu",
+    ),
 }
 
 
@@ -41,9 +71,18 @@ def make_tiny_t5_config(**overrides: Any) -> T5Config:
     hide in one layer's output feeding the next (scanned layers, packing).
     """
     fields: dict[str, Any] = dict(
-        vocab_size=128, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
-        num_encoder_layers=1, num_decoder_layers=1, relative_attention_num_buckets=8,
-        relative_attention_max_distance=16, dropout_rate=0.0, dtype="float32")
+        vocab_size=128,
+        emb_dim=32,
+        num_heads=4,
+        head_dim=8,
+        mlp_dim=64,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        dropout_rate=0.0,
+        dtype="float32",
+    )
     fields.update(overrides)
     return T5Config(**fields)
 
@@ -60,13 +99,18 @@ def make_hf_reference(config: T5Config, *, seed: int = 0) -> Any:
     from flan_jax.models.hf_convert import hf_config_from_config
 
     torch.manual_seed(seed)
-    hf_config = transformers.T5Config(**{
-        k: v for k, v in hf_config_from_config(config).items()
-        if k not in ("architectures", "model_type")})
+    hf_config = transformers.T5Config(
+        **{
+            k: v
+            for k, v in hf_config_from_config(config).items()
+            if k not in ("architectures", "model_type")
+        }
+    )
     model = transformers.T5ForConditionalGeneration(hf_config)
     if not config.tie_word_embeddings:
         model.lm_head.weight = torch.nn.Parameter(
-            torch.randn(config.vocab_size, config.emb_dim) * config.emb_dim ** -0.5)
+            torch.randn(config.vocab_size, config.emb_dim) * config.emb_dim**-0.5
+        )
     # Non-trivial norm scales, so a wrongly mapped norm cannot pass unnoticed.
     with torch.no_grad():
         for name, tensor in model.named_parameters():
@@ -80,13 +124,16 @@ def hf_state_dict_numpy(model: Any) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()}
 
 
-_WORDS = ("the a model learns to answer questions about numbers and words quickly "
-          "seven eight nine ten cat dog bird tree river mountain question answer yes no "
-          "because therefore first then finally translate summarize").split()
+_WORDS = (
+    "the a model learns to answer questions about numbers and words quickly "
+    "seven eight nine ten cat dog bird tree river mountain question answer yes no "
+    "because therefore first then finally translate summarize"
+).split()
 
 
-def write_test_sentencepiece(out_dir: str | os.PathLike, *, vocab_size: int = 96,
-                             seed: int = 0) -> Path:
+def write_test_sentencepiece(
+    out_dir: str | os.PathLike, *, vocab_size: int = 96, seed: int = 0
+) -> Path:
     """Trains a tiny SentencePiece model with the T5 id layout (pad 0, eos 1, unk 2).
 
     Args:
@@ -104,12 +151,14 @@ def write_test_sentencepiece(out_dir: str | os.PathLike, *, vocab_size: int = 96
     rng = np.random.default_rng(seed)
     # Real words plus made-up ones from random syllables, so there are enough distinct
     # pieces to reach `vocab_size`.
-    syllables = ["".join(rng.choice(list("bdfgklmnprstvz"))) + rng.choice(list("aeiou"))
-                 for _ in range(60)]
-    invented = ["".join(rng.choice(syllables, size=int(rng.integers(1, 4))))
-                for _ in range(300)]
+    syllables = [
+        "".join(rng.choice(list("bdfgklmnprstvz"))) + rng.choice(list("aeiou")) for _ in range(60)
+    ]
+    invented = ["".join(rng.choice(syllables, size=int(rng.integers(1, 4)))) for _ in range(300)]
     words = list(_WORDS) + invented
-    sentences = [" ".join(rng.choice(words, size=int(rng.integers(3, 12))))
-                 for _ in range(2000)]
-    return Path(vocabularies.build_sentencepiece_model(
-        sentences, str(Path(out_dir) / "test_spiece"), vocab_size))
+    sentences = [" ".join(rng.choice(words, size=int(rng.integers(3, 12)))) for _ in range(2000)]
+    return Path(
+        vocabularies.build_sentencepiece_model(
+            sentences, str(Path(out_dir) / "test_spiece"), vocab_size
+        )
+    )

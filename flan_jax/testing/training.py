@@ -325,7 +325,9 @@ class SyntheticBatches:
             batch with a NaN weight).
     """
 
-    def __init__(self, run: TinyRun, overrides: Mapping[int, Mapping[str, np.ndarray]] | None = None):
+    def __init__(
+        self, run: TinyRun, overrides: Mapping[int, Mapping[str, np.ndarray]] | None = None
+    ):
         self._run = run
         self._overrides = dict(overrides or {})
         self._served = 0

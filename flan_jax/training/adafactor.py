@@ -172,9 +172,12 @@ def _plan_param(
     averaging = tuple(d for d, r in enumerate(roles) if r is not FactorDim.BATCH)
     rows = tuple(d for d, r in enumerate(roles) if r is FactorDim.ROW)
     cols = tuple(d for d, r in enumerate(roles) if r is FactorDim.COLUMN)
-    big_enough = rows and cols and min(
-        int(np.prod([shape[d] for d in rows])), int(np.prod([shape[d] for d in cols]))
-    ) >= config.min_dim_size_to_factor
+    big_enough = (
+        rows
+        and cols
+        and min(int(np.prod([shape[d] for d in rows])), int(np.prod([shape[d] for d in cols])))
+        >= config.min_dim_size_to_factor
+    )
     if not (config.factored and big_enough):
         return _FactorPlan((), (), averaging)
     return _FactorPlan(rows, cols, averaging)

@@ -15,6 +15,7 @@ orbax writes each step into a temporary directory and renames it when complete, 
 crash mid-save leaves the previous latest step intact and invisible half-written data.
 Only the last ``keep`` steps are kept.
 """
+
 from __future__ import annotations
 
 import dataclasses

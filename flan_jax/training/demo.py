@@ -14,6 +14,7 @@ are generated and the SentencePiece vocabulary is built locally.
 The run is configured by ``gin_configs/runs/demo_cpu.gin``; this module only orchestrates
 (evaluate, train, evaluate, report).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,7 @@ from flan_jax.training import task_eval, trainer
 # A new instruction for the printed `flan-jax infer` example, worded unlike any template.
 NEW_INSTRUCTIONS = (
     "Tell me whether this review is positive or negative: The pasta was very tasty.",
-    "Lena has 4 shells. Lena finds 3 more. How many shells does Lena have now? "
-    "Explain your steps.",
+    "Lena has 4 shells. Lena finds 3 more. How many shells does Lena have now? Explain your steps.",
 )
 
 
@@ -55,29 +55,32 @@ class DemoResult:
     train: trainer.TrainResult
 
 
-def measure_cluster_accuracy(evaluator: task_eval.Evaluator, params: Any,
-                             eval_tasks: Mapping[str, Mapping[str, str]]
-                             ) -> dict[str, dict[str, float]]:
+def measure_cluster_accuracy(
+    evaluator: task_eval.Evaluator, params: Any, eval_tasks: Mapping[str, Mapping[str, str]]
+) -> dict[str, dict[str, float]]:
     """Exact-match accuracy per cluster on its seen- and unseen-template tasks."""
     return {
-        cluster: {kind: evaluator.evaluate_task(params, name)["accuracy"]
-                  for kind, name in tasks.items()}
+        cluster: {
+            kind: evaluator.evaluate_task(params, name)["accuracy"] for kind, name in tasks.items()
+        }
         for cluster, tasks in eval_tasks.items()
     }
 
 
-def format_results_table(before: Mapping[str, Mapping[str, float]],
-                         after: Mapping[str, Mapping[str, float]]) -> str:
+def format_results_table(
+    before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]]
+) -> str:
     """The printed table: one row per cluster and a mean row; accuracies in percent."""
-    header = (f"{'cluster':<12}{'held-out instances':>24}{'held-out templates':>24}\n"
-              f"{'':<12}{'before':>12}{'after':>12}{'before':>12}{'after':>12}")
+    header = (
+        f"{'cluster':<12}{'held-out instances':>24}{'held-out templates':>24}\n"
+        f"{'':<12}{'before':>12}{'after':>12}{'before':>12}{'after':>12}"
+    )
     lines = [header, "-" * 60]
     columns = [(before, "seen"), (after, "seen"), (before, "unseen"), (after, "unseen")]
     for cluster in before:
         cells = "".join(f"{table[cluster][kind]:>11.1f}%" for table, kind in columns)
         lines.append(f"{cluster:<12}{cells}")
-    means = "".join(
-        f"{sum(t[c][kind] for c in t) / max(len(t), 1):>11.1f}%" for t, kind in columns)
+    means = "".join(f"{sum(t[c][kind] for c in t) / max(len(t), 1):>11.1f}%" for t, kind in columns)
     lines += ["-" * 60, f"{'mean':<12}{means}"]
     return "\n".join(lines)
 
@@ -118,11 +121,22 @@ def run_demo(
     eval_tasks = demo_tasks.demo_eval_tasks()
     names = [name for tasks in eval_tasks.values() for name in tasks.values()]
     evaluator = task_eval.Evaluator(
-        model_config, vocabulary, names, task_feature_lengths,
-        task_eval.EvalConfig(max_examples=num_eval_examples, batch_size=eval_batch_size,
-                             teacher_forced=False, inference=True))
-    print(f"demo: evaluating the untrained model on {len(names)} tasks x "
-          f"{num_eval_examples} held-out examples ...", flush=True)
+        model_config,
+        vocabulary,
+        names,
+        task_feature_lengths,
+        task_eval.EvalConfig(
+            max_examples=num_eval_examples,
+            batch_size=eval_batch_size,
+            teacher_forced=False,
+            inference=True,
+        ),
+    )
+    print(
+        f"demo: evaluating the untrained model on {len(names)} tasks x "
+        f"{num_eval_examples} held-out examples ...",
+        flush=True,
+    )
     initial = t5.init_params(model_config, jax.random.key(seed))
     before = measure_cluster_accuracy(evaluator, initial, eval_tasks)
     print("demo: training ...", flush=True)
@@ -132,10 +146,14 @@ def run_demo(
     prompts = write_new_instructions(model_dir)
     print("\nExact-match accuracy on held-out examples (greedy decoding)\n")
     print(report)
-    print(f"\ntrained {result.step} steps; packing efficiency "
-          f"{100 * result.packing_efficiency:.1f}%; checkpoint: {result.model_dir}")
-    print("Try the checkpoint on new instructions:\n"
-          f"  flan-jax infer --checkpoint {model_dir} --input_file {prompts} "
-          f"--output_file {os.path.join(model_dir, 'predictions.jsonl')} --max_decode_len "
-          f"{task_feature_lengths['targets']}")
+    print(
+        f"\ntrained {result.step} steps; packing efficiency "
+        f"{100 * result.packing_efficiency:.1f}%; checkpoint: {result.model_dir}"
+    )
+    print(
+        "Try the checkpoint on new instructions:\n"
+        f"  flan-jax infer --checkpoint {model_dir} --input_file {prompts} "
+        f"--output_file {os.path.join(model_dir, 'predictions.jsonl')} --max_decode_len "
+        f"{task_feature_lengths['targets']}"
+    )
     return DemoResult(before, after, result.model_dir, result)

@@ -142,6 +142,7 @@ class TokenLossFn(Protocol):
         vocab_sharding: fused_loss.VocabSharding | None,
     ) -> TokenLosses: ...
 
+
 _TOKEN_LOSSES: dict[str, TokenLossFn] = {}
 
 

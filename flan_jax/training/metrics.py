@@ -10,6 +10,7 @@ The FLOP count is of the matmuls the model executes on the *padded* batch (paddi
 as much as real tokens), so MFU measures hardware use while ``real_target_tokens_per_s``
 measures useful work; packing raises the second without changing the first.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,8 +56,9 @@ class MetricsConfig:
             )
 
 
-def _forward_flops_per_token(config: T5Config, own_length: int, cross_length: int, *,
-                             decoder: bool) -> float:
+def _forward_flops_per_token(
+    config: T5Config, own_length: int, cross_length: int, *, decoder: bool
+) -> float:
     """Forward matmul FLOPs of one token through one layer stack (2 FLOPs per MAC)."""
     d, inner = config.emb_dim, config.num_heads * config.head_dim
     mlp_in = 2 if config.feed_forward == "gated-gelu" else 1
@@ -173,8 +175,12 @@ class MetricsWriter:
 
 
 # The scalars the progress output shows, in order, with their short labels.
-_PROGRESS_SCALARS = (("train/loss", "loss"), ("train/z_loss", "z_loss"),
-                     ("train/accuracy", "acc"), ("train/real_target_tokens_per_s", "tok/s"))
+_PROGRESS_SCALARS = (
+    ("train/loss", "loss"),
+    ("train/z_loss", "z_loss"),
+    ("train/accuracy", "acc"),
+    ("train/real_target_tokens_per_s", "tok/s"),
+)
 
 
 def _format_progress_scalars(scalars: Mapping[str, float]) -> dict[str, str]:
@@ -215,9 +221,15 @@ class ProgressBar:
         min_seconds_between_lines: the least time between two plain lines.
     """
 
-    def __init__(self, *, start: int, total: int, enabled: bool = True,
-                 stream: TextIO | None = None,
-                 min_seconds_between_lines: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        start: int,
+        total: int,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        min_seconds_between_lines: float = 10.0,
+    ) -> None:
         self._enabled = enabled and jax.process_index() == 0
         self._stream = stream if stream is not None else sys.stderr
         self._bar = None
@@ -227,8 +239,14 @@ class ProgressBar:
         self._last_line_step = start
         self._scalars: dict[str, str] = {}
         if self._enabled and self._stream.isatty():
-            self._bar = tqdm.tqdm(initial=start, total=total, unit="step", desc="train",
-                                  dynamic_ncols=True, file=self._stream)
+            self._bar = tqdm.tqdm(
+                initial=start,
+                total=total,
+                unit="step",
+                desc="train",
+                dynamic_ncols=True,
+                file=self._stream,
+            )
 
     def update(self, num_steps: int, scalars: Mapping[str, float] | None = None) -> None:
         """Advances by ``num_steps``; ``scalars`` (the latest train metrics) when written."""

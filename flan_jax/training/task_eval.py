@@ -15,6 +15,7 @@ examples):
 every ``eval_period`` steps by the trainer; :func:`evaluate_checkpoint` is the
 ``flan-jax eval`` entry point.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,14 +100,17 @@ def _make_loss_fn(model: Model):
     return loss_fn
 
 
-def compute_task_metrics(task: seqio.Task, examples: Sequence[Mapping[str, Any]],
-                         predictions: Sequence[str]) -> dict[str, float]:
+def compute_task_metrics(
+    task: seqio.Task, examples: Sequence[Mapping[str, Any]], predictions: Sequence[str]
+) -> dict[str, float]:
     """The task's predict metrics for decoded texts, postprocessed as seqio does."""
     postprocess = task.postprocess_fn or (lambda text, example=None, is_target=False: text)
-    targets = [postprocess(ex["targets_pretokenized"], example=ex, is_target=True)
-               for ex in examples]
-    outputs = [postprocess(text, example=ex, is_target=False)
-               for text, ex in zip(predictions, examples)]
+    targets = [
+        postprocess(ex["targets_pretokenized"], example=ex, is_target=True) for ex in examples
+    ]
+    outputs = [
+        postprocess(text, example=ex, is_target=False) for text, ex in zip(predictions, examples)
+    ]
     metrics: dict[str, float] = {}
     for metric_fn in task.predict_metric_fns:
         for name, value in metric_fn(targets, outputs).items():
@@ -125,31 +129,44 @@ class Evaluator:
         config: evaluation options.
     """
 
-    def __init__(self, model_config: T5Config, vocabulary: seqio.Vocabulary,
-                 task_names: Sequence[str], task_feature_lengths: Mapping[str, int],
-                 config: EvalConfig) -> None:
+    def __init__(
+        self,
+        model_config: T5Config,
+        vocabulary: seqio.Vocabulary,
+        task_names: Sequence[str],
+        task_feature_lengths: Mapping[str, int],
+        config: EvalConfig,
+    ) -> None:
         self.model = t5.T5Model(model_config)
         self.config = config
         self.vocabulary = vocabulary
         self.lengths = dict(task_feature_lengths)
         self.decode_config = inference.DecodeConfig(
-            method="greedy", max_decode_len=config.max_decode_len or self.lengths["targets"],
-            batch_size=config.batch_size, max_input_len=self.lengths["inputs"])
+            method="greedy",
+            max_decode_len=config.max_decode_len or self.lengths["targets"],
+            batch_size=config.batch_size,
+            max_input_len=self.lengths["inputs"],
+        )
         self.task_names = list_eval_tasks(task_names, config.split)
         if not self.task_names:
-            raise ValueError(f"no evaluation task among {list(task_names)} has split "
-                             f"{config.split!r}")
+            raise ValueError(
+                f"no evaluation task among {list(task_names)} has split {config.split!r}"
+            )
         self.examples = {
-            name: pipeline.make_eval_examples(name, config.split,
-                                              task_feature_lengths=self.lengths,
-                                              max_examples=config.max_examples)
+            name: pipeline.make_eval_examples(
+                name,
+                config.split,
+                task_feature_lengths=self.lengths,
+                max_examples=config.max_examples,
+            )
             for name in self.task_names
         }
         self._loss_fn = _make_loss_fn(self.model)
 
     def _batches(self, examples):
-        return pipeline.make_eval_batches(examples, batch_size=self.config.batch_size,
-                                          task_feature_lengths=self.lengths)
+        return pipeline.make_eval_batches(
+            examples, batch_size=self.config.batch_size, task_feature_lengths=self.lengths
+        )
 
     def compute_loss(self, params: Any, task_name: str) -> dict[str, float]:
         """Teacher-forced mean token loss and token accuracy of one task."""
@@ -163,10 +180,10 @@ class Evaluator:
 
     def predict(self, params: Any, task_name: str) -> list[str]:
         """Greedy-decoded texts of one task's examples, in order."""
-        predictor = inference.Predictor(self.model, params, self.vocabulary,
-                                        self.decode_config)
+        predictor = inference.Predictor(self.model, params, self.vocabulary, self.decode_config)
         completions = predictor.predict_tokens(
-            [example["inputs"] for example in self.examples[task_name]])
+            [example["inputs"] for example in self.examples[task_name]]
+        )
         return [predictor.detokenize(tokens) for tokens in completions]
 
     def evaluate_task(self, params: Any, task_name: str) -> dict[str, float]:
@@ -215,13 +232,19 @@ def evaluate_checkpoint(
         ``{"eval/<task>/<metric>": value}``.
     """
     loaded = checkpoints.load_model_checkpoint(checkpoint_path, step=step)
-    evaluator = Evaluator(loaded.config, loaded.vocabulary, [mixture_or_task_name],
-                          task_feature_lengths, config)
+    evaluator = Evaluator(
+        loaded.config, loaded.vocabulary, [mixture_or_task_name], task_feature_lengths, config
+    )
     results = evaluator(loaded.params)
     for name, value in sorted(results.items()):
         logging.info("%s = %.4f", name, value)
     if output_path:
-        file_io.write_json_atomically(output_path, {
-            "checkpoint": os.path.abspath(checkpoint_path), "step": loaded.step,
-            "metrics": dict(sorted(results.items()))})
+        file_io.write_json_atomically(
+            output_path,
+            {
+                "checkpoint": os.path.abspath(checkpoint_path),
+                "step": loaded.step,
+                "metrics": dict(sorted(results.items())),
+            },
+        )
     return results

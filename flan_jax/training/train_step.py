@@ -103,8 +103,16 @@ def _split_microbatches(batch: Batch, num_microbatches: int, batch_sharding: Nam
 class _GradientComputer:
     """Loss and gradient of one microbatch, and their accumulation over microbatches."""
 
-    def __init__(self, model: Model, loss_config, num_microbatches, batch_sharding, rules, *,
-                 enable_dropout: bool):
+    def __init__(
+        self,
+        model: Model,
+        loss_config,
+        num_microbatches,
+        batch_sharding,
+        rules,
+        *,
+        enable_dropout: bool,
+    ):
         self._model = model
         self._enable_dropout = enable_dropout
         self._loss_config = loss_config
@@ -285,7 +293,11 @@ def make_train_step(
     """
     batch_sharding = _batch_sharding(mesh, rules)
     compute_gradients = _GradientComputer(
-        model, loss_config, config.num_microbatches, batch_sharding, rules,
+        model,
+        loss_config,
+        config.num_microbatches,
+        batch_sharding,
+        rules,
         enable_dropout=config.enable_dropout,
     )
     step_fn = _build_step_fn(compute_gradients, optimizer, loss_config, config)

@@ -21,6 +21,7 @@ The gin run configs (``gin_configs/runs/*.gin``) bind ``train``'s arguments with
 macro names (``MODEL_DIR``, ``MIXTURE_OR_TASK_NAME``, ...). The same files drive a laptop
 CPU and a TPU pod; only the mesh sizes and the distributed flags change.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,8 @@ import seqio
 from flan_jax.data import pipeline
 from flan_jax.data.batch_source import PACKING_EFFICIENCY, BatchSource
 from flan_jax.models import t5
-from flan_jax.models.interface import Model
 from flan_jax.models.config import T5Config
+from flan_jax.models.interface import Model
 from flan_jax.training import (
     adafactor,
     checkpointing,
@@ -89,7 +90,8 @@ class RunConfig:
         ):
             raise ValueError(
                 "train: task_feature_lengths (TASK_FEATURE_LENGTHS) must be "
-                f"{{'inputs': positive int, 'targets': positive int}}; got {self.task_feature_lengths!r}"
+                "{'inputs': positive int, 'targets': positive int}; "
+                f"got {self.task_feature_lengths!r}"
             )
         for name in ("train_steps", "batch_size"):
             value = getattr(self, name)
@@ -260,9 +262,7 @@ def _init_state(run: _Run, params: Any | None, seed: int) -> train_state.TrainSt
     """A step-0 state, sharded; fresh parameters from the seed when ``params`` is None."""
     if params is None:
         key = jax.random.key(seed)
-        params = jax.jit(
-            lambda: run.model.init_params(key), out_shardings=run.shardings.params
-        )()
+        params = jax.jit(lambda: run.model.init_params(key), out_shardings=run.shardings.params)()
     create = jax.jit(
         lambda p: train_state.create_train_state(p, run.optimizer),
         in_shardings=(run.shardings.params,),
@@ -305,14 +305,16 @@ class _LoopServices:
     evaluator: Evaluator | None
 
 
-def _run_eval(services: _LoopServices, state: train_state.TrainState, step: int
-              ) -> dict[str, float]:
+def _run_eval(
+    services: _LoopServices, state: train_state.TrainState, step: int
+) -> dict[str, float]:
     if services.evaluator is None:
         return {}
     scalars = {k: float(v) for k, v in services.evaluator(state.params).items()}
     services.writer.write_scalars(step, scalars)
-    logging.info("step %d eval: %s", step,
-                 ", ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
+    logging.info(
+        "step %d eval: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items()))
+    )
     return scalars
 
 
@@ -327,14 +329,15 @@ def _format_steps(steps: Sequence[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
-def _check_nonfinite(steps: Sequence[int], fetched: Sequence[Mapping[str, Any]],
-                     mode: str) -> None:
+def _check_nonfinite(steps: Sequence[int], fetched: Sequence[Mapping[str, Any]], mode: str) -> None:
     """Acts on the steps whose loss or gradient was not finite (their updates were dropped)."""
     bad = [step for step, metrics in zip(steps, fetched) if int(metrics["nonfinite"])]
     if not bad:
         return
-    message = (f"non-finite loss or gradient at step(s) {_format_steps(bad)} (of steps "
-               f"{steps[0]}-{steps[-1]}); their updates were not applied")
+    message = (
+        f"non-finite loss or gradient at step(s) {_format_steps(bad)} (of steps "
+        f"{steps[0]}-{steps[-1]}); their updates were not applied"
+    )
     if mode == "skip":
         logging.warning("%s; skipping them (TrainStepConfig.on_nonfinite='skip')", message)
         return
@@ -345,8 +348,9 @@ def _check_nonfinite(steps: Sequence[int], fetched: Sequence[Mapping[str, Any]],
     )
 
 
-def advance(run: _Run, state: train_state.TrainState, source: BatchSource, num_steps: int
-            ) -> tuple[train_state.TrainState, list[dict[str, jax.Array]]]:
+def advance(
+    run: _Run, state: train_state.TrainState, source: BatchSource, num_steps: int
+) -> tuple[train_state.TrainState, list[dict[str, jax.Array]]]:
     """Runs ``num_steps`` steps without reading anything back from the devices.
 
     Returns:
@@ -383,8 +387,9 @@ def run_train_loop(
     logging step, where non-finite steps are reported.
     """
     step, last = int(state.step), train_steps
-    progress = metrics_lib.ProgressBar(start=step, total=last,
-                                       enabled=services.metrics_config.progress_bar)
+    progress = metrics_lib.ProgressBar(
+        start=step, total=last, enabled=services.metrics_config.progress_bar
+    )
     train_scalars: dict[str, float] = {}
     eval_scalars: dict[str, float] = {}
     eval_history: list[tuple[int, dict[str, float]]] = []
@@ -398,8 +403,11 @@ def run_train_loop(
         logged = target % log_period == 0 or target == last
         if logged:
             fetched = jax.device_get(pending)
-            _check_nonfinite(range(target - len(fetched) + 1, target + 1), fetched,
-                             run.step_fn.config.on_nonfinite)
+            _check_nonfinite(
+                range(target - len(fetched) + 1, target + 1),
+                fetched,
+                run.step_fn.config.on_nonfinite,
+            )
             for item in fetched:
                 services.meter.update(item)
             pending.clear()
@@ -409,8 +417,12 @@ def run_train_loop(
         step = target
         if services.manager.should_save(step, last_step=last):
             services.manager.save(state, source.get_state())
-        if (services.eval_period and step % services.eval_period == 0 and step != last
-                and services.evaluator is not None):
+        if (
+            services.eval_period
+            and step % services.eval_period == 0
+            and step != last
+            and services.evaluator is not None
+        ):
             eval_scalars = _run_eval(services, state, step)
             eval_history.append((step, eval_scalars))
     progress.close()
@@ -419,8 +431,15 @@ def run_train_loop(
         eval_history.append((last, eval_scalars))
     services.manager.wait_until_finished()
     efficiency = source.log_scalars().get(PACKING_EFFICIENCY, 1.0)
-    return TrainResult(state, last, train_scalars, eval_scalars, eval_history,
-                       str(services.manager.model_dir), efficiency)
+    return TrainResult(
+        state,
+        last,
+        train_scalars,
+        eval_scalars,
+        eval_history,
+        str(services.manager.model_dir),
+        efficiency,
+    )
 
 
 def fit(
@@ -469,25 +488,36 @@ def fit(
     Returns:
         A :class:`TrainResult`.
     """
-    run = build_run(model, learning_rate=learning_rate, optimizer_config=optimizer_config,
-                    loss_config=loss_config, step_config=step_config,
-                    partitioning_config=partitioning_config)
+    run = build_run(
+        model,
+        learning_rate=learning_rate,
+        optimizer_config=optimizer_config,
+        loss_config=loss_config,
+        step_config=step_config,
+        partitioning_config=partitioning_config,
+    )
     manager = checkpointing.TrainCheckpointManager(
-        model_dir, checkpoint_config, model_config=model.config,
-        vocab_path=vocabulary.sentencepiece_model_file, extra_ids=vocabulary.extra_ids)
+        model_dir,
+        checkpoint_config,
+        model_config=model.config,
+        vocab_path=vocabulary.sentencepiece_model_file,
+        extra_ids=vocabulary.extra_ids,
+    )
     writer = metrics_lib.MetricsWriter(model_dir, tensorboard=metrics_config.tensorboard)
     try:
-        state, data_state = restore_or_init(run, manager, seed=seed,
-                                            initial_params=initial_params)
+        state, data_state = restore_or_init(run, manager, seed=seed, initial_params=initial_params)
         if data_state is not None:
             batch_source.set_state(data_state)
-        flops = model.train_flops_per_step(batch_size=batch_size,
-                                           feature_lengths=feature_lengths)
+        flops = model.train_flops_per_step(batch_size=batch_size, feature_lengths=feature_lengths)
         peak = metrics_config.peak_flops_per_device
         services = _LoopServices(
-            manager, writer,
+            manager,
+            writer,
             metrics_lib.ThroughputMeter(flops, peak * jax.device_count() if peak else None),
-            metrics_config, eval_period, evaluator)
+            metrics_config,
+            eval_period,
+            evaluator,
+        )
         return run_train_loop(run, state, batch_source, services, train_steps=train_steps)
     finally:
         writer.close()
@@ -510,17 +540,21 @@ def make_data_iterator(config: RunConfig, data_config: DataConfig) -> pipeline.T
     )
 
 
-def _make_evaluator(model_config: T5Config, vocabulary: seqio.SentencePieceVocabulary,
-                    config: RunConfig, eval_config: task_eval.EvalConfig
-                    ) -> task_eval.Evaluator | None:
+def _make_evaluator(
+    model_config: T5Config,
+    vocabulary: seqio.SentencePieceVocabulary,
+    config: RunConfig,
+    eval_config: task_eval.EvalConfig,
+) -> task_eval.Evaluator | None:
     if not (eval_config.teacher_forced or eval_config.inference):
         return None
     names = eval_config.tasks or (config.mixture_or_task_name,)
     if not task_eval.list_eval_tasks(names, eval_config.split):
         logging.info("no task of %s has split %r: no evaluation", names, eval_config.split)
         return None
-    return task_eval.Evaluator(model_config, vocabulary, names,
-                                config.task_feature_lengths, eval_config)
+    return task_eval.Evaluator(
+        model_config, vocabulary, names, config.task_feature_lengths, eval_config
+    )
 
 
 def train(
@@ -569,8 +603,16 @@ def train(
     Returns:
         A :class:`TrainResult`.
     """
-    config = RunConfig(model_dir, mixture_or_task_name, dict(task_feature_lengths or {}),
-                       train_steps, batch_size, initial_checkpoint_path, use_cached_tasks, seed)
+    config = RunConfig(
+        model_dir,
+        mixture_or_task_name,
+        dict(task_feature_lengths or {}),
+        train_steps,
+        batch_size,
+        initial_checkpoint_path,
+        use_cached_tasks,
+        seed,
+    )
     if dropout_rate is not None:
         model_config = model_config.replace(dropout_rate=float(dropout_rate))
     initialize_distributed_run(partitioning_config)
@@ -581,17 +623,33 @@ def train(
     check_vocab_fits(model, vocabulary, mixture_or_task_name)
     initial_params = None
     if initial_checkpoint_path:
+
         def initial_params(abstract_params: Any, shardings: Any) -> Any:
             logging.info("initial parameters from %s", initial_checkpoint_path)
             return checkpointing.load_initial_params(
-                initial_checkpoint_path, model_config=model_config,
-                abstract_params=abstract_params, shardings=shardings)
+                initial_checkpoint_path,
+                model_config=model_config,
+                abstract_params=abstract_params,
+                shardings=shardings,
+            )
+
     return fit(
-        model=model, batch_source=make_data_iterator(config, data_config),
-        vocabulary=vocabulary, model_dir=model_dir, train_steps=train_steps,
-        batch_size=batch_size, feature_lengths=config.task_feature_lengths,
-        learning_rate=learning_rate, initial_params=initial_params, seed=seed,
-        optimizer_config=optimizer_config, loss_config=loss_config, step_config=step_config,
-        partitioning_config=partitioning_config, checkpoint_config=checkpoint_config,
-        metrics_config=metrics_config, eval_period=eval_config.eval_period,
-        evaluator=_make_evaluator(model_config, vocabulary, config, eval_config))
+        model=model,
+        batch_source=make_data_iterator(config, data_config),
+        vocabulary=vocabulary,
+        model_dir=model_dir,
+        train_steps=train_steps,
+        batch_size=batch_size,
+        feature_lengths=config.task_feature_lengths,
+        learning_rate=learning_rate,
+        initial_params=initial_params,
+        seed=seed,
+        optimizer_config=optimizer_config,
+        loss_config=loss_config,
+        step_config=step_config,
+        partitioning_config=partitioning_config,
+        checkpoint_config=checkpoint_config,
+        metrics_config=metrics_config,
+        eval_period=eval_config.eval_period,
+        evaluator=_make_evaluator(model_config, vocabulary, config, eval_config),
+    )

@@ -11,12 +11,13 @@ becomes the fields {"question": "What is 2 + 3?\\nOptions:\\n- 4\\n- 5", "answer
 the question, so the CoT tasks have no "noopt" variants. Targets end in "So the answer is X."
 (`parse_cot_answer` reads X back).
 """
+
 from __future__ import annotations
 
 import functools
 import os
 import re
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import seqio
 
@@ -25,8 +26,7 @@ from flan_jax.tasks import few_shot as few_shot_lib
 
 SOURCE = "cot"
 # Their example counts live in tasks/counts.tsv, not here.
-DATASETS = ("gsm8k", "strategyqa", "creak", "qasc", "esnli", "ecqa", "sensemaking", "aqua",
-            "qed")
+DATASETS = ("gsm8k", "strategyqa", "creak", "qasc", "esnli", "ecqa", "sensemaking", "aqua", "qed")
 VARIANTS = ("zs_opt", "fs_opt")
 FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=3)
 _TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
@@ -94,15 +94,19 @@ def read_cot_tsv(path: str) -> Iterator[sources.RawExample]:
                     f"answer, rationale), got {len(columns)}."
                 )
             question, answer, rationale = (c.replace("\\n", "\n").strip() for c in columns)
-            yield f"train:{line_number - 1}", {
-                "question": question,
-                "answer": answer,
-                "rationale": _end_sentence(rationale),
-            }
+            yield (
+                f"train:{line_number - 1}",
+                {
+                    "question": question,
+                    "answer": answer,
+                    "rationale": _end_sentence(rationale),
+                },
+            )
 
 
-def load_cot_split(dataset: str, *, split: str, paths: data_paths.DataPaths | None = None,
-                   seed: int = 0) -> Iterator[sources.RawExample]:
+def load_cot_split(
+    dataset: str, *, split: str, paths: data_paths.DataPaths | None = None, seed: int = 0
+) -> Iterator[sources.RawExample]:
     """The examples of `dataset`'s `split` (only "train" exists); `seed` is unused."""
     del seed  # The rows are read as they are.
     if split != "train":
@@ -134,11 +138,19 @@ def register_cot_tasks(
     names = []
     for dataset in family.select_datasets(SOURCE, datasets, DATASETS):
         names += family.register_original_and_inverted(
-            SOURCE, dataset, VARIANTS, load_cot_templates,
-            family.bind_split(load_cot_split, dataset, paths=paths, seed=seed), vocabulary,
-            splits=["train"], seed=seed, few_shot=few_shot or FEW_SHOT)
+            SOURCE,
+            dataset,
+            VARIANTS,
+            load_cot_templates,
+            family.bind_split(load_cot_split, dataset, paths=paths, seed=seed),
+            vocabulary,
+            splits=["train"],
+            seed=seed,
+            few_shot=few_shot or FEW_SHOT,
+        )
     return names
 
 
-FAMILY = family.TaskFamily(SOURCE, list_cot_datasets, load_cot_split, missing_data,
-                           register_cot_tasks)
+FAMILY = family.TaskFamily(
+    SOURCE, list_cot_datasets, load_cot_split, missing_data, register_cot_tasks
+)

@@ -2,6 +2,7 @@
 
 Nothing is registered at import: call `register_demo_tasks(get_demo_vocabulary())`.
 """
+
 from flan_jax.tasks.demo.collection import (
     CLUSTERS,
     DEMO_MIXTURE,

@@ -16,12 +16,14 @@ Validation examples are held-out instances (never generated for train, see
 tasks. Accuracy is exact match after `postprocess_answer`, which keeps only N from a
 chain of thought ending in "So the answer is N.".
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import seqio
@@ -45,7 +47,8 @@ INVERTED_RATE = 0.3
 # only ~500 pieces and splits common words ("ha" + "s"), making sequences ~35% longer.
 # Byte fallback lets `flan-jax infer` encode any new instruction without unknown tokens.
 DEMO_VOCAB_SETTINGS = vocabularies.SentencePieceSettings(
-    vocab_size=1000, model_type="bpe", byte_fallback=True, hard_vocab_limit=False)
+    vocab_size=1000, model_type="bpe", byte_fallback=True, hard_vocab_limit=False
+)
 _TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 _COT_ANSWER_RE = re.compile(r"[Ss]o the answer is\s*(.*?)\s*\.?\s*$")
 
@@ -84,9 +87,13 @@ def split_templates(template_set: templates.TemplateSet) -> dict[str, tuple]:
     if len(direct) <= NUM_HELD_OUT_TEMPLATES or not inverted:
         raise templates.TemplateError(
             f"{template_set.path}: a demo template file needs more than "
-            f"{NUM_HELD_OUT_TEMPLATES} direct templates and at least one inverted one.")
-    return {"seen": direct[:-NUM_HELD_OUT_TEMPLATES],
-            "unseen": direct[-NUM_HELD_OUT_TEMPLATES:], "inverted": inverted}
+            f"{NUM_HELD_OUT_TEMPLATES} direct templates and at least one inverted one."
+        )
+    return {
+        "seen": direct[:-NUM_HELD_OUT_TEMPLATES],
+        "unseen": direct[-NUM_HELD_OUT_TEMPLATES:],
+        "inverted": inverted,
+    }
 
 
 def _uses_options(cluster: str) -> bool:
@@ -98,8 +105,9 @@ def eval_variant(cluster: str) -> str:
     return "zs_opt" if _uses_options(cluster) else "zs_noopt"
 
 
-def list_demo_tasks(*, clusters: Sequence[str] = CLUSTERS,
-                    seed: int = RENDER_SEED) -> list[DemoTask]:
+def list_demo_tasks(
+    *, clusters: Sequence[str] = CLUSTERS, seed: int = RENDER_SEED
+) -> list[DemoTask]:
     """Every demo task of `clusters`, in a fixed order; registers nothing.
 
     Args:
@@ -113,15 +121,43 @@ def list_demo_tasks(*, clusters: Sequence[str] = CLUSTERS,
         variants = ("zs_opt", "zs_noopt") if _uses_options(cluster) else ("zs_noopt",)
         both = ("train", "validation")
         for variant in variants:
-            tasks.append(DemoTask(cluster, sources.RenderSpec(
-                naming.TaskId("demo", cluster, variant), parts["seen"], seed),
-                both, False, cot))
-        tasks.append(DemoTask(cluster, sources.RenderSpec(
-            naming.TaskId("demo", cluster, "zs_noopt", inverted=True), parts["inverted"],
-            seed), both, False, False))
-        tasks.append(DemoTask(cluster, sources.RenderSpec(
-            naming.TaskId("demo", f"{cluster}.unseen", eval_variant(cluster)),
-            parts["unseen"], seed), ("validation",), True, cot))
+            tasks.append(
+                DemoTask(
+                    cluster,
+                    sources.RenderSpec(
+                        naming.TaskId("demo", cluster, variant), parts["seen"], seed
+                    ),
+                    both,
+                    False,
+                    cot,
+                )
+            )
+        tasks.append(
+            DemoTask(
+                cluster,
+                sources.RenderSpec(
+                    naming.TaskId("demo", cluster, "zs_noopt", inverted=True),
+                    parts["inverted"],
+                    seed,
+                ),
+                both,
+                False,
+                False,
+            )
+        )
+        tasks.append(
+            DemoTask(
+                cluster,
+                sources.RenderSpec(
+                    naming.TaskId("demo", f"{cluster}.unseen", eval_variant(cluster)),
+                    parts["unseen"],
+                    seed,
+                ),
+                ("validation",),
+                True,
+                cot,
+            )
+        )
     return tasks
 
 
@@ -132,7 +168,8 @@ def demo_eval_tasks() -> dict[str, dict[str, str]]:
         if task.spec.task_id.inverted or task.spec.task_id.variant != eval_variant(task.cluster):
             continue
         result.setdefault(task.cluster, {})["unseen" if task.held_out_templates else "seen"] = (
-            task.name)
+            task.name
+        )
     return result
 
 
@@ -147,7 +184,7 @@ def _as_text(value: Any) -> str:
 
 
 def extract_cot_answer(text: str) -> str:
-    """"... 8 - 2 = 6. So the answer is 6." -> "6"; text without the phrase -> ""."""
+    """ "... 8 - 2 = 6. So the answer is 6." -> "6"; text without the phrase -> ""."""
     last_line = " ".join(_as_text(text).split())
     match = _COT_ANSWER_RE.search(last_line)
     return match.group(1) if match else ""
@@ -169,8 +206,7 @@ def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict[str,
     """seqio metric: percentage of predictions equal to their target (option accuracy
     when the target is an option or its label)."""
     if len(targets) != len(predictions):
-        raise ValueError(f"exact_match: {len(targets)} targets but {len(predictions)} "
-                         "predictions.")
+        raise ValueError(f"exact_match: {len(targets)} targets but {len(predictions)} predictions.")
     if not targets:
         return {"accuracy": 0.0}
     hits = sum(_as_text(t) == _as_text(p) for t, p in zip(targets, predictions))
@@ -182,8 +218,9 @@ def list_demo_datasets() -> tuple[str, ...]:
     return CLUSTERS
 
 
-def load_demo_split(dataset: str, *, split: str, paths: data_paths.DataPaths | None = None,
-                    seed: int = 0) -> Iterator[sources.RawExample]:
+def load_demo_split(
+    dataset: str, *, split: str, paths: data_paths.DataPaths | None = None, seed: int = 0
+) -> Iterator[sources.RawExample]:
     """The generated examples of cluster `dataset`'s `split` ("train" or "validation").
 
     Args:
@@ -207,7 +244,8 @@ def _same_vocabulary(a: seqio.Vocabulary, b: seqio.Vocabulary) -> bool:
     # The same model cached in two directories is the same vocabulary; seqio's equality
     # also compares the file paths.
     if isinstance(a, seqio.SentencePieceVocabulary) and isinstance(
-            b, seqio.SentencePieceVocabulary):
+        b, seqio.SentencePieceVocabulary
+    ):
         return a.sp_model == b.sp_model and a.extra_ids == b.extra_ids
     return a == b
 
@@ -218,7 +256,8 @@ def _check_vocabulary(task_name: str, vocabulary: seqio.Vocabulary) -> None:
         raise ValueError(
             f"Demo task {task_name} is already registered with another vocabulary "
             f"({getattr(registered, 'sentencepiece_model_file', registered)}); register the "
-            "demo tasks once per process with one vocabulary.")
+            "demo tasks once per process with one vocabulary."
+        )
 
 
 def _register_task(task: DemoTask, vocabulary: seqio.Vocabulary) -> seqio.Task:
@@ -284,8 +323,13 @@ def make_demo_corpus(examples_per_cluster: int = 600) -> list[str]:
             rng = templates.example_rng(RENDER_SEED, f"demo/{cluster}/corpus", key)
             index = int(key.split(":")[1])
             template = template_set.templates[index % len(template_set.templates)]
-            rendered = templates.render(template, fields, with_options=bool(index % 2), rng=rng,
-                                        where=f"demo corpus {cluster} {key}:")
+            rendered = templates.render(
+                template,
+                fields,
+                with_options=bool(index % 2),
+                rng=rng,
+                where=f"demo corpus {cluster} {key}:",
+            )
             texts.extend([rendered.inputs, rendered.targets])
     return texts
 
@@ -298,8 +342,10 @@ def get_demo_vocabulary(cache_dir: str | None = None) -> seqio.SentencePieceVoca
         (a training run may pass its model directory).
     """
     return vocabularies.get_or_build_vocabulary(
-        "demo_spm", make_demo_corpus, DEMO_VOCAB_SETTINGS, cache_dir=cache_dir)
+        "demo_spm", make_demo_corpus, DEMO_VOCAB_SETTINGS, cache_dir=cache_dir
+    )
 
 
-FAMILY = family.TaskFamily("demo", list_demo_datasets, load_demo_split, missing_data,
-                           register_demo_tasks)
+FAMILY = family.TaskFamily(
+    "demo", list_demo_datasets, load_demo_split, missing_data, register_demo_tasks
+)

@@ -14,11 +14,13 @@ tiny T5 learns them on a laptop CPU in minutes, yet each cluster needs a differe
 Held-out instances are decided by the content (a digest of the fields), not by position, so
 no validation example ever appears in training, even if the generator repeats itself.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -26,22 +28,99 @@ from flan_jax.tasks import templates
 
 Fields = dict[str, Any]
 
-NAMES = ("Ana", "Ben", "Carla", "Dev", "Emma", "Femi", "Goro", "Hana", "Ivan", "Jia",
-         "Kofi", "Lena", "Mateo", "Nora", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tara")
-OBJECTS = ("apples", "pencils", "stickers", "books", "coins", "marbles", "cookies",
-           "stamps", "shells", "cards")
-CITIES = {"Paris": "France", "Lima": "Peru", "Oslo": "Norway", "Cairo": "Egypt",
-          "Tokyo": "Japan", "Quito": "Ecuador", "Hanoi": "Vietnam", "Accra": "Ghana",
-          "Dublin": "Ireland", "Madrid": "Spain"}
-JOBS = {"baker": "oven", "farmer": "tractor", "painter": "ladder", "sailor": "boat",
-        "doctor": "stethoscope", "teacher": "whiteboard", "pilot": "map", "tailor": "needle"}
-SUBJECTS = ("The soup", "The movie", "The hotel room", "The new phone", "The concert",
-            "The service", "The bike", "The book", "The train ride", "The museum")
+NAMES = (
+    "Ana",
+    "Ben",
+    "Carla",
+    "Dev",
+    "Emma",
+    "Femi",
+    "Goro",
+    "Hana",
+    "Ivan",
+    "Jia",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nora",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tara",
+)
+OBJECTS = (
+    "apples",
+    "pencils",
+    "stickers",
+    "books",
+    "coins",
+    "marbles",
+    "cookies",
+    "stamps",
+    "shells",
+    "cards",
+)
+CITIES = {
+    "Paris": "France",
+    "Lima": "Peru",
+    "Oslo": "Norway",
+    "Cairo": "Egypt",
+    "Tokyo": "Japan",
+    "Quito": "Ecuador",
+    "Hanoi": "Vietnam",
+    "Accra": "Ghana",
+    "Dublin": "Ireland",
+    "Madrid": "Spain",
+}
+JOBS = {
+    "baker": "oven",
+    "farmer": "tractor",
+    "painter": "ladder",
+    "sailor": "boat",
+    "doctor": "stethoscope",
+    "teacher": "whiteboard",
+    "pilot": "map",
+    "tailor": "needle",
+}
+SUBJECTS = (
+    "The soup",
+    "The movie",
+    "The hotel room",
+    "The new phone",
+    "The concert",
+    "The service",
+    "The bike",
+    "The book",
+    "The train ride",
+    "The museum",
+)
 POSITIVE = ("great", "lovely", "excellent", "wonderful", "fun", "comfortable", "tasty")
 NEGATIVE = ("awful", "boring", "terrible", "dirty", "slow", "disappointing", "noisy")
 ADVERBS = ("", "really ", "quite ", "very ")
-WORDS = ("red", "blue", "green", "sun", "moon", "star", "tree", "river", "stone", "bird",
-         "fish", "door", "lamp", "cup", "road", "hill", "rain", "snow", "wind", "leaf")
+WORDS = (
+    "red",
+    "blue",
+    "green",
+    "sun",
+    "moon",
+    "star",
+    "tree",
+    "river",
+    "stone",
+    "bird",
+    "fish",
+    "door",
+    "lamp",
+    "cup",
+    "road",
+    "hill",
+    "rain",
+    "snow",
+    "wind",
+    "leaf",
+)
 SENTIMENT_OPTIONS = ["negative", "positive"]
 NLI_OPTIONS = ["yes", "it is not possible to tell", "no"]
 HELD_OUT_PERCENT = 10
@@ -82,8 +161,7 @@ def generate_arith(rng: np.random.Generator) -> Fields:
             steps.append(f"{value} + {amount} = {value + amount}.")
             value += amount
     sentences.append(f"How many {obj} does {name} have now?")
-    return {"question": " ".join(sentences), "rationale": " ".join(steps),
-            "answer": str(value)}
+    return {"question": " ".join(sentences), "rationale": " ".join(steps), "answer": str(value)}
 
 
 def generate_sentiment(rng: np.random.Generator) -> Fields:
@@ -99,8 +177,11 @@ def generate_sentiment(rng: np.random.Generator) -> Fields:
         else:
             clauses.append(f"{subject} was {_pick(rng, ADVERBS)}{adjective}")
     text = ", and ".join([clauses[0]] + [c[0].lower() + c[1:] for c in clauses[1:]]) + "."
-    return {"text": text, "options": list(SENTIMENT_OPTIONS),
-            "answer": "positive" if positive else "negative"}
+    return {
+        "text": text,
+        "options": list(SENTIMENT_OPTIONS),
+        "answer": "positive" if positive else "negative",
+    }
 
 
 def _nli_location(rng: np.random.Generator, name: str, label: str) -> tuple[str, str]:
@@ -139,8 +220,12 @@ def generate_nli(rng: np.random.Generator) -> Fields:
     label = _pick(rng, NLI_OPTIONS)
     make_pair = _pick(rng, (_nli_location, _nli_rule, _nli_compare))
     premise, hypothesis = make_pair(rng, _pick(rng, NAMES), label)
-    return {"premise": premise, "hypothesis": hypothesis, "options": list(NLI_OPTIONS),
-            "answer": label}
+    return {
+        "premise": premise,
+        "hypothesis": hypothesis,
+        "options": list(NLI_OPTIONS),
+        "answer": label,
+    }
 
 
 def generate_words(rng: np.random.Generator) -> Fields:
@@ -160,18 +245,22 @@ def generate_reading(rng: np.random.Generator) -> Fields:
     people = _pick_distinct(rng, NAMES, 2)
     cities = _pick_distinct(rng, CITIES, 3)
     jobs = _pick_distinct(rng, JOBS, 3)
-    context = " ".join(f"{person} lives in {cities[i]} and works as a {jobs[i]}."
-                       for i, person in enumerate(people))
+    context = " ".join(
+        f"{person} lives in {cities[i]} and works as a {jobs[i]}."
+        for i, person in enumerate(people)
+    )
     who = int(rng.integers(2))
     name = people[who]
-    question, pool = _pick(rng, (
-        (f"Where does {name} live?", cities),
-        (f"What is {name}'s job?", jobs),
-    ))
+    question, pool = _pick(
+        rng,
+        (
+            (f"Where does {name} live?", cities),
+            (f"What is {name}'s job?", jobs),
+        ),
+    )
     options = list(pool)
     rng.shuffle(options)
-    return {"context": context, "question": question, "options": options,
-            "answer": pool[who]}
+    return {"context": context, "question": question, "options": options, "answer": pool[who]}
 
 
 GENERATORS: dict[str, Callable[[np.random.Generator], Fields]] = {
@@ -189,8 +278,9 @@ def is_held_out(fields: Fields) -> bool:
     return int.from_bytes(digest[:4], "little") % 100 < HELD_OUT_PERCENT
 
 
-def iterate_examples(cluster: str, split: str, count: int,
-                     seed: int = 0) -> Iterator[tuple[str, Fields]]:
+def iterate_examples(
+    cluster: str, split: str, count: int, seed: int = 0
+) -> Iterator[tuple[str, Fields]]:
     """Yields `count` (key, fields) examples of `cluster` for "train" or "validation".
 
     Candidate `i` is drawn from `example_rng(seed, "demo/CLUSTER", "candidate:i")`, so the

@@ -21,6 +21,7 @@ When a local file is absent, the prepared TFDS datasets `wiki_dialog/OQ` and `qr
 TFDS data_dir are read instead (never downloaded). The inverted tasks ask for the question
 given the history and the reply.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,7 +29,8 @@ import glob
 import gzip
 import json
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import seqio
 
@@ -45,11 +47,11 @@ _HERE = os.path.dirname(__file__)
 _NO_HISTORY = "(this is the start of the conversation)"
 HOW_TO_GET = {
     "wiki_dialog": "Download the WikiDialog-OQ shards (github.com/google-research/"
-                   "dialog-inpainting) into <dialog dir>/wiki_dialog/, or prepare the TFDS "
-                   "dataset wiki_dialog/OQ in the TFDS data_dir.",
+    "dialog-inpainting) into <dialog dir>/wiki_dialog/, or prepare the TFDS "
+    "dataset wiki_dialog/OQ in the TFDS data_dir.",
     "qrecc": "Unpack qrecc_train.json and qrecc_test.json from github.com/apple/ml-qrecc "
-             "into <dialog dir>/qrecc/, or prepare the TFDS dataset q_re_cc in the TFDS "
-             "data_dir.",
+    "into <dialog dir>/qrecc/, or prepare the TFDS dataset q_re_cc in the TFDS "
+    "data_dir.",
 }
 
 
@@ -81,8 +83,11 @@ def wiki_dialog_example(dialog: dict) -> dict[str, str] | None:
     utterances = [_text(u) for u in dialog["utterances"]]
     if len(utterances) < 2:
         return None
-    return {"history": format_history(utterances[:-2]), "question": utterances[-2].strip(),
-            "response": utterances[-1].strip()}
+    return {
+        "history": format_history(utterances[:-2]),
+        "question": utterances[-2].strip(),
+        "response": utterances[-1].strip(),
+    }
 
 
 def qrecc_example(turn: dict) -> dict[str, str] | None:
@@ -90,8 +95,11 @@ def qrecc_example(turn: dict) -> dict[str, str] | None:
     answer = _text(turn["Answer"]).strip()
     if not answer:
         return None
-    return {"history": format_history([_text(t) for t in turn["Context"]]),
-            "question": _text(turn["Question"]).strip(), "response": answer}
+    return {
+        "history": format_history([_text(t) for t in turn["Context"]]),
+        "question": _text(turn["Question"]).strip(),
+        "response": answer,
+    }
 
 
 def local_files(dataset: str, split: str, paths: data_paths.DataPaths) -> list[str]:
@@ -121,11 +129,15 @@ def _read_local(dataset: str, files: Sequence[str]) -> Iterator[dict]:
 
 
 def _read_tfds(dataset: str, split: str, paths: data_paths.DataPaths) -> Iterator[dict]:
-    for row in tfds_reading.read_tfds_split(TFDS_NAMES[dataset], split, paths.tfds_data_dir,
-                                          dataset=dataset, how_to_get=HOW_TO_GET[dataset]):
+    for row in tfds_reading.read_tfds_split(
+        TFDS_NAMES[dataset],
+        split,
+        paths.tfds_data_dir,
+        dataset=dataset,
+        how_to_get=HOW_TO_GET[dataset],
+    ):
         if dataset == "qrecc":  # TFDS renames the release's fields.
-            row = {"Context": row["context"], "Question": row["question"],
-                   "Answer": row["answer"]}
+            row = {"Context": row["context"], "Question": row["question"], "Answer": row["answer"]}
         yield row
 
 
@@ -139,12 +151,14 @@ def missing_data(dataset: str, *, paths: data_paths.DataPaths | None = None) -> 
     paths = data_paths.resolve_data_paths(paths)
     if local_files(dataset, "train", paths):
         return None
-    return tfds_reading.missing_tfds_message(TFDS_NAMES[dataset], paths.tfds_data_dir,
-                                             dataset=dataset, how_to_get=HOW_TO_GET[dataset])
+    return tfds_reading.missing_tfds_message(
+        TFDS_NAMES[dataset], paths.tfds_data_dir, dataset=dataset, how_to_get=HOW_TO_GET[dataset]
+    )
 
 
-def load_dialog_split(dataset: str, *, split: str, paths: data_paths.DataPaths | None = None,
-                      seed: int = 0) -> Iterator[sources.RawExample]:
+def load_dialog_split(
+    dataset: str, *, split: str, paths: data_paths.DataPaths | None = None, seed: int = 0
+) -> Iterator[sources.RawExample]:
     """The examples of `dataset`'s `split`, local files first, then TFDS; `seed` is unused."""
     del seed  # The rows are read as they are.
     paths = data_paths.resolve_data_paths(paths)
@@ -177,11 +191,19 @@ def register_dialog_tasks(
     names = []
     for dataset in family.select_datasets(SOURCE, datasets, DATASETS):
         names += family.register_original_and_inverted(
-            SOURCE, dataset, VARIANTS, load_dialog_templates,
-            family.bind_split(load_dialog_split, dataset, paths=paths, seed=seed), vocabulary,
-            splits=SPLITS[dataset], seed=seed, few_shot=few_shot or FEW_SHOT)
+            SOURCE,
+            dataset,
+            VARIANTS,
+            load_dialog_templates,
+            family.bind_split(load_dialog_split, dataset, paths=paths, seed=seed),
+            vocabulary,
+            splits=SPLITS[dataset],
+            seed=seed,
+            few_shot=few_shot or FEW_SHOT,
+        )
     return names
 
 
-FAMILY = family.TaskFamily(SOURCE, list_dialog_datasets, load_dialog_split, missing_data,
-                           register_dialog_tasks)
+FAMILY = family.TaskFamily(
+    SOURCE, list_dialog_datasets, load_dialog_split, missing_data, register_dialog_tasks
+)

@@ -4,6 +4,7 @@
 families, `preprocessors` turns TFDS examples into template fields, and `register` holds the
 family's functions (`FAMILY`, see `flan_jax.tasks.family`). Importing registers nothing.
 """
+
 from flan_jax.tasks.flan2021.register import FAMILY
 
 __all__ = ["FAMILY"]

@@ -19,6 +19,7 @@ options; `answer_index` picks the answer out of the `options` field; `constants`
 field values; `preprocessor` names a function of `preprocessors.py` for what a mapping
 cannot say. `preprocessors.make_fields` applies all of them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +27,8 @@ import difflib
 import functools
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 
@@ -34,8 +36,15 @@ CATALOG_PATH = os.path.join(os.path.dirname(__file__), "datasets.yaml")
 TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
 _TFDS_NAME_RE = re.compile(r"^[a-z0-9_]+(/[A-Za-z0-9_.\-]+)?:\d+\.\d+\.\d+$")
 _REQUIRED_KEYS = ("name", "cluster", "family", "tfds", "splits", "train_examples")
-_OPTIONAL_KEYS = ("fields", "label", "answer_index", "constants", "preprocessor",
-                  "manual_download", "note")
+_OPTIONAL_KEYS = (
+    "fields",
+    "label",
+    "answer_index",
+    "constants",
+    "preprocessor",
+    "manual_download",
+    "note",
+)
 
 
 class CatalogError(ValueError):
@@ -109,8 +118,7 @@ def _parse_label(raw: Any, where: str) -> LabelSpec:
 def _parse_fields(raw: Any, where: str) -> dict[str, str | tuple[str, ...]]:
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: 'fields' must map template fields to feature paths.")
-    return {str(k): tuple(map(str, v)) if isinstance(v, list) else str(v)
-            for k, v in raw.items()}
+    return {str(k): tuple(map(str, v)) if isinstance(v, list) else str(v) for k, v in raw.items()}
 
 
 def parse_entry(raw: Any, where: str) -> DatasetEntry:
@@ -124,15 +132,18 @@ def parse_entry(raw: Any, where: str) -> DatasetEntry:
         raise CatalogError(f"{where}: missing keys {missing}, unknown keys {unknown}.")
     if not _TFDS_NAME_RE.match(str(raw["tfds"])):
         raise CatalogError(
-            f"{where}: 'tfds' must be a versioned name like 'glue/rte:2.0.0', "
-            f"got {raw['tfds']!r}.")
+            f"{where}: 'tfds' must be a versioned name like 'glue/rte:2.0.0', got {raw['tfds']!r}."
+        )
     splits = raw["splits"]
     if not isinstance(splits, dict) or "train" not in splits:
-        raise CatalogError(f"{where}: 'splits' must map split names to TFDS splits, "
-                           f"with a 'train' entry; got {splits!r}.")
+        raise CatalogError(
+            f"{where}: 'splits' must map split names to TFDS splits, "
+            f"with a 'train' entry; got {splits!r}."
+        )
     if not isinstance(raw["train_examples"], int) or raw["train_examples"] <= 0:
-        raise CatalogError(f"{where}: 'train_examples' must be a positive integer, "
-                           f"got {raw['train_examples']!r}.")
+        raise CatalogError(
+            f"{where}: 'train_examples' must be a positive integer, got {raw['train_examples']!r}."
+        )
     return DatasetEntry(
         name=str(raw["name"]),
         cluster=str(raw["cluster"]),
@@ -159,8 +170,9 @@ def load_catalog_file(path: str) -> tuple[DatasetEntry, ...]:
         raise CatalogError(f"{path}: cannot read the catalog: {e}") from e
     if not isinstance(data, dict) or not isinstance(data.get("datasets"), list):
         raise CatalogError(f"{path}: expected a mapping with a 'datasets' list.")
-    entries = tuple(parse_entry(raw, f"{path}: dataset {i}")
-                    for i, raw in enumerate(data["datasets"]))
+    entries = tuple(
+        parse_entry(raw, f"{path}: dataset {i}") for i, raw in enumerate(data["datasets"])
+    )
     seen = set()
     for entry in entries:
         if entry.name in seen:

@@ -14,11 +14,13 @@ referenced by name from `datasets.yaml`. Worked example (glue/rte, catalog entry
 `make_fields` returns None for examples that cannot be rendered (unlabeled test rows,
 questions without an answer), which the loader skips.
 """
+
 from __future__ import annotations
 
 import re
 import string
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +56,8 @@ def lookup_feature(example: Mapping[str, Any], path: str, where: str) -> Any:
         if not isinstance(value, Mapping) or name not in value:
             raise catalog.CatalogError(
                 f"{where}: feature {name!r} of path {path!r} is not in the example "
-                f"(has {sorted(value) if isinstance(value, Mapping) else type(value)}).")
+                f"(has {sorted(value) if isinstance(value, Mapping) else type(value)})."
+            )
         value = value[name]
         for index in re.findall(r"\d+", indices):
             if int(index) >= len(value):
@@ -94,7 +97,8 @@ def make_fields(entry: catalog.DatasetEntry, raw: Mapping[str, Any]) -> Fields |
         if entry.preprocessor not in PREPROCESSORS:
             raise catalog.CatalogError(
                 f"{where}: unknown preprocessor {entry.preprocessor!r}; known: "
-                f"{sorted(PREPROCESSORS)}.")
+                f"{sorted(PREPROCESSORS)}."
+            )
         extra = PREPROCESSORS[entry.preprocessor](example)
         if extra is None:
             return None
@@ -114,8 +118,11 @@ def arc_choices(example: Fields) -> Fields | None:
     if example["answerKey"] not in labels:
         return None
     options = list(example["choices"]["text"])
-    return {"question": example["question"], "options": options,
-            "answer": options[labels.index(example["answerKey"])]}
+    return {
+        "question": example["question"],
+        "options": options,
+        "answer": options[labels.index(example["answerKey"])],
+    }
 
 
 def record_cloze(example: Fields) -> Fields | None:
@@ -123,8 +130,12 @@ def record_cloze(example: Fields) -> Fields | None:
     if not example["answers"]:
         return None
     passage = example["passage"].replace("@highlight\n", "- ")
-    return {"passage": passage, "query": example["query"].replace("@placeholder", "___"),
-            "options": sorted(set(example["entities"])), "answer": example["answers"][0]}
+    return {
+        "passage": passage,
+        "query": example["query"].replace("@placeholder", "___"),
+        "options": sorted(set(example["entities"])),
+        "answer": example["answers"][0],
+    }
 
 
 def coqa_conversation(example: Fields) -> Fields | None:
@@ -133,8 +144,11 @@ def coqa_conversation(example: Fields) -> Fields | None:
     answers = list(example["answers"]["input_text"])
     if not questions or len(questions) != len(answers):
         return None
-    return {"story": example["story"], "questions": _numbered(questions),
-            "answers": _numbered(answers)}
+    return {
+        "story": example["story"],
+        "questions": _numbered(questions),
+        "answers": _numbered(answers),
+    }
 
 
 def squad_v2_answer(example: Fields) -> Fields:
@@ -148,8 +162,10 @@ def quac_answer(example: Fields) -> Fields | None:
     answer = example["orig_answer"]["text"]
     if not answer or answer == "CANNOTANSWER":
         return None
-    context = f"{example['title']}: {example['section_title']}\n{example['background']}\n\n" \
-              f"{example['context']}".replace("CANNOTANSWER", "").strip()
+    context = (
+        f"{example['title']}: {example['section_title']}\n{example['background']}\n\n"
+        f"{example['context']}".replace("CANNOTANSWER", "").strip()
+    )
     return {"context": context, "question": example["question"], "answer": answer}
 
 
@@ -158,20 +174,28 @@ def story_cloze_ending(example: Fields) -> Fields | None:
     endings = list(example["endings"])
     if not 1 <= example["label"] <= len(endings):
         return None
-    return {"context": example["context"], "options": endings,
-            "answer": endings[example["label"] - 1]}
+    return {
+        "context": example["context"],
+        "options": endings,
+        "answer": endings[example["label"] - 1],
+    }
 
 
 def wsc_spans(example: Fields) -> Fields:
     """WSC: the pronoun (span 2) and the candidate noun phrase (span 1)."""
-    return {"text": example["text"], "pronoun": example["span2_text"],
-            "noun": example["span1_text"]}
+    return {
+        "text": example["text"],
+        "pronoun": example["span2_text"],
+        "noun": example["span1_text"],
+    }
 
 
 def stsb_score(example: Fields) -> Fields:
     """STS-B: the 0-5 similarity rounded to a whole number, offered as options 0..5."""
-    return {"answer": str(int(round(float(example["label"])))),
-            "options": [str(i) for i in range(6)]}
+    return {
+        "answer": str(int(round(float(example["label"])))),
+        "options": [str(i) for i in range(6)],
+    }
 
 
 def join_triples(example: Fields) -> Fields:
@@ -198,8 +222,10 @@ def idebate_argument(example: Fields) -> Fields:
 def rotten_tomatoes_consensus(example: Fields) -> Fields:
     """Rotten Tomatoes: the critics' snippets as the document, the consensus as summary."""
     critics = example["_critics"]["value"]
-    return {"document": "\n".join(f"- {c}" for c in critics),
-            "summary": example["_critic_consensus"]}
+    return {
+        "document": "\n".join(f"- {c}" for c in critics),
+        "summary": example["_critic_consensus"],
+    }
 
 
 def _normalize_spaces(text: str) -> str:
@@ -221,8 +247,7 @@ def strip_punctuation(example: Fields) -> Fields | None:
     """fix_punct: a sentence with its punctuation removed; restore it."""
     text = _normalize_spaces(example["text"])
     corrupted = _normalize_spaces(text.translate(_PUNCTUATION_TABLE))
-    return None if corrupted == text or not corrupted else {"corrupted": corrupted,
-                                                            "text": text}
+    return None if corrupted == text or not corrupted else {"corrupted": corrupted, "text": text}
 
 
 def lowercase_text(example: Fields) -> Fields | None:
@@ -238,9 +263,24 @@ def remove_spaces(example: Fields) -> Fields | None:
 
 
 PREPROCESSORS: dict[str, Callable[[Fields], Fields | None]] = {
-    f.__name__: f for f in (
-        arc_choices, record_cloze, coqa_conversation, squad_v2_answer, quac_answer,
-        story_cloze_ending, wsc_spans, stsb_score, join_triples, join_webnlg_triples,
-        join_concepts, idebate_argument, rotten_tomatoes_consensus, lambada_last_word,
-        strip_punctuation, lowercase_text, remove_spaces)
+    f.__name__: f
+    for f in (
+        arc_choices,
+        record_cloze,
+        coqa_conversation,
+        squad_v2_answer,
+        quac_answer,
+        story_cloze_ending,
+        wsc_spans,
+        stsb_score,
+        join_triples,
+        join_webnlg_triples,
+        join_concepts,
+        idebate_argument,
+        rotten_tomatoes_consensus,
+        lambada_last_word,
+        strip_punctuation,
+        lowercase_text,
+        remove_spaces,
+    )
 }

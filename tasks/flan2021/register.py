@@ -16,11 +16,12 @@ prepared fails when read with a message naming it and the command that prepares 
     names = flan2021.FAMILY.register(vocabulary, paths=paths)
     seqio.get_mixture_or_task("flan2021__rte__zs_opt").get_dataset(...)
 """
+
 from __future__ import annotations
 
 import functools
 import os
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import seqio
 
@@ -35,12 +36,16 @@ FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=5)
 
 def how_to_prepare(entry: catalog.DatasetEntry) -> str:
     """The instructions appended to a missing-data error for `entry`."""
-    message = (f"Prepare it once with `tfds build {entry.tfds} --data_dir=DIR` on a machine "
-               f"with network access, then set ${data_paths.ENV_TFDS_DATA_DIR}=DIR (or bind "
-               f"data_paths.get_data_paths.tfds_data_dir in gin).")
+    message = (
+        f"Prepare it once with `tfds build {entry.tfds} --data_dir=DIR` on a machine "
+        f"with network access, then set ${data_paths.ENV_TFDS_DATA_DIR}=DIR (or bind "
+        f"data_paths.get_data_paths.tfds_data_dir in gin)."
+    )
     if entry.manual_download:
-        message += (" This dataset needs its source files placed by hand first: see the "
-                    "TFDS catalog page of the dataset for where to put them.")
+        message += (
+            " This dataset needs its source files placed by hand first: see the "
+            "TFDS catalog page of the dataset for where to put them."
+        )
     return message
 
 
@@ -73,11 +78,13 @@ def load_flan2021_split(
     del seed
     entry = catalog.get_entry(dataset)
     if split not in entry.splits:
-        raise ValueError(f"Flan 2021 dataset {dataset!r} has splits {sorted(entry.splits)}, "
-                         f"not {split!r}.")
+        raise ValueError(
+            f"Flan 2021 dataset {dataset!r} has splits {sorted(entry.splits)}, not {split!r}."
+        )
     data_dir = data_paths.resolve_data_paths(paths).tfds_data_dir
-    rows = tfds_reading.read_tfds_split(entry.tfds, entry.splits[split], data_dir,
-                                        dataset=dataset, how_to_get=how_to_prepare(entry))
+    rows = tfds_reading.read_tfds_split(
+        entry.tfds, entry.splits[split], data_dir, dataset=dataset, how_to_get=how_to_prepare(entry)
+    )
     for index, raw in enumerate(rows):
         fields = preprocessors.make_fields(entry, raw)
         if fields is not None:
@@ -88,8 +95,11 @@ def missing_data(dataset: str, *, paths: data_paths.DataPaths | None = None) -> 
     """A message saying how to prepare `dataset` when its TFDS data is absent, else None."""
     entry = catalog.get_entry(dataset)
     return tfds_reading.missing_tfds_message(
-        entry.tfds, data_paths.resolve_data_paths(paths).tfds_data_dir, dataset=dataset,
-        how_to_get=how_to_prepare(entry))
+        entry.tfds,
+        data_paths.resolve_data_paths(paths).tfds_data_dir,
+        dataset=dataset,
+        how_to_get=how_to_prepare(entry),
+    )
 
 
 def register_flan2021_tasks(
@@ -121,19 +131,28 @@ def register_flan2021_tasks(
         load_split = family.bind_split(load_flan2021_split, entry.name, paths=paths, seed=seed)
         # One lazily read pool, shared by the two few-shot variants of the dataset.
         spec_few_shot = few_shot_lib.make_few_shot_spec(
-            functools.partial(load_split, "train"), vocabulary,
-            settings=few_shot or FEW_SHOT)
+            functools.partial(load_split, "train"), vocabulary, settings=few_shot or FEW_SHOT
+        )
         template_set = load_family_templates(entry.family)
         for variant in VARIANTS:
             task_id = naming.TaskId(SOURCE, entry.name, variant)
-            spec = sources.RenderSpec(task_id, template_set.templates, seed=seed,
-                                      few_shot=spec_few_shot if task_id.few_shot else None)
+            spec = sources.RenderSpec(
+                task_id,
+                template_set.templates,
+                seed=seed,
+                few_shot=spec_few_shot if task_id.few_shot else None,
+            )
             sources.register_rendered_task(
-                spec, load_split, vocabulary=vocabulary, splits=list(entry.splits),
-                num_input_examples={"train": entry.train_examples})
+                spec,
+                load_split,
+                vocabulary=vocabulary,
+                splits=list(entry.splits),
+                num_input_examples={"train": entry.train_examples},
+            )
             names.append(spec.task_name)
     return names
 
 
-FAMILY = family.TaskFamily(SOURCE, list_flan2021_datasets, load_flan2021_split, missing_data,
-                           register_flan2021_tasks)
+FAMILY = family.TaskFamily(
+    SOURCE, list_flan2021_datasets, load_flan2021_split, missing_data, register_flan2021_tasks
+)

@@ -17,6 +17,7 @@ the file and the field.
 The catalog (`catalog.tsv`) lists the 1,556 tasks of the Flan 2022 collection: the
 MMLU-derived tasks (ids 664-667 and 685-737) are excluded so evaluation on MMLU stays clean.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,7 +27,8 @@ import glob
 import json
 import os
 import re
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import seqio
 
@@ -85,10 +87,17 @@ def load_niv2_catalog() -> tuple[Niv2Task, ...]:
         lines = [line for line in f if not line.startswith("#")]
     rows = []
     for row in csv.DictReader(lines, delimiter="\t"):
-        rows.append(Niv2Task(number=int(row["number"]), name=row["name"],
-                             ni_name=row["ni_name"], category=row["category"],
-                             source_dataset=row["source_dataset"],
-                             languages=row["languages"], split=row["split"]))
+        rows.append(
+            Niv2Task(
+                number=int(row["number"]),
+                name=row["name"],
+                ni_name=row["ni_name"],
+                category=row["category"],
+                source_dataset=row["source_dataset"],
+                languages=row["languages"],
+                split=row["split"],
+            )
+        )
     return tuple(rows)
 
 
@@ -130,8 +139,9 @@ def find_task_file(dataset: str, paths: data_paths.DataPaths) -> str:
         # NI task numbers are not unique (two task1168 files exist): among the files with
         # the number, take the one whose name made safe is ours.
         candidates = [
-            path for path in sorted(glob.glob(os.path.join(tasks_dir, f"task{task.number:03d}_*.json")))
-            if make_safe_name(os.path.basename(path)[:-len(".json")]) == task.name
+            path
+            for path in sorted(glob.glob(os.path.join(tasks_dir, f"task{task.number:03d}_*.json")))
+            if make_safe_name(os.path.basename(path)[: -len(".json")]) == task.name
         ]
     if not candidates:
         candidates = [os.path.join(tasks_dir, f"task{task.number:03d}_*.json")]
@@ -153,7 +163,8 @@ def _require_field(data: dict, field: str, kind: type | tuple[type, ...], where:
     if not isinstance(data[field], kind):
         expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise Niv2FormatError(
-            f"{where}: field {field!r} must be a {expected}, got {type(data[field]).__name__}.")
+            f"{where}: field {field!r} must be a {expected}, got {type(data[field]).__name__}."
+        )
     return data[field]
 
 
@@ -176,8 +187,9 @@ def read_task_file(path: str) -> dict:
                 raise Niv2FormatError(f"{where}: expected an object.")
             _require_field(item, "input", str, where)
             output = _require_field(item, "output", (str, list), where)
-            if not output or not all(isinstance(o, str) for o in
-                                     ([output] if isinstance(output, str) else output)):
+            if not output or not all(
+                isinstance(o, str) for o in ([output] if isinstance(output, str) else output)
+            ):
                 raise Niv2FormatError(f"{where}: field 'output' must be non-empty text.")
     return data
 
@@ -187,19 +199,27 @@ def _first_output(output: str | list[str]) -> str:
 
 
 def format_demonstrations(
-    data: dict, *, budget: int | None, count_tokens: Callable[[str], int] | None,
+    data: dict,
+    *,
+    budget: int | None,
+    count_tokens: Callable[[str], int] | None,
     num_shots: int,
 ) -> str:
     """The first `num_shots` positive examples as text, dropping the last ones over budget."""
-    shots = [f"Input: {ex['input']}\nOutput: {_first_output(ex['output'])}"
-             for ex in data["Positive Examples"][:num_shots]]
+    shots = [
+        f"Input: {ex['input']}\nOutput: {_first_output(ex['output'])}"
+        for ex in data["Positive Examples"][:num_shots]
+    ]
     while shots and budget is not None and count_tokens("\n\n".join(shots)) > budget:
         shots.pop()
     return "\n\n".join(shots)
 
 
 def read_niv2_examples(
-    path: str, *, num_shots: int = 0, max_input_tokens: int | None = None,
+    path: str,
+    *,
+    num_shots: int = 0,
+    max_input_tokens: int | None = None,
     count_tokens: Callable[[str], int] | None = None,
 ) -> Iterator[sources.RawExample]:
     """Yields one (key, fields) example per instance of the task file at `path`.
@@ -214,20 +234,29 @@ def read_niv2_examples(
     data = read_task_file(path)
     definition = "\n".join(d.strip() for d in data["Definition"])
     for instance in data["Instances"]:
-        fields = {"definition": definition, "input": instance["input"],
-                  "answer": _first_output(instance["output"])}
+        fields = {
+            "definition": definition,
+            "input": instance["input"],
+            "answer": _first_output(instance["output"]),
+        }
         if num_shots:
             budget = None
             if max_input_tokens is not None:
-                budget = (max_input_tokens - _TEMPLATE_HEADROOM_TOKENS
-                          - count_tokens(definition) - count_tokens(instance["input"]))
+                budget = (
+                    max_input_tokens
+                    - _TEMPLATE_HEADROOM_TOKENS
+                    - count_tokens(definition)
+                    - count_tokens(instance["input"])
+                )
             fields["demonstrations"] = format_demonstrations(
-                data, budget=budget, count_tokens=count_tokens, num_shots=num_shots)
+                data, budget=budget, count_tokens=count_tokens, num_shots=num_shots
+            )
         yield f"train:{instance.get('id', '')}", fields
 
 
-def _read_split(dataset: str, split: str, paths: data_paths.DataPaths | None,
-                **example_options) -> Iterator[sources.RawExample]:
+def _read_split(
+    dataset: str, split: str, paths: data_paths.DataPaths | None, **example_options
+) -> Iterator[sources.RawExample]:
     """The instances of NIv2 task `dataset`, with `read_niv2_examples`'s options."""
     if split != "train":
         raise ValueError(f"NIv2 task {dataset!r} has only a 'train' split, got {split!r}.")
@@ -235,8 +264,9 @@ def _read_split(dataset: str, split: str, paths: data_paths.DataPaths | None,
     return read_niv2_examples(path, **example_options)
 
 
-def load_niv2_split(dataset: str, *, split: str, paths: data_paths.DataPaths | None = None,
-                    seed: int = 0) -> Iterator[sources.RawExample]:
+def load_niv2_split(
+    dataset: str, *, split: str, paths: data_paths.DataPaths | None = None, seed: int = 0
+) -> Iterator[sources.RawExample]:
     """The zero-shot fields of NIv2 task `dataset`'s instances (only a "train" split: all of
     them); `seed` is unused. Few-shot tasks add demonstrations (see `register_niv2_tasks`)."""
     del seed  # The instances are read as they are.
@@ -272,23 +302,33 @@ def register_niv2_tasks(
             options = {}
             spec_few_shot = None
             if task_id.few_shot:
-                options = dict(num_shots=settings.num_shots,
-                               max_input_tokens=settings.max_input_tokens,
-                               count_tokens=count_tokens)
+                options = dict(
+                    num_shots=settings.num_shots,
+                    max_input_tokens=settings.max_input_tokens,
+                    count_tokens=count_tokens,
+                )
                 # The demonstrations are the task's own positive examples, placed by the
                 # template; no exemplars are drawn from the instances.
-                spec_few_shot = sources.FewShotSpec(pool=(), num_shots=0,
-                                                    max_input_tokens=settings.max_input_tokens,
-                                                    count_tokens=count_tokens)
+                spec_few_shot = sources.FewShotSpec(
+                    pool=(),
+                    num_shots=0,
+                    max_input_tokens=settings.max_input_tokens,
+                    count_tokens=count_tokens,
+                )
             spec = sources.RenderSpec(
-                task_id, load_niv2_templates(task_id.few_shot).templates, seed=seed,
-                few_shot=spec_few_shot)
+                task_id,
+                load_niv2_templates(task_id.few_shot).templates,
+                seed=seed,
+                few_shot=spec_few_shot,
+            )
             load_split = functools.partial(_read_split, dataset, paths=paths, **options)
-            sources.register_rendered_task(spec, load_split, vocabulary=vocabulary,
-                                           splits=["train"])
+            sources.register_rendered_task(
+                spec, load_split, vocabulary=vocabulary, splits=["train"]
+            )
             names.append(spec.task_name)
     return names
 
 
-FAMILY = family.TaskFamily(SOURCE, list_niv2_datasets, load_niv2_split, missing_data,
-                           register_niv2_tasks)
+FAMILY = family.TaskFamily(
+    SOURCE, list_niv2_datasets, load_niv2_split, missing_data, register_niv2_tasks
+)

@@ -1,4 +1,5 @@
 """T0-SF tasks: 193 P3 prompts (promptsource format) over local dataset rows."""
+
 from flan_jax.tasks.t0.registration import (
     FAMILY,
     T0Task,
@@ -11,5 +12,14 @@ from flan_jax.tasks.t0.registration import (
     render_rows,
 )
 
-__all__ = ["FAMILY", "T0Task", "find_prompt", "list_t0_datasets", "load_t0_catalog",
-           "load_t0_split", "missing_data", "register_t0_tasks", "render_rows"]
+__all__ = [
+    "FAMILY",
+    "T0Task",
+    "find_prompt",
+    "list_t0_datasets",
+    "load_t0_catalog",
+    "load_t0_split",
+    "missing_data",
+    "register_t0_tasks",
+    "render_rows",
+]

@@ -20,6 +20,7 @@ prompt may use the list as `answer_choices`. Rendering uses a sandboxed Jinja en
 same example renders the same text in every run. An example for which the template
 renders no target (templates guard themselves with `{% if ... %}`) is skipped.
 """
+
 from __future__ import annotations
 
 import collections
@@ -27,7 +28,8 @@ import dataclasses
 import functools
 import glob
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jinja2
 import jinja2.sandbox
@@ -108,17 +110,19 @@ def read_templates_file(path: str) -> list[PromptTemplate]:
         if not isinstance(entry.get("name"), str):
             raise PromptTemplateError(f"{where}: needs a 'name' string.")
         metadata = entry.get("metadata") or {}
-        prompts.append(PromptTemplate(
-            dataset=str(data.get("dataset", "")),
-            subset=str(data.get("subset") or ""),
-            name=entry["name"],
-            template_id=str(entry.get("id", key)),
-            jinja=entry["jinja"],
-            answer_choices=entry.get("answer_choices"),
-            original_task=bool(metadata.get("original_task", False)),
-            choices_in_prompt=bool(metadata.get("choices_in_prompt", False)),
-            path=path,
-        ))
+        prompts.append(
+            PromptTemplate(
+                dataset=str(data.get("dataset", "")),
+                subset=str(data.get("subset") or ""),
+                name=entry["name"],
+                template_id=str(entry.get("id", key)),
+                jinja=entry["jinja"],
+                answer_choices=entry.get("answer_choices"),
+                original_task=bool(metadata.get("original_task", False)),
+                choices_in_prompt=bool(metadata.get("choices_in_prompt", False)),
+                path=path,
+            )
+        )
     return prompts
 
 
@@ -167,8 +171,9 @@ def _compile(source: str) -> jinja2.Template:
     return _environment().from_string(source)
 
 
-def _render_text(source: str, values: Mapping[str, Any], rng: np.random.Generator,
-                 where: str) -> str:
+def _render_text(
+    source: str, values: Mapping[str, Any], rng: np.random.Generator, where: str
+) -> str:
     try:
         return _compile(source).render(dict(values, **{_RNG_VARIABLE: rng}))
     # Template code is data: whatever it raises (Jinja errors, or Python errors of the

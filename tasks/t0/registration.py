@@ -16,13 +16,14 @@ wrapper template, so "opt" variants can add a seeded options block when the prom
 answer choices it does not already list. Rows for which the prompt yields no target are
 skipped, as in P3.
 """
+
 from __future__ import annotations
 
 import csv
 import dataclasses
 import functools
 import os
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import seqio
 
@@ -96,8 +97,9 @@ def templates_file(task: T0Task, paths: data_paths.DataPaths) -> str:
         path = os.path.join(root, prefix, relative)
         if os.path.exists(path):
             return path
-    return data_paths.require_path(os.path.join(root, relative), dataset=task.name,
-                                   how_to_get=HOW_TO_GET_TEMPLATES)
+    return data_paths.require_path(
+        os.path.join(root, relative), dataset=task.name, how_to_get=HOW_TO_GET_TEMPLATES
+    )
 
 
 def find_prompt(task: T0Task, paths: data_paths.DataPaths) -> promptsource.PromptTemplate:
@@ -107,7 +109,8 @@ def find_prompt(task: T0Task, paths: data_paths.DataPaths) -> promptsource.Promp
         if prompt.name == task.prompt:
             return prompt
     raise promptsource.PromptTemplateError(
-        f"{path}: no prompt named {task.prompt!r} (needed by T0 task {task.name!r}).")
+        f"{path}: no prompt named {task.prompt!r} (needed by T0 task {task.name!r})."
+    )
 
 
 def rows_file(task: T0Task, split: str, paths: data_paths.DataPaths) -> str:
@@ -120,8 +123,9 @@ def missing_data(dataset: str, *, paths: data_paths.DataPaths | None = None) -> 
     paths = data_paths.resolve_data_paths(paths)
     try:
         templates_file(task, paths)
-        data_paths.require_path(rows_file(task, "train", paths), dataset=dataset,
-                                how_to_get=HOW_TO_GET_DATA)
+        data_paths.require_path(
+            rows_file(task, "train", paths), dataset=dataset, how_to_get=HOW_TO_GET_DATA
+        )
     except data_paths.MissingDataError as e:
         return str(e)
     return None
@@ -134,8 +138,11 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
 
 
 def render_rows(
-    task: T0Task, prompt: promptsource.PromptTemplate, rows: Iterator[tuple[int, dict]],
-    split: str, seed: int,
+    task: T0Task,
+    prompt: promptsource.PromptTemplate,
+    rows: Iterator[tuple[int, dict]],
+    split: str,
+    seed: int,
 ) -> Iterator[sources.RawExample]:
     """Renders dataset rows through the prompt into our wrapper template's fields."""
     for index, row in rows:
@@ -151,14 +158,16 @@ def render_rows(
         yield key, fields
 
 
-def load_t0_split(dataset: str, *, split: str, paths: data_paths.DataPaths | None = None,
-                  seed: int = 0) -> Iterator[sources.RawExample]:
+def load_t0_split(
+    dataset: str, *, split: str, paths: data_paths.DataPaths | None = None, seed: int = 0
+) -> Iterator[sources.RawExample]:
     """The examples of T0 task `dataset` for `split`, rendered through its prompt (`seed`)."""
     task = _catalog_entry(dataset)
     paths = data_paths.resolve_data_paths(paths)
     prompt = find_prompt(task, paths)
-    path = data_paths.require_path(rows_file(task, split, paths), dataset=dataset,
-                                   how_to_get=HOW_TO_GET_DATA)
+    path = data_paths.require_path(
+        rows_file(task, split, paths), dataset=dataset, how_to_get=HOW_TO_GET_DATA
+    )
     return render_rows(task, prompt, read_rows(path), split, seed)
 
 
@@ -186,11 +195,18 @@ def register_t0_tasks(
         _catalog_entry(dataset)
         load_split = family.bind_split(load_t0_split, dataset, paths=paths, seed=seed)
         for variant in naming.VARIANTS:
-            names.append(family.register_dataset_task(
-                naming.TaskId(SOURCE, dataset, variant), wrapper, load_split, vocabulary,
-                splits=SPLITS, seed=seed, few_shot=few_shot or FEW_SHOT))
+            names.append(
+                family.register_dataset_task(
+                    naming.TaskId(SOURCE, dataset, variant),
+                    wrapper,
+                    load_split,
+                    vocabulary,
+                    splits=SPLITS,
+                    seed=seed,
+                    few_shot=few_shot or FEW_SHOT,
+                )
+            )
     return names
 
 
-FAMILY = family.TaskFamily(SOURCE, list_t0_datasets, load_t0_split, missing_data,
-                           register_t0_tasks)
+FAMILY = family.TaskFamily(SOURCE, list_t0_datasets, load_t0_split, missing_data, register_t0_tasks)

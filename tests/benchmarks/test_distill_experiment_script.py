@@ -1,4 +1,5 @@
 """The distillation experiment script runs end to end at its smoke size."""
+
 import json
 import os
 import subprocess
@@ -6,8 +7,7 @@ import sys
 
 import pytest
 
-_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks",
-                       "distill_experiment.py")
+_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "distill_experiment.py")
 
 
 @pytest.mark.slow
@@ -15,9 +15,21 @@ def test_experiment_smoke(tmp_path):
     pytest.importorskip("matplotlib", reason="the plot needs the 'bench' or 'test' extra")
     out_dir = tmp_path / "results"
     result = subprocess.run(
-        [sys.executable, _SCRIPT, "--preset", "smoke", "--out_dir", str(out_dir),
-         "--work_dir", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        [
+            sys.executable,
+            _SCRIPT,
+            "--preset",
+            "smoke",
+            "--out_dir",
+            str(out_dir),
+            "--work_dir",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "| mode | train examples |" in result.stdout  # the table is printed
     results = json.loads((out_dir / "distill_experiment.json").read_text())

@@ -1,4 +1,5 @@
 """`flan-jax tasks list/show/preview` and `flan-jax data export` on small registered tasks."""
+
 import json
 import os
 import subprocess
@@ -13,7 +14,8 @@ from flan_jax.data import export
 from flan_jax.tasks import naming, sources, templates
 
 VOCABULARY = seqio.SentencePieceVocabulary(
-    os.path.join(os.path.dirname(seqio.__file__), "test_data/sentencepiece/sentencepiece.model"))
+    os.path.join(os.path.dirname(seqio.__file__), "test_data/sentencepiece/sentencepiece.model")
+)
 COLOURS = ("red", "green", "blue", "yellow")
 CLI_TEMPLATES = (
     templates.Template("What colour is item {number}?{options_}", "{answer}", "zs", 0),
@@ -37,11 +39,15 @@ def colour_tasks():
     """Two tasks (options / no options) in one mixture with rates 3 : 1."""
     specs = [_spec("clicolours", "zs_opt"), _spec("clicolours", "zs_noopt")]
     for spec in specs:
-        sources.register_rendered_task(spec, _load_colours, vocabulary=VOCABULARY,
-                                       splits=["train"], num_input_examples={"train": 12})
+        sources.register_rendered_task(
+            spec,
+            _load_colours,
+            vocabulary=VOCABULARY,
+            splits=["train"],
+            num_input_examples={"train": 12},
+        )
     if MIXTURE not in seqio.MixtureRegistry.names():
-        seqio.MixtureRegistry.add(MIXTURE, [(specs[0].task_name, 3.0),
-                                            (specs[1].task_name, 1.0)])
+        seqio.MixtureRegistry.add(MIXTURE, [(specs[0].task_name, 3.0), (specs[1].task_name, 1.0)])
     return specs
 
 
@@ -65,8 +71,10 @@ def test_list_filters_by_mixture_and_source(capsys, colour_tasks):
     assert all(naming.parse_task_name(name).source == "demo" for name in out.split())
     code, out, _ = run_cli(tasks_cli, capsys, "list", "--mixture", MIXTURE)
     assert code == 0
-    assert out.splitlines() == ["demo__clicolours__zs_noopt\t1\t25.000%",
-                                "demo__clicolours__zs_opt\t3\t75.000%"]
+    assert out.splitlines() == [
+        "demo__clicolours__zs_noopt\t1\t25.000%",
+        "demo__clicolours__zs_opt\t3\t75.000%",
+    ]
     code, out, _ = run_cli(tasks_cli, capsys, "list", "--mixtures")
     assert f"{MIXTURE}\t2 tasks" in out.splitlines()
 
@@ -89,12 +97,15 @@ def test_show_mixture_gives_the_share_per_source(capsys):
 
 
 def test_preview_renders_the_examples_the_source_renders(capsys, colour_tasks):
-    code, out, _ = run_cli(tasks_cli, capsys, "preview", "demo__clicolours__zs_opt", "-n", "3",
-                           "--json")
+    code, out, _ = run_cli(
+        tasks_cli, capsys, "preview", "demo__clicolours__zs_opt", "-n", "3", "--json"
+    )
     assert code == 0
     shown = [json.loads(line) for line in out.splitlines()]
-    reference = [export.to_json_example(sources.render_example(colour_tasks[0], key, fields))
-                 for key, fields in list(_load_colours("train"))[:3]]
+    reference = [
+        export.to_json_example(sources.render_example(colour_tasks[0], key, fields))
+        for key, fields in list(_load_colours("train"))[:3]
+    ]
     assert shown == reference
     code, out, _ = run_cli(tasks_cli, capsys, "preview", MIXTURE, "-n", "2")
     assert code == 0
@@ -102,9 +113,14 @@ def test_preview_renders_the_examples_the_source_renders(capsys, colour_tasks):
     assert "_template_type=" in out and "--- inputs\n" in out and "--- targets\n" in out
 
 
-@pytest.mark.parametrize("argv", [("show", "demo__clicolour__zs_opt"),
-                                  ("preview", "cli_colors_mix"),
-                                  ("list", "--mixture", "cli_colours_mx")])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("show", "demo__clicolour__zs_opt"),
+        ("preview", "cli_colors_mix"),
+        ("list", "--mixture", "cli_colours_mx"),
+    ],
+)
 def test_unknown_name_suggests_the_closest_names(capsys, argv):
     code, out, err = run_cli(tasks_cli, capsys, *argv)
     assert code == 2 and not out
@@ -113,8 +129,21 @@ def test_unknown_name_suggests_the_closest_names(capsys, argv):
 
 
 def test_data_export_writes_and_resumes_to_the_same_manifest(capsys, tmp_path):
-    argv = ["export", "--mixture", MIXTURE, "--out", str(tmp_path), "--format", "arrayrecord",
-            "--max_examples", "15", "--examples_per_shard", "4", "--seed", "2"]
+    argv = [
+        "export",
+        "--mixture",
+        MIXTURE,
+        "--out",
+        str(tmp_path),
+        "--format",
+        "arrayrecord",
+        "--max_examples",
+        "15",
+        "--examples_per_shard",
+        "4",
+        "--seed",
+        "2",
+    ]
     code, out, _ = run_cli(data_cli, capsys, *argv)
     assert code == 0 and "exported 15 examples" in out and "in 4 shards" in out
     first = list(export.read_exported_examples(str(tmp_path)))
@@ -125,8 +154,9 @@ def test_data_export_writes_and_resumes_to_the_same_manifest(capsys, tmp_path):
 
 
 def test_data_export_unknown_mixture_suggests(capsys, tmp_path):
-    code, _, err = run_cli(data_cli, capsys, "export", "--mixture", "cli_colours_mixx",
-                           "--out", str(tmp_path))
+    code, _, err = run_cli(
+        data_cli, capsys, "export", "--mixture", "cli_colours_mixx", "--out", str(tmp_path)
+    )
     assert code == 2 and f"Did you mean: {MIXTURE}" in err
 
 
@@ -134,7 +164,10 @@ def test_data_export_unknown_mixture_suggests(capsys, tmp_path):
 def test_the_command_registers_the_catalog_in_a_fresh_process():
     result = subprocess.run(
         [sys.executable, "-m", "flan_jax.cli.main", "tasks", "list", "--mixtures"],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     mixtures = [line.split("\t")[0] for line in result.stdout.splitlines()]
     assert mixtures, f"no mixture registered by the catalog entry point: {result.stderr}"
@@ -148,9 +181,11 @@ def test_recount_counts_local_data_and_keeps_absent_rows(tmp_path, capsys):
     table.write_text(open(mixtures.COUNTS_PATH).read())
     (tmp_path / "data" / "cot").mkdir(parents=True)
     (tmp_path / "data" / "cot" / "qasc_train.tsv").write_text(
-        "".join(f"Question {i}?\tanswer {i}\tBecause {i}.\n" for i in range(5)))
-    code, out, _ = run_cli(tasks_cli, capsys, "recount", "--data_root",
-                           str(tmp_path / "data"), "--table", str(table))
+        "".join(f"Question {i}?\tanswer {i}\tBecause {i}.\n" for i in range(5))
+    )
+    code, out, _ = run_cli(
+        tasks_cli, capsys, "recount", "--data_root", str(tmp_path / "data"), "--table", str(table)
+    )
     assert code == 0
     assert "cot: 1 of 9 datasets counted from local data" in out
     before = {(r.source, r.dataset): r for r in mixtures.read_count_table(mixtures.COUNTS_PATH)}

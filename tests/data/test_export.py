@@ -4,6 +4,7 @@ argument checks and bounded memory.
 The kill and memory tests run this file as a child process (see `_main` at the bottom):
 the child registers the same toy tasks, so an example renders identically in both.
 """
+
 import json
 import os
 import signal
@@ -18,7 +19,8 @@ from flan_jax.data import export
 from flan_jax.tasks import naming, sources, templates
 
 VOCABULARY = seqio.SentencePieceVocabulary(
-    os.path.join(os.path.dirname(seqio.__file__), "test_data/sentencepiece/sentencepiece.model"))
+    os.path.join(os.path.dirname(seqio.__file__), "test_data/sentencepiece/sentencepiece.model")
+)
 TOY_TEMPLATES = (
     templates.Template("Q: {question}{options_}", "{answer}", "zs", 0),
     templates.Template("Answer the question.\n{question}{options_}\nA:", "{answer}", "zs", 1),
@@ -35,11 +37,14 @@ def _load_toy_split(dataset, num_examples, pad_chars, delay_s):
         for i in range(num_examples):
             if delay_s:
                 time.sleep(delay_s)
-            yield f"{split}:{i}", {
-                "question": f"{dataset} question {i}: what is {i} plus 1? " + "x" * pad_chars,
-                "answer": str(i + 1),
-                "options": [str(i), str(i + 1), str(i + 2)],
-            }
+            yield (
+                f"{split}:{i}",
+                {
+                    "question": f"{dataset} question {i}: what is {i} plus 1? " + "x" * pad_chars,
+                    "answer": str(i + 1),
+                    "options": [str(i), str(i + 1), str(i + 2)],
+                },
+            )
 
     return load_split
 
@@ -56,8 +61,12 @@ def register_toy_mixture(num_examples, *, pad_chars=0, delay_s=0.0):
         size = max(1, int(num_examples * factor))
         spec = toy_spec(f"{dataset}{num_examples}p{pad_chars}")
         task = sources.register_rendered_task(
-            spec, _load_toy_split(spec.task_id.dataset, size, pad_chars, delay_s),
-            vocabulary=VOCABULARY, splits=["train"], num_input_examples={"train": size})
+            spec,
+            _load_toy_split(spec.task_id.dataset, size, pad_chars, delay_s),
+            vocabulary=VOCABULARY,
+            splits=["train"],
+            num_input_examples={"train": size},
+        )
         task_rates.append((task.name, rate))
     if mixture not in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.add(mixture, task_rates)
@@ -65,14 +74,20 @@ def register_toy_mixture(num_examples, *, pad_chars=0, delay_s=0.0):
 
 
 def run_child(*args, **kwargs):
-    return subprocess.Popen([sys.executable, __file__, *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, __file__, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_export_holds_every_example_once_in_stream_order_with_metadata(tmp_path):
     mixture = register_toy_mixture(40)
     manifest = export.export_mixture(
-        export.ExportConfig(mixture, str(tmp_path), examples_per_shard=16))
+        export.ExportConfig(mixture, str(tmp_path), examples_per_shard=16)
+    )
     exported = list(export.read_exported_examples(str(tmp_path)))
     assert manifest["complete"] and manifest["num_examples"] == len(exported) == 40 + 20 + 10
     assert [s["num_examples"] for s in manifest["shards"]] == [16, 16, 16, 16, 6]
@@ -84,11 +99,19 @@ def test_export_holds_every_example_once_in_stream_order_with_metadata(tmp_path)
         # source renders for that key (a reference rendering, outside tf.data).
         assert [e["_example_key"] for e in mine] == [f"train:{i}" for i in range(size)]
         reference = sources.iterate_rendered(
-            spec, _load_toy_split(spec.task_id.dataset, size, 0, 0.0)("train"))
+            spec, _load_toy_split(spec.task_id.dataset, size, 0, 0.0)("train")
+        )
         assert mine == [export.to_json_example(r) for r in reference]
         assert manifest["state"]["consumed"][spec.task_name] == size
-    assert set(exported[0]) == {"inputs", "targets", "_task_name", "_task_source",
-                                "_template_idx", "_template_type", "_example_key"}
+    assert set(exported[0]) == {
+        "inputs",
+        "targets",
+        "_task_name",
+        "_task_source",
+        "_template_idx",
+        "_template_type",
+        "_example_key",
+    }
     # The rates shape the order: the rate-3 task dominates the first examples.
     first = [e["_task_name"] for e in exported[:12]]
     assert first.count(toy_spec("exportbeta40p0").task_name) > 4
@@ -97,14 +120,23 @@ def test_export_holds_every_example_once_in_stream_order_with_metadata(tmp_path)
 def test_arrayrecord_holds_the_same_examples_as_jsonl(tmp_path):
     mixture = register_toy_mixture(30)
     for fmt in export.FORMATS:
-        export.export_mixture(export.ExportConfig(
-            mixture, str(tmp_path / fmt), format=fmt, seed=3, max_examples=37,
-            examples_per_shard=10))
+        export.export_mixture(
+            export.ExportConfig(
+                mixture,
+                str(tmp_path / fmt),
+                format=fmt,
+                seed=3,
+                max_examples=37,
+                examples_per_shard=10,
+            )
+        )
     jsonl = list(export.read_exported_examples(str(tmp_path / "jsonl")))
     assert len(jsonl) == 37
     assert jsonl == list(export.read_exported_examples(str(tmp_path / "arrayrecord")))
     assert sorted(os.listdir(tmp_path / "arrayrecord")) == [
-        "manifest.json", *(f"train-0000{i}.array_record" for i in range(4))]
+        "manifest.json",
+        *(f"train-0000{i}.array_record" for i in range(4)),
+    ]
 
 
 def test_seed_changes_the_order_but_not_the_examples(tmp_path):
@@ -184,8 +216,9 @@ def _main(argv):
     mode, out_dir, size, number = argv
     if mode == "kill":
         mixture = register_toy_mixture(int(size), delay_s=float(number))
-        export.export_mixture(export.ExportConfig(
-            mixture, out_dir, examples_per_shard=25, seed=5, max_examples=300))
+        export.export_mixture(
+            export.ExportConfig(mixture, out_dir, examples_per_shard=25, seed=5, max_examples=300)
+        )
         return
     # Warm up tf.data and the writer on a tiny export so the baseline includes them.
     warmup = register_toy_mixture(5)

@@ -1,4 +1,5 @@
 """The atomic writers: the target holds the old or the new contents, never a partial file."""
+
 import json
 import os
 

@@ -1,4 +1,5 @@
 """The best-fit packer against seqio: exact round trip, same features, at least as dense."""
+
 import collections
 
 import numpy as np
@@ -16,8 +17,11 @@ def _example(inputs, targets):
 
 
 def test_worked_example_of_the_docstring():
-    examples = [_example([11, 12, 1], [21, 1]), _example([13, 14, 15, 1], [22, 23, 1]),
-                _example([16, 1], [24, 25, 26, 1])]
+    examples = [
+        _example([11, 12, 1], [21, 1]),
+        _example([13, 14, 15, 1], [22, 23, 1]),
+        _example([16, 1], [24, 25, 26, 1]),
+    ]
     got = packing.pack_examples(examples, LENGTHS)
     want = {
         "encoder_input_tokens": [[16, 1, 0, 0, 0, 0, 0, 0], [13, 14, 15, 1, 11, 12, 1, 0]],
@@ -37,8 +41,12 @@ def test_worked_example_of_the_docstring():
 
 def _random_lengths(count, seed, max_in=40, max_tgt=20):
     rng = np.random.default_rng(seed)
-    return list(zip(rng.integers(1, max_in + 1, count).tolist(),
-                    rng.integers(1, max_tgt + 1, count).tolist()))
+    return list(
+        zip(
+            rng.integers(1, max_in + 1, count).tolist(),
+            rng.integers(1, max_tgt + 1, count).tolist(),
+        )
+    )
 
 
 def _key(example):
@@ -53,8 +61,10 @@ def test_round_trip_recovers_every_example_exactly_once(seed):
     segments = data_testing.unpack_rows(features)
     assert collections.Counter(map(_key, segments)) == collections.Counter(map(_key, examples))
     # Every row respects both capacities and puts its segments contiguously from the left.
-    for stream, ids in [("encoder", features["encoder_segment_ids"]),
-                        ("decoder", features["decoder_segment_ids"])]:
+    for stream, ids in [
+        ("encoder", features["encoder_segment_ids"]),
+        ("decoder", features["decoder_segment_ids"]),
+    ]:
         real = ids > 0
         assert (np.sort(~real, axis=1, kind="stable") == ~real).all(), stream
         assert (np.diff(np.where(real, ids, ids.max() + 1), axis=1) >= 0).all(), stream
@@ -66,18 +76,22 @@ def test_unpacked_segments_equal_seqio_unpacked_features():
     reference = data_testing.seqio_unpacked_features(examples, lengths)
     by_key = {_key(e): i for i, e in enumerate(examples)}
     segments = data_testing.unpack_rows(
-        packing.pack_examples(examples, packing.FeatureLengths.from_mapping(lengths)))
+        packing.pack_examples(examples, packing.FeatureLengths.from_mapping(lengths))
+    )
     assert len(segments) == len(examples)
     for segment in segments:
         i = by_key[_key(segment)]
         n = len(segment["targets"])
-        np.testing.assert_array_equal(segment["decoder_input_tokens"],
-                                      reference["decoder_input_tokens"][i, :n])
-        np.testing.assert_array_equal(segment["decoder_loss_weights"],
-                                      reference["decoder_loss_weights"][i, :n])
+        np.testing.assert_array_equal(
+            segment["decoder_input_tokens"], reference["decoder_input_tokens"][i, :n]
+        )
+        np.testing.assert_array_equal(
+            segment["decoder_loss_weights"], reference["decoder_loss_weights"][i, :n]
+        )
         np.testing.assert_array_equal(segment["decoder_positions"], np.arange(n))
-        np.testing.assert_array_equal(segment["encoder_positions"],
-                                      np.arange(len(segment["inputs"])))
+        np.testing.assert_array_equal(
+            segment["encoder_positions"], np.arange(len(segment["inputs"]))
+        )
 
 
 def test_pad_examples_equals_seqio_unpacked_converter():
@@ -91,11 +105,15 @@ def test_pad_examples_equals_seqio_unpacked_converter():
 
 
 def _density(features, lengths):
-    counts = packing.count_real_tokens({
-        "encoder_input_tokens": features["encoder_input_tokens"],
-        "decoder_target_tokens": features["decoder_target_tokens"]})
+    counts = packing.count_real_tokens(
+        {
+            "encoder_input_tokens": features["encoder_input_tokens"],
+            "decoder_target_tokens": features["decoder_target_tokens"],
+        }
+    )
     return (counts["encoder_real"] + counts["decoder_real"]) / (
-        counts["encoder_total"] + counts["decoder_total"])
+        counts["encoder_total"] + counts["decoder_total"]
+    )
 
 
 def _compare_with_seqio(pairs, lengths):
@@ -104,11 +122,16 @@ def _compare_with_seqio(pairs, lengths):
     theirs = data_testing.seqio_trim_and_pack(examples, lengths)
     # Same real tokens on both sides (both trim identically), so fewer rows = denser.
     assert int(np.count_nonzero(ours["decoder_target_tokens"])) == int(
-        np.count_nonzero(theirs["targets"]))
+        np.count_nonzero(theirs["targets"])
+    )
     assert len(ours["decoder_target_tokens"]) <= len(theirs["targets"])
-    return (_density(ours, lengths),
-            _density({"encoder_input_tokens": theirs["inputs"],
-                      "decoder_target_tokens": theirs["targets"]}, lengths))
+    return (
+        _density(ours, lengths),
+        _density(
+            {"encoder_input_tokens": theirs["inputs"], "decoder_target_tokens": theirs["targets"]},
+            lengths,
+        ),
+    )
 
 
 def test_denser_than_seqio_trim_and_pack_on_random_lengths():
@@ -119,16 +142,17 @@ def test_denser_than_seqio_trim_and_pack_on_random_lengths():
 def test_denser_than_seqio_trim_and_pack_on_real_instruction_lengths():
     pairs = data_testing.load_instruction_lengths()
     if not pairs:
-        pytest.skip(f"real data absent: no flan_cot_data or gsm8k under "
-                    f"{shared_data_dir()}")
+        pytest.skip(f"real data absent: no flan_cot_data or gsm8k under {shared_data_dir()}")
     rng = np.random.default_rng(0)
     sample = [pairs[int(i)] for i in rng.choice(len(pairs), size=1024, replace=False)]
     # Equal capacities: the targets (rationales) are the scarcer stream in this data.
     lengths = {"inputs": 512, "targets": 512}
     ours, theirs = _compare_with_seqio(sample, lengths)
     assert ours >= theirs
-    packed = packing.pack_examples(data_testing.make_examples_from_lengths(sample),
-                                   packing.FeatureLengths.from_mapping(lengths))
+    packed = packing.pack_examples(
+        data_testing.make_examples_from_lengths(sample),
+        packing.FeatureLengths.from_mapping(lengths),
+    )
     targets = packed["decoder_target_tokens"]
     assert np.count_nonzero(targets) / targets.size >= 0.95
 

@@ -1,4 +1,5 @@
 """The resumable training iterator on the demo mixture: determinism, resume, counters."""
+
 import json
 
 import numpy as np
@@ -72,8 +73,10 @@ def test_batches_are_packed_t5x_features_and_depend_on_seed_and_shard():
 def test_packing_efficiency_counts_served_tokens():
     iterator = _iterator()
     batches = _take(iterator, 3)
-    real = sum(np.count_nonzero(b["encoder_input_tokens"]) + np.count_nonzero(
-        b["decoder_target_tokens"]) for b in batches)
+    real = sum(
+        np.count_nonzero(b["encoder_input_tokens"]) + np.count_nonzero(b["decoder_target_tokens"])
+        for b in batches
+    )
     total = 3 * 4 * (128 + 32)
     assert iterator.packing_efficiency == pytest.approx(real / total, abs=1e-12)
     assert iterator.stats.examples == sum(pipeline.count_examples(b) for b in batches)
@@ -86,10 +89,16 @@ def test_unpacked_batches_equal_seqio_feature_converter():
     task = "demo__words__zs_noopt"
     ours = _take(_iterator(name=task, pack=False, batch_size=8), 3)
     reference = seqio.get_dataset(
-        task, task_feature_lengths=LENGTHS,
-        feature_converter=seqio.EncDecFeatureConverter(pack=False), dataset_split="train",
-        shuffle=True, seed=3, num_epochs=None, shard_info=seqio.ShardInfo(0, 1),
-        batch_size=8).as_numpy_iterator()
+        task,
+        task_feature_lengths=LENGTHS,
+        feature_converter=seqio.EncDecFeatureConverter(pack=False),
+        dataset_split="train",
+        shuffle=True,
+        seed=3,
+        num_epochs=None,
+        shard_info=seqio.ShardInfo(0, 1),
+        batch_size=8,
+    ).as_numpy_iterator()
     _assert_same(ours, [next(reference) for _ in range(3)])
 
 
@@ -103,15 +112,16 @@ def test_state_from_another_configuration_is_rejected():
 
 def test_eval_examples_are_in_fixed_order_and_batch_with_padding():
     names = demo.demo_eval_tasks()["arith"]
-    first = pipeline.make_eval_examples(names["unseen"], task_feature_lengths=LENGTHS,
-                                        max_examples=5)
-    again = pipeline.make_eval_examples(names["unseen"], task_feature_lengths=LENGTHS,
-                                        max_examples=5)
+    first = pipeline.make_eval_examples(
+        names["unseen"], task_feature_lengths=LENGTHS, max_examples=5
+    )
+    again = pipeline.make_eval_examples(
+        names["unseen"], task_feature_lengths=LENGTHS, max_examples=5
+    )
     assert [e["_example_key"] for e in first] == [f"validation:{i}" for i in range(5)]
     assert [e["targets_pretokenized"] for e in first] == [e["targets_pretokenized"] for e in again]
     assert all(e["_template_idx"] in (5, 6) for e in first)  # held-out templates only
-    batches = list(pipeline.make_eval_batches(first, batch_size=4,
-                                              task_feature_lengths=LENGTHS))
+    batches = list(pipeline.make_eval_batches(first, batch_size=4, task_feature_lengths=LENGTHS))
     assert [real for _, real in batches] == [4, 1]
     last, _ = batches[-1]
     np.testing.assert_array_equal(last["decoder_target_tokens"][1:], 0)

@@ -1,4 +1,5 @@
 """Tokenizer alignment: hand-built cases, the naive reference DP and two real tokenizers."""
+
 from __future__ import annotations
 
 import json
@@ -15,21 +16,48 @@ from flan_jax.testing.shared_data import shared_data_dir
 GSM8K_TRAIN = pathlib.Path(shared_data_dir()) / "gsm8k" / "train.jsonl"
 
 
-@pytest.mark.parametrize("name,teacher,student,pairs,matched", [
-    ("one-to-one", [" The", " answer", " is", " 42", "."], ["▁The", "▁answer", "▁is", "▁42", "."],
-     [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)], [0, 1, 2, 3, 4]),
-    ("one-to-many", [" is", " 1234", "."], ["▁is", "▁12", "34", "."],
-     [(0, 0), (1, 1), (1, 2), (2, 3)], [0, -1, -1, 2]),
-    ("many-to-one", [" is", " 12", "34", "."], ["▁is", "▁1234", "."],
-     [(0, 0), (1, 1), (2, 1), (3, 2)], [0, -1, 3]),
-    ("whitespace and markers", ["\n", "Q", ":", "Ġhow", "Ċ"], ["▁Q", ":", "▁how"],
-     [(0, 0), (1, 0), (2, 1), (3, 2), (4, 2)], [-1, 2, -1]),
-    ("numbers and punctuation", [" $", "1", ",", "000", " +", " 5", "."],
-     ["▁$", "1,000", "▁+", "▁5", "."],
-     [(0, 0), (1, 0), (2, 0), (3, 1), (4, 2), (5, 3), (6, 4)], [-1, -1, 4, 5, 6]),
-    ("empty tokens stay one-to-one", [" ", " "], ["▁", "▁"], [(0, 0), (1, 1)], [0, 1]),
-    ("empty side", [], ["▁a"], [], [-1]),
-])
+@pytest.mark.parametrize(
+    "name,teacher,student,pairs,matched",
+    [
+        (
+            "one-to-one",
+            [" The", " answer", " is", " 42", "."],
+            ["▁The", "▁answer", "▁is", "▁42", "."],
+            [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)],
+            [0, 1, 2, 3, 4],
+        ),
+        (
+            "one-to-many",
+            [" is", " 1234", "."],
+            ["▁is", "▁12", "34", "."],
+            [(0, 0), (1, 1), (1, 2), (2, 3)],
+            [0, -1, -1, 2],
+        ),
+        (
+            "many-to-one",
+            [" is", " 12", "34", "."],
+            ["▁is", "▁1234", "."],
+            [(0, 0), (1, 1), (2, 1), (3, 2)],
+            [0, -1, 3],
+        ),
+        (
+            "whitespace and markers",
+            ["\n", "Q", ":", "Ġhow", "Ċ"],
+            ["▁Q", ":", "▁how"],
+            [(0, 0), (1, 0), (2, 1), (3, 2), (4, 2)],
+            [-1, 2, -1],
+        ),
+        (
+            "numbers and punctuation",
+            [" $", "1", ",", "000", " +", " 5", "."],
+            ["▁$", "1,000", "▁+", "▁5", "."],
+            [(0, 0), (1, 0), (2, 0), (3, 1), (4, 2), (5, 3), (6, 4)],
+            [-1, -1, 4, 5, 6],
+        ),
+        ("empty tokens stay one-to-one", [" ", " "], ["▁", "▁"], [(0, 0), (1, 1)], [0, 1]),
+        ("empty side", [], ["▁a"], [], [-1]),
+    ],
+)
 def test_hand_built_alignments(name, teacher, student, pairs, matched):
     alignment = al.align_tokens(teacher, student)
     assert [tuple(p) for p in alignment.pairs.tolist()] == pairs, name
@@ -39,7 +67,13 @@ def test_hand_built_alignments(name, teacher, student, pairs, matched):
 
 def test_normalize_token_drops_whitespace_and_markers():
     assert [al.normalize_token(t) for t in ["▁The", "ĠThe", " The\n", "Ċ", "\t42", "3.5"]] == [
-        "The", "The", "The", "", "42", "3.5"]
+        "The",
+        "The",
+        "The",
+        "",
+        "42",
+        "3.5",
+    ]
 
 
 def test_pairwise_edit_distance_matches_naive_levenshtein():
@@ -61,8 +95,9 @@ def test_vectorised_alignment_equals_naive_on_random_tokens(seed):
 
     teacher, student = tokens(rng.integers(1, 40)), tokens(rng.integers(1, 40))
     table, path = naive_align(teacher, student)
-    cost = al.pairwise_edit_distance([al.normalize_token(t) for t in teacher],
-                                     [al.normalize_token(t) for t in student])
+    cost = al.pairwise_edit_distance(
+        [al.normalize_token(t) for t in teacher], [al.normalize_token(t) for t in student]
+    )
     np.testing.assert_array_equal(al.alignment_costs(cost), table)
     assert [tuple(p) for p in al.align_tokens(teacher, student).pairs.tolist()] == path
 
@@ -73,8 +108,7 @@ def test_build_aligned_targets_maps_drops_merges_and_falls_back():
     student_pieces = ["▁is", "▁1234", "."]
     piece_to_id = {"<pad>": 0, "</s>": 1, "▁is": 5, "▁1234": 6, ".": 7, "▁was": 8, "!": 9}
     top_ids = np.array([[0, 4, 5, 6], [1, -1, -1, -1], [2, -1, -1, -1], [6, 7, -1, -1]])
-    top_probs = np.array([[0.5, 0.2, 0.1, 0.05], [0.9, 0, 0, 0], [0.8, 0, 0, 0],
-                          [0.4, 0.3, 0, 0]])
+    top_probs = np.array([[0.5, 0.2, 0.1, 0.05], [0.9, 0, 0, 0], [0.8, 0, 0, 0], [0.4, 0.3, 0, 0]])
     top_logprobs = np.log(np.where(top_ids >= 0, top_probs, 1.0))  # padding masked by id -1
     mapping = al.map_teacher_vocabulary(teacher_vocab, piece_to_id)
     np.testing.assert_array_equal(mapping, [5, -1, -1, 7, 8, 5, -1, 9])
@@ -104,9 +138,17 @@ def _train_tokenizers(tmp_path: pathlib.Path, texts: list[str]):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(texts), encoding="utf-8")
     sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(tmp_path / "student"), vocab_size=600,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
-        minloglevel=2)
+        input=str(corpus),
+        model_prefix=str(tmp_path / "student"),
+        vocab_size=600,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
     student = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "student.model"))
     return bpe, student
 
@@ -125,11 +167,22 @@ def test_real_bpe_teacher_and_sentencepiece_student(tmp_path):
         for index, text in enumerate(held_out):
             teacher_ids = bpe.encode(text).ids
             # The teacher's own token first, then two random alternatives.
-            tops = np.stack([teacher_ids, rng.integers(0, len(teacher_vocab), len(teacher_ids)),
-                             rng.integers(0, len(teacher_vocab), len(teacher_ids))], axis=1)
+            tops = np.stack(
+                [
+                    teacher_ids,
+                    rng.integers(0, len(teacher_vocab), len(teacher_ids)),
+                    rng.integers(0, len(teacher_vocab), len(teacher_ids)),
+                ],
+                axis=1,
+            )
             probs = np.array([0.7, 0.1, 0.05])
-            writer.add(f"q{index}", teacher_ids, tops, np.log(np.broadcast_to(probs, tops.shape)),
-                       metadata={"text": text})
+            writer.add(
+                f"q{index}",
+                teacher_ids,
+                tops,
+                np.log(np.broadcast_to(probs, tops.shape)),
+                metadata={"text": text},
+            )
     store = ts.TeacherStore(str(tmp_path / "store"))
 
     def encode(text):
@@ -138,12 +191,14 @@ def test_real_bpe_teacher_and_sentencepiece_student(tmp_path):
     stats = al.AlignmentStats()
     checked = 0
     for (key, student_ids, targets), example in zip(
-            al.align_teacher_store(store, encode, piece_to_id, stats=stats), store):
+        al.align_teacher_store(store, encode, piece_to_id, stats=stats), store
+    ):
         teacher_tokens = store.token_strings(example.tokens)
         student_pieces = student.encode(example.metadata["text"], out_type=str)
         alignment = al.align_tokens(teacher_tokens, student_pieces)
         assert [tuple(p) for p in alignment.pairs.tolist()] == naive_align(
-            teacher_tokens, student_pieces)[1], key
+            teacher_tokens, student_pieces
+        )[1], key
         # The path is monotone and covers both sequences.
         assert np.all(np.diff(alignment.pairs, axis=0) >= 0)
         assert set(alignment.pairs[:, 0]) == set(range(len(teacher_tokens)))

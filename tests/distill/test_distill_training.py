@@ -1,4 +1,5 @@
 """Distillation training modes through the trainer's train step: KL against naive dense math."""
+
 from __future__ import annotations
 
 import os
@@ -43,14 +44,23 @@ def _build(loss: losses.LossConfig, *, lr: float = 1e-2, seed: int = 0):
 def _naive_loss(params, batch, *, z_loss: float, missing_mass: str, temperature: float):
     """Weighted-sum KL + z-loss with full [batch, length, vocab] logits."""
     model = t5.EncoderDecoder(make_tiny_t5_config())
-    hidden = model.apply({"params": params}, batch["encoder_input_tokens"],
-                         batch["decoder_input_tokens"], return_hidden=True)
+    hidden = model.apply(
+        {"params": params},
+        batch["encoder_input_tokens"],
+        batch["decoder_input_tokens"],
+        return_hidden=True,
+    )
     kernel = t5.output_kernel(params)
-    kl = naive_sparse_kl(hidden, kernel, jnp.asarray(batch["teacher_ids"]),
-                         jnp.asarray(batch["teacher_logprobs"]), missing_mass=missing_mass,
-                         temperature=temperature)
+    kl = naive_sparse_kl(
+        hidden,
+        kernel,
+        jnp.asarray(batch["teacher_ids"]),
+        jnp.asarray(batch["teacher_logprobs"]),
+        missing_mass=missing_mass,
+        temperature=temperature,
+    )
     lse = jax.nn.logsumexp(dense_logits(hidden, kernel), axis=-1)
-    per_token = kl + z_loss * lse ** 2
+    per_token = kl + z_loss * lse**2
     return jnp.sum(batch["decoder_loss_weights"] * per_token)
 
 
@@ -64,23 +74,29 @@ def test_train_step_kl_loss_matches_naive_dense():
     np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("missing_mass,temperature", [("drop", 1.0), ("renormalize", 2.0),
-                                                       ("residual", 1.0)])
+@pytest.mark.parametrize(
+    "missing_mass,temperature", [("drop", 1.0), ("renormalize", 2.0), ("residual", 1.0)]
+)
 def test_kl_loss_and_gradient_match_naive_dense(missing_mass, temperature):
-    loss = losses.LossConfig(kind=kl_loss.SPARSE_KL, z_loss=1e-4, chunk_size=48,
-                             kind_options={"missing_mass": missing_mass,
-                                           "temperature": temperature})
+    loss = losses.LossConfig(
+        kind=kl_loss.SPARSE_KL,
+        z_loss=1e-4,
+        chunk_size=48,
+        kind_options={"missing_mass": missing_mass, "temperature": temperature},
+    )
     params = t5.init_params(make_tiny_t5_config(), jax.random.key(1))
     batch = {k: jnp.asarray(v) for k, v in _distill_batch(1).items()}
     model = t5.T5Model(make_tiny_t5_config())
 
     def fused(p):
-        return losses.compute_loss(model.hidden_states(p, batch), model.output_kernel(p),
-                                   batch, loss).loss
+        return losses.compute_loss(
+            model.hidden_states(p, batch), model.output_kernel(p), batch, loss
+        ).loss
 
     def naive(p):
-        return _naive_loss(p, batch, z_loss=1e-4, missing_mass=missing_mass,
-                           temperature=temperature)
+        return _naive_loss(
+            p, batch, z_loss=1e-4, missing_mass=missing_mass, temperature=temperature
+        )
 
     got_loss, got_grads = jax.jit(jax.value_and_grad(fused))(params)
     want_loss, want_grads = jax.jit(jax.value_and_grad(naive))(params)
@@ -94,15 +110,19 @@ def test_one_hot_rows_train_exactly_like_cross_entropy():
     kl_trainer = _build(losses.LossConfig(kind=kl_loss.SPARSE_KL, chunk_size=48))
     ce_trainer = _build(losses.LossConfig(kind="cross_entropy", chunk_size=48))
     for _ in range(2):
-        kl_trainer.state, kl_metrics = kl_trainer.step(kl_trainer.state,
-                                                       kl_trainer.global_batch(batch))
-        ce_trainer.state, ce_metrics = ce_trainer.step(ce_trainer.state,
-                                                       ce_trainer.global_batch(batch))
+        kl_trainer.state, kl_metrics = kl_trainer.step(
+            kl_trainer.state, kl_trainer.global_batch(batch)
+        )
+        ce_trainer.state, ce_metrics = ce_trainer.step(
+            ce_trainer.state, ce_trainer.global_batch(batch)
+        )
         for name in ("loss", "z_loss", "accuracy"):
-            np.testing.assert_allclose(float(kl_metrics[name]), float(ce_metrics[name]),
-                                       rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(kl_trainer.state.params),
-                    jax.tree.leaves(ce_trainer.state.params)):
+            np.testing.assert_allclose(
+                float(kl_metrics[name]), float(ce_metrics[name]), rtol=1e-5, atol=1e-6
+            )
+    for a, b in zip(
+        jax.tree.leaves(kl_trainer.state.params), jax.tree.leaves(ce_trainer.state.params)
+    ):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
@@ -110,20 +130,27 @@ def _teacher_rows(batch, k: int):
     """Top-k rows of a differently seeded tiny model: a real teacher distribution."""
     config = make_tiny_t5_config()
     teacher = t5.init_params(config, jax.random.key(7))
-    logits = t5.EncoderDecoder(config).apply({"params": teacher}, batch["encoder_input_tokens"],
-                                             batch["decoder_input_tokens"])
+    logits = t5.EncoderDecoder(config).apply(
+        {"params": teacher}, batch["encoder_input_tokens"], batch["decoder_input_tokens"]
+    )
     logprobs, ids = jax.lax.top_k(jax.nn.log_softmax(logits * 4.0), k)  # sharpened teacher
     real = batch["decoder_target_tokens"][..., None] > 0
-    return (np.where(real, ids, 0).astype(np.int32),
-            np.where(real, logprobs, -np.inf).astype(np.float32))
+    return (
+        np.where(real, ids, 0).astype(np.int32),
+        np.where(real, logprobs, -np.inf).astype(np.float32),
+    )
 
 
 def test_student_moves_toward_teacher_distribution():
     batch = make_random_batch(3, 4, 12, 8, VOCAB)
     batch["teacher_ids"], batch["teacher_logprobs"] = _teacher_rows(batch, 8)
-    loss = losses.LossConfig(kind=kl_loss.SPARSE_KL, z_loss=0.0, chunk_size=48,
-                             normalization="num_real_target_tokens",
-                             kind_options={"missing_mass": "renormalize"})
+    loss = losses.LossConfig(
+        kind=kl_loss.SPARSE_KL,
+        z_loss=0.0,
+        chunk_size=48,
+        normalization="num_real_target_tokens",
+        kind_options={"missing_mass": "renormalize"},
+    )
     trainer = _build(loss, lr=3e-2)
     evaluate = _make_mean_kl(batch)
     before = evaluate(jax.tree.map(np.asarray, trainer.state.params))
@@ -140,16 +167,22 @@ def _make_mean_kl(batch):
     real = float(batch["decoder_loss_weights"].sum())
 
     def mean_kl(params):
-        return float(_naive_loss(params, batch, z_loss=0.0, missing_mass="renormalize",
-                                 temperature=1.0)) / real
+        return (
+            float(
+                _naive_loss(params, batch, z_loss=0.0, missing_mass="renormalize", temperature=1.0)
+            )
+            / real
+        )
 
     return mean_kl
 
 
 def _random_hidden_and_kernel():
     rng = np.random.default_rng(0)
-    return (jnp.asarray(rng.normal(size=(4, 8, 32)), jnp.float32),
-            jnp.asarray(rng.normal(size=(32, VOCAB)), jnp.float32))
+    return (
+        jnp.asarray(rng.normal(size=(4, 8, 32)), jnp.float32),
+        jnp.asarray(rng.normal(size=(32, VOCAB)), jnp.float32),
+    )
 
 
 def test_missing_teacher_features_are_named():

@@ -1,4 +1,5 @@
 """The four distillation formats, their seeded per-item mixture, and calculator stripping."""
+
 import collections
 import dataclasses
 
@@ -28,8 +29,10 @@ def test_in_context_formats_exact_text():
     rendered = formats.render_example(item, formats.ICL_COT, demonstrations=demos)
     blocks = rendered.inputs.split("\n\n")
     assert len(blocks) == 5
-    assert blocks[0] == (f"Q: {Q1} A: Let's think step by step. Tom starts with 1 apples. "
-                         "1 + 2 = 3. The answer is 3.")
+    assert blocks[0] == (
+        f"Q: {Q1} A: Let's think step by step. Tom starts with 1 apples. "
+        "1 + 2 = 3. The answer is 3."
+    )
     assert blocks[-1] == f"Q: {Q0} A: Let's think step by step."
     assert rendered.targets == "Tom starts with 0 apples. 0 + 2 = 2. The answer is 2."
     assert rendered.demonstration_ids == ("toy/1", "toy/2", "toy/3", "toy/4")
@@ -63,8 +66,9 @@ RATIOS = {"icl_answer_only": 1, "icl_cot": 2, "zs_answer_only": 3, "zs_cot": 4}
 
 def test_mixture_follows_the_ratios():
     examples = make_examples(4000)
-    counts = collections.Counter(r.format for r in formats.render_mixed(examples, ratios=RATIOS,
-                                                                        seed=0))
+    counts = collections.Counter(
+        r.format for r in formats.render_mixed(examples, ratios=RATIOS, seed=0)
+    )
     for name, weight in RATIOS.items():
         # Binomial standard deviation at n=4000 is at most 0.008; 4 sigma is 0.032.
         assert counts[name] / len(examples) == pytest.approx(weight / 10, abs=0.032)
@@ -87,8 +91,9 @@ def test_demonstrations_are_resampled_per_item_and_exclude_the_item():
     # A copy of item 0's question under another id must not be its demonstration either.
     duplicate = dataclasses.replace(examples[0], id="toy/dup")
     pool = formats.DemonstrationPool(examples + [duplicate])
-    rendered = [formats.render_mixed_example(e, pool=pool, ratios={"icl_cot": 1}, seed=1)
-                for e in examples]
+    rendered = [
+        formats.render_mixed_example(e, pool=pool, ratios={"icl_cot": 1}, seed=1) for e in examples
+    ]
     for example, item in zip(examples, rendered):
         assert len(item.demonstration_ids) == 4 == len(set(item.demonstration_ids))
         assert example.id not in item.demonstration_ids

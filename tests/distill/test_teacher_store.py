@@ -1,4 +1,5 @@
 """Teacher store: round trips, appends, atomic shards and the OpenAI JSONL producer."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ def test_round_trip_sorts_pads_and_appends_across_shards(tmp_path):
     rng = np.random.default_rng(0)
     vocab = [f"tok{i}" for i in range(50)]
     written = {}
-    with ts.TeacherStoreWriter(str(tmp_path), k=4, vocabulary=vocab, examples_per_shard=2,
-                               metadata={"teacher": "test"}) as writer:
+    with ts.TeacherStoreWriter(
+        str(tmp_path), k=4, vocabulary=vocab, examples_per_shard=2, metadata={"teacher": "test"}
+    ) as writer:
         for i, (length, width) in enumerate([(3, 6), (5, 2), (0, 4), (4, 4), (1, 3)]):
             example = _example(rng, length, width)
             writer.add(f"ex{i}", *example, metadata={"i": i})
@@ -36,7 +38,11 @@ def test_round_trip_sorts_pads_and_appends_across_shards(tmp_path):
     assert len(store) == 6 and store.k == 4 and store.vocabulary == vocab
     assert store.metadata == {"teacher": "test"}
     assert [shard["file"] for shard in ts._read_index(str(tmp_path))["shards"]] == [
-        "shard-00000.npz", "shard-00001.npz", "shard-00002.npz", "shard-00003.npz"]
+        "shard-00000.npz",
+        "shard-00001.npz",
+        "shard-00002.npz",
+        "shard-00003.npz",
+    ]
     for read in store:
         tokens, ids, logprobs = written[read.key]
         np.testing.assert_array_equal(read.tokens, tokens)
@@ -45,8 +51,9 @@ def test_round_trip_sorts_pads_and_appends_across_shards(tmp_path):
             order = np.argsort(-logprobs[position], kind="stable")[:4]
             kept = len(order)
             np.testing.assert_array_equal(read.top_ids[position, :kept], ids[position, order])
-            np.testing.assert_array_equal(read.top_logprobs[position, :kept],
-                                          logprobs[position, order])
+            np.testing.assert_array_equal(
+                read.top_logprobs[position, :kept], logprobs[position, order]
+            )
             assert np.all(read.top_ids[position, kept:] == ts.PAD_ID)
             assert np.all(read.top_logprobs[position, kept:] == -np.inf)
     assert store[0].metadata == {"i": 0}
@@ -91,20 +98,33 @@ def _completion(choices, **extra):
 
 
 def _choice(index, tokens, tops, text="", token_logprobs=None):
-    return {"text": text, "index": index, "finish_reason": "stop", "logprobs": {
-        "tokens": tokens, "token_logprobs": token_logprobs or [max(t.values()) for t in tops],
-        "top_logprobs": tops, "text_offset": list(range(len(tokens)))}}
+    return {
+        "text": text,
+        "index": index,
+        "finish_reason": "stop",
+        "logprobs": {
+            "tokens": tokens,
+            "token_logprobs": token_logprobs or [max(t.values()) for t in tops],
+            "top_logprobs": tops,
+            "text_offset": list(range(len(tokens))),
+        },
+    }
 
 
 def test_ingest_openai_jsonl_maps_strings_to_store_ids(tmp_path):
     path = tmp_path / "teacher.jsonl"
-    good = _choice(0, [" 3", " +", " 4"], [{" 3": -0.1, " 4": -2.5}, {" +": -0.01},
-                                          {" 4": -0.2, " 5": -1.9, " 6": -3.0}], text=" 3 + 4")
+    good = _choice(
+        0,
+        [" 3", " +", " 4"],
+        [{" 3": -0.1, " 4": -2.5}, {" +": -0.01}, {" 4": -0.2, " 5": -1.9, " 6": -3.0}],
+        text=" 3 + 4",
+    )
     wrong = _choice(1, [" 9"], [{" 9": -0.7}], text=" 9")
     path.write_text(_completion([good, wrong], metadata={"question": "3+4?"}) + "\n\n", "utf-8")
     with ts.TeacherStoreWriter(str(tmp_path / "store"), k=2) as writer:
         added, skipped = ts.ingest_openai_jsonl(
-            str(path), writer, keep=lambda record, choice: choice["text"] != " 9")
+            str(path), writer, keep=lambda record, choice: choice["text"] != " 9"
+        )
     assert (added, skipped) == (1, 1)
     store = ts.TeacherStore(str(tmp_path / "store"))
     (example,) = list(store)
@@ -118,14 +138,17 @@ def test_ingest_openai_jsonl_maps_strings_to_store_ids(tmp_path):
     assert example.metadata["source"].endswith("teacher.jsonl:1")
 
 
-@pytest.mark.parametrize("line,message", [
-    ("{not json", "not valid JSON"),
-    (json.dumps({"id": "x"}), "'choices' list"),
-    (_completion([{"text": "a", "logprobs": None}]), "no 'logprobs'"),
-    (_completion([_choice(0, ["a", "b"], [{"a": -0.1}])]), "2 tokens but 1 top_logprobs"),
-    (_completion([_choice(0, ["a"], [{"a": 0.5}], token_logprobs=[-0.1])]), "log-probs <= 0"),
-    (_completion([_choice(0, [7], [{"a": -0.5}])]), "not a string"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"id": "x"}), "'choices' list"),
+        (_completion([{"text": "a", "logprobs": None}]), "no 'logprobs'"),
+        (_completion([_choice(0, ["a", "b"], [{"a": -0.1}])]), "2 tokens but 1 top_logprobs"),
+        (_completion([_choice(0, ["a"], [{"a": 0.5}], token_logprobs=[-0.1])]), "log-probs <= 0"),
+        (_completion([_choice(0, [7], [{"a": -0.5}])]), "not a string"),
+    ],
+)
 def test_ingest_errors_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(_completion([_choice(0, ["a"], [{"a": -0.1}])]) + "\n" + line + "\n")

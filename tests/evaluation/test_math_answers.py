@@ -1,4 +1,5 @@
 """Answer extraction: hand-written cases and every gold solution of the real data sets."""
+
 import fractions
 import json
 
@@ -11,59 +12,86 @@ from flan_jax.testing.shared_data import shared_data_path
 F = fractions.Fraction
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Natalia sold 48 + 24 = 72 clips.\n#### 72", "72"),
-    ("#### 1,080", "1080"),
-    ("She pays 2 x $1,250 = $2,500. So the answer is $2,500.", "2500"),
-    ("So the answer is 109,200,000.", "109200000"),
-    ("The temperature fell to -7 degrees. The answer is -7.", "-7"),
-    ("He lost -$5.50 on the bet.", "-5.5"),
-    ("It drops \u22123 degrees", "-3"),
-    ("Each gets 3/4 of a pie. The answer is 3/4.", "0.75"),
-    ("the answer is 1 1/2 cups", "1.5"),
-    ("The answer is 8/3", "8/3"),
-    ("The answer is .5 liters", "0.5"),
-    ("The final answer is: 42", "42"),
-    ("THE ANSWER IS 12 apples.", "12"),
-    ("So the answer is 50%.", "50"),
-    ("So the answer is 3.50 dollars.", "3.5"),
-    ("12 - 5 = 7", "7"),  # a spaced minus is subtraction, not a negative 5
-    ("15 15/3 = 20 so 20 cups", "20"),  # "15 15/3" is not a proper mixed number
-    ("Total: 5 + 3 = 8.", "8"),  # fallback: the last number, trailing period dropped
-    ("2 + 3 = 5. The answer is five.", "5"),  # marked span without a number
-    ("He works 40 hours. The answer is 320 dollars. Q: Next, 7 cats", "320"),
-    ("Ann: 48/2 = <<48/2=24>>24 clips", "24"),
-    ("no numbers here", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Natalia sold 48 + 24 = 72 clips.\n#### 72", "72"),
+        ("#### 1,080", "1080"),
+        ("She pays 2 x $1,250 = $2,500. So the answer is $2,500.", "2500"),
+        ("So the answer is 109,200,000.", "109200000"),
+        ("The temperature fell to -7 degrees. The answer is -7.", "-7"),
+        ("He lost -$5.50 on the bet.", "-5.5"),
+        ("It drops \u22123 degrees", "-3"),
+        ("Each gets 3/4 of a pie. The answer is 3/4.", "0.75"),
+        ("the answer is 1 1/2 cups", "1.5"),
+        ("The answer is 8/3", "8/3"),
+        ("The answer is .5 liters", "0.5"),
+        ("The final answer is: 42", "42"),
+        ("THE ANSWER IS 12 apples.", "12"),
+        ("So the answer is 50%.", "50"),
+        ("So the answer is 3.50 dollars.", "3.5"),
+        ("12 - 5 = 7", "7"),  # a spaced minus is subtraction, not a negative 5
+        ("15 15/3 = 20 so 20 cups", "20"),  # "15 15/3" is not a proper mixed number
+        ("Total: 5 + 3 = 8.", "8"),  # fallback: the last number, trailing period dropped
+        ("2 + 3 = 5. The answer is five.", "5"),  # marked span without a number
+        ("He works 40 hours. The answer is 320 dollars. Q: Next, 7 cats", "320"),
+        ("Ann: 48/2 = <<48/2=24>>24 clips", "24"),
+        ("no numbers here", None),
+        ("", None),
+    ],
+)
 def test_extract_numeric_answers(text, expected):
     assert answers.extract_answer(text) == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("So the answer is (C).", "(C)"),
-    ("So the answer is washington d.c.", "washington d.c"),
-    ("So the answer is Sentence A.", "Sentence A"),
-    ("It is plausible, so the answer is yes.\n\nQ: next question", "yes"),
-    ("the answer is 42, but ... So the answer is no.", "no"),  # the last marker wins
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("So the answer is (C).", "(C)"),
+        ("So the answer is washington d.c.", "washington d.c"),
+        ("So the answer is Sentence A.", "Sentence A"),
+        ("It is plausible, so the answer is yes.\n\nQ: next question", "yes"),
+        ("the answer is 42, but ... So the answer is no.", "no"),  # the last marker wins
+    ],
+)
 def test_extract_text_answers(text, expected):
     assert answers.extract_answer(text, numeric=False) == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("1,080", F(1080)), ("$2,500.", F(2500)), ("-3/4", F(-3, 4)), ("9 (apples)", F(9)),
-    ("50%", F(50)), ("39.0", F(39)), ("2 1/4", F(9, 4)), ("0.125", F(1, 8)),
-    ("3 + 4", None), ("Sentence A", None), ("", None), ("1,2345", None), ("7 of 9", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1,080", F(1080)),
+        ("$2,500.", F(2500)),
+        ("-3/4", F(-3, 4)),
+        ("9 (apples)", F(9)),
+        ("50%", F(50)),
+        ("39.0", F(39)),
+        ("2 1/4", F(9, 4)),
+        ("0.125", F(1, 8)),
+        ("3 + 4", None),
+        ("Sentence A", None),
+        ("", None),
+        ("1,2345", None),
+        ("7 of 9", None),
+    ],
+)
 def test_parse_number(text, expected):
     assert answers.parse_number(text) == expected
 
 
-@pytest.mark.parametrize("value, expected", [
-    (F(72), "72"), (F(-1, 4), "-0.25"), (F(13, 5), "2.6"), (F(8, 3), "8/3"), (F(-1, 3), "-1/3"),
-    (F(1, 1000), "0.001"), (F(0), "0"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (F(72), "72"),
+        (F(-1, 4), "-0.25"),
+        (F(13, 5), "2.6"),
+        (F(8, 3), "8/3"),
+        (F(-1, 3), "-1/3"),
+        (F(1, 1000), "0.001"),
+        (F(0), "0"),
+    ],
+)
 def test_format_number_round_trips(value, expected):
     assert answers.format_number(value) == expected
     assert answers.parse_number(expected) == value
@@ -71,23 +99,34 @@ def test_format_number_round_trips(value, expected):
 
 def test_find_numbers_in_order():
     text = "He paid -$1,250.50 for 1 1/2 tons, i.e. 3/2 at 5th Ave; A1 x2 1,2345 and 3,4"
-    assert answers.find_numbers(text) == [F(-2501, 2), F(3, 2), F(3, 2), F(5), F(1),
-                                          F(2345), F(3), F(4)]
+    assert answers.find_numbers(text) == [
+        F(-2501, 2),
+        F(3, 2),
+        F(3, 2),
+        F(5),
+        F(1),
+        F(2345),
+        F(3),
+        F(4),
+    ]
 
 
-@pytest.mark.parametrize("prediction, gold, expected", [
-    ("... The answer is 3/4.", "0.75", True),
-    ("The answer is 0.75", "3/4", True),
-    ("The answer is 2.6666666666666665", "8/3", True),  # a float-rounded gold
-    ("The answer is 2.67", "8/3", False),
-    ("The answer is 1,000", "1000", True),
-    ("The answer is 999", "1000", False),
-    ("So the answer is (C).", "(C)", True),
-    ("So the answer is C.", "(C)", True),
-    ("So the answer is (D).", "(C)", False),
-    ("So the answer is Yes.", "yes", True),
-    ("nothing", "5", False),
-])
+@pytest.mark.parametrize(
+    "prediction, gold, expected",
+    [
+        ("... The answer is 3/4.", "0.75", True),
+        ("The answer is 0.75", "3/4", True),
+        ("The answer is 2.6666666666666665", "8/3", True),  # a float-rounded gold
+        ("The answer is 2.67", "8/3", False),
+        ("The answer is 1,000", "1000", True),
+        ("The answer is 999", "1000", False),
+        ("So the answer is (C).", "(C)", True),
+        ("So the answer is C.", "(C)", True),
+        ("So the answer is (D).", "(C)", False),
+        ("So the answer is Yes.", "yes", True),
+        ("nothing", "5", False),
+    ],
+)
 def test_answers_match(prediction, gold, expected):
     assert answers.answers_match(prediction, gold) is expected
 

@@ -1,4 +1,5 @@
 """Loaders: the real files in their original formats, cross-checks, and malformed input."""
+
 import json
 import xml.etree.ElementTree as ElementTree
 
@@ -30,8 +31,9 @@ def test_gsm8k_cot_tsv_agrees_with_gsm8k_jsonl():
     tsv = math_datasets.load_cot_tsv(shared_data_path("flan_cot_data", "gsm8k_train.tsv"))
     assert len(tsv) == len(jsonl) == 7473
     gold = {normalise_question(e.question): e.answer for e in jsonl}
-    matched = [(gold[key], e.answer) for e in tsv
-               if (key := normalise_question(e.question)) in gold]
+    matched = [
+        (gold[key], e.answer) for e in tsv if (key := normalise_question(e.question)) in gold
+    ]
     assert len(matched) == len(tsv)
     assert [pair for pair in matched if pair[0] != pair[1]] == []
 
@@ -65,11 +67,16 @@ def _write_asdiv_xml(rows, path):
     root = ElementTree.Element("Machine-Reading-Corpus-File")
     problem_set = ElementTree.SubElement(root, "ProblemSet")
     for row in rows:
-        problem = ElementTree.SubElement(problem_set, "Problem", ID=row["id"], Grade=row["grade"],
-                                         Source=row["source"])
-        for tag, key in [("Body", "body"), ("Question", "question"),
-                         ("Solution-Type", "solution_type"), ("Answer", "answer"),
-                         ("Formula", "formula")]:
+        problem = ElementTree.SubElement(
+            problem_set, "Problem", ID=row["id"], Grade=row["grade"], Source=row["source"]
+        )
+        for tag, key in [
+            ("Body", "body"),
+            ("Question", "question"),
+            ("Solution-Type", "solution_type"),
+            ("Answer", "answer"),
+            ("Formula", "formula"),
+        ]:
             ElementTree.SubElement(problem, tag).text = row[key]
     ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
@@ -86,7 +93,8 @@ def test_asdiv_jsonl_and_xml_forms_agree(tmp_path):
     assert by_id["asdiv/nluds-0001"].answer == "9"  # "9 (apples)"
     assert by_id["asdiv/nluds-0001"].question == (
         "Seven red apples and two green apples are in the basket. "
-        "How many apples are in the basket?")
+        "How many apples are in the basket?"
+    )
     non_numeric = [e for e in from_jsonl if not e.is_numeric]
     assert [e.answer for e in non_numeric] == ["Mrs. Hilt"]
 
@@ -99,22 +107,44 @@ def test_cot_tsv_loader_unescapes_newlines():
     assert examples[0].rationale.splitlines()[0] == "1/7:1/7:1/14 = 2:2:1"
 
 
-@pytest.mark.parametrize("loader, content, message", [
-    (math_datasets.load_gsm8k, '{"question": "q", "answer": "1 #### 2"}\n{"question": "q"\n',
-     r"bad\.jsonl:2: invalid JSON"),
-    (math_datasets.load_gsm8k, '{"question": "q", "answer": "x"}\n', r"bad\.jsonl:1: .*####"),
-    (math_datasets.load_gsm8k, '{"question": "q", "answer": "x #### many"}\n',
-     r"bad\.jsonl:1: the answer must be a number"),
-    (math_datasets.load_gsm8k, '\n{"answer": "x #### 1"}\n', r"bad\.jsonl:2: missing .*question"),
-    (math_datasets.load_multiarith, '[{"sQuestion": "q", "lSolutions": [1, 2]}]',
-     r"bad\.jsonl: problem 0: lSolutions must hold exactly one"),
-    (math_datasets.load_svamp, '[{"Body": "b", "Question": "q", "Answer": 1},\n {"Body": "b"}]',
-     r"bad\.jsonl: problem 1: missing .*Answer"),
-    (math_datasets.load_svamp, '{"Body": "b"}', r"expected a JSON list"),
-    (math_datasets.load_asdiv, '{"body": "b", "question": "q", "answer": ""}\n',
-     r"bad\.jsonl:1: empty answer"),
-    (math_datasets.load_cot_tsv, "q\t1\tr\nq\t1\n", r"bad\.jsonl:2: expected 3 tab-separated"),
-])
+@pytest.mark.parametrize(
+    "loader, content, message",
+    [
+        (
+            math_datasets.load_gsm8k,
+            '{"question": "q", "answer": "1 #### 2"}\n{"question": "q"\n',
+            r"bad\.jsonl:2: invalid JSON",
+        ),
+        (math_datasets.load_gsm8k, '{"question": "q", "answer": "x"}\n', r"bad\.jsonl:1: .*####"),
+        (
+            math_datasets.load_gsm8k,
+            '{"question": "q", "answer": "x #### many"}\n',
+            r"bad\.jsonl:1: the answer must be a number",
+        ),
+        (
+            math_datasets.load_gsm8k,
+            '\n{"answer": "x #### 1"}\n',
+            r"bad\.jsonl:2: missing .*question",
+        ),
+        (
+            math_datasets.load_multiarith,
+            '[{"sQuestion": "q", "lSolutions": [1, 2]}]',
+            r"bad\.jsonl: problem 0: lSolutions must hold exactly one",
+        ),
+        (
+            math_datasets.load_svamp,
+            '[{"Body": "b", "Question": "q", "Answer": 1},\n {"Body": "b"}]',
+            r"bad\.jsonl: problem 1: missing .*Answer",
+        ),
+        (math_datasets.load_svamp, '{"Body": "b"}', r"expected a JSON list"),
+        (
+            math_datasets.load_asdiv,
+            '{"body": "b", "question": "q", "answer": ""}\n',
+            r"bad\.jsonl:1: empty answer",
+        ),
+        (math_datasets.load_cot_tsv, "q\t1\tr\nq\t1\n", r"bad\.jsonl:2: expected 3 tab-separated"),
+    ],
+)
 def test_malformed_input_names_file_and_line(tmp_path, loader, content, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(content, encoding="utf-8")

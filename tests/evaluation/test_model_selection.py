@@ -1,4 +1,5 @@
 """Per-checkpoint accuracy tables, self-consistency voting and dev-split selection."""
+
 import json
 
 import pytest
@@ -12,12 +13,15 @@ def test_majority_vote_counts_equal_values_together():
     assert vote == selection.Vote(answer="0.5", count=2, num_answered=4, num_samples=5)
 
 
-@pytest.mark.parametrize("samples, expected", [
-    (["The answer is 4", "The answer is 3", "The answer is 3", "The answer is 4"], "4"),
-    (["The answer is 3", "The answer is 4", "The answer is 4", "The answer is 3"], "3"),
-    (["nothing", "The answer is 7"], "7"),
-    (["nothing", "still nothing"], None),
-])
+@pytest.mark.parametrize(
+    "samples, expected",
+    [
+        (["The answer is 4", "The answer is 3", "The answer is 3", "The answer is 4"], "4"),
+        (["The answer is 3", "The answer is 4", "The answer is 4", "The answer is 3"], "3"),
+        (["nothing", "The answer is 7"], "7"),
+        (["nothing", "still nothing"], None),
+    ],
+)
 def test_majority_vote_breaks_ties_by_first_occurrence(samples, expected):
     assert selection.majority_vote(samples).answer == expected
 
@@ -31,10 +35,16 @@ def test_majority_vote_on_text_answers():
 
 def _fake_model(accuracy_by_step):
     """Answers example i correctly iff i % 10 < 10 * accuracy (deterministic)."""
+
     def predict(step, examples):
         rate = accuracy_by_step[step]
-        return [f"... The answer is {e.answer}." if i % 10 < 10 * rate
-                else f"... The answer is {int(e.answer) + 1}." for i, e in enumerate(examples)]
+        return [
+            f"... The answer is {e.answer}."
+            if i % 10 < 10 * rate
+            else f"... The answer is {int(e.answer) + 1}."
+            for i, e in enumerate(examples)
+        ]
+
     return predict
 
 
@@ -51,19 +61,27 @@ def test_evaluate_checkpoints_matches_a_direct_count():
             assert table.accuracy(step, name) == pytest.approx(rate)
     assert table.mean_accuracy(200) == pytest.approx(0.8)
     assert selection.select_best_checkpoint(table, dev_sets=["dev"]) == selection.Selection(
-        200, pytest.approx(0.8), ("dev",))
+        200, pytest.approx(0.8), ("dev",)
+    )
 
 
 def test_selection_uses_only_the_dev_sets_and_prefers_the_earliest_tie():
-    sets = {"in_dist": make_examples(10, source="i"), "ood_a": make_examples(10, source="a"),
-            "ood_b": make_examples(10, source="b")}
+    sets = {
+        "in_dist": make_examples(10, source="i"),
+        "ood_a": make_examples(10, source="a"),
+        "ood_b": make_examples(10, source="b"),
+    }
 
     def predict(step, examples):
         # in-distribution accuracy rises with steps, OOD accuracy peaks at step 2 and 3.
-        rate = {"i": step / 4, "a": [0, 0.3, 0.6, 0.6, 0.2][step],
-                "b": [0, 0.2, 0.4, 0.4, 0.1][step]}[examples[0].source]
-        return [f"The answer is {e.answer if i < 10 * rate else -1}"
-                for i, e in enumerate(examples)]
+        rate = {
+            "i": step / 4,
+            "a": [0, 0.3, 0.6, 0.6, 0.2][step],
+            "b": [0, 0.2, 0.4, 0.4, 0.1][step],
+        }[examples[0].source]
+        return [
+            f"The answer is {e.answer if i < 10 * rate else -1}" for i, e in enumerate(examples)
+        ]
 
     table = selection.evaluate_checkpoints(range(5), sets, predict)
     chosen = selection.select_best_checkpoint(table, dev_sets=["ood_a", "ood_b"])
@@ -75,9 +93,12 @@ def test_selection_uses_only_the_dev_sets_and_prefers_the_earliest_tie():
 
 def test_self_consistency_predictions_are_voted():
     examples = make_examples(3)
-    samples = [[f"The answer is {e.answer}"] * 2 + ["The answer is 0"] * 3 if i == 0 else
-               [f"The answer is {e.answer}"] * 3 + ["The answer is 0"] * 2
-               for i, e in enumerate(examples)]
+    samples = [
+        [f"The answer is {e.answer}"] * 2 + ["The answer is 0"] * 3
+        if i == 0
+        else [f"The answer is {e.answer}"] * 3 + ["The answer is 0"] * 2
+        for i, e in enumerate(examples)
+    ]
     table = selection.evaluate_checkpoints([1], {"s": examples}, lambda step, ex: samples)
     assert table.correct[1]["s"] == 2
 

@@ -58,8 +58,7 @@ def _make_problem(seed: int = 0) -> dict[str, np.ndarray]:
         # Small integers make every logit an exact integer whatever the summation order, and
         # the kernel's second half repeats its first, so each largest logit ties across shards.
         "int_hidden": rng.integers(-2, 3, size=shape + (EMBED,)).astype(np.float32),
-        "int_kernel": np.tile(rng.integers(-2, 3, size=(EMBED, VOCAB // 2)), 2).astype(
-            np.float32),
+        "int_kernel": np.tile(rng.integers(-2, 3, size=(EMBED, VOCAB // 2)), 2).astype(np.float32),
     }
 
 
@@ -69,32 +68,52 @@ def _loss_cases(p: dict[str, np.ndarray]):
 
     def cross_entropy(h, w, vs, targets=p["targets"]):
         out = fused_loss.cross_entropy_from_hidden(
-            h, w, targets, z_loss=1e-2, label_smoothing=0.1, vocab_sharding=vs, **chunked)
+            h, w, targets, z_loss=1e-2, label_smoothing=0.1, vocab_sharding=vs, **chunked
+        )
         return {"loss": out.loss, "z_loss": out.z_loss, "correct": out.correct}
 
     def sparse_kl(h, w, vs, missing_mass, temperature):
-        return {"loss": fused_loss.sparse_kl_from_hidden(
-            h, w, p["teacher_ids"], p["teacher_logprobs"], missing_mass=missing_mass,
-            temperature=temperature, vocab_sharding=vs, **chunked)}
+        return {
+            "loss": fused_loss.sparse_kl_from_hidden(
+                h,
+                w,
+                p["teacher_ids"],
+                p["teacher_logprobs"],
+                missing_mass=missing_mass,
+                temperature=temperature,
+                vocab_sharding=vs,
+                **chunked,
+            )
+        }
 
     def dense_kl(h, w, vs):
-        return {"loss": fused_loss.dense_kl_from_hidden(
-            h, w, p["teacher_logits"], temperature=0.7, vocab_sharding=vs, **chunked)}
+        return {
+            "loss": fused_loss.dense_kl_from_hidden(
+                h, w, p["teacher_logits"], temperature=0.7, vocab_sharding=vs, **chunked
+            )
+        }
 
     def token_logprobs(h, w, vs):
         out = fused_loss.token_logprobs_from_hidden(
-            h, w, p["teacher_ids"], temperature=0.7, vocab_sharding=vs, **chunked)
+            h, w, p["teacher_ids"], temperature=0.7, vocab_sharding=vs, **chunked
+        )
         return {"loss": out.sum(-1)}
 
     int_targets = (p["int_hidden"] @ p["int_kernel"]).argmax(-1).astype(np.int32)
     return {
         "cross_entropy": (cross_entropy, False),
-        "sparse_kl_drop": (functools.partial(sparse_kl, missing_mass="drop", temperature=1.0),
-                           False),
-        "sparse_kl_renormalize": (functools.partial(
-            sparse_kl, missing_mass="renormalize", temperature=0.7), False),
-        "sparse_kl_residual": (functools.partial(
-            sparse_kl, missing_mass="residual", temperature=0.7), False),
+        "sparse_kl_drop": (
+            functools.partial(sparse_kl, missing_mass="drop", temperature=1.0),
+            False,
+        ),
+        "sparse_kl_renormalize": (
+            functools.partial(sparse_kl, missing_mass="renormalize", temperature=0.7),
+            False,
+        ),
+        "sparse_kl_residual": (
+            functools.partial(sparse_kl, missing_mass="residual", temperature=0.7),
+            False,
+        ),
         "dense_kl": (dense_kl, False),
         "token_logprobs": (token_logprobs, False),
         "argmax_ties": (functools.partial(cross_entropy, targets=int_targets), True),
@@ -114,8 +133,9 @@ def _loss_and_grads(case_fn, mix):
 
 def _all_gather_shapes(hlo_text: str) -> list[str]:
     """The result shapes (e.g. ``"24,512"``) of every all-gather in compiled HLO text."""
-    return [dims for match in _ALL_GATHER.finditer(hlo_text)
-            for dims in _SHAPE.findall(match.group(1))]
+    return [
+        dims for match in _ALL_GATHER.finditer(hlo_text) for dims in _SHAPE.findall(match.group(1))
+    ]
 
 
 def _count_cross_shard_ties(hidden: np.ndarray, kernel: np.ndarray, num_shards: int) -> int:
@@ -127,8 +147,9 @@ def _count_cross_shard_ties(hidden: np.ndarray, kernel: np.ndarray, num_shards: 
 
 def _run_mesh(sizes: tuple[int, int, int], problem, cases) -> dict[str, np.ndarray]:
     data, fsdp, model = sizes
-    mesh = partitioning.make_mesh(partitioning.MeshConfig(data, fsdp, model),
-                                  jax.devices()[: data * fsdp * model])
+    mesh = partitioning.make_mesh(
+        partitioning.MeshConfig(data, fsdp, model), jax.devices()[: data * fsdp * model]
+    )
     vocab_sharding = fused_loss.VocabSharding(mesh=mesh, axes=("model",))
     # As the train step lays them out: tokens split over the batch axes, the kernel's
     # vocabulary over model (and its embed over fsdp, as the "2d" rules do).
@@ -136,18 +157,24 @@ def _run_mesh(sizes: tuple[int, int, int], problem, cases) -> dict[str, np.ndarr
     kernel_sharding = NamedSharding(mesh, PartitionSpec("fsdp" if fsdp > 1 else None, "model"))
     results = {}
     for name, (case_fn, int_data) in cases.items():
-        h, w = (problem["int_hidden"], problem["int_kernel"]) if int_data else (
-            problem["hidden"], problem["kernel"])
+        h, w = (
+            (problem["int_hidden"], problem["int_kernel"])
+            if int_data
+            else (problem["hidden"], problem["kernel"])
+        )
         grad_fn = _loss_and_grads(case_fn, problem["mix"])
         args = jax.device_put(h, hidden_sharding), jax.device_put(w, kernel_sharding)
         (_, out), (d_hidden, d_kernel) = grad_fn(*args, vocab_sharding)
         (_, ref_out), (ref_hidden, ref_kernel) = grad_fn(jnp.asarray(h), jnp.asarray(w), None)
-        for kind, outputs, grads in (("sharded", out, (d_hidden, d_kernel)),
-                                     ("reference", ref_out, (ref_hidden, ref_kernel))):
+        for kind, outputs, grads in (
+            ("sharded", out, (d_hidden, d_kernel)),
+            ("reference", ref_out, (ref_hidden, ref_kernel)),
+        ):
             for key, value in outputs.items():
                 results[f"{name}/{kind}/{key}"] = np.asarray(value)
             results[f"{name}/{kind}/d_hidden"], results[f"{name}/{kind}/d_kernel"] = map(
-                np.asarray, grads)
+                np.asarray, grads
+            )
         # The mesh axes the kernel gradient's vocabulary dimension comes back split over.
         spec = tuple(d_kernel.sharding.spec) + (None, None)
         results[f"{name}/d_kernel_vocab_axes"] = np.asarray(str(spec[1]))
@@ -176,8 +203,11 @@ def _indivisible_vocab_error(model: int) -> str:
     vocab_sharding = fused_loss.VocabSharding(mesh=mesh, axes=("model",))
     try:
         fused_loss.cross_entropy_from_hidden(
-            jnp.ones((2, EMBED)), jnp.ones((EMBED, VOCAB - 1)), jnp.zeros((2,), jnp.int32),
-            vocab_sharding=vocab_sharding)
+            jnp.ones((2, EMBED)),
+            jnp.ones((EMBED, VOCAB - 1)),
+            jnp.zeros((2,), jnp.int32),
+            vocab_sharding=vocab_sharding,
+        )
     except ValueError as error:
         return str(error)
     return ""
@@ -196,10 +226,12 @@ def main() -> None:
         results = _run_mesh((data, fsdp, model), problem, cases)
         results["indivisible_vocab_error"] = np.asarray(_indivisible_vocab_error(model))
         results["train_step_shard_map"] = np.asarray(
-            _train_step_runs_per_vocab_shard((data, fsdp, model)))
+            _train_step_runs_per_vocab_shard((data, fsdp, model))
+        )
         # The same check on a mesh without a model axis, where the loss must not shard_map.
         results["data_only_train_step_shard_map"] = np.asarray(
-            _train_step_runs_per_vocab_shard((data * fsdp * model, 1, 1)))
+            _train_step_runs_per_vocab_shard((data * fsdp * model, 1, 1))
+        )
         np.savez(pathlib.Path(args.out) / f"{name}.npz", **results)
 
 

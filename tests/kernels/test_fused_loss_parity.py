@@ -1,4 +1,5 @@
 """The chunked kernels equal naive dense implementations in value and gradient."""
+
 from __future__ import annotations
 
 import jax
@@ -43,8 +44,9 @@ def test_token_logprobs_match_log_softmax(chunk_size, temperature):
     mix = jnp.asarray(rng.normal(size=(3, 4, 6)), jnp.float32)
 
     def fused(h, w):
-        out = fused_loss.token_logprobs_from_hidden(h, w, ids, temperature=temperature,
-                                                    chunk_size=chunk_size)
+        out = fused_loss.token_logprobs_from_hidden(
+            h, w, ids, temperature=temperature, chunk_size=chunk_size
+        )
         return (out * mix).sum(-1)
 
     def naive(h, w):
@@ -62,15 +64,17 @@ def test_cross_entropy_matches_dense(chunk_size, z_loss, label_smoothing):
     options = dict(z_loss=z_loss, label_smoothing=label_smoothing)
 
     def fused(h, w):
-        return fused_loss.cross_entropy_from_hidden(h, w, targets, chunk_size=chunk_size,
-                                                    **options).loss
+        return fused_loss.cross_entropy_from_hidden(
+            h, w, targets, chunk_size=chunk_size, **options
+        ).loss
 
     def naive(h, w):
         return ref.naive_cross_entropy(h, w, targets, **options)[0]
 
     _assert_value_and_grads(fused, naive, hidden, kernel, weights)
-    out = fused_loss.cross_entropy_from_hidden(hidden, kernel, targets, chunk_size=chunk_size,
-                                               **options)
+    out = fused_loss.cross_entropy_from_hidden(
+        hidden, kernel, targets, chunk_size=chunk_size, **options
+    )
     _, naive_z, naive_correct = ref.naive_cross_entropy(hidden, kernel, targets, **options)
     np.testing.assert_allclose(out.z_loss, naive_z, **TOL)
     np.testing.assert_array_equal(out.correct, naive_correct)
@@ -82,8 +86,9 @@ def test_cross_entropy_correct_counts_argmax_across_chunks():
     for chunk_size in CHUNK_SIZES:
         out = fused_loss.cross_entropy_from_hidden(hidden, kernel, argmax, chunk_size=chunk_size)
         assert bool(out.correct.all())
-        shifted = fused_loss.cross_entropy_from_hidden(hidden, kernel, (argmax + 1) % VOCAB,
-                                                       chunk_size=chunk_size)
+        shifted = fused_loss.cross_entropy_from_hidden(
+            hidden, kernel, (argmax + 1) % VOCAB, chunk_size=chunk_size
+        )
         assert not bool(shifted.correct.any())
 
 
@@ -96,8 +101,9 @@ def test_sparse_kl_matches_dense(chunk_size, missing_mass, temperature):
     options = dict(missing_mass=missing_mass, temperature=temperature)
 
     def fused(h, w):
-        return fused_loss.sparse_kl_from_hidden(h, w, jnp.asarray(ids), jnp.asarray(logprobs),
-                                                chunk_size=chunk_size, **options)
+        return fused_loss.sparse_kl_from_hidden(
+            h, w, jnp.asarray(ids), jnp.asarray(logprobs), chunk_size=chunk_size, **options
+        )
 
     def naive(h, w):
         return ref.naive_sparse_kl(h, w, jnp.asarray(ids), jnp.asarray(logprobs), **options)
@@ -118,14 +124,16 @@ def test_sparse_kl_drop_is_paper_weighted_cross_entropy_plus_constant():
 def test_sparse_kl_renormalize_equals_dense_kl_of_renormalized_top_k():
     rng, hidden, kernel, _ = _problem(seed=5)
     ids, logprobs = ref.random_top_k(rng, (3, 4), VOCAB, k=5, mass=0.6)
-    kl = fused_loss.sparse_kl_from_hidden(hidden, kernel, ids, logprobs,
-                                          missing_mass="renormalize", chunk_size=16)
+    kl = fused_loss.sparse_kl_from_hidden(
+        hidden, kernel, ids, logprobs, missing_mass="renormalize", chunk_size=16
+    )
     p = np.exp(logprobs)
     dense_teacher = np.zeros((3, 4, VOCAB), np.float32)
     np.put_along_axis(dense_teacher, ids, p / p.sum(-1, keepdims=True), axis=-1)
     teacher_logits = np.log(np.maximum(dense_teacher, 1e-30))  # ~zero probability elsewhere
-    dense = fused_loss.dense_kl_from_hidden(hidden, kernel, jnp.asarray(teacher_logits),
-                                            chunk_size=16)
+    dense = fused_loss.dense_kl_from_hidden(
+        hidden, kernel, jnp.asarray(teacher_logits), chunk_size=16
+    )
     np.testing.assert_allclose(kl, dense, **TOL)
 
 
@@ -138,8 +146,9 @@ def test_sparse_kl_residual_bucket_conserves_probability():
     """
     rng, hidden, kernel, _ = _problem(seed=6)
     ids, logprobs = ref.random_top_k(rng, (3, 4), VOCAB, k=4, mass=0.75)
-    kl = fused_loss.sparse_kl_from_hidden(hidden, kernel, ids, logprobs,
-                                          missing_mass="residual", chunk_size=5)
+    kl = fused_loss.sparse_kl_from_hidden(
+        hidden, kernel, ids, logprobs, missing_mass="residual", chunk_size=5
+    )
     q = np.asarray(jax.nn.softmax(ref.dense_logits(hidden, kernel), axis=-1), np.float64)
     in_top = np.zeros_like(q, bool)
     np.put_along_axis(in_top, ids, True, axis=-1)
@@ -157,8 +166,9 @@ def test_tempered_teacher_buckets_sum_to_one(temperature):
     _, logprobs = ref.random_top_k(rng, (10,), 50, k=5, mass=0.9, pad_fraction=0.5)
     valid = jnp.asarray(logprobs) > -jnp.inf
     for mode, has_residual in (("residual", True), ("renormalize", False)):
-        top, residual = fused_loss._tempered_teacher(jnp.asarray(logprobs), valid, temperature,
-                                                     mode)
+        top, residual = fused_loss._tempered_teacher(
+            jnp.asarray(logprobs), valid, temperature, mode
+        )
         total = jnp.where(valid, jnp.exp(top), 0.0).sum(-1) + jnp.exp(residual)
         rows = valid.any(-1) | has_residual
         np.testing.assert_allclose(np.asarray(total)[rows], 1.0, **TOL)
@@ -169,9 +179,12 @@ def test_sparse_kl_all_padding_rows_have_zero_loss_and_finite_grads():
     ids = np.zeros((4, 3), np.int32)
     logprobs = np.full((4, 3), -np.inf, np.float32)
     for mode in fused_loss.MISSING_MASS_MODES:
+
         def total(h, w, mode=mode):
-            return fused_loss.sparse_kl_from_hidden(h, w, ids, logprobs, missing_mass=mode,
-                                                    chunk_size=8).sum()
+            return fused_loss.sparse_kl_from_hidden(
+                h, w, ids, logprobs, missing_mass=mode, chunk_size=8
+            ).sum()
+
         value, grads = jax.value_and_grad(total, argnums=(0, 1))(hidden, kernel)
         assert float(value) == 0.0, mode
         for grad in grads:
@@ -185,8 +198,9 @@ def test_dense_kl_matches_dense(chunk_size, temperature):
     teacher = jnp.asarray(rng.normal(size=(3, 4, VOCAB)) * 2.0, jnp.float32)
 
     def fused(h, w):
-        return fused_loss.dense_kl_from_hidden(h, w, teacher, temperature=temperature,
-                                               chunk_size=chunk_size)
+        return fused_loss.dense_kl_from_hidden(
+            h, w, teacher, temperature=temperature, chunk_size=chunk_size
+        )
 
     def naive(h, w):
         return ref.naive_dense_kl(h, w, teacher, temperature=temperature)
@@ -199,31 +213,37 @@ def test_bfloat16_inputs_compute_in_float32_and_return_input_dtype_grads():
     targets = jnp.asarray(rng.integers(0, VOCAB, size=(3, 4)))
 
     def fused(h, w):
-        return fused_loss.cross_entropy_from_hidden(h, w, targets, z_loss=1e-4,
-                                                    chunk_size=8).loss
+        return fused_loss.cross_entropy_from_hidden(h, w, targets, z_loss=1e-4, chunk_size=8).loss
 
     def naive(h, w):
         return ref.naive_cross_entropy(h, w, targets, z_loss=1e-4)[0]
 
     np.testing.assert_allclose(fused(hidden, kernel), naive(hidden, kernel), **TOL)
     grads = jax.grad(lambda h, w: jnp.sum(fused(h, w) * weights), argnums=(0, 1))(hidden, kernel)
-    naive_grads = jax.grad(lambda h, w: jnp.sum(naive(h.astype(jnp.float32), w.astype(
-        jnp.float32)) * weights), argnums=(0, 1))(hidden, kernel)
+    naive_grads = jax.grad(
+        lambda h, w: jnp.sum(naive(h.astype(jnp.float32), w.astype(jnp.float32)) * weights),
+        argnums=(0, 1),
+    )(hidden, kernel)
     for grad, naive_grad in zip(grads, naive_grads):
         assert grad.dtype == jnp.bfloat16
         # Both sides round one f32 gradient to bf16; at most one bf16 ulp apart.
-        np.testing.assert_allclose(np.asarray(grad, np.float32),
-                                   np.asarray(naive_grad.astype(jnp.bfloat16), np.float32),
-                                   rtol=2**-7, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(grad, np.float32),
+            np.asarray(naive_grad.astype(jnp.bfloat16), np.float32),
+            rtol=2**-7,
+            atol=1e-5,
+        )
 
 
 def test_jit_with_leading_dims_matches_eager():
     rng, hidden, kernel, _ = _problem(seed=11, shape=(2, 3, 5))
     targets = jnp.asarray(rng.integers(0, VOCAB, size=(2, 3, 5)))
-    run = jax.jit(lambda h, w: fused_loss.cross_entropy_from_hidden(h, w, targets,
-                                                                    chunk_size=16).loss)
-    np.testing.assert_allclose(run(hidden, kernel),
-                               ref.naive_cross_entropy(hidden, kernel, targets)[0], **TOL)
+    run = jax.jit(
+        lambda h, w: fused_loss.cross_entropy_from_hidden(h, w, targets, chunk_size=16).loss
+    )
+    np.testing.assert_allclose(
+        run(hidden, kernel), ref.naive_cross_entropy(hidden, kernel, targets)[0], **TOL
+    )
 
 
 def test_kernels_never_allocate_full_logits():
@@ -248,18 +268,31 @@ def test_kernels_never_allocate_full_logits():
     assert temp_bytes(fused) < full_logits / 4
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda h, w, t: fused_loss.cross_entropy_from_hidden(h, w.T, t), "last dimension"),
-    (lambda h, w, t: fused_loss.cross_entropy_from_hidden(h, w, t, chunk_size=0), "chunk_size"),
-    (lambda h, w, t: fused_loss.cross_entropy_from_hidden(h, w, t, label_smoothing=1.0),
-     "label_smoothing"),
-    (lambda h, w, t: fused_loss.cross_entropy_from_hidden(h, w, t[:, :2]), "targets shape"),
-    (lambda h, w, t: fused_loss.sparse_kl_from_hidden(h, w, t[..., None], t[..., None] * 0.0,
-                                                      missing_mass="ignore"), "missing_mass"),
-    (lambda h, w, t: fused_loss.sparse_kl_from_hidden(h, w, t[..., None], t[..., None] * 0.0,
-                                                      temperature=0.0), "temperature"),
-    (lambda h, w, t: fused_loss.dense_kl_from_hidden(h, w, h), "teacher_logits shape"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda h, w, t: fused_loss.cross_entropy_from_hidden(h, w.T, t), "last dimension"),
+        (lambda h, w, t: fused_loss.cross_entropy_from_hidden(h, w, t, chunk_size=0), "chunk_size"),
+        (
+            lambda h, w, t: fused_loss.cross_entropy_from_hidden(h, w, t, label_smoothing=1.0),
+            "label_smoothing",
+        ),
+        (lambda h, w, t: fused_loss.cross_entropy_from_hidden(h, w, t[:, :2]), "targets shape"),
+        (
+            lambda h, w, t: fused_loss.sparse_kl_from_hidden(
+                h, w, t[..., None], t[..., None] * 0.0, missing_mass="ignore"
+            ),
+            "missing_mass",
+        ),
+        (
+            lambda h, w, t: fused_loss.sparse_kl_from_hidden(
+                h, w, t[..., None], t[..., None] * 0.0, temperature=0.0
+            ),
+            "temperature",
+        ),
+        (lambda h, w, t: fused_loss.dense_kl_from_hidden(h, w, h), "teacher_logits shape"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(call, message):
     rng, hidden, kernel, _ = _problem()
     targets = jnp.asarray(rng.integers(0, VOCAB, size=(3, 4)))
@@ -277,7 +310,8 @@ def test_vocab_sharding_checks_axes_and_one_shard_is_the_plain_path():
     rng, hidden, kernel, _ = _problem()
     targets = jnp.asarray(rng.integers(0, VOCAB, size=(3, 4)))
     plain = fused_loss.cross_entropy_from_hidden(hidden, kernel, targets, chunk_size=5)
-    on_mesh = fused_loss.cross_entropy_from_hidden(hidden, kernel, targets, chunk_size=5,
-                                                   vocab_sharding=one_shard)
+    on_mesh = fused_loss.cross_entropy_from_hidden(
+        hidden, kernel, targets, chunk_size=5, vocab_sharding=one_shard
+    )
     for a, b in zip(plain, on_mesh):
         np.testing.assert_array_equal(a, b)

@@ -17,8 +17,15 @@ from flan_jax.testing import training
 
 SCRIPT = pathlib.Path(__file__).with_name("run_sharded_fused_loss.py")
 MESHES = {"data4_model2": "4,1,2", "data2_model4": "2,1,4", "data2_fsdp2_model2": "2,2,2"}
-CASES = ("cross_entropy", "sparse_kl_drop", "sparse_kl_renormalize", "sparse_kl_residual",
-         "dense_kl", "token_logprobs", "argmax_ties")
+CASES = (
+    "cross_entropy",
+    "sparse_kl_drop",
+    "sparse_kl_renormalize",
+    "sparse_kl_residual",
+    "dense_kl",
+    "token_logprobs",
+    "argmax_ties",
+)
 HLO_CASES = ("cross_entropy", "sparse_kl_residual")
 VOCAB = 512  # as in the script; no other dimension of the problem has this size
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -30,7 +37,8 @@ def mesh_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded_fused_loss")
     specs = [f"{name}={sizes}" for name, sizes in MESHES.items()]
     process = training.start_python_script(
-        str(SCRIPT), ["--out", str(out), *specs], num_cpu_devices=8)
+        str(SCRIPT), ["--out", str(out), *specs], num_cpu_devices=8
+    )
     training.wait_for_scripts([process], timeout=540)
     return {name: dict(np.load(out / f"{name}.npz")) for name in MESHES}
 
@@ -65,8 +73,10 @@ def test_argmax_picks_the_first_of_ties_across_shards(mesh_results, mesh):
 @pytest.mark.parametrize("mesh", MESHES)
 def test_sharded_loss_never_all_gathers_the_kernel(mesh_results, mesh, case):
     def gathers_full_vocab(kind):
-        shapes = [tuple(int(d) for d in s.split(",") if d) for s in
-                  mesh_results[mesh][f"hlo/{case}/{kind}"]]
+        shapes = [
+            tuple(int(d) for d in s.split(",") if d)
+            for s in mesh_results[mesh][f"hlo/{case}/{kind}"]
+        ]
         return [s for s in shapes if VOCAB in s]
 
     assert gathers_full_vocab("sharded") == []

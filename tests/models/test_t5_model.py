@@ -1,4 +1,5 @@
 """Self-consistency of the flan_jax T5: packing, scanned layers, remat, hidden states."""
+
 from __future__ import annotations
 
 import jax
@@ -14,8 +15,9 @@ from flan_jax.testing.models import make_tiny_t5_config
 
 def _scanned_copy(params, config):
     """The same weights in the scanned layout, via the (exact) Hugging Face name table."""
-    return params_from_hf_state_dict(hf_state_dict_from_params(params, config),
-                                     config.replace(scan_layers=True))
+    return params_from_hf_state_dict(
+        hf_state_dict_from_params(params, config), config.replace(scan_layers=True)
+    )
 
 
 def test_packed_rows_equal_examples_run_alone():
@@ -36,13 +38,20 @@ def test_packed_rows_equal_examples_run_alone():
         dec_pos[0, dec_start:dec_end] = np.arange(len(dec))
         spans.append((dec_start, dec_end))
         enc_start, dec_start = enc_end, dec_end
-    packed = model.apply({"params": params}, enc_tokens, dec_tokens,
-                         encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg,
-                         encoder_positions=enc_pos, decoder_positions=dec_pos)
+    packed = model.apply(
+        {"params": params},
+        enc_tokens,
+        dec_tokens,
+        encoder_segment_ids=enc_seg,
+        decoder_segment_ids=dec_seg,
+        encoder_positions=enc_pos,
+        decoder_positions=dec_pos,
+    )
     for (enc, dec), (start, end) in zip(examples, spans):
         alone = model.apply({"params": params}, np.array([enc]), np.array([dec]))
-        np.testing.assert_allclose(np.asarray(packed[0, start:end]), np.asarray(alone[0]),
-                                   atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(packed[0, start:end]), np.asarray(alone[0]), atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("remat_policy", ["none", "full", "dots_no_batch"])
@@ -60,9 +69,9 @@ def test_scanned_layers_give_the_same_logits_and_gradients(remat_policy):
 
     (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params, config)
     (_, scanned_logits), scanned_grads = jax.value_and_grad(loss, has_aux=True)(
-        scanned, scanned_config)
-    np.testing.assert_allclose(np.asarray(scanned_logits), np.asarray(logits), atol=1e-5,
-                               rtol=1e-5)
+        scanned, scanned_config
+    )
+    np.testing.assert_allclose(np.asarray(scanned_logits), np.asarray(logits), atol=1e-5, rtol=1e-5)
     expected = hf_state_dict_from_params(grads, config)
     for key, value in hf_state_dict_from_params(scanned_grads, scanned_config).items():
         np.testing.assert_allclose(value, expected[key], atol=1e-5, rtol=1e-4, err_msg=key)
@@ -77,8 +86,9 @@ def test_hidden_times_output_kernel_equals_logits(tied):
     logits = model.apply({"params": params}, enc, dec)
     hidden = model.apply({"params": params}, enc, dec, return_hidden=True)
     assert hidden.shape == (1, 3, config.emb_dim)
-    np.testing.assert_allclose(np.asarray(hidden @ t5.output_kernel(params)),
-                               np.asarray(logits), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(hidden @ t5.output_kernel(params)), np.asarray(logits), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_dropout_is_active_only_when_enabled():
@@ -88,8 +98,9 @@ def test_dropout_is_active_only_when_enabled():
     enc, dec = jnp.array([[3, 9, 27, 1]]), jnp.array([[0, 5, 6]])
     plain = model.apply({"params": params}, enc, dec)
     again = model.apply({"params": params}, enc, dec, rngs={"dropout": jax.random.key(1)})
-    dropped = model.apply({"params": params}, enc, dec, enable_dropout=True,
-                          rngs={"dropout": jax.random.key(1)})
+    dropped = model.apply(
+        {"params": params}, enc, dec, enable_dropout=True, rngs={"dropout": jax.random.key(1)}
+    )
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(again))
     assert not np.allclose(np.asarray(plain), np.asarray(dropped))
 
@@ -98,10 +109,12 @@ def test_bfloat16_activations_keep_float32_params_and_logits():
     config = make_tiny_t5_config(dtype="bfloat16")
     params = t5.init_params(config, jax.random.key(4))
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
-    logits = t5.EncoderDecoder(config).apply({"params": params}, jnp.array([[3, 9, 1]]),
-                                             jnp.array([[0, 5]]))
+    logits = t5.EncoderDecoder(config).apply(
+        {"params": params}, jnp.array([[3, 9, 1]]), jnp.array([[0, 5]])
+    )
     reference = t5.EncoderDecoder(config.replace(dtype="float32")).apply(
-        {"params": params}, jnp.array([[3, 9, 1]]), jnp.array([[0, 5]]))
+        {"params": params}, jnp.array([[3, 9, 1]]), jnp.array([[0, 5]])
+    )
     assert logits.dtype == jnp.float32
     # bf16 has 8 mantissa bits; this only guards against a broken cast path.
     np.testing.assert_allclose(np.asarray(logits), np.asarray(reference), atol=0.1)
@@ -118,15 +131,21 @@ def test_param_logical_axes_follow_t5x_names():
     assert tuple(axes["decoder"]["relpos_bias"]["rel_embedding"]) == ("heads", "relpos_buckets")
     scanned = t5.param_logical_axes(make_tiny_t5_config(scan_layers=True))
     assert tuple(scanned["decoder"]["layers"]["mlp"]["wi_0"]["kernel"]) == (
-        "layers", "embed", "mlp")
+        "layers",
+        "embed",
+        "mlp",
+    )
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("num_heads", 0, "num_heads must be a positive int"),
-    ("feed_forward", "swiglu", "feed_forward must be one of"),
-    ("dtype", "float16", "dtype must be one of"),
-    ("remat_policy", "some", "remat_policy must be one of"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("num_heads", 0, "num_heads must be a positive int"),
+        ("feed_forward", "swiglu", "feed_forward must be one of"),
+        ("dtype", "float16", "dtype must be one of"),
+        ("remat_policy", "some", "remat_policy must be one of"),
+    ],
+)
 def test_config_rejects_bad_fields_by_name(field, value, message):
     with pytest.raises(ValueError, match=message):
         make_tiny_t5_config(**{field: value})

@@ -1,4 +1,5 @@
 """flan_jax T5 against the transformers PyTorch reference (float32, eval mode)."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -8,8 +9,12 @@ import pytest
 from flan_jax.models import t5
 from flan_jax.models.hf_convert import hf_state_dict_from_params, params_from_hf_state_dict
 from flan_jax.models.layers import relative_position_bucket
-from flan_jax.testing.models import (PARITY_CONFIGS, hf_state_dict_numpy, make_hf_reference,
-                                     make_tiny_t5_config)
+from flan_jax.testing.models import (
+    PARITY_CONFIGS,
+    hf_state_dict_numpy,
+    make_hf_reference,
+    make_tiny_t5_config,
+)
 
 torch = pytest.importorskip("torch", reason="torch is the reference implementation")
 pytest.importorskip("transformers", reason="transformers is the reference implementation")
@@ -34,25 +39,35 @@ def test_logits_match_transformers(name):
     params = params_from_hf_state_dict(hf_state_dict_numpy(reference), config)
     enc, dec = _batch(config)
     with torch.no_grad():
-        expected = reference(input_ids=torch.from_numpy(enc).long(),
-                             attention_mask=torch.from_numpy(enc != 0).long(),
-                             decoder_input_ids=torch.from_numpy(dec).long()).logits.numpy()
-    logits = t5.EncoderDecoder(config).apply({"params": params}, jnp.asarray(enc),
-                                             jnp.asarray(dec))
+        expected = reference(
+            input_ids=torch.from_numpy(enc).long(),
+            attention_mask=torch.from_numpy(enc != 0).long(),
+            decoder_input_ids=torch.from_numpy(dec).long(),
+        ).logits.numpy()
+    logits = t5.EncoderDecoder(config).apply({"params": params}, jnp.asarray(enc), jnp.asarray(dec))
     np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("bidirectional,num_buckets,max_distance",
-                         [(True, 32, 128), (False, 32, 128), (True, 8, 12), (False, 16, 20)])
+@pytest.mark.parametrize(
+    "bidirectional,num_buckets,max_distance",
+    [(True, 32, 128), (False, 32, 128), (True, 8, 12), (False, 16, 20)],
+)
 def test_relative_position_buckets_match_transformers(bidirectional, num_buckets, max_distance):
     from transformers.models.t5.modeling_t5 import T5Attention
 
     relative = np.arange(-400, 401)
     expected = T5Attention._relative_position_bucket(
-        torch.from_numpy(relative), bidirectional=bidirectional, num_buckets=num_buckets,
-        max_distance=max_distance).numpy()
-    actual = relative_position_bucket(jnp.asarray(relative), bidirectional=bidirectional,
-                                      num_buckets=num_buckets, max_distance=max_distance)
+        torch.from_numpy(relative),
+        bidirectional=bidirectional,
+        num_buckets=num_buckets,
+        max_distance=max_distance,
+    ).numpy()
+    actual = relative_position_bucket(
+        jnp.asarray(relative),
+        bidirectional=bidirectional,
+        num_buckets=num_buckets,
+        max_distance=max_distance,
+    )
     np.testing.assert_array_equal(np.asarray(actual), expected)
 
 
@@ -94,12 +109,18 @@ def _hf_greedy(reference, enc, max_len):
     with torch.no_grad():
         return reference.generate(
             input_ids=torch.from_numpy(enc).long(),
-            attention_mask=torch.from_numpy(enc != 0).long(), do_sample=False, num_beams=1,
-            max_new_tokens=max_len, min_new_tokens=0, decoder_start_token_id=0,
-            eos_token_id=1, pad_token_id=0,
+            attention_mask=torch.from_numpy(enc != 0).long(),
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max_len,
+            min_new_tokens=0,
+            decoder_start_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
             # transformers 5 sizes its generation cache by the encoder depth, which fails
             # when the decoder is deeper; without the cache it recomputes, same tokens.
-            use_cache=False).numpy()[:, 1:]
+            use_cache=False,
+        ).numpy()[:, 1:]
 
 
 @pytest.mark.parametrize("name", ["gated_untied_odd_heads", "relu_tied"])
@@ -117,10 +138,11 @@ def test_greedy_decode_matches_transformers_generate(name):
         reference.lm_head.weight[1] = reference.lm_head.weight[token] * 1.05
     params = params_from_hf_state_dict(hf_state_dict_numpy(reference), config)
     expected = _hf_greedy(reference, enc, max_len)
-    tokens = np.asarray(greedy_decode(t5.T5Model(config), params, enc,
-                                      max_decode_len=max_len).tokens)
-    np.testing.assert_array_equal(tokens[:, :expected.shape[1]], expected)
-    assert not tokens[:, expected.shape[1]:].any()
+    tokens = np.asarray(
+        greedy_decode(t5.T5Model(config), params, enc, max_decode_len=max_len).tokens
+    )
+    np.testing.assert_array_equal(tokens[:, : expected.shape[1]], expected)
+    assert not tokens[:, expected.shape[1] :].any()
     stopped = (tokens == 1).any(axis=1)
     assert stopped.any() and not stopped.all(), "the test should cover both stop reasons"
 
@@ -136,15 +158,16 @@ def test_score_targets_matches_transformers_log_likelihood():
     targets[0, 4:], targets[1, 6], targets[1, 7:] = 0, 1, 0  # EOS then padding
     labels = torch.from_numpy(np.where(targets > 0, targets, -100)).long()
     with torch.no_grad():
-        logits = reference(input_ids=torch.from_numpy(enc).long(),
-                           attention_mask=torch.from_numpy(enc != 0).long(),
-                           labels=labels).logits
+        logits = reference(
+            input_ids=torch.from_numpy(enc).long(),
+            attention_mask=torch.from_numpy(enc != 0).long(),
+            labels=labels,
+        ).logits
     log_probs = torch.log_softmax(logits, -1).numpy()
     picked = np.take_along_axis(log_probs, targets[:, :, None].astype(np.int64), -1)[:, :, 0]
     expected = np.where(targets > 0, picked, 0.0).sum(-1)
     scores = score_targets(t5.T5Model(config), params, enc, targets)
-    np.testing.assert_allclose(np.asarray(scores),
-                               expected, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(scores), expected, atol=1e-4, rtol=1e-5)
 
 
 def test_untied_export_loads_in_transformers(tmp_path):
@@ -163,9 +186,11 @@ def test_untied_export_loads_in_transformers(tmp_path):
         np.testing.assert_array_equal(state[key], tensor, err_msg=key)
     enc, dec = _batch(config)
     with torch.no_grad():
-        expected = reloaded(input_ids=torch.from_numpy(enc).long(),
-                            attention_mask=torch.from_numpy(enc != 0).long(),
-                            decoder_input_ids=torch.from_numpy(dec).long()).logits.numpy()
+        expected = reloaded(
+            input_ids=torch.from_numpy(enc).long(),
+            attention_mask=torch.from_numpy(enc != 0).long(),
+            decoder_input_ids=torch.from_numpy(dec).long(),
+        ).logits.numpy()
     logits = t5.EncoderDecoder(config).apply({"params": params}, enc, dec)
     np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4, rtol=1e-4)
     reimported, reimported_config, _ = load_hf_directory(tmp_path / "hf", dtype="float32")

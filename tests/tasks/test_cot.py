@@ -1,4 +1,5 @@
 """CoT tasks: the real Flan CoT TSVs render through every template, parseably."""
+
 import os
 
 import pytest
@@ -8,14 +9,16 @@ from flan_jax.tasks import cot, data_paths, templates
 from flan_jax.testing.shared_data import shared_data_dir
 
 COT_DIR = os.path.join(shared_data_dir(), "flan_cot_data")
-needs_data = pytest.mark.skipif(not os.path.isdir(COT_DIR),
-                                reason=f"shared CoT data not found at {COT_DIR}")
+needs_data = pytest.mark.skipif(
+    not os.path.isdir(COT_DIR), reason=f"shared CoT data not found at {COT_DIR}"
+)
 LOCAL = ("aqua", "creak", "ecqa", "gsm8k", "qasc", "sensemaking", "strategyqa")
 
 
 def _render(template, fields, key):
-    return templates.render(template, fields, with_options=True,
-                            rng=templates.example_rng(0, "cot", key))
+    return templates.render(
+        template, fields, with_options=True, rng=templates.example_rng(0, "cot", key)
+    )
 
 
 @needs_data
@@ -42,11 +45,18 @@ def test_real_tsv_renders_through_every_template(dataset):
 def test_fixture_examples_render_and_invert(tmp_path):
     (tmp_path / "gsm8k_train.tsv").write_text(
         "What is 2 + 3?\\nShow work.\t5\tTwo plus three is five\n"
-        "Is ice cold?\tyes\tIce is frozen water.\n")
+        "Is ice cold?\tyes\tIce is frozen water.\n"
+    )
     paths = data_paths.DataPaths(source_dirs={"cot": str(tmp_path)})
     examples = list(cot.load_cot_split("gsm8k", split="train", paths=paths))
-    assert examples[0] == ("train:0", {"question": "What is 2 + 3?\nShow work.",
-                                       "answer": "5", "rationale": "Two plus three is five."})
+    assert examples[0] == (
+        "train:0",
+        {
+            "question": "What is 2 + 3?\nShow work.",
+            "answer": "5",
+            "rationale": "Two plus three is five.",
+        },
+    )
     for template in cot.load_cot_templates(False).templates:
         out = _render(template, examples[0][1], "k")
         assert out.targets.endswith("So the answer is 5.")

@@ -1,4 +1,5 @@
 """The demo collection: templates, held-out splits, lengths, registration and metrics."""
+
 import collections
 import json
 
@@ -24,16 +25,22 @@ def test_every_template_renders_and_the_template_rules_hold(cluster):
         for template in template_set.templates:
             for with_options in (True, False):
                 rendered = collection.templates.render(
-                    template, fields, with_options=with_options,
-                    rng=collection.templates.example_rng(0, cluster, key))
+                    template,
+                    fields,
+                    with_options=with_options,
+                    rng=collection.templates.example_rng(0, cluster, key),
+                )
                 assert rendered.inputs.strip() and rendered.targets.strip()
 
 
 @pytest.mark.parametrize("cluster", demo.CLUSTERS)
 def test_validation_instances_never_appear_in_training(cluster):
     def contents(split, count):
-        return {json.dumps(f, sort_keys=True)
-                for _, f in generators.iterate_examples(cluster, split, count)}
+        return {
+            json.dumps(f, sort_keys=True)
+            for _, f in generators.iterate_examples(cluster, split, count)
+        }
+
     assert not contents("train", 2000) & contents("validation", 200)
 
 
@@ -60,8 +67,11 @@ def test_registration_is_idempotent_and_rejects_another_vocabulary(vocabulary, t
     assert {t.name for t in mixture.tasks} == {n for n in names if ".unseen" not in n}
     for pair in demo.demo_eval_tasks().values():
         assert set(pair) == {"seen", "unseen"} and all(n in names for n in pair.values())
-    other = vocabularies.get_vocabulary(vocabularies.build_sentencepiece_model(
-        ["a b c d e f g"] * 20, str(tmp_path / "other"), 30, hard_vocab_limit=False))
+    other = vocabularies.get_vocabulary(
+        vocabularies.build_sentencepiece_model(
+            ["a b c d e f g"] * 20, str(tmp_path / "other"), 30, hard_vocab_limit=False
+        )
+    )
     with pytest.raises(ValueError, match="another vocabulary"):
         demo.register_demo_tasks(other)
 
@@ -70,8 +80,10 @@ def test_demo_vocabulary_is_reproducible(vocabulary, tmp_path):
     rebuilt = demo.get_demo_vocabulary(str(tmp_path))
     text = "Q: Ana has 5 apples. Ana buys 3 more. How many apples does Ana have now?"
     assert rebuilt.encode(text) == vocabulary.encode(text)
-    with open(rebuilt.sentencepiece_model_file, "rb") as a, open(
-            vocabulary.sentencepiece_model_file, "rb") as b:
+    with (
+        open(rebuilt.sentencepiece_model_file, "rb") as a,
+        open(vocabulary.sentencepiece_model_file, "rb") as b,
+    ):
         assert a.read() == b.read()
 
 
@@ -80,6 +92,8 @@ def test_postprocess_and_exact_match():
     assert demo.extract_cot_answer("so the answer is 12") == "12"
     assert demo.extract_cot_answer("no final answer") == ""
     assert collection.postprocess_answer(b" it is  not possible\nto tell ") == (
-        "it is not possible to tell")
+        "it is not possible to tell"
+    )
     assert demo.exact_match(["6", "(A)", "yes"], ["6", "(B)", "yes"]) == {
-        "accuracy": pytest.approx(200 / 3)}
+        "accuracy": pytest.approx(200 / 3)
+    }

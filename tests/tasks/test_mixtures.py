@@ -1,4 +1,5 @@
 """Mixtures: registry counts per submixture, caps, weights, counts table, skip-missing."""
+
 import os
 import shutil
 
@@ -13,8 +14,9 @@ COT_DIR = os.path.join(shared_data_dir(), "flan_cot_data")
 
 @pytest.fixture(scope="module")
 def report():
-    return registry.register_all(seqio.PassThroughVocabulary(10),
-                                 sources=("t0", "niv2", "cot", "dialog"))
+    return registry.register_all(
+        seqio.PassThroughVocabulary(10), sources=("t0", "niv2", "cot", "dialog")
+    )
 
 
 def test_registry_counts_per_submixture(report):
@@ -39,8 +41,12 @@ def test_rates_follow_caps_and_weights(report):
     assert niv2["niv2__task001_quoref_question_generation__fs_opt"] == 5_000  # unknown: cap
     assert set(seqio.get_mixture_or_task("t0_zs_opt").rate_per_task_name.values()) == {20_000}
     cot_submix = seqio.get_mixture_or_task("cot_submix").rate_per_task_name
-    assert cot_submix == {"cot_fs_opt": 1.0, "cot_zs_opt": 1.0, "cot_inverted_fs_opt": 0.3,
-                          "cot_inverted_zs_opt": 0.3}
+    assert cot_submix == {
+        "cot_fs_opt": 1.0,
+        "cot_zs_opt": 1.0,
+        "cot_inverted_fs_opt": 0.3,
+        "cot_inverted_zs_opt": 0.3,
+    }
     assert "niv2_zs_noopt" not in seqio.MixtureRegistry.names()
     shares = dict(mixtures.iter_mixture_rates("flan2022_submix"))
     assert abs(sum(shares.values()) - 1) < 1e-9
@@ -49,16 +55,21 @@ def test_rates_follow_caps_and_weights(report):
         total = sum(v for k, v in shares.items() if k.startswith(source + "__"))
         assert abs(total - weight / sum(present.values())) < 1e-9
     gsm = shares["cot__gsm8k__zs_opt"]
-    expected = (present["cot"] / sum(present.values())) / 2.6 * 7473 / sum(
-        min(c, 100_000) for (s, _), c in counts.items() if s == "cot")
+    expected = (
+        (present["cot"] / sum(present.values()))
+        / 2.6
+        * 7473
+        / sum(min(c, 100_000) for (s, _), c in counts.items() if s == "cot")
+    )
     assert abs(gsm - expected) < 1e-12
 
 
 @pytest.mark.skipif(not os.path.isdir(COT_DIR), reason=f"shared CoT data not at {COT_DIR}")
 def test_skip_missing_reports_names_and_recompute_counts(tmp_path):
     paths = data_paths.DataPaths(source_dirs={"cot": COT_DIR})
-    report = registry.register_all(seqio.PassThroughVocabulary(10), sources=("cot",),
-                                   paths=paths, skip_missing=True)
+    report = registry.register_all(
+        seqio.PassThroughVocabulary(10), sources=("cot",), paths=paths, skip_missing=True
+    )
     assert set(report.skipped) == {"cot/esnli", "cot/qed"}
     assert "esnli_train.tsv" in report.skipped["cot/esnli"]
     assert len(report.tasks) == 7 * 4

@@ -1,4 +1,5 @@
 """NIv2: catalog against the shared metadata, task JSON loading (NaN, errors), templates."""
+
 import csv
 import json
 import os
@@ -11,16 +12,18 @@ from flan_jax.tasks import data_paths, niv2, templates
 from flan_jax.testing.shared_data import shared_data_dir
 
 NIV2_DIR = os.path.join(shared_data_dir(), "super_natural_instructions")
-needs_data = pytest.mark.skipif(not os.path.isdir(NIV2_DIR),
-                                reason=f"shared NIv2 data not found at {NIV2_DIR}")
+needs_data = pytest.mark.skipif(
+    not os.path.isdir(NIV2_DIR), reason=f"shared NIv2 data not found at {NIV2_DIR}"
+)
 
 
 @needs_data
 def test_catalog_matches_shared_metadata():
     with open(os.path.join(NIV2_DIR, "niv2_task_metadata_from_flan.tsv")) as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    by_name = {niv2.registration.make_safe_name(r["task_name_ni"] or r["task_name_flan"]): r
-               for r in rows}
+    by_name = {
+        niv2.registration.make_safe_name(r["task_name_ni"] or r["task_name_flan"]): r for r in rows
+    }
     assert len(by_name) == len(rows) == 1613
     catalog = niv2.load_niv2_catalog()
     assert len(catalog) == len({t.name for t in catalog}) == 1556
@@ -31,21 +34,28 @@ def test_catalog_matches_shared_metadata():
         row = by_name[task.name]
         assert task.number == int(re.match(r"task(\d+)", task.name)[1])
         assert (task.category, task.source_dataset, task.languages, task.split) == (
-            row["category"], row["source_dataset"], row["languages"], row["default_split"])
+            row["category"],
+            row["source_dataset"],
+            row["languages"],
+            row["default_split"],
+        )
         assert task.ni_name == row["task_name_ni"]
 
 
 @needs_data
 def test_real_task_files_load_including_bare_nan():
     paths = data_paths.DataPaths(source_dirs={"niv2": NIV2_DIR})
-    for name, count in [("task1149_item_check_edible", 119),
-                        ("task062_bigbench_repeat_copy_logic", 29)]:
+    for name, count in [
+        ("task1149_item_check_edible", 119),
+        ("task062_bigbench_repeat_copy_logic", 29),
+    ]:
         examples = list(niv2.load_niv2_split(name, split="train", paths=paths))
         assert len(examples) == count
         for template in niv2.load_niv2_templates(False).templates:
             for key, fields in examples:
-                out = templates.render(template, fields, with_options=True,
-                                       rng=templates.example_rng(0, name, key))
+                out = templates.render(
+                    template, fields, with_options=True, rng=templates.example_rng(0, name, key)
+                )
                 assert fields["input"] in out.inputs and out.targets == fields["answer"]
 
 
@@ -56,17 +66,25 @@ def _write(tmp_path, data):
     return str(path)
 
 
-GOOD = {"Definition": ["Write a question."],
-        "Positive Examples": [{"input": "P1", "output": "Q1"}, {"input": "P2", "output": "Q2"}],
-        "Instances": [{"id": "i0", "input": "Passage", "output": ["Question?", "Other?"]}]}
+GOOD = {
+    "Definition": ["Write a question."],
+    "Positive Examples": [{"input": "P1", "output": "Q1"}, {"input": "P2", "output": "Q2"}],
+    "Instances": [{"id": "i0", "input": "Passage", "output": ["Question?", "Other?"]}],
+}
 
 
-@pytest.mark.parametrize("data, message", [
-    ('{"Definition": [1,', r"line 1 column"),
-    (dict(GOOD, Definition="text"), r"field 'Definition' must be a list"),
-    ({k: v for k, v in GOOD.items() if k != "Instances"}, r"missing field 'Instances'"),
-    (dict(GOOD, Instances=[{"id": "x", "input": "a"}]), r"Instances\[0\]: missing field 'output'"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ('{"Definition": [1,', r"line 1 column"),
+        (dict(GOOD, Definition="text"), r"field 'Definition' must be a list"),
+        ({k: v for k, v in GOOD.items() if k != "Instances"}, r"missing field 'Instances'"),
+        (
+            dict(GOOD, Instances=[{"id": "x", "input": "a"}]),
+            r"Instances\[0\]: missing field 'output'",
+        ),
+    ],
+)
 def test_malformed_task_files_name_file_and_field(tmp_path, data, message):
     path = _write(tmp_path, data)
     with pytest.raises(niv2.Niv2FormatError, match=message) as info:
@@ -77,21 +95,28 @@ def test_malformed_task_files_name_file_and_field(tmp_path, data, message):
 def test_fixture_task_zero_and_few_shot(tmp_path):
     _write(tmp_path, GOOD)
     paths = data_paths.DataPaths(source_dirs={"niv2": str(tmp_path)})
-    [(key, zs)] = niv2.load_niv2_split("task001_quoref_question_generation", split="train",
-                                       paths=paths)
+    [(key, zs)] = niv2.load_niv2_split(
+        "task001_quoref_question_generation", split="train", paths=paths
+    )
     assert key == "train:i0" and zs["answer"] == "Question?" and "demonstrations" not in zs
-    count = lambda text: len(text.split())
+
+    def count(text):
+        return len(text.split())
+
     path = niv2.find_task_file("task001_quoref_question_generation", paths)
-    [(_, fs)] = niv2.read_niv2_examples(path, num_shots=2, max_input_tokens=10_000,
-                                        count_tokens=count)
+    [(_, fs)] = niv2.read_niv2_examples(
+        path, num_shots=2, max_input_tokens=10_000, count_tokens=count
+    )
     assert fs["demonstrations"] == "Input: P1\nOutput: Q1\n\nInput: P2\nOutput: Q2"
     # A budget with room for the definition and input only drops every demonstration.
-    [(_, tight)] = niv2.read_niv2_examples(path, num_shots=2, max_input_tokens=51,
-                                           count_tokens=count)
+    [(_, tight)] = niv2.read_niv2_examples(
+        path, num_shots=2, max_input_tokens=51, count_tokens=count
+    )
     assert tight["demonstrations"] == ""
     for template in niv2.load_niv2_templates(True).templates:
-        out = templates.render(template, fs, with_options=True,
-                               rng=templates.example_rng(0, "t", key))
+        out = templates.render(
+            template, fs, with_options=True, rng=templates.example_rng(0, "t", key)
+        )
         assert "Write a question." in out.inputs and "Input: P2" in out.inputs
         assert "Passage" in out.inputs and out.targets == "Question?"
 

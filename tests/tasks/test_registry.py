@@ -1,4 +1,5 @@
 """The task-family interface, the registry over it, and the catalog's vocabulary rule."""
+
 import inspect
 import json
 import logging
@@ -19,7 +20,7 @@ GOLDEN_PATH = os.path.join(os.path.dirname(__file__), "registered_tasks_golden.j
 # the families shared one interface. A deliberate change to templates, catalogs, counts or
 # few-shot settings changes the digests too: then print them again with this script
 # (`python -c "$FINGERPRINT_SCRIPT"`) and update the golden file in the same commit.
-FINGERPRINT_SCRIPT = r'''
+FINGERPRINT_SCRIPT = r"""
 import hashlib, json
 import seqio
 from flan_jax.tasks import demo, registry
@@ -58,7 +59,7 @@ print(json.dumps({
     "tasks": {s: {"count": len(v), "sha256": fingerprint(v)} for s, v in by_source.items()},
     "mixtures": {"count": len(report.mixtures), "sha256": hashlib.sha256(mixtures).hexdigest()},
 }))
-'''
+"""
 
 
 @pytest.mark.parametrize("task_family", registry.FAMILIES, ids=lambda f: f.name)
@@ -67,7 +68,8 @@ def test_every_family_has_the_same_interface(task_family):
         expected = list(inspect.signature(protocol.__call__).parameters.values())[1:]
         got = list(inspect.signature(getattr(task_family, field)).parameters.values())
         assert [(p.name, p.kind, p.default) for p in got] == [
-            (p.name, p.kind, p.default) for p in expected], (task_family.name, field)
+            (p.name, p.kind, p.default) for p in expected
+        ], (task_family.name, field)
     assert isinstance(task_family.list_datasets(), tuple) and task_family.list_datasets()
 
 
@@ -80,16 +82,27 @@ def test_a_family_with_another_signature_is_rejected_naming_the_field():
     def load_split(dataset, paths, split):  # The positional shape T0 used to have.
         return []
 
-    with pytest.raises(TypeError, match=r"'cot': load_split = .*load_split\(dataset, paths, "
-                                        r"split\) must take the arguments \(dataset, \*, split, "
-                                        r"paths=None, seed=0\) \(see LoadSplit\)"):
-        family.TaskFamily("cot", demo.FAMILY.list_datasets, load_split,
-                          demo.FAMILY.missing_data, demo.FAMILY.register)
+    with pytest.raises(
+        TypeError,
+        match=r"'cot': load_split = .*load_split\(dataset, paths, "
+        r"split\) must take the arguments \(dataset, \*, split, "
+        r"paths=None, seed=0\) \(see LoadSplit\)",
+    ):
+        family.TaskFamily(
+            "cot",
+            demo.FAMILY.list_datasets,
+            load_split,
+            demo.FAMILY.missing_data,
+            demo.FAMILY.register,
+        )
 
 
 def test_unknown_dataset_names_the_closest():
-    with pytest.raises(ValueError, match=r"Unknown cot datasets \['gsm8x'\]; closest known: "
-                                         r"\['gsm8k'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown cot datasets \['gsm8x'\]; closest known: "
+        r"\['gsm8k'\]",
+    ):
         registry.get_family("cot").register(seqio.PassThroughVocabulary(10), datasets=["gsm8x"])
 
 
@@ -103,8 +116,9 @@ def test_demo_family_loads_its_generated_splits():
 def test_register_all_is_unchanged_by_the_family_refactor():
     with open(GOLDEN_PATH, encoding="utf-8") as f:
         golden = json.load(f)
-    result = subprocess.run([sys.executable, "-c", FINGERPRINT_SCRIPT], capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", FINGERPRINT_SCRIPT], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert got["tasks"] == golden["tasks"]
@@ -125,7 +139,8 @@ def test_the_demo_vocabulary_only_when_asked_and_with_a_warning(monkeypatch, cap
     monkeypatch.setattr(demo, "get_demo_vocabulary", lambda: stand_in)
     with caplog.at_level(logging.WARNING):
         vocabulary = registry.get_catalog_vocabulary(
-            vocabulary_path=None, extra_ids=100, allow_demo_vocabulary=True)
+            vocabulary_path=None, extra_ids=100, allow_demo_vocabulary=True
+        )
     assert vocabulary is stand_in
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "demo vocabulary" in record.getMessage() and "VOCABULARY_PATH" in record.getMessage()

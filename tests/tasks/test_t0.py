@@ -1,4 +1,5 @@
 """T0-SF: the promptsource loader and sandboxed renderer, over the whole shared archive."""
+
 import collections
 import csv
 import json
@@ -14,11 +15,13 @@ from flan_jax.tasks import data_paths, t0, templates
 from flan_jax.tasks.t0 import promptsource
 from flan_jax.testing.shared_data import shared_data_dir
 
-ARCHIVE = os.path.join(shared_data_dir(), "promptsource_templates",
-                       "promptsource-0.2.3-templates.tar.gz")
+ARCHIVE = os.path.join(
+    shared_data_dir(), "promptsource_templates", "promptsource-0.2.3-templates.tar.gz"
+)
 CATALOG_CSV = os.path.join(shared_data_dir(), "flan_cot_data", "flan_collection_info.csv")
-needs_archive = pytest.mark.skipif(not os.path.exists(ARCHIVE),
-                                   reason=f"shared promptsource archive not found at {ARCHIVE}")
+needs_archive = pytest.mark.skipif(
+    not os.path.exists(ARCHIVE), reason=f"shared promptsource archive not found at {ARCHIVE}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +120,9 @@ def test_every_archive_prompt_loads_and_renders_on_a_synthetic_example(template_
     for prompt in prompts:
         promptsource._compile(prompt.jinja)  # Every prompt parses: no syntax or filter gaps.
         try:
-            out = promptsource.render_prompt(prompt, synthetic_example(prompt),
-                                             np.random.default_rng(0))
+            out = promptsource.render_prompt(
+                prompt, synthetic_example(prompt), np.random.default_rng(0)
+            )
         except promptsource.PromptTemplateError as e:
             reasons[str(e).split(": ", 2)[-1].split(":")[0]] += 1
             continue
@@ -143,11 +147,14 @@ def test_render_is_sandboxed_and_seeded(tmp_path):
         "    jinja: '{{text}} Right? ||| {{answer_choices[label]}} {{ names | choice }}'\n"
         "    metadata: !TemplateMetadata {original_task: true, choices_in_prompt: false}\n"
         "  b: !Template\n    id: b\n    name: evil\n    answer_choices: null\n"
-        "    jinja: '{{ text.__class__.__mro__ }} ||| x'\n")
+        "    jinja: '{{ text.__class__.__mro__ }} ||| x'\n"
+    )
     pick, evil = promptsource.read_templates_file(str(path))
     example = {"text": "Sky is blue.", "label": 1, "names": ["u", "v", "w", "x"]}
-    outs = {promptsource.render_prompt(pick, example, np.random.default_rng(s)).targets
-            for s in range(20)}
+    outs = {
+        promptsource.render_prompt(pick, example, np.random.default_rng(s)).targets
+        for s in range(20)
+    }
     assert {o.split()[0] for o in outs} == {"Yes"} and len(outs) > 1
     again = promptsource.render_prompt(pick, example, np.random.default_rng(3))
     assert again == promptsource.render_prompt(pick, example, np.random.default_rng(3))
@@ -167,16 +174,22 @@ def test_catalog_is_the_193_t0_rows_of_the_collection():
 
 @needs_archive
 def test_catalog_prompts_exist_and_a_fixture_task_renders_end_to_end(template_root, tmp_path):
-    paths = data_paths.DataPaths(source_dirs={"t0_templates": template_root,
-                                              "t0": str(tmp_path)})
+    paths = data_paths.DataPaths(source_dirs={"t0_templates": template_root, "t0": str(tmp_path)})
     for task in t0.load_t0_catalog():
         assert t0.find_prompt(task, paths).name == task.prompt
     rows = tmp_path / "amazon_polarity" / "train.jsonl"
     rows.parent.mkdir()
-    rows.write_text("".join(json.dumps({"title": f"T{i}", "content": f"Review {i}.",
-                                        "label": i % 2}) + "\n" for i in range(6)))
-    name = next(t.name for t in t0.load_t0_catalog() if t.dataset == "amazon_polarity"
-                and not t0.find_prompt(t, paths).choices_in_prompt)
+    rows.write_text(
+        "".join(
+            json.dumps({"title": f"T{i}", "content": f"Review {i}.", "label": i % 2}) + "\n"
+            for i in range(6)
+        )
+    )
+    name = next(
+        t.name
+        for t in t0.load_t0_catalog()
+        if t.dataset == "amazon_polarity" and not t0.find_prompt(t, paths).choices_in_prompt
+    )
     vocab = seqio.PassThroughVocabulary(10)
     # Registration is idempotent per name: drop registrations other tests made with other
     # data paths, so these tasks read this test's rows.

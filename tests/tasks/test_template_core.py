@@ -1,4 +1,5 @@
 """The template engine: placeholders, seeded options blocks, schema errors, task names."""
+
 import subprocess
 import sys
 import textwrap
@@ -17,8 +18,12 @@ NLI_YAML = textwrap.dedent("""\
         inputs: "Write a statement that follows from: {premise}"
         targets: "{hypothesis}"
     """)
-EXAMPLE = {"premise": "A dog runs {fast}.", "hypothesis": "An animal moves.",
-           "options": ["yes", "it is not possible to tell", "no"], "answer": "yes"}
+EXAMPLE = {
+    "premise": "A dog runs {fast}.",
+    "hypothesis": "An animal moves.",
+    "options": ["yes", "it is not possible to tell", "no"],
+    "answer": "yes",
+}
 
 
 @pytest.fixture
@@ -31,12 +36,13 @@ def nli(tmp_path):
 def test_renders_with_and_without_options(nli):
     rng = templates.example_rng(0, "t", "train:0")
     with_opts = templates.render(nli.templates[0], EXAMPLE, with_options=True, rng=rng)
-    without = templates.render(nli.templates[0], EXAMPLE, with_options=False,
-                               rng=templates.example_rng(0, "t", "train:0"))
+    without = templates.render(
+        nli.templates[0], EXAMPLE, with_options=False, rng=templates.example_rng(0, "t", "train:0")
+    )
     assert without.inputs == 'A dog runs {fast}.\nDoes it follow that "An animal moves."?'
     assert without.targets == "yes"
     assert with_opts.inputs.startswith(without.inputs)
-    block = with_opts.inputs[len(without.inputs):]
+    block = with_opts.inputs[len(without.inputs) :]
     assert all(option in block for option in EXAMPLE["options"])
     # Lettered styles answer with the label shown next to the answer; others with the text.
     answer_line = next(line for line in block.splitlines() if line.endswith(" yes"))
@@ -46,10 +52,18 @@ def test_renders_with_and_without_options(nli):
 def test_option_styles_vary_across_examples_but_not_across_calls(nli):
     blocks = set()
     for i in range(60):
-        first = templates.render(nli.templates[0], EXAMPLE, with_options=True,
-                                 rng=templates.example_rng(3, "t", f"train:{i}"))
-        again = templates.render(nli.templates[0], EXAMPLE, with_options=True,
-                                 rng=templates.example_rng(3, "t", f"train:{i}"))
+        first = templates.render(
+            nli.templates[0],
+            EXAMPLE,
+            with_options=True,
+            rng=templates.example_rng(3, "t", f"train:{i}"),
+        )
+        again = templates.render(
+            nli.templates[0],
+            EXAMPLE,
+            with_options=True,
+            rng=templates.example_rng(3, "t", f"train:{i}"),
+        )
         assert first == again
         blocks.add(first.inputs)
     assert len(blocks) > 10
@@ -57,8 +71,9 @@ def test_option_styles_vary_across_examples_but_not_across_calls(nli):
 
 def test_lettered_answer_points_at_the_right_option():
     for i in range(40):
-        block, shown = templates.format_options(["red", "green", "blue"], "blue",
-                                                templates.example_rng(0, "x", str(i)))
+        block, shown = templates.format_options(
+            ["red", "green", "blue"], "blue", templates.example_rng(0, "x", str(i))
+        )
         line = next(line for line in block.splitlines() if line.endswith("blue"))
         assert shown == "blue" or line.startswith(shown)
         assert shown == "blue" or "C" in shown
@@ -70,17 +85,25 @@ def test_option_labels():
 
 def test_missing_field_is_named(nli):
     with pytest.raises(templates.TemplateError, match=r"task7 .*template 1.*\{hypothesis\}"):
-        templates.render(nli.templates[1], {"premise": "p"}, with_options=False,
-                         rng=templates.example_rng(0, "t", "k"), where="task7 example k:")
+        templates.render(
+            nli.templates[1],
+            {"premise": "p"},
+            with_options=False,
+            rng=templates.example_rng(0, "t", "k"),
+            where="task7 example k:",
+        )
 
 
-@pytest.mark.parametrize("body, message", [
-    ("templates: []", "has no templates"),
-    ("fields: [a]\ntemplates:\n  - inputs: '{b}'\n    targets: x", r"template 0.*\['b'\]"),
-    ("templates:\n  - inputs: x\n    targets: y\n    type: odd", "type must be one of"),
-    ("templates:\n  - inputs: x", "needs 'inputs' and 'targets'"),
-    ("templates: [\n", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("templates: []", "has no templates"),
+        ("fields: [a]\ntemplates:\n  - inputs: '{b}'\n    targets: x", r"template 0.*\['b'\]"),
+        ("templates:\n  - inputs: x\n    targets: y\n    type: odd", "type must be one of"),
+        ("templates:\n  - inputs: x", "needs 'inputs' and 'targets'"),
+        ("templates: [\n", "cannot read"),
+    ],
+)
 def test_schema_errors_name_file_and_template(tmp_path, body, message):
     path = tmp_path / "bad.yaml"
     path.write_text(body)
@@ -90,12 +113,16 @@ def test_schema_errors_name_file_and_template(tmp_path, body, message):
 
 
 def test_task_names_round_trip():
-    for task_id in [naming.TaskId("flan2021", "anli_r1", "zs_opt"),
-                    naming.TaskId("cot", "gsm8k", "fs_opt", inverted=True),
-                    naming.TaskId("niv2", "task1149_item_check_edible", "zs_noopt")]:
+    for task_id in [
+        naming.TaskId("flan2021", "anli_r1", "zs_opt"),
+        naming.TaskId("cot", "gsm8k", "fs_opt", inverted=True),
+        naming.TaskId("niv2", "task1149_item_check_edible", "zs_noopt"),
+    ]:
         assert naming.parse_task_name(naming.make_task_name(task_id)) == task_id
-    assert naming.make_task_name(naming.TaskId("cot", "gsm8k", "fs_opt", True)) == \
-        "cot__gsm8k__inverted__fs_opt"
+    assert (
+        naming.make_task_name(naming.TaskId("cot", "gsm8k", "fs_opt", True))
+        == "cot__gsm8k__inverted__fs_opt"
+    )
     with pytest.raises(ValueError, match="variant"):
         naming.TaskId("cot", "gsm8k", "few")
     with pytest.raises(ValueError, match="not ending in '_'"):
@@ -114,24 +141,35 @@ def test_same_seed_same_text_in_a_fresh_process(nli):
                                  rng=templates.example_rng(11, "t", f"train:{{i}}"))
             print(repr((r.inputs, r.targets)))
     """)
-    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True).stdout
+    fresh = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     here = "".join(
         repr((r.inputs, r.targets)) + "\n"
-        for r in (templates.render(nli.templates[0], EXAMPLE, with_options=True,
-                                   rng=templates.example_rng(11, "t", f"train:{i}"))
-                  for i in range(5)))
+        for r in (
+            templates.render(
+                nli.templates[0],
+                EXAMPLE,
+                with_options=True,
+                rng=templates.example_rng(11, "t", f"train:{i}"),
+            )
+            for i in range(5)
+        )
+    )
     assert fresh == here
 
 
 def _spec(variant, nli, few_shot=None):
     from flan_jax.tasks import sources
-    return sources.RenderSpec(naming.TaskId("demo", "nli", variant), nli.templates[:1],
-                              seed=5, few_shot=few_shot)
+
+    return sources.RenderSpec(
+        naming.TaskId("demo", "nli", variant), nli.templates[:1], seed=5, few_shot=few_shot
+    )
 
 
 def test_render_example_carries_metadata(nli):
     from flan_jax.tasks import sources
+
     out = sources.render_example(_spec("zs_opt", nli), "train:4", EXAMPLE)
     assert out["_task_name"] == "demo__nli__zs_opt" and out["_task_source"] == "demo"
     assert out["_template_idx"] == 0 and out["_template_type"] == "zs"
@@ -140,13 +178,15 @@ def test_render_example_carries_metadata(nli):
 
 def test_few_shot_prunes_to_budget_and_excludes_the_example(nli):
     from flan_jax.tasks import sources
-    pool = tuple((f"train:{i}", dict(EXAMPLE, premise=f"Premise number {i}."))
-                 for i in range(8))
-    count = lambda text: len(text.split())
+
+    pool = tuple((f"train:{i}", dict(EXAMPLE, premise=f"Premise number {i}.")) for i in range(8))
+
+    def count(text):
+        return len(text.split())
+
     zero = sources.render_example(_spec("zs_opt", nli), "train:3", pool[3][1])
     for budget, expect_shots in [(10_000, 5), (len(zero["inputs"].split()) + 1, 0)]:
-        few = sources.FewShotSpec(pool, num_shots=5, max_input_tokens=budget,
-                                  count_tokens=count)
+        few = sources.FewShotSpec(pool, num_shots=5, max_input_tokens=budget, count_tokens=count)
         out = sources.render_example(_spec("fs_opt", nli, few), "train:3", pool[3][1])
         assert count(out["inputs"]) <= budget
         # The example itself comes last, after its exemplars.

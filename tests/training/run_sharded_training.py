@@ -29,7 +29,7 @@ def main() -> None:
     for spec in args.runs:
         name, sizes = spec.split("=")
         data, fsdp, model, rules, *optional = sizes.split(",")
-        microbatches, dropout = (optional + ["1", "0"][len(optional):])[:2]
+        microbatches, dropout = (optional + ["1", "0"][len(optional) :])[:2]
         mesh = partitioning.MeshConfig(int(data), int(fsdp), int(model))
         num_devices = int(data) * int(fsdp) * int(model)
         run = dataclasses.replace(

@@ -90,23 +90,30 @@ class NumpyAdafactor:
         """Inverse of `_as_matrix`."""
         roles = [adafactor.LOGICAL_FACTOR_RULES[a] for a in self.axes]
         dims = adafactor.FactorDim
-        order = [d for r in (dims.BATCH, dims.ROW, dims.COLUMN)
-                 for d, role in enumerate(roles) if role is r]
+        order = [
+            d
+            for r in (dims.BATCH, dims.ROW, dims.COLUMN)
+            for d, role in enumerate(roles)
+            if role is r
+        ]
         moved = mat.reshape([self.shape[d] for d in order])
         return np.transpose(moved, np.argsort(order))
 
 
 def _run_both(cfg, schedule, num_steps, start_count=0, seed=0):
     rng = np.random.default_rng(seed)
-    params = {k: rng.normal(size=shape).astype(np.float32) * 0.05
-              for k, (shape, _, _) in PARAMS.items()}
+    params = {
+        k: rng.normal(size=shape).astype(np.float32) * 0.05 for k, (shape, _, _) in PARAMS.items()
+    }
     axes = {k: P(*names) for k, (_, names, _) in PARAMS.items()}
     tx = adafactor.adafactor(schedule, config=cfg, param_axes=axes)
     state = tx.init(params)
     state = state._replace(count=jnp.asarray(start_count, jnp.int32))
     update = jax.jit(tx.update)
-    refs = {k: NumpyAdafactor(shape, names, role == "factored", cfg)
-            for k, (shape, names, role) in PARAMS.items()}
+    refs = {
+        k: NumpyAdafactor(shape, names, role == "factored", cfg)
+        for k, (shape, names, role) in PARAMS.items()
+    }
     jax_params = {k: jnp.asarray(v) for k, v in params.items()}
     np_params = {k: v.astype(np.float64) for k, v in params.items()}
     for i in range(num_steps):
@@ -115,8 +122,9 @@ def _run_both(cfg, schedule, num_steps, start_count=0, seed=0):
         jax_params = jax.tree.map(lambda p, u: p + u, jax_params, updates)
         t = start_count + i
         lr = float(schedule(t))
-        np_params = {k: refs[k].step(np_params[k], grads[k].astype(np.float64), t, lr)
-                     for k in params}
+        np_params = {
+            k: refs[k].step(np_params[k], grads[k].astype(np.float64), t, lr) for k in params
+        }
     return jax_params, np_params, state, refs
 
 
@@ -131,18 +139,23 @@ def _run_both(cfg, schedule, num_steps, start_count=0, seed=0):
 def test_adafactor_matches_numpy_reference(cfg, start_count):
     schedule = schedules.rsqrt_decay(scale=0.1, warmup_steps=2)
     jax_params, np_params, state, refs = _run_both(
-        cfg, schedule, num_steps=5, start_count=start_count)
+        cfg, schedule, num_steps=5, start_count=start_count
+    )
     for name in PARAMS:
         np.testing.assert_allclose(
-            jax_params[name], np_params[name], rtol=RTOL, atol=1e-7, err_msg=name)
+            jax_params[name], np_params[name], rtol=RTOL, atol=1e-7, err_msg=name
+        )
     # The factored statistics are means where the paper keeps sums.
     stats = state.param_states
     for name, (shape, _, role) in PARAMS.items():
         if role == "factored":
             nb, nr, nc = _as_matrix(np.zeros(shape), PARAMS[name][1]).shape
             np.testing.assert_allclose(
-                np.asarray(stats[name].v_row).reshape(nb, nr), refs[name].R / nc,
-                rtol=RTOL, err_msg=name)
+                np.asarray(stats[name].v_row).reshape(nb, nr),
+                refs[name].R / nc,
+                rtol=RTOL,
+                err_msg=name,
+            )
             assert stats[name].v.shape == (1,), name
         else:
             np.testing.assert_allclose(stats[name].v, refs[name].V, rtol=RTOL, err_msg=name)
@@ -166,7 +179,8 @@ def test_state_logical_axes_follow_reduced_dims():
     state_axes = adafactor.adafactor_state_logical_axes(params, config=cfg, param_axes=axes)
     stats = state_axes.param_states
     assert stats["query"] == adafactor.AdafactorParamState(
-        v_row=P("embed"), v_col=P("heads", "kv"), v=P(None), m=P("embed", "heads", "kv"))
+        v_row=P("embed"), v_col=P("heads", "kv"), v=P(None), m=P("embed", "heads", "kv")
+    )
     assert stats["stacked"].v_row == P("layers", "embed")
     assert stats["stacked"].v_col == P("layers", "mlp")
     assert stats["relpos"].v == P("heads", "relpos_buckets")
@@ -187,18 +201,24 @@ def test_schedules_match_formulas_and_optax():
     steps = np.array([0, 1, 5, 9, 10, 11, 50, 99, 100, 150])
     rsqrt = schedules.rsqrt_decay(scale=1.0, warmup_steps=10)
     np.testing.assert_allclose(
-        [rsqrt(s) for s in steps], 1 / np.sqrt(np.maximum(steps, 10)), rtol=1e-6)
+        [rsqrt(s) for s in steps], 1 / np.sqrt(np.maximum(steps, 10)), rtol=1e-6
+    )
     np.testing.assert_allclose([schedules.constant(3e-4)(s) for s in steps], 3e-4, rtol=1e-6)
     cosine = schedules.cosine_decay(
-        peak_value=0.5, total_steps=100, warmup_steps=10, end_value=0.05)
+        peak_value=0.5, total_steps=100, warmup_steps=10, end_value=0.05
+    )
     ref_cosine = optax.warmup_cosine_decay_schedule(0.0, 0.5, 10, 100, end_value=0.05)
     np.testing.assert_allclose(
-        [cosine(s) for s in steps], [ref_cosine(s) for s in steps], rtol=1e-5, atol=1e-7)
+        [cosine(s) for s in steps], [ref_cosine(s) for s in steps], rtol=1e-5, atol=1e-7
+    )
     linear = schedules.linear_decay(
-        peak_value=0.5, total_steps=100, warmup_steps=10, end_value=0.05)
+        peak_value=0.5, total_steps=100, warmup_steps=10, end_value=0.05
+    )
     ref_linear = optax.join_schedules(
-        [optax.linear_schedule(0.0, 0.5, 10), optax.linear_schedule(0.5, 0.05, 90)], [10])
+        [optax.linear_schedule(0.0, 0.5, 10), optax.linear_schedule(0.5, 0.05, 90)], [10]
+    )
     np.testing.assert_allclose(
-        [linear(s) for s in steps], [ref_linear(s) for s in steps], rtol=1e-5, atol=1e-7)
+        [linear(s) for s in steps], [ref_linear(s) for s in steps], rtol=1e-5, atol=1e-7
+    )
     with pytest.raises(ValueError, match="total_steps .* must be >= warmup_steps"):
         schedules.linear_decay(1.0, total_steps=5, warmup_steps=10)

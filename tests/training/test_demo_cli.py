@@ -1,4 +1,5 @@
 """The embedded demo through the CLI (`flan-jax train` with its default gin files), shortened."""
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,15 @@ def test_short_demo_run_learns_and_leaves_an_inferable_checkpoint(tmp_path, caps
 
     model_dir = str(tmp_path / "demo")
     files = [f"--gin_file={f}" for f in train_cli.DEMO_GIN_FILES]
-    code = train_cli.main(files + [f"--gin.MODEL_DIR={model_dir}", "--gin.TRAIN_STEPS=150",
-                                   "--gin.demo.run_demo.num_eval_examples=10",
-                                   "--gin.metrics.MetricsConfig.progress_bar=False"])
+    code = train_cli.main(
+        files
+        + [
+            f"--gin.MODEL_DIR={model_dir}",
+            "--gin.TRAIN_STEPS=150",
+            "--gin.demo.run_demo.num_eval_examples=10",
+            "--gin.metrics.MetricsConfig.progress_bar=False",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     mean = next(line for line in out.splitlines() if line.startswith("mean")).split()
@@ -37,6 +44,19 @@ def test_short_demo_run_learns_and_leaves_an_inferable_checkpoint(tmp_path, caps
 
     prompts = os.path.join(model_dir, "new_instructions.jsonl")
     output = str(tmp_path / "predictions.jsonl")
-    assert infer.main(["--checkpoint", model_dir, "--input_file", prompts, "--output_file",
-                       output, "--max_decode_len", "32"]) == 0
+    assert (
+        infer.main(
+            [
+                "--checkpoint",
+                model_dir,
+                "--input_file",
+                prompts,
+                "--output_file",
+                output,
+                "--max_decode_len",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert len(infer.read_jsonl(output, required=("prediction",))) == len(demo.NEW_INSTRUCTIONS)

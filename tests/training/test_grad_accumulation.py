@@ -13,13 +13,16 @@ BASE = training.TinyRun(num_steps=2, batch_size=8)
 
 @pytest.mark.parametrize(
     "loss",
-    [losses.LossConfig(normalization="sum"),
-     losses.LossConfig(normalization="average_per_sequence")],
+    [
+        losses.LossConfig(normalization="sum"),
+        losses.LossConfig(normalization="average_per_sequence"),
+    ],
     ids=["sum", "average_per_sequence"],
 )
 def test_microbatches_equal_one_batch(loss):
     devices = jax.devices()[:1]
     whole = training.run_tiny_training(dataclasses.replace(BASE, loss=loss), devices)
     accumulated = training.run_tiny_training(
-        dataclasses.replace(BASE, loss=loss, num_microbatches=4), devices)
+        dataclasses.replace(BASE, loss=loss, num_microbatches=4), devices
+    )
     training.assert_results_match(accumulated, whole, rtol=1e-5)

@@ -12,11 +12,13 @@ VOCAB, EMBED = 50, 12
 
 # Row 0 packs two sequences (3 and 2 target tokens) then padding; row 1 is one sequence of
 # 4 tokens; row 2 is one short sequence.
-SEGMENTS = np.array([
-    [1, 1, 1, 2, 2, 0],
-    [1, 1, 1, 1, 0, 0],
-    [1, 0, 0, 0, 0, 0],
-])
+SEGMENTS = np.array(
+    [
+        [1, 1, 1, 2, 2, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 0, 0, 0, 0, 0],
+    ]
+)
 
 
 def _batch(seed=0, packed=True):
@@ -51,19 +53,27 @@ def _reference_loss(batch, hidden, kernel, config):
     seg = batch.get("decoder_segment_ids", (batch["decoder_loss_weights"] > 0).astype(int))
     w = batch["decoder_loss_weights"].astype(np.float64)
     per_token, _ = _reference_token_losses(
-        hidden, kernel, batch["decoder_target_tokens"], config.z_loss, config.label_smoothing)
+        hidden, kernel, batch["decoder_target_tokens"], config.z_loss, config.label_smoothing
+    )
     if config.normalization == "average_per_sequence":
         # Mean loss of each (row, segment), averaged over all sequences.
-        means = [per_token[r][seg[r] == s].mean() for r in range(seg.shape[0])
-                 for s in np.unique(seg[r]) if s]
+        means = [
+            per_token[r][seg[r] == s].mean()
+            for r in range(seg.shape[0])
+            for s in np.unique(seg[r])
+            if s
+        ]
         return np.mean(means)
     total = (w * per_token).sum()
-    return total / {
-        "sum": 1.0,
-        "num_real_target_tokens": w.sum(),
-        "num_total_target_tokens": w.size,
-        "constant": config.normalizing_constant,
-    }[config.normalization]
+    return (
+        total
+        / {
+            "sum": 1.0,
+            "num_real_target_tokens": w.sum(),
+            "num_total_target_tokens": w.size,
+            "constant": config.normalizing_constant,
+        }[config.normalization]
+    )
 
 
 @pytest.mark.parametrize("normalization", losses.NORMALIZATIONS)
@@ -71,8 +81,12 @@ def _reference_loss(batch, hidden, kernel, config):
 def test_loss_matches_reference(normalization, label_smoothing):
     batch, hidden, kernel = _batch()
     config = losses.LossConfig(
-        z_loss=1e-2, label_smoothing=label_smoothing, normalization=normalization,
-        normalizing_constant=7.0, chunk_size=16)
+        z_loss=1e-2,
+        label_smoothing=label_smoothing,
+        normalization=normalization,
+        normalizing_constant=7.0,
+        chunk_size=16,
+    )
     stats = losses.compute_loss(jnp.asarray(hidden), jnp.asarray(kernel), batch, config)
     expected = _reference_loss(batch, hidden, kernel, config)
     np.testing.assert_allclose(stats.loss, expected, rtol=RTOL)
@@ -95,7 +109,8 @@ def test_statistics_and_sequence_count():
     config = losses.LossConfig(z_loss=1e-2, chunk_size=16)
     stats = losses.compute_loss(jnp.asarray(hidden), jnp.asarray(kernel), batch, config)
     per_token, correct = _reference_token_losses(
-        hidden, kernel, batch["decoder_target_tokens"], 0.0, 0.0)
+        hidden, kernel, batch["decoder_target_tokens"], 0.0, 0.0
+    )
     del per_token
     real = SEGMENTS > 0
     assert float(stats.num_real_target_tokens) == real.sum()
@@ -116,8 +131,13 @@ def test_microbatch_losses_add_up_to_the_batch_loss(normalization):
     for rows in ([0], [1, 2]):
         sub = {k: v[rows] for k, v in batch.items()}
         parts += losses.compute_loss(
-            jnp.asarray(hidden[rows]), jnp.asarray(kernel), sub, config,
-            weights=weights[np.asarray(rows)], factor=factor).loss
+            jnp.asarray(hidden[rows]),
+            jnp.asarray(kernel),
+            sub,
+            config,
+            weights=weights[np.asarray(rows)],
+            factor=factor,
+        ).loss
     np.testing.assert_allclose(parts, whole.loss, rtol=1e-5)
 
 
@@ -132,14 +152,16 @@ def test_bad_config_and_unknown_kind_are_clear_errors():
 
 def test_registered_kind_is_used():
     """A new kind (as distillation adds) plugs in through the registry and shares weighting."""
+
     def constant_loss(hidden, kernel, batch, config, *, vocab_sharding):
         ones = jnp.ones(batch["decoder_target_tokens"].shape)
         return losses.TokenLosses(ones * config.kind_options["value"], 0 * ones, ones > 0)
 
     losses.register_token_loss("test_constant", constant_loss)
     batch, hidden, kernel = _batch()
-    config = losses.LossConfig(kind="test_constant", normalization="num_real_target_tokens",
-                               kind_options={"value": 2.5})
+    config = losses.LossConfig(
+        kind="test_constant", normalization="num_real_target_tokens", kind_options={"value": 2.5}
+    )
     stats = losses.compute_loss(jnp.asarray(hidden), jnp.asarray(kernel), batch, config)
     np.testing.assert_allclose(stats.loss, 2.5, rtol=1e-6)
     with pytest.raises(ValueError, match="already registered"):
@@ -154,9 +176,11 @@ def test_vocab_sharding_follows_the_rules_and_needs_mesh_and_rules_together():
     batch, hidden, kernel = _batch()
     config = losses.LossConfig(chunk_size=16)
     plain = losses.compute_loss(jnp.asarray(hidden), jnp.asarray(kernel), batch, config)
-    on_mesh = losses.compute_loss(jnp.asarray(hidden), jnp.asarray(kernel), batch, config,
-                                  mesh=one_device, rules=rules)
+    on_mesh = losses.compute_loss(
+        jnp.asarray(hidden), jnp.asarray(kernel), batch, config, mesh=one_device, rules=rules
+    )
     np.testing.assert_array_equal(on_mesh.loss, plain.loss)
     with pytest.raises(ValueError, match="needs both mesh and rules"):
-        losses.compute_loss(jnp.asarray(hidden), jnp.asarray(kernel), batch, config,
-                            mesh=one_device)
+        losses.compute_loss(
+            jnp.asarray(hidden), jnp.asarray(kernel), batch, config, mesh=one_device
+        )

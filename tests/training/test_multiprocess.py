@@ -28,8 +28,20 @@ def test_two_processes_match_one_process(tmp_path):
     workers = [
         training.start_python_script(
             str(HERE / "run_multiprocess_training.py"),
-            ["--coordinator", coordinator, "--num_processes", "2", "--process_id", str(i),
-             "--out", str(multi_dir), "--mesh", MESH, "--steps", str(STEPS)],
+            [
+                "--coordinator",
+                coordinator,
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(i),
+                "--out",
+                str(multi_dir),
+                "--mesh",
+                MESH,
+                "--steps",
+                str(STEPS),
+            ],
             num_cpu_devices=2,
         )
         for i in range(2)

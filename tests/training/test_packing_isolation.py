@@ -32,8 +32,9 @@ def _segment_loss_and_grads(model, params, batch, segment):
 
     def loss_fn(p):
         hidden = model.hidden_states(p, batch)
-        stats = losses.compute_loss(hidden, t5.output_kernel(p), batch, LOSS,
-                                    weights=weights, factor=jnp.ones(()))
+        stats = losses.compute_loss(
+            hidden, t5.output_kernel(p), batch, LOSS, weights=weights, factor=jnp.ones(())
+        )
         return stats.loss
 
     return jax.jit(jax.value_and_grad(loss_fn))(params)

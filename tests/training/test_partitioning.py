@@ -50,10 +50,14 @@ GOLDEN = {
     "['decoder']['logits_dense']['kernel']": (P(None, "model"), P("fsdp", "model")),
     "['encoder']['layers_0']['mlp']['wi_0']['kernel']": (P(None, "model"), P("fsdp", "model")),
     "['encoder']['layers_0']['mlp']['wo']['kernel']": (P("model", None), P("model", "fsdp")),
-    "['encoder']['layers_0']['attention']['query']['kernel']":
-        (P(None, "model", None), P("fsdp", "model", None)),
-    "['encoder']['layers_0']['attention']['out']['kernel']":
-        (P("model", None, None), P("model", None, "fsdp")),
+    "['encoder']['layers_0']['attention']['query']['kernel']": (
+        P(None, "model", None),
+        P("fsdp", "model", None),
+    ),
+    "['encoder']['layers_0']['attention']['out']['kernel']": (
+        P("model", None, None),
+        P("model", None, "fsdp"),
+    ),
     "['encoder']['relpos_bias']['rel_embedding']": (P("model", None), P("model", None)),
     "['encoder']['encoder_norm']['scale']": (P(None), P("fsdp")),
 }
@@ -122,8 +126,10 @@ def test_initialize_distributed_arguments():
 
 def test_optax_optimizer_state_follows_param_axes():
     """Adam's moments shard like the params; its count is replicated."""
-    params = {"w": jax.ShapeDtypeStruct((8, 16), np.float32),
-              "b": jax.ShapeDtypeStruct((16,), np.float32)}
+    params = {
+        "w": jax.ShapeDtypeStruct((8, 16), np.float32),
+        "b": jax.ShapeDtypeStruct((16,), np.float32),
+    }
     axes = {"w": P("embed", "mlp"), "b": P("mlp")}
     schedule = optax.constant_schedule(1e-3)
     opt = train_state.make_optax_optimizer(optax.adamw(schedule), schedule, axes)
@@ -132,7 +138,8 @@ def test_optax_optimizer_state_follows_param_axes():
     assert adam.mu == axes and adam.nu == axes and adam.count == P()
     real = jax.eval_shape(opt.tx.init, params)
     assert jax.tree.structure(real) == jax.tree.structure(
-        state_axes, is_leaf=lambda x: isinstance(x, P))
+        state_axes, is_leaf=lambda x: isinstance(x, P)
+    )
 
 
 def test_process_batch_fraction_on_one_process():

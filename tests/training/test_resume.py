@@ -4,6 +4,7 @@ The first leg runs in a subprocess (this file as a script), so the resumed leg s
 nothing but the checkpoint directory. Parameters, optimizer statistics and the data
 position must match the uninterrupted run exactly (up to 1e-6).
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -36,8 +37,7 @@ def train_tiny(model_dir: str, train_steps: int):
         data_config=trainer.DataConfig(buffer_size=24),
         checkpoint_config=checkpointing.CheckpointConfig(period=1, keep=2, async_save=True),
         eval_config=task_eval.EvalConfig(teacher_forced=False, inference=False),
-        metrics_config=metrics.MetricsConfig(log_period=1, tensorboard=False,
-                                             progress_bar=False),
+        metrics_config=metrics.MetricsConfig(log_period=1, tensorboard=False, progress_bar=False),
     )
 
 
@@ -47,9 +47,12 @@ def _read_data_state(model_dir: str, result):
     from flan_jax.training import checkpointing
 
     manager = checkpointing.TrainCheckpointManager(
-        model_dir, checkpointing.CheckpointConfig(), model_config=make_tiny_t5_config(
-            vocab_size=1024), vocab_path=demo.get_demo_vocabulary().sentencepiece_model_file,
-        extra_ids=0)
+        model_dir,
+        checkpointing.CheckpointConfig(),
+        model_config=make_tiny_t5_config(vocab_size=1024),
+        vocab_path=demo.get_demo_vocabulary().sentencepiece_model_file,
+        extra_ids=0,
+    )
     try:
         return manager.latest_step(), manager.read_data_state()
     finally:
@@ -59,8 +62,12 @@ def _read_data_state(model_dir: str, result):
 @pytest.mark.slow
 def test_resumed_run_matches_uninterrupted(tmp_path):
     resumed_dir = str(tmp_path / "resumed")
-    leg = subprocess.run([sys.executable, __file__, resumed_dir, str(N_STEPS)],
-                         capture_output=True, text=True, timeout=600)
+    leg = subprocess.run(
+        [sys.executable, __file__, resumed_dir, str(N_STEPS)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert leg.returncode == 0, leg.stderr[-3000:]
 
     resumed = train_tiny(resumed_dir, 2 * N_STEPS)
@@ -68,14 +75,21 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
     straight = train_tiny(straight_dir, 2 * N_STEPS)
 
     assert int(resumed.state.step) == int(straight.state.step) == 2 * N_STEPS
-    for name, a, b in [("params", resumed.state.params, straight.state.params),
-                       ("opt_state", resumed.state.opt_state, straight.state.opt_state)]:
+    for name, a, b in [
+        ("params", resumed.state.params, straight.state.params),
+        ("opt_state", resumed.state.opt_state, straight.state.opt_state),
+    ]:
         leaves_a = jax.tree_util.tree_leaves_with_path(a)
         leaves_b = jax.tree.leaves(b)
         assert len(leaves_a) == len(leaves_b)
         for (path, x), y in zip(leaves_a, leaves_b):
-            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-6,
-                                       err_msg=f"{name}{jax.tree_util.keystr(path)}")
+            np.testing.assert_allclose(
+                np.asarray(x),
+                np.asarray(y),
+                rtol=1e-6,
+                atol=1e-6,
+                err_msg=f"{name}{jax.tree_util.keystr(path)}",
+            )
     step_r, data_r = _read_data_state(resumed_dir, resumed)
     step_s, data_s = _read_data_state(straight_dir, straight)
     assert step_r == step_s == 2 * N_STEPS

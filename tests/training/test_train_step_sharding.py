@@ -63,8 +63,11 @@ RUN = training.TinyRun(batch_size=4)
 
 def _trainer(on_nonfinite="raise", **run_changes):
     run = dataclasses.replace(RUN, **run_changes)
-    config = train_step.TrainStepConfig(on_nonfinite=on_nonfinite, donate_state=False,
-                                        constrain_activations=run.constrain_activations)
+    config = train_step.TrainStepConfig(
+        on_nonfinite=on_nonfinite,
+        donate_state=False,
+        constrain_activations=run.constrain_activations,
+    )
     return training.make_tiny_trainer(run, jax.devices()[:1], config), run
 
 
@@ -87,8 +90,12 @@ def test_step_metrics_match_a_direct_computation(skip_trainer):
     model = t5.EncoderDecoder(make_tiny_t5_config())
 
     def loss_fn(params):
-        hidden = model.apply({"params": params}, batch["encoder_input_tokens"],
-                             batch["decoder_input_tokens"], return_hidden=True)
+        hidden = model.apply(
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            return_hidden=True,
+        )
         return losses.compute_loss(hidden, t5.output_kernel(params), batch, run.loss).loss
 
     loss, grads = jax.jit(jax.value_and_grad(loss_fn))(trainer.state.params)
@@ -131,10 +138,14 @@ def test_bfloat16_compute_tracks_float32(skip_trainer):
 def test_batch_rows_must_split_into_microbatches(skip_trainer):
     trainer, run = skip_trainer
     step = train_step.make_train_step(
-        model=None, optimizer=None,
-        loss_config=run.loss, mesh=trainer.mesh, rules=trainer.rules,
+        model=None,
+        optimizer=None,
+        loss_config=run.loss,
+        mesh=trainer.mesh,
+        rules=trainer.rules,
         state_shardings=trainer.step.state_shardings,
-        config=train_step.TrainStepConfig(num_microbatches=3))
+        config=train_step.TrainStepConfig(num_microbatches=3),
+    )
     with pytest.raises(ValueError, match=r"has 4 rows.*num_microbatches \(3\)"):
         step(trainer.state, trainer.global_batch(run.make_batch(0)))
 

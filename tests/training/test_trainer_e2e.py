@@ -1,4 +1,5 @@
 """End to end: 2 training steps of the tiny T5 on the demo tasks through `train(...)`."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,9 @@ def test_two_steps_then_eval_and_checkpoint(tmp_path):
         register_tasks=[_register],
         data_config=trainer.DataConfig(buffer_size=16),
         checkpoint_config=checkpointing.CheckpointConfig(period=1, keep=1),
-        eval_config=task_eval.EvalConfig(tasks=("demo__sentiment.unseen__zs_opt",),
-                                         max_examples=4, batch_size=4),
+        eval_config=task_eval.EvalConfig(
+            tasks=("demo__sentiment.unseen__zs_opt",), max_examples=4, batch_size=4
+        ),
         metrics_config=metrics.MetricsConfig(log_period=1, peak_flops_per_device=1e12),
     )
     assert result.step == 2
@@ -55,8 +57,10 @@ def test_two_steps_then_eval_and_checkpoint(tmp_path):
     # keep=1: only the last step survives, and it loads as a model checkpoint.
     loaded = checkpoints.load_model_checkpoint(model_dir)
     assert loaded.step == 2 and loaded.config == config
-    for a, b in zip(np.asarray(loaded.params["decoder"]["logits_dense"]["kernel"]).ravel()[:8],
-                    np.asarray(result.state.params["decoder"]["logits_dense"]["kernel"]).ravel()[:8]):
+    for a, b in zip(
+        np.asarray(loaded.params["decoder"]["logits_dense"]["kernel"]).ravel()[:8],
+        np.asarray(result.state.params["decoder"]["logits_dense"]["kernel"]).ravel()[:8],
+    ):
         assert a == b
 
 
@@ -77,12 +81,17 @@ def test_initial_checkpoint_with_other_architecture_is_rejected(tmp_path):
     config = make_tiny_t5_config(vocab_size=1024)
     other = config.replace(num_heads=2)
     vocab = demo.get_demo_vocabulary()
-    checkpoints.save_model_checkpoint(tmp_path / "init", params=t5.init_params(
-        other, jax.random.key(0)), config=other, vocab_path=vocab.sentencepiece_model_file,
-        extra_ids=0)
+    checkpoints.save_model_checkpoint(
+        tmp_path / "init",
+        params=t5.init_params(other, jax.random.key(0)),
+        config=other,
+        vocab_path=vocab.sentencepiece_model_file,
+        extra_ids=0,
+    )
     with pytest.raises(ValueError, match="num_heads"):
-        checkpointing.load_initial_params(tmp_path / "init", model_config=config,
-                                          abstract_params=None, shardings=None)
+        checkpointing.load_initial_params(
+            tmp_path / "init", model_config=config, abstract_params=None, shardings=None
+        )
 
 
 def test_interrupted_save_leaves_latest_checkpoint_loadable(tmp_path):
@@ -94,9 +103,14 @@ def test_interrupted_save_leaves_latest_checkpoint_loadable(tmp_path):
     config = make_tiny_t5_config(vocab_size=1024)
     vocab = demo.get_demo_vocabulary()
     params = t5.init_params(config, jax.random.key(0))
-    checkpoints.save_model_checkpoint(tmp_path, params=params, config=config,
-                                      vocab_path=vocab.sentencepiece_model_file, extra_ids=0,
-                                      step=1)
+    checkpoints.save_model_checkpoint(
+        tmp_path,
+        params=params,
+        config=config,
+        vocab_path=vocab.sentencepiece_model_file,
+        extra_ids=0,
+        step=1,
+    )
     crashed = tmp_path / "2.orbax-checkpoint-tmp-1234"
     (crashed / "params").mkdir(parents=True)
     (crashed / "params" / "partial").write_bytes(b"\0" * 10)

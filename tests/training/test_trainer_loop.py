@@ -1,5 +1,6 @@
 """The one training loop (`trainer.fit`): model and batch-source interfaces, non-finite steps,
 and no device-to-host transfer between logging steps."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,19 +29,34 @@ def vocabulary(tmp_path_factory):
     return get_vocabulary(str(path), 0)
 
 
-def _fit(model_dir, vocabulary, *, model=None, source=None, steps=RUN.num_steps, log_period=3,
-         on_nonfinite="raise", loss=RUN.loss):
+def _fit(
+    model_dir,
+    vocabulary,
+    *,
+    model=None,
+    source=None,
+    steps=RUN.num_steps,
+    log_period=3,
+    on_nonfinite="raise",
+    loss=RUN.loss,
+):
     model = model or t5.T5Model(make_tiny_t5_config())
     return trainer.fit(
-        model=model, batch_source=source or training.SyntheticBatches(RUN),
-        vocabulary=vocabulary, model_dir=str(model_dir), train_steps=steps,
+        model=model,
+        batch_source=source or training.SyntheticBatches(RUN),
+        vocabulary=vocabulary,
+        model_dir=str(model_dir),
+        train_steps=steps,
         batch_size=RUN.batch_size,
         feature_lengths={"inputs": RUN.encoder_length, "targets": RUN.decoder_length},
-        learning_rate=RUN.learning_rate, loss_config=loss,
+        learning_rate=RUN.learning_rate,
+        loss_config=loss,
         step_config=train_step.TrainStepConfig(on_nonfinite=on_nonfinite),
         checkpoint_config=checkpointing.CheckpointConfig(period=100, async_save=False),
-        metrics_config=metrics.MetricsConfig(log_period=log_period, tensorboard=False,
-                                             progress_bar=False))
+        metrics_config=metrics.MetricsConfig(
+            log_period=log_period, tensorboard=False, progress_bar=False
+        ),
+    )
 
 
 def _nan_batch():
@@ -57,8 +73,10 @@ def test_synthetic_batches_are_a_batch_source():
 
 def test_nonfinite_step_stops_the_run_at_the_logging_step_naming_it(tmp_path, vocabulary):
     source = training.SyntheticBatches(RUN, overrides={2: _nan_batch()})
-    message = (r"non-finite loss or gradient at step\(s\) 3 \(of steps 1-3\).*stopped at "
-               r"step 3.*on_nonfinite='skip'")
+    message = (
+        r"non-finite loss or gradient at step\(s\) 3 \(of steps 1-3\).*stopped at "
+        r"step 3.*on_nonfinite='skip'"
+    )
     with pytest.raises(FloatingPointError, match=message):
         _fit(tmp_path, vocabulary, source=source)
 
@@ -105,14 +123,24 @@ class _ToyNet(nn.Module):
 
     @nn.compact
     def __call__(self, encoder_tokens, decoder_tokens):
-        embed = nn.Embed(self.config.vocab_size, self.config.emb_dim, name="embed",
-                         embedding_init=nn.with_logical_partitioning(
-                             nn.initializers.normal(1.0), ("vocab", "embed")))
+        embed = nn.Embed(
+            self.config.vocab_size,
+            self.config.emb_dim,
+            name="embed",
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(1.0), ("vocab", "embed")
+            ),
+        )
         mask = (encoder_tokens > 0)[..., None]
         context = jnp.sum(embed(encoder_tokens) * mask, 1) / jnp.maximum(jnp.sum(mask, 1), 1)
         x = embed(decoder_tokens) + context[:, None, :]
-        return nn.Dense(self.config.emb_dim, name="mix", kernel_init=nn.with_logical_partitioning(
-            nn.initializers.lecun_normal(), ("embed", "mlp")))(x)
+        return nn.Dense(
+            self.config.emb_dim,
+            name="mix",
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), ("embed", "mlp")
+            ),
+        )(x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +168,9 @@ class ToyModel:
         return nn.get_partition_spec(jax.eval_shape(self._boxed))
 
     def hidden_states(self, params, batch, *, dropout_rng=None):
-        return _ToyNet(self.config).apply({"params": params}, batch["encoder_input_tokens"],
-                                          batch["decoder_input_tokens"])
+        return _ToyNet(self.config).apply(
+            {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"]
+        )
 
     def output_kernel(self, params):
         return params["embed"]["embedding"].T[: params["mix"]["kernel"].shape[1]]
@@ -168,8 +197,15 @@ def test_a_toy_model_trains_through_the_unchanged_trainer(tmp_path, vocabulary):
     # The same two batches over and over: a model that learns drives the loss down.
     fixed = {i: RUN.make_batch(i % 2) for i in range(40)}
     loss = losses.LossConfig(z_loss=0.0, normalization="num_real_target_tokens")
-    result = _fit(tmp_path, vocabulary, model=model, steps=40, log_period=40, loss=loss,
-                  source=training.SyntheticBatches(RUN, overrides=fixed))
+    result = _fit(
+        tmp_path,
+        vocabulary,
+        model=model,
+        steps=40,
+        log_period=40,
+        loss=loss,
+        source=training.SyntheticBatches(RUN, overrides=fixed),
+    )
     params = jax.tree.map(np.asarray, result.state.params)
     fresh = model.init_params(jax.random.key(0))
 
@@ -178,8 +214,9 @@ def test_a_toy_model_trains_through_the_unchanged_trainer(tmp_path, vocabulary):
         logits = model.hidden_states(p, batch) @ model.output_kernel(p)
         logp = jax.nn.log_softmax(logits)
         nll = -jnp.take_along_axis(logp, batch["decoder_target_tokens"][..., None], -1)[..., 0]
-        return float(jnp.sum(nll * batch["decoder_loss_weights"])
-                     / jnp.sum(batch["decoder_loss_weights"]))
+        return float(
+            jnp.sum(nll * batch["decoder_loss_weights"]) / jnp.sum(batch["decoder_loss_weights"])
+        )
 
     before = np.mean([batch_loss(fresh, fixed[i]) for i in range(2)])
     after = np.mean([batch_loss(params, fixed[i]) for i in range(2)])
@@ -188,7 +225,11 @@ def test_a_toy_model_trains_through_the_unchanged_trainer(tmp_path, vocabulary):
     assert after < result.train_metrics["train/loss"] < before
     # And it saved a checkpoint the loop can resume from (params only differ by nothing).
     manager = checkpointing.TrainCheckpointManager(
-        tmp_path, checkpointing.CheckpointConfig(), model_config=model.config,
-        vocab_path=vocabulary.sentencepiece_model_file, extra_ids=0)
+        tmp_path,
+        checkpointing.CheckpointConfig(),
+        model_config=model.config,
+        vocab_path=vocabulary.sentencepiece_model_file,
+        extra_ids=0,
+    )
     assert manager.latest_step() == 40
     manager.close()
