@@ -58,6 +58,9 @@ setuptools.setup(
             "transformers==5.23.0",
             "tokenizers==0.23.3",
             "matplotlib==3.11.2",
+            # Lint, format and type checks that .ci/run runs before the tests.
+            "ruff==0.17.6",
+            "mypy==2.4.1",
         ],
         # The benchmark scripts (benchmarks/distill_experiment.py plots its results).
         "bench": ["matplotlib==3.11.2"],
