@@ -42,7 +42,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -245,7 +245,8 @@ def evaluate_accuracy(
     """Held-out accuracy of greedy decoding in one zero-shot format."""
     prompts = [formats.render_inputs(p, format_name) for p in problems]
     decode = DecodeConfig(max_decode_len=cfg.targets_length, max_input_len=cfg.inputs_length)
-    texts = Predictor(t5.T5Model(model_config), params, vocabulary, decode).predict(prompts)
+    predictor = Predictor(t5.T5Model(model_config), params, vocabulary, decode)
+    texts = cast(list[str], predictor.predict(prompts))  # num_samples == 1: one text per prompt
     return float(np.mean([answers.answers_match(t, p.answer) for t, p in zip(texts, problems)]))
 
 
@@ -501,7 +502,7 @@ def run_experiment(
     )
     file_io.write_json_atomically(paths[1], results, indent=1)
     plot_results(results, paths[2])
-    return ExperimentResult(*paths, results)
+    return ExperimentResult(paths[0], paths[1], paths[2], results)
 
 
 def main() -> None:

@@ -69,7 +69,10 @@ def _measure(fn, hidden, kernel, repeats: int) -> tuple[int, float]:
     """(compiled temp bytes, median seconds) of value_and_grad w.r.t. hidden and kernel."""
     step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
     compiled = step.lower(hidden, kernel).compile()
-    temp_bytes = int(compiled.memory_analysis().temp_size_in_bytes)
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        raise RuntimeError(f"the {jax.default_backend()} backend reports no memory analysis")
+    temp_bytes = int(analysis.temp_size_in_bytes)
     jax.block_until_ready(compiled(hidden, kernel))  # warm-up
     times = []
     for _ in range(repeats):

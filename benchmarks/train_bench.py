@@ -27,6 +27,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ from flan_jax.training import (
 )
 
 RESULTS = Path(__file__).parent / "results" / "train_bench.json"
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(
         emb_dim=128,
         num_heads=4,

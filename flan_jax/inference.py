@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -217,9 +217,10 @@ class Predictor:
     def predict(self, texts: Sequence[str], *, rng: jax.Array | None = None) -> TextPredictions:
         """Predicted texts, one per input (a list of ``num_samples`` when sampling several)."""
         predictions = self.predict_tokens(self.tokenize(texts), rng=rng)
-        if self.config.num_samples == 1:
-            return [self.detokenize(tokens) for tokens in predictions]
-        return [[self.detokenize(tokens) for tokens in samples] for samples in predictions]
+        if self.config.num_samples == 1:  # one array per input
+            return [self.detokenize(tokens) for tokens in cast(list[np.ndarray], predictions)]
+        rows = cast(list[list[np.ndarray]], predictions)  # num_samples arrays per input
+        return [[self.detokenize(tokens) for tokens in samples] for samples in rows]
 
     def predict_tokens(
         self, token_rows: TokenRows, *, rng: jax.Array | None = None

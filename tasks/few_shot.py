@@ -61,7 +61,7 @@ class LazyExemplarPool(collections.abc.Sequence):
 
     def _materialize(self) -> Sequence[tuple[str, Mapping]]:
         if self._examples is None:
-            examples = []
+            examples: list[tuple[str, Mapping]] = []
             for item in self._load_examples():
                 if len(examples) >= self._max_size:
                     break

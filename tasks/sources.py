@@ -130,6 +130,7 @@ def _prepend_exemplars(
 ) -> str:
     """Few-shot prompt: exemplars (same template) then the example, pruned to the budget."""
     few_shot = spec.few_shot
+    assert few_shot is not None  # render_example calls this only for few-shot specs
     candidates = [i for i, (pool_key, _) in enumerate(few_shot.pool) if pool_key != key]
     chosen = (
         rng.choice(candidates, size=min(few_shot.num_shots, len(candidates)), replace=False)

@@ -188,7 +188,7 @@ def format_options(
         for i, option in enumerate(options)
     ]
     shown_answer = answer
-    if answer_format is not None and answer in options:
+    if answer_format is not None and answer is not None and answer in options:
         shown_answer = answer_format.format(label=option_label(list(options).index(answer)))
     return f"{lead}{header}\n" + "\n".join(items), shown_answer
 

@@ -33,6 +33,7 @@ import dataclasses
 import json
 import os
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -237,7 +238,8 @@ def run_align(args: argparse.Namespace) -> str:
     os.makedirs(args.out, exist_ok=True)
     offsets = np.cumsum([0] + [len(ids) for ids in student_ids])
     k = rows[0].ids.shape[1] if rows else (args.k or store.k)
-    arrays = {
+    # Any values: numpy's savez stub would match a **dict[str, ndarray] to allow_pickle.
+    arrays: dict[str, Any] = {
         "keys": np.asarray(keys, str),
         "offsets": offsets,
         "student_ids": np.concatenate(student_ids or [np.zeros((0,), np.int32)]),

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import gin
 
@@ -27,7 +27,8 @@ _REFERENCE_STARTS = ("@", "%", "[", "(", "{", '"', "'")
 
 def shipped_gin_dir() -> str:
     """The directory of the gin configs installed with flan_jax."""
-    return os.fspath(resources.files("flan_jax.gin_configs"))
+    # A regular (non-zip) install: files() is a pathlib.Path, typed as the Traversable protocol.
+    return os.fspath(cast("os.PathLike[str]", resources.files("flan_jax.gin_configs")))
 
 
 @dataclasses.dataclass

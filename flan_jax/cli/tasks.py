@@ -94,7 +94,8 @@ def recount(data_root: str | None, table: str) -> list[str]:
     from flan_jax.tasks import registry
 
     rows = registry.recompute_counts(data_root, path=table)
-    totals, counted = collections.Counter(), collections.Counter()
+    totals: collections.Counter[str] = collections.Counter()
+    counted: collections.Counter[str] = collections.Counter()
     for row in rows:
         totals[row.source] += 1
         counted[row.source] += row.origin == mixtures.RECOUNTED_ORIGIN
@@ -113,6 +114,7 @@ def _source_of(task_name: str) -> str | None:
 
 def list_tasks(mixture: str | None, source: str | None) -> list[str]:
     """Task names (with rate and share inside `mixture`), filtered by mixture and source."""
+    rows: list[tuple[str, tuple[float, float] | None]]
     if mixture is None:
         rows = [(name, None) for name in sorted(seqio.TaskRegistry.names())]
     else:
@@ -209,15 +211,16 @@ def show_mixture(mixture: seqio.Mixture) -> list[str]:
     """Lines describing a mixture: size, share of each source, largest tasks."""
     rates = {task.name: float(mixture.get_rate(task)) for task in mixture.tasks}
     total = sum(rates.values()) or 1.0
-    by_source = collections.Counter()
+    by_source: collections.defaultdict[str, float] = collections.defaultdict(float)
     for name, rate in rates.items():
         by_source[_source_of(name) or "(other)"] += rate
+    by_share = sorted(by_source.items(), key=lambda item: item[1], reverse=True)
     lines = [
         f"mixture: {mixture.name}",
         f"tasks: {len(rates)}, total rate {total:.6g}",
         "share per source:",
     ]
-    lines += [f"  {source}: {100 * rate / total:.2f}%" for source, rate in by_source.most_common()]
+    lines += [f"  {source}: {100 * rate / total:.2f}%" for source, rate in by_share]
     lines.append("largest rates:")
     top = sorted(rates.items(), key=lambda item: (-item[1], item[0]))[:10]
     lines += [f"  {name}: {rate:.6g} ({100 * rate / total:.3f}%)" for name, rate in top]

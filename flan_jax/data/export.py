@@ -40,7 +40,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import seqio
@@ -58,7 +58,7 @@ _TOKENIZING_PREPROCESSORS = (
     seqio.preprocessors.tokenize,
     seqio.preprocessors.tokenize_and_append_eos,
 )
-Provider = seqio.Task | seqio.Mixture
+Provider: TypeAlias = seqio.Task | seqio.Mixture
 
 
 class ExportError(ValueError):
@@ -288,7 +288,7 @@ def _write_shard(path: str, export_format: str, sampler: MixtureSampler, budget:
 def _start_manifest(
     config: ExportConfig, task_rates: Sequence[tuple[seqio.Task, float]], sampler: MixtureSampler
 ) -> dict[str, Any]:
-    manifest = {"version": MANIFEST_VERSION}
+    manifest: dict[str, Any] = {"version": MANIFEST_VERSION}
     manifest.update({field: getattr(config, field) for field in _RESUME_FIELDS})
     manifest.update(
         {

@@ -125,7 +125,7 @@ class TrainIterator:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}.")
         self._lengths = packing.FeatureLengths.from_mapping(task_feature_lengths)
-        self._config = {
+        self._config: dict[str, Any] = {
             "mixture_or_task_name": mixture_or_task_name,
             "split": split,
             "seed": int(seed),
@@ -193,6 +193,7 @@ class TrainIterator:
         while count:
             if self._rows is None and not self._load_buffer():
                 return None
+            assert self._rows is not None  # _load_buffer sets _rows when it returns True.
             available = len(self._rows["decoder_target_tokens"]) - self._row_offset
             if available <= 0:
                 self._buffer_index += 1

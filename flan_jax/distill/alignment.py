@@ -299,8 +299,8 @@ def build_aligned_targets(
       `AlignedTargets`; a matched position whose top-k has no token in the student
       vocabulary also falls back to one-hot.
     """
-    student_ids = np.asarray(student_ids, np.int64).reshape(-1)
-    n = len(student_ids)
+    student_id_array = np.asarray(student_ids, np.int64).reshape(-1)
+    n = len(student_id_array)
     ids = np.full((n, k), PAD_STUDENT_ID, np.int32)
     logprobs = np.full((n, k), -np.inf, np.float32)
     fallback = np.ones((n,), bool)
@@ -312,7 +312,7 @@ def build_aligned_targets(
             if row_logprobs[0] > -np.inf:
                 ids[j], logprobs[j], fallback[j] = row_ids, row_logprobs, False
                 continue
-        ids[j, 0], logprobs[j, 0] = student_ids[j], 0.0
+        ids[j, 0], logprobs[j, 0] = student_id_array[j], 0.0
     return AlignedTargets(ids, logprobs, fallback)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -105,9 +105,9 @@ def make_sampler(predictor: Predictor) -> SampleFn:
 
     def sample(prompt_rows: Sequence[Sequence[int]], rng: jax.Array) -> list[list[np.ndarray]]:
         completions = predictor.predict_tokens(prompt_rows, rng=rng)
-        if predictor.config.num_samples == 1:
-            return [[tokens] for tokens in completions]
-        return completions
+        if predictor.config.num_samples == 1:  # one array per prompt
+            return [[tokens] for tokens in cast(list[np.ndarray], completions)]
+        return cast(list[list[np.ndarray]], completions)  # num_samples arrays per prompt
 
     return sample
 
@@ -158,7 +158,10 @@ def _store_kept(
         np.asarray,
         score(
             pad_token_rows([prompt_rows[s.item_index] for s in kept], length_multiple=bucket),
-            pad_token_rows([s.tokens for s in kept], length_multiple=bucket),
+            # 1-D int arrays: token rows, though ndarray is not a typed Sequence[int].
+            pad_token_rows(
+                cast("list[Sequence[int]]", [s.tokens for s in kept]), length_multiple=bucket
+            ),
         ),
     )
     for row, sample in enumerate(kept):

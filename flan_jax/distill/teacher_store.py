@@ -306,7 +306,8 @@ class TeacherStoreWriter:
         if not self._buffer:
             return
         shard_name = f"shard-{len(self._index['shards']):05d}.npz"
-        arrays = _pack_shard(self._buffer, self.k)
+        # Any values: numpy's savez stub would match a **dict[str, ndarray] to allow_pickle.
+        arrays: dict[str, Any] = _pack_shard(self._buffer, self.k)
         file_io.write_atomically(
             os.path.join(self._dir, shard_name),
             lambda handle: np.savez(handle, **arrays),

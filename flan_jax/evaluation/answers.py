@@ -176,8 +176,8 @@ def extract_answer_span(text: str) -> str | None:
     numbers = list(_iter_numbers(text))
     if not numbers:
         return None
-    _, start, end = numbers[-1]
-    return text[start:end].strip()
+    _, start, stop = numbers[-1]
+    return text[start:stop].strip()
 
 
 def extract_answer(text: str, *, numeric: bool = True) -> str | None:
@@ -214,7 +214,7 @@ def normalise_text_answer(text: str) -> str:
 
 def numbers_equal(a: fractions.Fraction, b: fractions.Fraction) -> bool:
     """Exact equality, or within a relative 1e-6 for golds stored as rounded floats."""
-    return a == b or abs(a - b) <= _REL_TOL * max(1, abs(b))
+    return a == b or abs(a - b) <= _REL_TOL * max(fractions.Fraction(1), abs(b))
 
 
 def answer_equals(answer: str | None, gold: str) -> bool:

@@ -136,7 +136,7 @@ def load_gsm8k(path: str | os.PathLike) -> list[MathExample]:
     """
     path = os.fspath(path)
     split = _split_name(path)
-    examples = []
+    examples: list[MathExample] = []
     for line_number, row in _read_json_lines(path):
         where = f"{path}:{line_number}"
         _require(row, ("question", "answer"), where)
@@ -222,7 +222,7 @@ def _load_asdiv_xml(path: str) -> list[MathExample]:
     for position, problem in enumerate(root.iter("Problem")):
         where = f"{path}: Problem {problem.get('ID', position)}"
         # XML child tags are capitalised ("Body", "Solution-Type"); the JSONL form is lower-case.
-        fields = {child.tag.lower(): (child.text or "") for child in problem}
+        fields: dict[str, str | None] = {child.tag.lower(): (child.text or "") for child in problem}
         fields["id"] = problem.get("ID")
         examples.append(_asdiv_example(fields, where, default_id=str(position)))
     if not examples:

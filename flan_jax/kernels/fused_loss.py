@@ -315,7 +315,8 @@ def _sharded_stats(
         return _combine_shard_stats(local, offset, axes)
 
     columns, whole = PartitionSpec(None, axes), PartitionSpec()
-    args, specs = (hidden, kernel, ids), (whole, columns, whole)
+    args: tuple[jax.Array, ...] = (hidden, kernel, ids)
+    specs: tuple[PartitionSpec, ...] = (whole, columns, whole)
     if with_teacher:
         args, specs = args + (teacher, teacher_lse), specs + (columns, whole)
     mapped = jax.shard_map(

@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from flan_jax.kernels.fused_loss import token_logprobs_from_hidden
 from flan_jax.models.interface import Model
@@ -137,7 +138,7 @@ def _sample_loop(
 def temperature_sample(
     model: Model,
     params: Params,
-    inputs: Array,
+    inputs: ArrayLike,
     *,
     rng: Array | None = None,
     max_decode_len: int,
@@ -188,7 +189,7 @@ def temperature_sample(
 
 
 def greedy_decode(
-    model: Model, params: Params, inputs: Array, *, max_decode_len: int, eos_id: int = EOS_ID
+    model: Model, params: Params, inputs: ArrayLike, *, max_decode_len: int, eos_id: int = EOS_ID
 ) -> DecodeResult:
     """Greedy decoding: `temperature_sample` at temperature 0."""
     return temperature_sample(
@@ -277,7 +278,7 @@ def _beam_search(
 def beam_search(
     model: Model,
     params: Params,
-    inputs: Array,
+    inputs: ArrayLike,
     *,
     max_decode_len: int,
     num_beams: int = 4,
@@ -323,7 +324,9 @@ def beam_search(
 # Scoring
 # ------------------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("model",))
-def token_log_likelihoods(model: Model, params: Params, inputs: Array, targets: Array) -> Array:
+def token_log_likelihoods(
+    model: Model, params: Params, inputs: ArrayLike, targets: ArrayLike
+) -> Array:
     """Log-probability of every target token [batch, target_len]; 0 at padding (id 0).
 
     The fused kernel reads the log-softmax at the targets from the hidden states in
@@ -338,7 +341,7 @@ def token_log_likelihoods(model: Model, params: Params, inputs: Array, targets: 
     return jnp.where(batch["decoder_loss_weights"] > 0, chosen, 0.0)
 
 
-def score_targets(model: Model, params: Params, inputs: Array, targets: Array) -> Array:
+def score_targets(model: Model, params: Params, inputs: ArrayLike, targets: ArrayLike) -> Array:
     """Summed log-likelihood of each row's targets (EOS included, 0-padding excluded).
 
     Args:

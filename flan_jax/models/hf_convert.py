@@ -126,7 +126,9 @@ def _mlp_entries(config: T5Config, hf_prefix: str, path: tuple[str, ...]) -> Ite
 
 def _name_table(config: T5Config) -> list[tuple[str, tuple[str, ...], str]]:
     """(Hugging Face name, unscanned flan_jax path, layout) for every tensor."""
-    table = [("shared.weight", ("token_embedder", "embedding"), "copy")]
+    table: list[tuple[str, tuple[str, ...], str]] = [
+        ("shared.weight", ("token_embedder", "embedding"), "copy")
+    ]
     for stack in ("encoder", "decoder"):
         table.append(
             (
@@ -237,7 +239,8 @@ def params_from_hf_state_dict(
         state_dict.pop(alias, None)
     if config.tie_word_embeddings:
         lm_head = state_dict.pop("lm_head.weight", None)
-        if lm_head is not None and not np.array_equal(lm_head, state_dict.get("shared.weight")):
+        shared = state_dict.get("shared.weight")
+        if lm_head is not None and (shared is None or not np.array_equal(lm_head, shared)):
             raise ValueError(
                 f"{source}: the config ties the output layer to the embedding "
                 "(T5 1.0) but lm_head.weight differs from shared.weight."

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import flax.linen as nn
 import jax
@@ -141,11 +142,14 @@ class EinsumDense(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         shape = tuple(x.shape[-1] if size == 0 else size for size in self.kernel_shape)
-        kernel = self.param(
-            "kernel",
-            nn.with_logical_partitioning(normal_init(self.stddev), self.kernel_axes),
-            shape,
-            jnp.float32,
+        kernel = cast(  # `param` returns the unboxed array; flax types it as the box.
+            Array,
+            self.param(
+                "kernel",
+                nn.with_logical_partitioning(normal_init(self.stddev), self.kernel_axes),
+                shape,
+                jnp.float32,
+            ),
         )
         return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
 
@@ -163,11 +167,14 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        scale = self.param(
-            "scale",
-            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-            (x.shape[-1],),
-            jnp.float32,
+        scale = cast(  # `param` returns the unboxed array; flax types it as the box.
+            Array,
+            self.param(
+                "scale",
+                nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                (x.shape[-1],),
+                jnp.float32,
+            ),
         )
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(
@@ -196,12 +203,15 @@ class RelativePositionBias(nn.Module):
     @nn.compact
     def __call__(self, query_positions: Array, key_positions: Array) -> Array:
         """Returns the bias [batch, heads, q_len, k_len] for positions [batch, len]."""
-        table = self.param(
-            "rel_embedding",
-            nn.with_logical_partitioning(normal_init(1.0), ("heads", "relpos_buckets")),
-            (self.num_heads, self.num_buckets),
-            jnp.float32,
-        )  # [heads, buckets]
+        table = cast(  # [heads, buckets]; `param` returns the unboxed array.
+            Array,
+            self.param(
+                "rel_embedding",
+                nn.with_logical_partitioning(normal_init(1.0), ("heads", "relpos_buckets")),
+                (self.num_heads, self.num_buckets),
+                jnp.float32,
+            ),
+        )
         relative = key_positions[:, None, :] - query_positions[:, :, None]  # [b, q, k]
         buckets = relative_position_bucket(
             relative,
@@ -326,6 +336,8 @@ class MultiHeadAttention(nn.Module):
             self.put_variable("cache", "cached_key", jnp.zeros_like(key))
             self.put_variable("cache", "cached_value", jnp.zeros_like(value))
             return key, value
+        if cache_index is None:
+            raise ValueError("An 'append' cache step needs cache_index, the position to write.")
         start = (0, cache_index, 0, 0)
         cached_key = jax.lax.dynamic_update_slice(
             self.get_variable("cache", "cached_key"), key.astype(self.dtype), start
@@ -397,11 +409,14 @@ class Embed(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def setup(self) -> None:
-        self.embedding = self.param(
-            "embedding",
-            nn.with_logical_partitioning(normal_init(1.0), ("vocab", "embed")),
-            (self.num_embeddings, self.features),
-            jnp.float32,
+        self.embedding = cast(  # `param` returns the unboxed array; flax types it as the box.
+            Array,
+            self.param(
+                "embedding",
+                nn.with_logical_partitioning(normal_init(1.0), ("vocab", "embed")),
+                (self.num_embeddings, self.features),
+                jnp.float32,
+            ),
         )
 
     def __call__(self, tokens: Array) -> Array:

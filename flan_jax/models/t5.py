@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import flax.struct
@@ -130,6 +130,8 @@ class DecoderLayer(nn.Module):
             normed = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(
                 x
             )
+            if encoded is None:
+                raise ValueError("DecoderLayer: has_cross_attention needs the encoder output.")
             attended = MultiHeadAttention(
                 cfg.num_heads,
                 cfg.head_dim,
@@ -261,6 +263,7 @@ class Decoder(nn.Module):
     ) -> Array:
         cfg = self.config
         stepping = decode and self.has_variable("cache", "cache_index")
+        cache_index: Array | None
         if stepping:
             self_bias, cache_index = self._step_bias(tokens, max_decode_len)
             query_segments = jnp.ones_like(tokens)
@@ -563,8 +566,9 @@ class T5Model:
     def hidden_states(
         self, params: Params, batch: Mapping[str, Array], *, dropout_rng: Array | None = None
     ) -> Array:
-        packing = {name: batch[name] for name in _PACKING_FEATURES if name in batch}
-        return self.module.apply(
+        # Any: flax types `apply`'s named options, which **packing would otherwise match.
+        packing: dict[str, Any] = {name: batch[name] for name in _PACKING_FEATURES if name in batch}
+        hidden = self.module.apply(
             {"params": params},
             batch["encoder_input_tokens"],
             batch["decoder_input_tokens"],
@@ -573,6 +577,7 @@ class T5Model:
             rngs=None if dropout_rng is None else {"dropout": dropout_rng},
             **packing,
         )
+        return cast(Array, hidden)  # not mutable, so `apply` returns the output alone
 
     def train_flops_per_step(self, *, batch_size: int, feature_lengths: Mapping[str, int]) -> float:
         # Imported here: metrics sits in the training layer above the models.
@@ -598,7 +603,9 @@ class T5Model:
         self, params: Params, inputs: Array, *, max_decode_len: int
     ) -> T5DecodeState:
         module = self.module
-        encoded = module.apply({"params": params}, inputs, method=EncoderDecoder.encode)
+        encoded = cast(  # not mutable, so `apply` returns the output alone
+            Array, module.apply({"params": params}, inputs, method=EncoderDecoder.encode)
+        )
         dummy = jnp.zeros((inputs.shape[0], max_decode_len), jnp.int32)
         _, variables = module.apply(
             {"params": params},
@@ -624,7 +631,7 @@ class T5Model:
             method=EncoderDecoder.decode,
             mutable=["cache"],
         )
-        return logits[:, 0, :], state.replace(cache=variables["cache"])
+        return logits[:, 0, :], dataclasses.replace(state, cache=variables["cache"])
 
     def reorder_decode_state(self, state: T5DecodeState, indices: Array) -> T5DecodeState:
         # Beams of one input share its encoder rows, so only the self-attention cache moves.
@@ -637,4 +644,6 @@ class T5Model:
             stacked = scanned and any(getattr(k, "key", None) == "layers" for k in path)
             return jnp.take(leaf, indices, axis=1 if stacked else 0)
 
-        return state.replace(cache=jax.tree_util.tree_map_with_path(gather, state.cache))
+        return dataclasses.replace(
+            state, cache=jax.tree_util.tree_map_with_path(gather, state.cache)
+        )

@@ -251,7 +251,7 @@ def find_free_port() -> int:
 
 def start_python_script(
     script: str, args: Sequence[str], *, num_cpu_devices: int
-) -> subprocess.Popen:
+) -> subprocess.Popen[str]:
     """Starts ``python script args...`` with ``num_cpu_devices`` fake CPU devices.
 
     JAX reads ``XLA_FLAGS`` once at import, so each device count needs its own process.
@@ -268,7 +268,7 @@ def start_python_script(
     )
 
 
-def wait_for_scripts(processes: Sequence[subprocess.Popen], timeout: float) -> None:
+def wait_for_scripts(processes: Sequence[subprocess.Popen[str]], timeout: float) -> None:
     """Waits for all processes; kills them all and fails on a timeout or a non-zero exit."""
     deadline = time.monotonic() + timeout
     try:
@@ -283,7 +283,7 @@ def wait_for_scripts(processes: Sequence[subprocess.Popen], timeout: float) -> N
         raise AssertionError(f"subprocesses did not finish within {timeout} s") from None
     for p, out in zip(processes, outputs):
         if p.returncode != 0:
-            raise AssertionError(f"{p.args} exited with {p.returncode}:\n{out[-4000:]}")
+            raise AssertionError(f"{p.args!r} exited with {p.returncode}:\n{out[-4000:]}")
 
 
 _READ_METHODS = ("__array__", "item", "tolist")

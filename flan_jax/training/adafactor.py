@@ -132,7 +132,7 @@ class AdafactorParamState(NamedTuple):
 class AdafactorState(NamedTuple):
     """Optimizer state: the update count and a params-shaped tree of statistics."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's field name; shadows tuple.count
     param_states: Any
 
 
@@ -345,11 +345,12 @@ def adafactor_state_logical_axes(
     """
     leaves, treedef, plans = _plan_params(params, param_axes, config, factor_rules)
     axes_flat = [None] * len(leaves) if param_axes is None else treedef.flatten_up_to(param_axes)
-    replicated = PartitionSpec(None)
+    # Any: this tree puts PartitionSpecs where a live state holds jax.Arrays.
+    replicated: Any = PartitionSpec(None)
     out = []
     for leaf, plan, axes in zip(leaves, plans, axes_flat):
         names = tuple(axes) if axes else (None,) * leaf.ndim
-        full = PartitionSpec(*names)
+        full: Any = PartitionSpec(*names)
         row = col = v = replicated
         if plan.factored:
             row = PartitionSpec(*_without(names, plan.col_dims))
@@ -358,7 +359,8 @@ def adafactor_state_logical_axes(
             v = full
         m = full if config.beta1 is not None else replicated
         out.append(AdafactorParamState(row, col, v, m))
-    return AdafactorState(PartitionSpec(), treedef.unflatten(out))
+    count_axes: Any = PartitionSpec()
+    return AdafactorState(count_axes, treedef.unflatten(out))
 
 
 def make_adafactor(

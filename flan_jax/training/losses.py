@@ -330,7 +330,7 @@ def compute_loss(
         )
     if weights is None or factor is None:
         weights, factor = compute_loss_weights(batch, config)
-    vocab_sharding = None if mesh is None else get_vocab_sharding(mesh, rules)
+    vocab_sharding = None if mesh is None or rules is None else get_vocab_sharding(mesh, rules)
     token_losses = get_token_loss(config.kind)(
         hidden, kernel, batch, config, vocab_sharding=vocab_sharding
     )

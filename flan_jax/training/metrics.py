@@ -161,6 +161,7 @@ class MetricsWriter:
         if not self._enabled:
             return
         clean = {k: float(v) for k, v in scalars.items()}
+        assert self._jsonl is not None  # opened in __init__ whenever enabled
         self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
         self._jsonl.flush()
         if self._summary is not None:

@@ -230,8 +230,7 @@ def get_local_batch_rows(mesh: Mesh, global_batch_size: int, rules: LogicalRules
             f"global batch size {global_batch_size} is not divisible by the {batch_shards} "
             f"batch shards of mesh {dict(mesh.shape)}"
         )
-    index_map = sharding.addressable_devices_indices_map((global_batch_size, 1))
-    rows = sorted({idx[0].indices(global_batch_size)[:2] for idx in index_map.values()})
+    rows = sorted(_addressable_row_ranges(sharding, global_batch_size))
     start, stop = rows[0][0], rows[-1][1]
     if any(a[1] != b[0] for a, b in zip(rows, rows[1:])):
         raise ValueError(
@@ -241,9 +240,21 @@ def get_local_batch_rows(mesh: Mesh, global_batch_size: int, rules: LogicalRules
     return slice(start, stop)
 
 
+def _addressable_row_ranges(sharding: NamedSharding, num_rows: int) -> set[tuple[int, int]]:
+    """The distinct ``(start, stop)`` row ranges of a ``[num_rows, 1]`` array on this process."""
+    ranges: set[tuple[int, int]] = set()
+    for index in sharding.addressable_devices_indices_map((num_rows, 1)).values():
+        assert index is not None  # a sharding gives each of its addressable devices an index
+        start, stop, _ = index[0].indices(num_rows)
+        ranges.add((start, stop))
+    return ranges
+
+
 def _get_dim_mesh_axes(logical_axes: tuple[str, ...], dim: int, rules: LogicalRules):
     """The mesh axes dimension ``dim`` of an array with ``logical_axes`` is split over."""
-    spec = nn.logical_to_mesh_axes(logical_axes, rules)[dim]
+    mesh_axes = nn.logical_to_mesh_axes(logical_axes, rules)
+    assert mesh_axes is not None  # None only for array_dim_names=None
+    spec = mesh_axes[dim]
     return (spec,) if isinstance(spec, str) else tuple(spec or ())
 
 
@@ -274,8 +285,7 @@ def get_process_batch_fraction(mesh: Mesh, rules: LogicalRules) -> tuple[int, in
     """
     total = get_batch_shard_count(mesh, rules)
     sharding = get_batch_shardings({"x": np.empty((total, 1))}, mesh, rules)["x"]
-    index_map = sharding.addressable_devices_indices_map((total, 1))
-    local = len({idx[0].indices(total)[:2] for idx in index_map.values()})
+    local = len(_addressable_row_ranges(sharding, total))
     return local, total
 
 

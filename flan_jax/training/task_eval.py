@@ -22,10 +22,11 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
+import numpy as np
 import seqio
 
 from flan_jax import checkpoints, inference
@@ -184,7 +185,8 @@ class Evaluator:
         completions = predictor.predict_tokens(
             [example["inputs"] for example in self.examples[task_name]]
         )
-        return [predictor.detokenize(tokens) for tokens in completions]
+        # Greedy decoding (num_samples == 1): one array per example.
+        return [predictor.detokenize(tokens) for tokens in cast(list[np.ndarray], completions)]
 
     def evaluate_task(self, params: Any, task_name: str) -> dict[str, float]:
         """Every enabled measurement of one task, keyed by metric name."""

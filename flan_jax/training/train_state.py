@@ -104,11 +104,13 @@ def get_train_state_logical_axes(
         param_axes: tree of logical ``PartitionSpec`` with the params' structure.
         optimizer: supplies the optimizer state's axes.
     """
+    # Any: this tree puts PartitionSpecs where a live state holds jax.Arrays.
+    scalar_axes: Any = PartitionSpec()
     return TrainState(
-        step=PartitionSpec(),
+        step=scalar_axes,
         params=param_axes,
         opt_state=optimizer.state_logical_axes(abstract_params),
-        num_skipped_steps=PartitionSpec(),
+        num_skipped_steps=scalar_axes,
     )
 
 

@@ -210,8 +210,11 @@ def format_demonstrations(
         f"Input: {ex['input']}\nOutput: {_first_output(ex['output'])}"
         for ex in data["Positive Examples"][:num_shots]
     ]
-    while shots and budget is not None and count_tokens("\n\n".join(shots)) > budget:
-        shots.pop()
+    if budget is not None:
+        if count_tokens is None:
+            raise ValueError("format_demonstrations: a token budget needs count_tokens.")
+        while shots and count_tokens("\n\n".join(shots)) > budget:
+            shots.pop()
     return "\n\n".join(shots)
 
 
@@ -242,6 +245,10 @@ def read_niv2_examples(
         if num_shots:
             budget = None
             if max_input_tokens is not None:
+                if count_tokens is None:
+                    raise ValueError(
+                        f"{path}: max_input_tokens needs count_tokens to budget demonstrations."
+                    )
                 budget = (
                     max_input_tokens
                     - _TEMPLATE_HEADROOM_TOKENS
