@@ -14,7 +14,7 @@ from flan_jax import inference
 from flan_jax.data.vocabularies import get_vocabulary
 from flan_jax.inference import DecodeConfig, Predictor, completion_tokens
 from flan_jax.models import decoding, t5
-from flan_jax.testing.models import tiny_config, write_test_sentencepiece
+from flan_jax.testing.models import make_tiny_t5_config, write_test_sentencepiece
 
 # Three inputs of different lengths; the second spans two length buckets of 32.
 ROWS = [[5, 9, 13, 4, 30, 1], list(range(2, 41)) + [1], [7, 1]]
@@ -22,7 +22,7 @@ ROWS = [[5, 9, 13, 4, 30, 1], list(range(2, 41)) + [1], [7, 1]]
 
 @pytest.fixture(scope="module")
 def model():
-    config = tiny_config(vocab_size=96)  # the test vocabulary's size
+    config = make_tiny_t5_config(vocab_size=96)  # the test vocabulary's size
     return t5.T5Model(config), t5.init_params(config, jax.random.key(0))
 
 

@@ -26,8 +26,7 @@ import jax
 from absl import logging as absl_logging
 
 from flan_jax.data import file_io
-from flan_jax.models import t5
-from flan_jax.models.config import T5Config
+from flan_jax.models.interface import Model
 from flan_jax.tasks import demo as demo_tasks
 from flan_jax.training import task_eval, trainer
 
@@ -95,7 +94,7 @@ def write_new_instructions(model_dir: str) -> str:
 def run_demo(
     *,
     model_dir: str,
-    model_config: T5Config,
+    model: Model,
     task_feature_lengths: Mapping[str, int],
     train_fn: Callable[[], trainer.TrainResult],
     num_eval_examples: int = 50,
@@ -106,7 +105,7 @@ def run_demo(
 
     Args:
         model_dir: the run's checkpoint directory (the same ``MODEL_DIR`` as ``train_fn``'s).
-        model_config: the model (the same as ``train_fn``'s).
+        model: the model (the same as ``train_fn``'s).
         task_feature_lengths: evaluation lengths.
         train_fn: the gin-bound :func:`flan_jax.training.trainer.train`.
         num_eval_examples: held-out examples per evaluation task.
@@ -121,7 +120,7 @@ def run_demo(
     eval_tasks = demo_tasks.demo_eval_tasks()
     names = [name for tasks in eval_tasks.values() for name in tasks.values()]
     evaluator = task_eval.Evaluator(
-        model_config,
+        model,
         vocabulary,
         names,
         task_feature_lengths,
@@ -137,7 +136,7 @@ def run_demo(
         f"{num_eval_examples} held-out examples ...",
         flush=True,
     )
-    initial = t5.init_params(model_config, jax.random.key(seed))
+    initial = model.init_params(jax.random.key(seed))
     before = measure_cluster_accuracy(evaluator, initial, eval_tasks)
     print("demo: training ...", flush=True)
     result = train_fn()

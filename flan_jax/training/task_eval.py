@@ -31,8 +31,6 @@ import seqio
 
 from flan_jax import checkpoints, inference
 from flan_jax.data import file_io, pipeline
-from flan_jax.models import t5
-from flan_jax.models.config import T5Config
 from flan_jax.models.interface import Model
 from flan_jax.training import losses
 
@@ -123,7 +121,7 @@ class Evaluator:
     """Evaluates parameters on fixed examples of several tasks.
 
     Args:
-        model_config: the model.
+        model: the model.
         vocabulary: decodes predictions (the tasks' output vocabulary).
         task_names: tasks or mixtures (expanded by :func:`list_eval_tasks`).
         task_feature_lengths: ``{"inputs": .., "targets": ..}`` of the evaluation batches.
@@ -132,13 +130,13 @@ class Evaluator:
 
     def __init__(
         self,
-        model_config: T5Config,
+        model: Model,
         vocabulary: seqio.Vocabulary,
         task_names: Sequence[str],
         task_feature_lengths: Mapping[str, int],
         config: EvalConfig,
     ) -> None:
-        self.model = t5.T5Model(model_config)
+        self.model = model
         self.config = config
         self.vocabulary = vocabulary
         self.lengths = dict(task_feature_lengths)
@@ -235,7 +233,7 @@ def evaluate_checkpoint(
     """
     loaded = checkpoints.load_model_checkpoint(checkpoint_path, step=step)
     evaluator = Evaluator(
-        loaded.config, loaded.vocabulary, [mixture_or_task_name], task_feature_lengths, config
+        loaded.model, loaded.vocabulary, [mixture_or_task_name], task_feature_lengths, config
     )
     results = evaluator(loaded.params)
     for name, value in sorted(results.items()):

@@ -35,8 +35,6 @@ import seqio
 
 from flan_jax.data import pipeline
 from flan_jax.data.batch_source import PACKING_EFFICIENCY, BatchSource
-from flan_jax.models import t5
-from flan_jax.models.config import T5Config
 from flan_jax.models.interface import Model
 from flan_jax.training import (
     adafactor,
@@ -541,7 +539,7 @@ def make_data_iterator(config: RunConfig, data_config: DataConfig) -> pipeline.T
 
 
 def _make_evaluator(
-    model_config: T5Config,
+    model: Model,
     vocabulary: seqio.SentencePieceVocabulary,
     config: RunConfig,
     eval_config: task_eval.EvalConfig,
@@ -552,15 +550,13 @@ def _make_evaluator(
     if not task_eval.list_eval_tasks(names, eval_config.split):
         logging.info("no task of %s has split %r: no evaluation", names, eval_config.split)
         return None
-    return task_eval.Evaluator(
-        model_config, vocabulary, names, config.task_feature_lengths, eval_config
-    )
+    return task_eval.Evaluator(model, vocabulary, names, config.task_feature_lengths, eval_config)
 
 
 def train(
     *,
     model_dir: str,
-    model_config: T5Config,
+    model: Model,
     mixture_or_task_name: str,
     task_feature_lengths: Mapping[str, int],
     train_steps: int,
@@ -580,18 +576,19 @@ def train(
     eval_config: task_eval.EvalConfig = task_eval.EvalConfig(),
     metrics_config: metrics_lib.MetricsConfig = metrics_lib.MetricsConfig(),
 ) -> TrainResult:
-    """Trains a T5 encoder-decoder on a seqio task or mixture; resumes ``model_dir``.
+    """Trains a model on a seqio task or mixture through :func:`fit`; resumes ``model_dir``.
 
     Args:
         model_dir: ``MODEL_DIR``.
-        model_config: the architecture (from ``gin_configs/models/*.gin``).
+        model: ``MODEL``, any :class:`flan_jax.models.interface.Model` (the model gin files
+            bind a ``T5Model`` of ``MODEL_CONFIG``).
         mixture_or_task_name: ``MIXTURE_OR_TASK_NAME``.
         task_feature_lengths: ``TASK_FEATURE_LENGTHS``.
         train_steps: ``TRAIN_STEPS`` (total, including steps of a resumed run).
         batch_size: ``BATCH_SIZE`` (global rows).
         learning_rate: ``LEARNING_RATE``: a constant or a schedule from
             :mod:`flan_jax.training.schedules`.
-        dropout_rate: ``DROPOUT_RATE``; overrides ``model_config.dropout_rate`` if set.
+        dropout_rate: ``DROPOUT_RATE``; overrides ``model.config.dropout_rate`` if set.
         initial_checkpoint_path: ``INITIAL_CHECKPOINT_PATH``.
         use_cached_tasks: ``USE_CACHED_TASKS``.
         seed: initialisation and data seed.
@@ -614,11 +611,11 @@ def train(
         seed,
     )
     if dropout_rate is not None:
-        model_config = model_config.replace(dropout_rate=float(dropout_rate))
+        config_with_dropout = dataclasses.replace(model.config, dropout_rate=float(dropout_rate))
+        model = dataclasses.replace(model, config=config_with_dropout)  # type: ignore[type-var]
     initialize_distributed_run(partitioning_config)
     for register in register_tasks:
         register()
-    model = t5.T5Model(model_config)
     vocabulary = get_task_vocabulary(mixture_or_task_name)
     check_vocab_fits(model, vocabulary, mixture_or_task_name)
     initial_params = None
@@ -628,7 +625,7 @@ def train(
             logging.info("initial parameters from %s", initial_checkpoint_path)
             return checkpointing.load_initial_params(
                 initial_checkpoint_path,
-                model_config=model_config,
+                model_config=model.config,
                 abstract_params=abstract_params,
                 shardings=shardings,
             )
@@ -651,5 +648,5 @@ def train(
         checkpoint_config=checkpoint_config,
         metrics_config=metrics_config,
         eval_period=eval_config.eval_period,
-        evaluator=_make_evaluator(model_config, vocabulary, config, eval_config),
+        evaluator=_make_evaluator(model, vocabulary, config, eval_config),
     )

@@ -19,13 +19,14 @@ N_STEPS = 3
 
 def train_tiny(model_dir: str, train_steps: int):
     """The run both legs share: tiny T5 with dropout on the demo mixture, checkpoint each step."""
+    from flan_jax.models import t5
     from flan_jax.tasks import demo
     from flan_jax.testing.models import make_tiny_t5_config
     from flan_jax.training import checkpointing, metrics, task_eval, trainer
 
     return trainer.train(
         model_dir=model_dir,
-        model_config=make_tiny_t5_config(vocab_size=1024),
+        model=t5.T5Model(make_tiny_t5_config(vocab_size=1024)),
         mixture_or_task_name=demo.DEMO_MIXTURE,
         task_feature_lengths={"inputs": 64, "targets": 32},
         train_steps=train_steps,

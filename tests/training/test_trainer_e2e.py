@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from flan_jax import checkpoints
+from flan_jax.models import t5
 from flan_jax.tasks import demo
 from flan_jax.testing.models import make_tiny_t5_config
 from flan_jax.training import checkpointing, metrics, task_eval, trainer
@@ -25,7 +26,7 @@ def test_two_steps_then_eval_and_checkpoint(tmp_path):
     config = make_tiny_t5_config(vocab_size=1024)
     result = trainer.train(
         model_dir=model_dir,
-        model_config=config,
+        model=t5.T5Model(config),
         mixture_or_task_name=demo.DEMO_MIXTURE,
         task_feature_lengths=LENGTHS,
         train_steps=2,
@@ -76,8 +77,6 @@ def test_missing_model_dir_is_one_clear_error():
 def test_initial_checkpoint_with_other_architecture_is_rejected(tmp_path):
     import jax
 
-    from flan_jax.models import t5
-
     config = make_tiny_t5_config(vocab_size=1024)
     other = config.replace(num_heads=2)
     vocab = demo.get_demo_vocabulary()
@@ -97,8 +96,6 @@ def test_initial_checkpoint_with_other_architecture_is_rejected(tmp_path):
 def test_interrupted_save_leaves_latest_checkpoint_loadable(tmp_path):
     """A step directory left half-written (orbax's tmp dir) is ignored; the last one loads."""
     import jax
-
-    from flan_jax.models import t5
 
     config = make_tiny_t5_config(vocab_size=1024)
     vocab = demo.get_demo_vocabulary()
