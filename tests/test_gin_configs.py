@@ -8,6 +8,7 @@ import pytest
 from flan_jax.cli import gin_flags
 from flan_jax.cli import train as train_cli
 from flan_jax.models.config import T5Config
+from flan_jax.models.interface import Model
 from flan_jax.training import (
     adafactor,
     checkpointing,
@@ -68,6 +69,8 @@ def test_run_configs_build_valid_objects(files):
     gin_flags.parse_gin(list(files), ["MODEL_DIR = '/tmp/run'", "MIXTURE_OR_TASK_NAME = 'x'"])
     model = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
     assert isinstance(model, T5Config)
+    trained = gin.query_parameter("trainer.train.model").scoped_configurable_fn()
+    assert isinstance(trained, Model) and trained.config == model  # MODEL is a T5Model of it
     for cls in CONFIG_CLASSES:  # __post_init__ validates every bound field.
         gin.get_configurable(cls)()
     assert gin.query_parameter("trainer.train.model_dir") is not None
