@@ -1,4 +1,7 @@
-"""T5 1.1 small: flan_jax vs transformers PyTorch on the same CPU, in the same run.
+"""T5 1.1 small: flan_jax vs transformers PyTorch on the same machine, in the same run.
+
+On a machine with a CUDA GPU both frameworks run on it (JAX picks it by default; PyTorch is
+moved there), and every timed call waits for the device.
 
 Measures forward+backward (a training step without the optimizer) and greedy decoding with
 the KV cache, at float32 and bfloat16, for batch 8 x (512 inputs, 128 targets) by default.
@@ -31,12 +34,14 @@ RESULTS = Path(__file__).parent / "results" / "model_bench.json"
 NEVER_EOS = -1  # decode the full length in both frameworks
 
 
-def _time(fn: Callable[[], object], iters: int) -> float:
+def _time(fn: Callable[[], object], iters: int, sync: Callable[[], None] = lambda: None) -> float:
     """Seconds per call after one warm-up call (which includes compilation)."""
     fn()
+    sync()
     start = time.perf_counter()
     for _ in range(iters):
         fn()
+    sync()
     return (time.perf_counter() - start) / iters
 
 
@@ -99,8 +104,15 @@ def bench_torch(
         for k, v in hf_state_dict_from_params(params, config).items()
     }
     model.load_state_dict(state, strict=False)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(getattr(torch, dtype))
-    enc_t, labels = torch.from_numpy(enc).long(), torch.from_numpy(targets).long()
+    model.to(torch.device(device))  # in place, like every nn.Module.to
+    enc_t = torch.from_numpy(enc).long().to(device)
+    labels = torch.from_numpy(targets).long().to(device)
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     def train_step():
         model.zero_grad(set_to_none=True)
@@ -124,9 +136,9 @@ def bench_torch(
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    train = _time(train_step, iters)
+    train = _time(train_step, iters, sync)
     model.eval()
-    return {"train_step_s": train, "greedy_decode_s": _time(decode, iters)}
+    return {"train_step_s": train, "greedy_decode_s": _time(decode, iters, sync)}
 
 
 def main() -> None:
@@ -159,7 +171,7 @@ def main() -> None:
             )
     print(
         f"T5 1.1 small, batch {batch} x ({enc_len}, {dec_len}), {iters} iteration(s), "
-        f"{os.cpu_count()} CPU(s)"
+        f"{os.cpu_count()} CPU(s), JAX device {jax.devices()[0].device_kind}"
     )
     print(f"{'dtype':<9} {'metric':<16} {'flan_jax s':>11} {'torch s':>9} {'speedup':>8}")
     for row in rows:
@@ -172,6 +184,8 @@ def main() -> None:
         "iters": iters,
         "cpus": os.cpu_count(),
         "machine": platform.processor(),
+        "jax_device": jax.devices()[0].device_kind,
+        "torch_device": "cuda" if torch.cuda.is_available() else "cpu",
         "jax": jax.__version__,
         "torch": torch.__version__,
         "rows": rows,

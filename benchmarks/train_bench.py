@@ -44,9 +44,9 @@ from flan_jax.training import (
     adafactor,
     losses,
     metrics,
-    partitioning,
     train_state,
     train_step,
+    trainer,
 )
 
 RESULTS = Path(__file__).parent / "results" / "train_bench.json"
@@ -98,26 +98,40 @@ def make_model_config(size: str) -> T5Config:
     return T5Config(vocab_size=32128, dtype="float32", **SIZES[size])
 
 
-def build_jax_step(config: T5Config):
-    """The train step and a fresh state on all local devices."""
-    mesh = partitioning.make_mesh(partitioning.MeshConfig())
-    rules = partitioning.get_logical_axis_rules("1d")
-    param_axes = t5.param_logical_axes(config)
-    optimizer = adafactor.make_adafactor(1e-3, param_axes=param_axes)
-    shardings = train_state.get_train_state_shardings(
-        t5.abstract_params(config), param_axes, optimizer, mesh, rules
+class _ListBatches:
+    """A :class:`flan_jax.data.batch_source.BatchSource` over prepared numpy batches."""
+
+    def __init__(self, batches: list[dict]):
+        self._batches, self._next = batches, 0
+
+    def __next__(self) -> dict:
+        batch = self._batches[self._next]
+        self._next += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {"next": self._next}
+
+    def set_state(self, state) -> None:
+        self._next = int(state["next"])
+
+    def log_scalars(self) -> dict:
+        return {}
+
+
+def build_jax_run(config: T5Config):
+    """The trainer's run (mesh, Adafactor, the jitted train step) and a fresh state."""
+    run = trainer.build_run(
+        t5.T5Model(config),
+        learning_rate=1e-3,
+        optimizer_config=adafactor.AdafactorConfig(),
+        loss_config=losses.LossConfig(normalization="average_per_sequence"),
+        step_config=train_step.TrainStepConfig(),
+        partitioning_config=trainer.PartitioningConfig(),
     )
     params = jax.tree.map(np.asarray, t5.init_params(config, jax.random.key(0)))
-    state = train_state.init_sharded_train_state(params, optimizer, shardings)
-    step = train_step.make_train_step(
-        model=t5.T5Model(config),
-        optimizer=optimizer,
-        loss_config=losses.LossConfig(normalization="average_per_sequence"),
-        mesh=mesh,
-        rules=rules,
-        state_shardings=shardings,
-    )
-    return step, state, mesh, rules
+    state = train_state.init_sharded_train_state(params, run.optimizer, run.shardings)
+    return run, state
 
 
 def make_packed_batches(examples, rows: int, lengths: dict, count: int) -> list[dict]:
@@ -133,18 +147,23 @@ def make_packed_batches(examples, rows: int, lengths: dict, count: int) -> list[
 
 
 def bench_flan_jax(config: T5Config, batches: list[dict], lengths: dict) -> dict:
-    """Real target tokens/s of packed training; the first batch only compiles."""
-    step, state, mesh, rules = build_jax_step(config)
+    """Real target tokens/s of packed training; the first batch only compiles.
+
+    The steps run as the trainer runs them between two logging steps
+    (:func:`flan_jax.training.trainer.advance`: dispatch only), and their metrics are
+    fetched once at the end, as at a logging step.
+    """
+    run, state = build_jax_run(config)
     rows = len(batches[0]["decoder_target_tokens"])
-    state, _ = step(state, partitioning.make_global_batch(batches[0], mesh, rules))
+    source = _ListBatches(batches)
+    state, _ = trainer.advance(run, state, source, 1)
     jax.block_until_ready(state)
-    tokens = sequences = 0.0
     start = time.perf_counter()
-    for batch in batches[1:]:
-        state, out = step(state, partitioning.make_global_batch(batch, mesh, rules))
-        tokens += float(out["num_real_target_tokens"])
-        sequences += float(out["num_sequences"])
+    state, pending = trainer.advance(run, state, source, len(batches) - 1)
+    fetched = jax.device_get(pending)
     seconds = time.perf_counter() - start
+    tokens = sum(float(out["num_real_target_tokens"]) for out in fetched)
+    sequences = sum(float(out["num_sequences"]) for out in fetched)
     steps = len(batches) - 1
     flops = (
         metrics.estimate_train_flops_per_step(
