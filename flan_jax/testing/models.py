@@ -26,6 +26,8 @@ PARITY_CONFIGS: dict[str, dict[str, Any]] = {
         mlp_dim=40,
         num_encoder_layers=2,
         num_decoder_layers=3,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=32,
     ),
     "relu_tied": dict(
         vocab_size=80,
@@ -37,6 +39,8 @@ PARITY_CONFIGS: dict[str, dict[str, Any]] = {
         num_decoder_layers=2,
         feed_forward="relu",
         tie_word_embeddings=True,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=32,
     ),
     "gated_tied_small_buckets": dict(
         vocab_size=64,
@@ -59,6 +63,8 @@ PARITY_CONFIGS: dict[str, dict[str, Any]] = {
         num_encoder_layers=2,
         num_decoder_layers=1,
         feed_forward="relu",
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=32,
     ),
 }
 

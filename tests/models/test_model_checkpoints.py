@@ -79,7 +79,7 @@ def test_config_that_does_not_match_the_weights_is_reported(tmp_path, vocab_path
     (ckpt / CONFIG_FILENAME).write_text(json.dumps(metadata))
     with pytest.raises(
         ValueError,
-        match=r"do not match the model config.*stored \(32, 48\), "
+        match=r"do not match the model config.*stored \(32, 64\), "
         r"config expects \(32, 50\)",
     ):
         load_model_checkpoint(ckpt)

@@ -24,10 +24,14 @@ def _scalars(step: int) -> dict[str, float]:
 
 
 def _run(stream, *, start=0, total=1000, log_period=10, **kwargs) -> str:
-    # The trainer's calling pattern: every step, with scalars every log_period steps.
+    # The trainer's calling pattern: one call per stretch of steps up to the next logging
+    # step, with the scalars logged there (the last stretch may end between logging steps).
     progress = metrics.ProgressBar(start=start, total=total, stream=stream, **kwargs)
-    for step in range(start + 1, total + 1):
-        progress.update(_scalars(step) if step % log_period == 0 else None)
+    step = start
+    while step < total:
+        target = min(total, (step // log_period + 1) * log_period)
+        progress.update(target - step, _scalars(target) if target % log_period == 0 else None)
+        step = target
     progress.close()
     return stream.getvalue()
 
