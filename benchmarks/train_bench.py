@@ -43,7 +43,6 @@ from flan_jax.testing import data as data_testing
 from flan_jax.training import (
     adafactor,
     losses,
-    metrics,
     train_state,
     train_step,
     trainer,
@@ -166,7 +165,7 @@ def bench_flan_jax(config: T5Config, batches: list[dict], lengths: dict) -> dict
     sequences = sum(float(out["num_sequences"]) for out in fetched)
     steps = len(batches) - 1
     flops = (
-        metrics.estimate_train_flops_per_step(
+        t5.estimate_train_flops_per_step(
             config,
             batch_size=rows,
             inputs_length=lengths["inputs"],
@@ -227,7 +226,7 @@ def bench_torch(config: T5Config, packed_batches: list[dict]) -> dict:
         train_one(batch)
         tokens += float((batch[2] >= 0).sum())
         sequences += batch[0].shape[0]
-        flops += metrics.estimate_train_flops_per_step(
+        flops += t5.estimate_train_flops_per_step(
             config,
             batch_size=batch[0].shape[0],
             inputs_length=batch[0].shape[1],

@@ -2,7 +2,8 @@
 
 The train step returns per-step scalars (loss, accuracy, learning rate, grad norm, real
 target tokens, sequences). :class:`ThroughputMeter` turns them and the wall clock into
-rates, and :func:`estimate_train_flops_per_step` gives the FLOP count an MFU needs:
+rates, and the model's ``train_flops_per_step``
+(:class:`flan_jax.models.interface.Model`) gives the FLOP count an MFU needs:
 
     MFU = (FLOPs of one step / seconds per step) / (peak FLOP/s of all devices)
 
@@ -23,8 +24,6 @@ from typing import Any, TextIO
 
 import jax
 import tqdm
-
-from flan_jax.models.config import T5Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,45 +55,11 @@ class MetricsConfig:
             )
 
 
-def _forward_flops_per_token(
-    config: T5Config, own_length: int, cross_length: int, *, decoder: bool
-) -> float:
-    """Forward matmul FLOPs of one token through one layer stack (2 FLOPs per MAC)."""
-    d, inner = config.emb_dim, config.num_heads * config.head_dim
-    mlp_in = 2 if config.feed_forward == "gated-gelu" else 1
-    attention_proj = 4 * d * inner  # q, k, v, o
-    attention_scores = 2 * own_length * inner  # q.k and probs.v
-    mlp = (mlp_in + 1) * d * config.mlp_dim
-    per_layer = attention_proj + attention_scores + mlp
-    if decoder:
-        per_layer += 4 * d * inner + 2 * cross_length * inner
-        layers = config.num_decoder_layers
-        return 2.0 * (layers * per_layer + d * config.vocab_size)
-    return 2.0 * config.num_encoder_layers * per_layer
-
-
-def estimate_train_flops_per_step(
-    config: T5Config, *, batch_size: int, inputs_length: int, targets_length: int
-) -> float:
-    """Matmul FLOPs of one training step (forward + backward = 3x forward).
-
-    Args:
-        config: the model.
-        batch_size: rows per step (global).
-        inputs_length: encoder length per row.
-        targets_length: decoder length per row.
-    """
-    encoder = _forward_flops_per_token(config, inputs_length, 0, decoder=False)
-    decoder = _forward_flops_per_token(config, targets_length, inputs_length, decoder=True)
-    forward = batch_size * (inputs_length * encoder + targets_length * decoder)
-    return 3.0 * forward
-
-
 class ThroughputMeter:
     """Accumulates step metrics between two writes and turns them into rates.
 
     Args:
-        flops_per_step: from :func:`estimate_train_flops_per_step`.
+        flops_per_step: the model's ``train_flops_per_step``.
         peak_flops: peak FLOP/s of all devices together, or None (no MFU).
     """
 
