@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 import seqio
+import t5_sizes
 
 from flan_jax.data import export, file_io, packing, vocabularies
 from flan_jax.tasks import cot, data_paths, naming
@@ -53,17 +54,7 @@ VOCAB_SETTINGS = vocabularies.SentencePieceSettings(
 )
 PACK_BUFFER = 256
 # T5 1.1 small (REFERENCE.md), in f32 because bf16 matmuls are slow on CPU.
-SMALL_T5 = dict(
-    vocab_size=32128,
-    emb_dim=512,
-    num_heads=6,
-    head_dim=64,
-    mlp_dim=1024,
-    num_encoder_layers=8,
-    num_decoder_layers=8,
-    relative_attention_num_buckets=32,
-    relative_attention_max_distance=128,
-)
+SMALL_T5 = dict(vocab_size=32128, **t5_sizes.T5_1_1_DIMS["small"])
 TRAIN_ROWS = {"tiny": 8, "small": 2}
 
 

@@ -20,10 +20,10 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
+import t5_sizes
 
 from flan_jax.data import file_io
 from flan_jax.models import t5
@@ -32,35 +32,12 @@ from flan_jax.testing.training import make_random_batch
 from flan_jax.training import adafactor, losses, partitioning, train_state, train_step
 
 RESULTS = Path(__file__).parent / "results" / "step_sync_bench.json"
-# T5 1.1 tiny and small dimensions; rows and lengths per step.
-SIZES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
-    "tiny": (
-        dict(
-            emb_dim=128,
-            num_heads=4,
-            head_dim=32,
-            mlp_dim=256,
-            num_encoder_layers=2,
-            num_decoder_layers=2,
-        ),
-        (32, 64, 32),
-    ),
-    "small": (
-        dict(
-            emb_dim=512,
-            num_heads=6,
-            head_dim=64,
-            mlp_dim=1024,
-            num_encoder_layers=8,
-            num_decoder_layers=8,
-        ),
-        (8, 256, 128),
-    ),
-}
+# Rows, input length and target length per step, per T5 1.1 size.
+SHAPES = {"tiny": (32, 64, 32), "small": (8, 256, 128)}
 
 
 def build(size: str, dtype: str):
-    dims, (rows, enc_len, dec_len) = SIZES[size]
+    dims, (rows, enc_len, dec_len) = t5_sizes.T5_1_1_DIMS[size], SHAPES[size]
     config = T5Config(vocab_size=32128, dtype=dtype, **dims)
     model = t5.T5Model(config)
     mesh = partitioning.make_mesh(partitioning.MeshConfig())

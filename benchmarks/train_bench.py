@@ -27,7 +27,6 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import packing_bench
+import t5_sizes
 
 from flan_jax.data import file_io, packing
 from flan_jax.models import t5
@@ -49,24 +49,7 @@ from flan_jax.training import (
 )
 
 RESULTS = Path(__file__).parent / "results" / "train_bench.json"
-SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        emb_dim=128,
-        num_heads=4,
-        head_dim=32,
-        mlp_dim=256,
-        num_encoder_layers=2,
-        num_decoder_layers=2,
-    ),
-    "small": dict(
-        emb_dim=512,
-        num_heads=6,
-        head_dim=64,
-        mlp_dim=1024,
-        num_encoder_layers=8,
-        num_decoder_layers=8,
-    ),
-}
+SIZES = t5_sizes.T5_1_1_DIMS
 # Rows per step and row lengths per size; small is kept short so a CPU step takes seconds.
 SHAPES = {
     "tiny": (8, {"inputs": 256, "targets": 128}),
