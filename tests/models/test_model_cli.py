@@ -60,6 +60,12 @@ def _read(path):
     return [json.loads(line) for line in open(path)]
 
 
+def _infer(root, out, *flags: str) -> None:
+    """`flan-jax infer` on the test checkpoint and inputs, 6 decoded tokens at most."""
+    argv = ["infer", "--checkpoint", str(root / "ckpt"), "--input_file", str(root / "in.jsonl")]
+    assert cli.main([*argv, "--output_file", str(out), "--max_decode_len", "6", *flags]) == 0
+
+
 def test_export_reloads_in_transformers_with_identical_tensors(workdir):
     root, reference = workdir
     assert cli.main(["convert", "--to-hf", str(root / "ckpt"), "--out", str(root / "hf_back")]) == 0
@@ -81,23 +87,7 @@ def test_export_reloads_in_transformers_with_identical_tensors(workdir):
 def test_infer_adds_predictions(workdir, decode):
     root, _ = workdir
     out = root / f"pred_{decode[1]}.jsonl"
-    assert (
-        cli.main(
-            [
-                "infer",
-                "--checkpoint",
-                str(root / "ckpt"),
-                "--input_file",
-                str(root / "in.jsonl"),
-                "--output_file",
-                str(out),
-                "--max_decode_len",
-                "6",
-                *decode,
-            ]
-        )
-        == 0
-    )
+    _infer(root, out, *decode)
     records = _read(out)
     assert [r["id"] for r in records] == [1, 2, 3]
     assert all(isinstance(r["prediction"], str) for r in records)
@@ -106,26 +96,7 @@ def test_infer_adds_predictions(workdir, decode):
 def test_infer_from_gin_macros_equals_infer_from_flags(workdir):
     root, _ = workdir
     by_flags, by_gin = root / "by_flags.jsonl", root / "by_gin.jsonl"
-    assert (
-        cli.main(
-            [
-                "infer",
-                "--checkpoint",
-                str(root / "ckpt"),
-                "--input_file",
-                str(root / "in.jsonl"),
-                "--output_file",
-                str(by_flags),
-                "--max_decode_len",
-                "6",
-                "--decode",
-                "beam",
-                "--num_beams",
-                "2",
-            ]
-        )
-        == 0
-    )
+    _infer(root, by_flags, "--decode", "beam", "--num_beams", "2")
     assert (
         cli.main(
             [
@@ -149,22 +120,7 @@ def test_greedy_predictions_match_transformers_generate(workdir):
 
     root, reference = workdir
     out = root / "pred_check.jsonl"
-    assert (
-        cli.main(
-            [
-                "infer",
-                "--checkpoint",
-                str(root / "ckpt"),
-                "--input_file",
-                str(root / "in.jsonl"),
-                "--output_file",
-                str(out),
-                "--max_decode_len",
-                "6",
-            ]
-        )
-        == 0
-    )
+    _infer(root, out)
     vocab = load_model_checkpoint(root / "ckpt").vocabulary
     for line, record in zip(LINES, _read(out)):
         ids = torch.tensor([list(vocab.encode(line["inputs"])) + [1]])
