@@ -13,7 +13,7 @@ import pytest
 
 from flan_jax.data.batch_source import BatchSource
 from flan_jax.data.vocabularies import get_vocabulary
-from flan_jax.models import t5
+from flan_jax.models import decoding, t5
 from flan_jax.models.interface import Model
 from flan_jax.testing import models as testing_models
 from flan_jax.testing import training
@@ -145,7 +145,7 @@ class _ToyNet(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class ToyModel:
-    """A 1-layer model behind the Model interface (training hooks only)."""
+    """A 1-layer model behind the Model interface, training and decode hooks both."""
 
     config: ToyConfig = ToyConfig()
 
@@ -179,16 +179,25 @@ class ToyModel:
         return 0.0
 
     def make_scoring_batch(self, inputs, targets):
-        raise NotImplementedError("the toy model is for training only")
+        targets = jnp.asarray(targets)
+        return {
+            "encoder_input_tokens": jnp.asarray(inputs),
+            "decoder_input_tokens": jnp.pad(targets[:, :-1], ((0, 0), (1, 0))),
+            "decoder_target_tokens": targets,
+            "decoder_loss_weights": (targets > 0).astype(jnp.float32),
+        }
 
+    # The next token depends on the last token and the inputs only, so the decode state is
+    # the inputs themselves (no cache).
     def init_decode_state(self, params, inputs, *, max_decode_len):
-        raise NotImplementedError("the toy model is for training only")
+        return jnp.asarray(inputs)
 
     def decode_step(self, params, state, tokens):
-        raise NotImplementedError("the toy model is for training only")
+        batch = {"encoder_input_tokens": state, "decoder_input_tokens": tokens[:, None]}
+        return (self.hidden_states(params, batch) @ self.output_kernel(params))[:, 0], state
 
     def reorder_decode_state(self, state, indices):
-        raise NotImplementedError("the toy model is for training only")
+        return jnp.take(state, indices, axis=0)
 
 
 def test_a_toy_model_trains_through_the_unchanged_trainer(tmp_path, vocabulary):
@@ -233,3 +242,36 @@ def test_a_toy_model_trains_through_the_unchanged_trainer(tmp_path, vocabulary):
     )
     assert manager.latest_step() == 40
     manager.close()
+
+
+def test_the_toy_model_decodes_and_scores_through_the_unchanged_inference_path():
+    model = ToyModel()
+    params = model.init_params(jax.random.key(1))
+    inputs = RUN.make_batch(0)["encoder_input_tokens"][:3]
+
+    def full_logits(decoder_tokens):  # teacher-forced over the whole prefix, no decode state
+        batch = {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_tokens}
+        return model.hidden_states(params, batch) @ model.output_kernel(params)
+
+    # Reference greedy decoding: re-run the prefix at every step and take the argmax.
+    prefix = np.zeros((3, 1), np.int32)
+    for _ in range(6):
+        step = np.asarray(jnp.argmax(full_logits(prefix)[:, -1], -1), np.int32)
+        prefix = np.concatenate([prefix, step[:, None]], axis=1)
+    expected = prefix[:, 1:]
+    done = np.cumsum(expected == 1, axis=1) - (expected == 1) > 0  # after the first EOS
+    expected = np.where(done, 0, expected)
+    got = decoding.greedy_decode(model, params, inputs, max_decode_len=6)
+    np.testing.assert_array_equal(np.asarray(got.tokens), expected)
+    # One beam without a length penalty is greedy search too.
+    beam = decoding.beam_search(model, params, inputs, max_decode_len=6, num_beams=1, alpha=0.0)
+    np.testing.assert_array_equal(np.asarray(beam.tokens)[:, 0], expected)
+
+    targets = RUN.make_batch(0)["decoder_target_tokens"][:3]
+    log_probs = jax.nn.log_softmax(full_logits(np.pad(targets[:, :-1], ((0, 0), (1, 0)))))
+    chosen = np.take_along_axis(np.asarray(log_probs), targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(
+        np.asarray(decoding.score_targets(model, params, inputs, targets)),
+        np.sum(np.where(targets > 0, chosen, 0.0), axis=1),
+        rtol=1e-5,
+    )
