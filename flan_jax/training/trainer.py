@@ -165,7 +165,7 @@ class TrainResult:
     packing_efficiency: float
 
 
-Evaluator = Callable[[Any], Mapping[str, float]]
+EvalHook = Callable[[Any], Mapping[str, float]]
 """``params -> scalars``: an evaluation hook the loop calls every ``eval_period`` steps."""
 
 InitialParams = Callable[[Any, Any], Any]
@@ -300,7 +300,7 @@ class _LoopServices:
     meter: metrics_lib.ThroughputMeter
     metrics_config: metrics_lib.MetricsConfig
     eval_period: int
-    evaluator: Evaluator | None
+    evaluator: EvalHook | None
 
 
 def _run_eval(
@@ -459,7 +459,7 @@ def fit(
     checkpoint_config: checkpointing.CheckpointConfig = checkpointing.CheckpointConfig(),
     metrics_config: metrics_lib.MetricsConfig = metrics_lib.MetricsConfig(),
     eval_period: int = 0,
-    evaluator: Evaluator | None = None,
+    evaluator: EvalHook | None = None,
 ) -> TrainResult:
     """The one training loop: any :class:`Model`, any :class:`BatchSource`, any loss.
 
