@@ -158,7 +158,8 @@ def task_rate(task_id: naming.TaskId, counts: Counts, *, cap: int | None = None)
     return float(cap if count is None else min(cap, count))
 
 
-def _add_mixture(name: str, members: Sequence[tuple[str, float]]) -> str:
+def add_mixture(name: str, members: Sequence[tuple[str, float]]) -> str:
+    """Registers mixture `name` of (task or mixture, rate) members, replacing an old one."""
     # Re-registering replaces the mixture, so a second call with more tasks is not stale.
     if name in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.remove(name)
@@ -191,11 +192,11 @@ def register_source_mixtures(task_names: Iterable[str], counts: Counts) -> dict[
     submix_members: dict[str, list[tuple[str, float]]] = {}
     for (source, inverted, variant), task_ids in sorted(groups.items()):
         members = [(naming.make_task_name(t), task_rate(t, counts)) for t in task_ids]
-        mixture = _add_mixture(variant_mixture_name(source, variant, inverted), members)
+        mixture = add_mixture(variant_mixture_name(source, variant, inverted), members)
         weight = INVERTED_WEIGHT if inverted else VARIANT_WEIGHT
         submix_members.setdefault(source, []).append((mixture, weight))
     return {
-        source: _add_mixture(f"{source}_submix", members)
+        source: add_mixture(f"{source}_submix", members)
         for source, members in submix_members.items()
     }
 
@@ -213,7 +214,7 @@ def register_flan2022_mixtures(task_names: Sequence[str], counts: Counts) -> lis
         names.append(submix)
     present = [(submixes[s], w) for s, w in SUBMIX_WEIGHTS.items() if s in submixes]
     if present:
-        names.append(_add_mixture("flan2022_submix", present))
+        names.append(add_mixture("flan2022_submix", present))
     original = [naming.parse_task_name(n) for n in task_names]
     original = [
         t for t in original if t.source == "flan2021" and not t.inverted and t.variant == "zs_opt"
@@ -223,7 +224,7 @@ def register_flan2022_mixtures(task_names: Sequence[str], counts: Counts) -> lis
             (naming.make_task_name(t), task_rate(t, counts, cap=FLAN2021_ORIGINAL_RATE_CAP))
             for t in original
         ]
-        names.append(_add_mixture("flan2021_original", members))
+        names.append(add_mixture("flan2021_original", members))
     logging.info("Registered %d mixtures over %d tasks.", len(names), len(task_names))
     return names
 

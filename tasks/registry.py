@@ -26,7 +26,18 @@ from collections.abc import Sequence
 
 import seqio
 
-from flan_jax.tasks import cot, data_paths, demo, dialog, family, flan2021, mixtures, niv2, t0
+from flan_jax.tasks import (
+    cot,
+    data_paths,
+    demo,
+    dialog,
+    family,
+    flan2021,
+    flan_names,
+    mixtures,
+    niv2,
+    t0,
+)
 
 # The families of the Flan 2022 collection, in the order their tasks are registered.
 FLAN2022_FAMILIES: tuple[family.TaskFamily, ...] = (
@@ -126,6 +137,7 @@ def register_all(
     mixture_names = mixtures.register_flan2022_mixtures(
         tasks, mixtures.load_mixing_counts(counts_path)
     )
+    mixture_names += list(flan_names.register_flan_mixture_aliases())
     return RegistrationReport(tuple(tasks), tuple(mixture_names), skipped)
 
 

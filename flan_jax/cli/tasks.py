@@ -1,11 +1,13 @@
 """`flan-jax tasks`: the catalog of registered tasks and mixtures.
 
     flan-jax tasks [--vocabulary SPM_MODEL] list [--mixture M] [--source S] [--mixtures]
+                                                [--flan-names]
     flan-jax tasks show NAME
     flan-jax tasks preview NAME [-n 3] [--split train] [--seed 0] [--json]
     flan-jax tasks recount [--data_root DIR] [--table PATH]
 
-`list` prints task names (with their rate and share inside `--mixture`), or the mixtures;
+`list` prints task names (with their rate and share inside `--mixture`), or the mixtures,
+or google-research/FLAN's mixture names with the mixtures they name (`--flan-names`);
 `show` describes a task (source, splits, example counts, templates, rates in every
 mixture holding it) or a mixture (tasks, share per source); `preview` renders the first
 examples a task or mixture yields, with their metadata; `recount` rewrites the example-count
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 import seqio
 
 from flan_jax.data import export
-from flan_jax.tasks import mixtures, naming, sources
+from flan_jax.tasks import flan_names, mixtures, naming, sources
 
 
 def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +71,11 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     listing.add_argument("--mixture", help="only the tasks of this mixture, with their rates")
     listing.add_argument("--source", choices=naming.SOURCES, help="only tasks of this source")
     listing.add_argument("--mixtures", action="store_true", help="list mixtures instead")
+    listing.add_argument(
+        "--flan-names",
+        action="store_true",
+        help="list google-research/FLAN's mixture names and the mixtures of ours they name",
+    )
     show = commands.add_parser("show", help="describe a task or mixture")
     show.add_argument("name")
     preview = commands.add_parser("preview", help="render the first examples")
@@ -247,6 +254,8 @@ def preview(name: str, num_examples: int, split: str, seed: int, as_json: bool) 
 
 def _run_command(args: argparse.Namespace) -> list[str]:
     if args.command == "list":
+        if args.flan_names:
+            return flan_names.describe_flan_names(flan_names.register_flan_mixture_aliases())
         return list_mixtures() if args.mixtures else list_tasks(args.mixture, args.source)
     if args.command == "preview":
         return preview(args.name, args.num_examples, args.split, args.seed, args.json)
@@ -268,5 +277,6 @@ def main(argv: Sequence[str]) -> int:
     if lines:
         print("\n".join(lines))
     if args.command == "list":
-        print(f"({len(lines)} {'mixtures' if args.mixtures else 'tasks'})", file=sys.stderr)
+        kind = "FLAN names" if args.flan_names else "mixtures" if args.mixtures else "tasks"
+        print(f"({len(lines)} {kind})", file=sys.stderr)
     return 0
