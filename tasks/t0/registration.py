@@ -11,8 +11,12 @@ directories are read, in place:
 
       {"context": "...", "question": "...", "answers": {"text": ["..."], "answer_start": [3]}}
 
-A row is rendered through the prompt (input, target, answer choices) and then through our
-wrapper template, so "opt" variants can add a seeded options block when the prompt has
+A row is rendered through the prompt (input, target, answer choices) and then through one
+of our instruction wrappers, drawn per example with the example's seeded generator. As in
+FLAN, the wrappers depend on the task's type (the catalog's `flan_type` column, FLAN's
+`task_type`): free text, choices listed in the prompt, or choices shown apart from it;
+`templates/t0_<flan_type>.yaml` holds ten wrappers of each type. Every wrapper has the
+`{options_}` slot, so "opt" variants add a seeded options block whenever the prompt has
 answer choices it does not already list. Rows for which the prompt yields no target are
 skipped, as in P3.
 """
@@ -35,6 +39,9 @@ from flan_jax.tasks.t0 import promptsource
 SOURCE = "t0"
 TEMPLATES_SOURCE = "t0_templates"
 SPLITS = ("train", "validation")
+# FLAN's wrapper types of T0 tasks (google-research/FLAN flan/v2/constants_t0.py,
+# T0_TRAIN_TASK_METADATA "task_type", without the "t0_" prefix).
+FLAN_TYPES = ("question_answer", "multiple_choice", "multiple_choice_separated_options")
 FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=3)
 _HERE = os.path.dirname(__file__)
 CATALOG_PATH = os.path.join(_HERE, "catalog.tsv")
@@ -51,21 +58,31 @@ HOW_TO_GET_TEMPLATES = (
 
 @dataclasses.dataclass(frozen=True)
 class T0Task:
-    """One catalog row: a P3 task name and the promptsource prompt it uses."""
+    """One catalog row: a P3 task name, the promptsource prompt it uses, and its FLAN type."""
 
     name: str
     dataset: str
     subset: str
     prompt: str
     category: str
+    flan_type: str
 
 
 @functools.cache
 def load_t0_catalog() -> tuple[T0Task, ...]:
     """The T0-SF catalog shipped in tasks/t0/catalog.tsv."""
     with open(CATALOG_PATH, encoding="utf-8") as f:
-        lines = [line for line in f if not line.startswith("#")]
-    return tuple(T0Task(**row) for row in csv.DictReader(lines, delimiter="\t"))
+        numbered = [(n, line) for n, line in enumerate(f, start=1) if not line.startswith("#")]
+    rows = csv.DictReader([line for _, line in numbered], delimiter="\t")
+    catalog = []
+    for (line_number, _), row in zip(numbered[1:], rows):
+        if row["flan_type"] not in FLAN_TYPES:
+            raise ValueError(
+                f"{CATALOG_PATH}:{line_number}: flan_type must be one of {FLAN_TYPES}, "
+                f"got {row['flan_type']!r} (task {row['name']!r})."
+            )
+        catalog.append(T0Task(**row))
+    return tuple(catalog)
 
 
 def list_t0_datasets() -> tuple[str, ...]:
@@ -85,8 +102,11 @@ def _catalog_entry(dataset: str) -> T0Task:
 
 
 @functools.cache
-def load_t0_wrapper_templates() -> templates.TemplateSet:
-    return templates.load_template_set(os.path.join(_HERE, "templates", "t0.yaml"))
+def load_t0_wrapper_templates(flan_type: str) -> templates.TemplateSet:
+    """The instruction wrappers of T0 tasks of `flan_type` (one of `FLAN_TYPES`)."""
+    if flan_type not in FLAN_TYPES:
+        raise ValueError(f"T0 flan_type must be one of {FLAN_TYPES}, got {flan_type!r}.")
+    return templates.load_template_set(os.path.join(_HERE, "templates", f"t0_{flan_type}.yaml"))
 
 
 def templates_file(task: T0Task, paths: data_paths.DataPaths) -> str:
@@ -144,7 +164,7 @@ def render_rows(
     split: str,
     seed: int,
 ) -> Iterator[sources.RawExample]:
-    """Renders dataset rows through the prompt into our wrapper template's fields."""
+    """Renders dataset rows through the prompt into our wrapper templates' fields."""
     for index, row in rows:
         key = f"{split}:{index}"
         rng = templates.example_rng(seed, f"promptsource:{task.name}", key)
@@ -185,20 +205,19 @@ def register_t0_tasks(
       vocabulary: the output features' vocabulary (also counts few-shot prompt tokens).
       datasets: catalog names to register (None: all 193).
       paths: data locations; None resolves them when data is read.
-      seed: the rendering seed (of the prompts and of our wrapper template).
+      seed: the rendering seed (of the prompts and of the per-example wrapper draw).
       few_shot: few-shot prompt settings (None: `FEW_SHOT`).
     """
     datasets = list_t0_datasets() if datasets is None else datasets
-    wrapper = load_t0_wrapper_templates().templates
     names = []
     for dataset in datasets:
-        _catalog_entry(dataset)
+        wrappers = load_t0_wrapper_templates(_catalog_entry(dataset).flan_type).templates
         load_split = family.bind_split(load_t0_split, dataset, paths=paths, seed=seed)
         for variant in naming.VARIANTS:
             names.append(
                 family.register_dataset_task(
                     naming.TaskId(SOURCE, dataset, variant),
-                    wrapper,
+                    wrappers,
                     load_split,
                     vocabulary,
                     splits=SPLITS,

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 
 import pytest
 import seqio
@@ -79,21 +80,44 @@ def test_local_formats_become_examples(paths):
     assert qrecc[1][1]["history"] == "User: What is QReCC?\nAssistant: A dataset."
 
 
-def test_every_template_renders_and_inverted_ones_invert(paths):
-    for dataset in dialog.DATASETS:
-        for key, fields in dialog.load_dialog_split(dataset, split="train", paths=paths):
-            for inverted in (False, True):
-                for template in dialog.load_dialog_templates(inverted).templates:
-                    out = templates.render(
-                        template,
-                        fields,
-                        with_options=True,
-                        rng=templates.example_rng(0, dataset, key),
-                    )
-                    hidden = "question" if inverted else "response"
-                    assert out.targets == fields[hidden]
-                    assert fields[hidden] not in out.inputs
-                    assert "{" + "history}" not in out.inputs
+# Fixture conversations as `load_dialog_split` gives them: one mid-conversation, one first turn.
+CONVERSATIONS = [
+    {
+        "history": "User: Who was Ada Lovelace?\nAssistant: A mathematician, born in 1815.",
+        "question": "What did she write about?",
+        "response": "Notes on Babbage's Analytical Engine.",
+    },
+    {
+        "history": dialog.format_history([]),
+        "question": "What is QReCC?",
+        "response": "A conversational question answering dataset.",
+    },
+]
+PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_ten_distinct_templates_each_render_and_inverted_ones_invert(inverted):
+    template_set = dialog.load_dialog_templates(inverted)
+    assert len(template_set.templates) == 10
+    # No two templates alike, even up to case, spacing and punctuation.
+    normalized = {re.sub(r"\W+", " ", t.inputs).strip().lower() for t in template_set.templates}
+    assert len(normalized) == 10
+    # The original predicts the reply from history + question; the inverted one predicts
+    # the question from history + reply.
+    hidden, shown = ("question", "response") if inverted else ("response", "question")
+    for template in template_set.templates:
+        assert template.type == ("dialog_inverted" if inverted else "dialog")
+        assert template.targets == "{" + hidden + "}"
+        input_fields = set(re.findall(r"\{(\w+)\}", template.inputs))
+        assert input_fields == {"history", shown}, template.index
+        for index, fields in enumerate(CONVERSATIONS):
+            rng = templates.example_rng(0, "dialog", f"train:{index}")
+            out = templates.render(template, fields, with_options=True, rng=rng)
+            assert not PLACEHOLDER.search(out.inputs + out.targets), template.index
+            assert out.targets == fields[hidden]
+            assert fields[hidden] not in out.inputs
+            assert fields["history"] in out.inputs and fields[shown] in out.inputs
 
 
 def test_registration_and_missing_data(paths, tmp_path):

@@ -4,6 +4,7 @@ import collections
 import csv
 import json
 import os
+import re
 import tarfile
 
 import jinja2.meta
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import seqio
 
-from flan_jax.tasks import data_paths, t0, templates
+from flan_jax.tasks import data_paths, sources, t0, templates
 from flan_jax.tasks.t0 import promptsource
 from flan_jax.testing.shared_data import shared_data_dir
 
@@ -214,3 +215,137 @@ def test_missing_rows_name_the_task(tmp_path):
     paths = data_paths.DataPaths(source_dirs={"t0_templates": str(tmp_path), "t0": str(tmp_path)})
     message = t0.missing_data("adversarial_qa_dbert_based_on", paths=paths)
     assert "adversarial_qa_dbert_based_on" in message and "promptsource" in message
+
+
+# ---- Instruction wrappers per FLAN task type --------------------------------------------
+
+# One fixture prompt per FLAN type, as a promptsource prompt renders it (`render_rows`).
+WRAPPER_FIXTURES = {
+    "question_answer": {
+        "prompt": "Context: Ada wrote the first program.\nWho wrote the first program?",
+        "answer": "Ada",
+    },
+    "multiple_choice": {
+        "prompt": "Is a whale a fish?\nChoices: yes, no",
+        "answer": "no",
+    },
+    "multiple_choice_separated_options": {
+        "prompt": "Review: Loved every minute. Is this review positive or negative?",
+        "answer": "positive",
+        "options": ["negative", "positive"],
+    },
+}
+# The types FLAN gives our 193 tasks (google-research/FLAN flan/v2/constants_t0.py,
+# T0_TRAIN_TASK_METADATA "task_type" of the tasks with in_flan False, less _score_eval).
+FLAN_TYPE_COUNTS = {
+    "question_answer": 104,
+    "multiple_choice": 70,
+    "multiple_choice_separated_options": 19,
+}
+# Tasks whose FLAN type is not the one promptsource's metadata implies (FLAN types them as
+# free text although the prompt has answer choices): the 188 others agree.
+FLAN_TYPE_EXCEPTIONS = {
+    "app_reviews_convert_to_star_rating": "multiple_choice",
+    "wiqa_does_the_supposed_perturbation_have_an_effect": "question_answer",
+    "wiqa_effect_with_label_answer": "question_answer",
+    "wiqa_effect_with_string_answer": "question_answer",
+    "wiqa_which_of_the_following_is_the_supposed_perturbation": "question_answer",
+}
+PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def option_header_lines(text):
+    return [line for line in text.splitlines() if line in templates.OPTION_HEADERS]
+
+
+def test_every_task_has_a_flan_type_with_at_least_five_distinct_wrappers():
+    catalog = t0.load_t0_catalog()
+    assert collections.Counter(task.flan_type for task in catalog) == FLAN_TYPE_COUNTS
+    assert set(t0.FLAN_TYPES) == set(FLAN_TYPE_COUNTS) == set(WRAPPER_FIXTURES)
+    all_inputs = []
+    for flan_type in t0.FLAN_TYPES:
+        wrappers = t0.load_t0_wrapper_templates(flan_type).templates
+        assert len(wrappers) >= 5, flan_type
+        inputs = [w.inputs for w in wrappers]
+        assert len(set(inputs)) == len(inputs), flan_type
+        all_inputs += inputs
+        for wrapper in wrappers:
+            # Every wrapper shows the prompt once and can show the options block, so "opt"
+            # variants add it whenever the prompt has choices it does not list.
+            assert wrapper.inputs.count("{prompt}") == 1 and wrapper.uses_options, flan_type
+            assert wrapper.targets == "{answer}" and wrapper.type == "zs"
+    # Beyond the bare "{prompt}{options_}" each type starts from, the wordings differ.
+    assert collections.Counter(all_inputs)["{prompt}{options_}"] == 3
+    assert len(set(all_inputs)) == len(all_inputs) - 2
+    with pytest.raises(ValueError, match="flan_type must be one of"):
+        t0.load_t0_wrapper_templates("summarization")
+
+
+@pytest.mark.parametrize("flan_type", sorted(WRAPPER_FIXTURES))
+def test_every_wrapper_renders_on_a_fixture_prompt(flan_type):
+    fields = WRAPPER_FIXTURES[flan_type]
+    for wrapper in t0.load_t0_wrapper_templates(flan_type).templates:
+        for with_options in (False, True):
+            for seed in range(4):
+                rng = templates.example_rng(seed, f"t0__{flan_type}", "train:0")
+                out = templates.render(wrapper, fields, with_options=with_options, rng=rng)
+                assert not PLACEHOLDER.search(out.inputs + out.targets), (flan_type, wrapper.index)
+                # Independently: the wrapper text with the prompt put in and the block cut.
+                expected = wrapper.inputs.replace("{prompt}", fields["prompt"])
+                headers = option_header_lines(out.inputs)
+                if not (with_options and "options" in fields):
+                    assert not headers and out.inputs == expected.replace("{options_}", "")
+                    assert out.targets == fields["answer"]
+                    continue
+                assert len(headers) == 1, (flan_type, wrapper.index)
+                before, after = expected.split("{options_}")
+                assert out.inputs.startswith(before) and out.inputs.endswith(after)
+                block = out.inputs[len(before) : len(out.inputs) - len(after)]
+                assert block.lstrip("\n").startswith(headers[0])
+                items = block.split(headers[0] + "\n", 1)[1].splitlines()
+                assert len(items) == len(fields["options"])
+                assert all(item.endswith(o) for item, o in zip(items, fields["options"]))
+                answer_item = items[fields["options"].index(fields["answer"])]
+                assert out.targets == fields["answer"] or answer_item.startswith(out.targets)
+
+
+def test_the_wrapper_is_drawn_per_example_from_the_task_types_wrappers(tmp_path):
+    paths = data_paths.DataPaths(source_dirs={"t0_templates": str(tmp_path), "t0": str(tmp_path)})
+    vocab = seqio.PassThroughVocabulary(10)
+    fields = WRAPPER_FIXTURES["question_answer"]
+    for flan_type in t0.FLAN_TYPES:
+        task = next(t for t in t0.load_t0_catalog() if t.flan_type == flan_type)
+        (name,) = [
+            n
+            for n in t0.register_t0_tasks(vocab, datasets=[task.name], paths=paths)
+            if n.endswith("__zs_noopt")
+        ]
+        spec = seqio.get_mixture_or_task(name).source.render_spec
+        assert spec.templates == t0.load_t0_wrapper_templates(flan_type).templates
+        drawn = []
+        for i in range(60):
+            key = f"train:{i}"
+            example = sources.render_example(spec, key, fields)
+            assert example == sources.render_example(spec, key, fields)  # same example, same text
+            # Independently: the first draw of the example's own generator picks the wrapper.
+            rng = templates.example_rng(spec.seed, name, key)
+            assert example["_template_idx"] == int(rng.integers(len(spec.templates)))
+            drawn.append(example["_template_idx"])
+        assert len(set(drawn)) >= 5, (flan_type, drawn)
+
+
+@needs_archive
+def test_flan_types_agree_with_the_promptsource_metadata(template_root):
+    paths = data_paths.DataPaths(source_dirs={"t0_templates": template_root})
+    for task in t0.load_t0_catalog():
+        prompt = t0.find_prompt(task, paths)
+        if not prompt.answer_choices:
+            implied = "question_answer"
+        elif prompt.choices_in_prompt:
+            implied = "multiple_choice"
+        else:
+            implied = "multiple_choice_separated_options"
+        if task.name in FLAN_TYPE_EXCEPTIONS:
+            assert implied != task.flan_type == FLAN_TYPE_EXCEPTIONS[task.name], task.name
+        else:
+            assert implied == task.flan_type, task.name
