@@ -124,7 +124,7 @@ def register_all(
             ", ..." if len(shown) > 20 else "",
         )
     mixture_names = mixtures.register_flan2022_mixtures(
-        tasks, mixtures.load_mixing_counts(counts_path)
+        tasks, mixtures.load_counts(counts_path)
     )
     return RegistrationReport(tuple(tasks), tuple(mixture_names), skipped)
 
