@@ -1,8 +1,9 @@
 """Examples-proportional mixtures of the Flan 2022 collection, with per-task caps.
 
-Rates come from the example-count table `tasks/counts.tsv` (never from reading data at
-registration time): a task's rate is `min(cap, count)`, with the cap of its source; a
-blank count stands for "at least the cap". For each source the mixtures are
+Rates come from the example-count table `tasks/counts.tsv` alone (never from reading data
+at registration time): a task's rate is `min(cap, count)`, with the cap of its source; a
+blank or missing count falls back to the cap, and registering a mixture with such tasks
+logs a warning naming them. For each source the mixtures are
 
     <source>_<variant>              originals of one variant, examples-proportional
     <source>_inverted_<variant>     inverted tasks of one variant (CoT, Dialog)
@@ -26,7 +27,6 @@ import seqio
 
 from flan_jax.data import file_io
 from flan_jax.tasks import data_paths, naming
-from flan_jax.tasks.flan2021 import catalog as flan2021_catalog
 
 COUNTS_PATH = os.path.join(os.path.dirname(__file__), "counts.tsv")
 RECOUNTED_ORIGIN = "counted: recompute_counts on local data"
@@ -47,6 +47,8 @@ VARIANT_WEIGHT = 1.0
 INVERTED_WEIGHT = 0.3
 # The first FLAN paper (Wei et al. 2022) capped each dataset's mixing rate at 3,000.
 FLAN2021_ORIGINAL_RATE_CAP = 3_000
+# How many cap-fallback task names the warning lists before "and N more".
+_FALLBACK_NAMES_SHOWN = 10
 _COUNT_COLUMNS = ("source", "dataset", "split", "num_examples", "origin")
 
 Counts = Mapping[tuple[str, str], int | None]
@@ -89,22 +91,6 @@ def load_counts(path: str = COUNTS_PATH) -> dict[tuple[str, str], int | None]:
     return {
         (r.source, r.dataset): r.num_examples for r in read_count_table(path) if r.split == "train"
     }
-
-
-def load_mixing_counts(path: str = COUNTS_PATH) -> dict[tuple[str, str], int | None]:
-    """The counts mixture rates come from: the count table and the Flan 2021 catalog.
-
-    The Flan 2021 catalog (`flan2021/datasets.yaml`) carries its datasets' train counts
-    itself, so they are not repeated in the table.
-    """
-    counts = load_counts(path)
-    counts.update(
-        {
-            ("flan2021", entry.name): entry.train_examples
-            for entry in flan2021_catalog.load_catalog()
-        }
-    )
-    return counts
 
 
 def write_count_table(rows: Sequence[CountRow], path: str = COUNTS_PATH) -> None:
@@ -158,6 +144,33 @@ def task_rate(task_id: naming.TaskId, counts: Counts, *, cap: int | None = None)
     return float(cap if count is None else min(cap, count))
 
 
+def _add_rated_mixture(
+    name: str, task_ids: Sequence[naming.TaskId], counts: Counts, *, cap: int | None = None
+) -> str:
+    """Registers `name` over `task_ids` at examples-proportional rates (see `task_rate`).
+
+    Warns once, naming the tasks, when some rates fall back to the cap for want of a count.
+    """
+    members = [(naming.make_task_name(t), task_rate(t, counts, cap=cap)) for t in task_ids]
+    uncounted = [
+        naming.make_task_name(t) for t in task_ids if counts.get((t.source, t.dataset)) is None
+    ]
+    if uncounted:
+        shown = ", ".join(uncounted[:_FALLBACK_NAMES_SHOWN])
+        more = len(uncounted) - _FALLBACK_NAMES_SHOWN
+        logging.warning(
+            "Mixture %s: %d of %d tasks have no example count and are mixed at their cap: "
+            "%s%s. Fill their rows of the count table (tasks/counts.tsv), or run "
+            "`flan-jax tasks recount` on local data.",
+            name,
+            len(uncounted),
+            len(task_ids),
+            shown,
+            f", and {more} more" if more > 0 else "",
+        )
+    return add_mixture(name, members)
+
+
 def add_mixture(name: str, members: Sequence[tuple[str, float]]) -> str:
     """Registers mixture `name` of (task or mixture, rate) members, replacing an old one."""
     # Re-registering replaces the mixture, so a second call with more tasks is not stale.
@@ -191,8 +204,9 @@ def register_source_mixtures(task_names: Iterable[str], counts: Counts) -> dict[
     groups = _group_by_variant(task_names)
     submix_members: dict[str, list[tuple[str, float]]] = {}
     for (source, inverted, variant), task_ids in sorted(groups.items()):
-        members = [(naming.make_task_name(t), task_rate(t, counts)) for t in task_ids]
-        mixture = add_mixture(variant_mixture_name(source, variant, inverted), members)
+        mixture = _add_rated_mixture(
+            variant_mixture_name(source, variant, inverted), task_ids, counts
+        )
         weight = INVERTED_WEIGHT if inverted else VARIANT_WEIGHT
         submix_members.setdefault(source, []).append((mixture, weight))
     return {
@@ -220,11 +234,11 @@ def register_flan2022_mixtures(task_names: Sequence[str], counts: Counts) -> lis
         t for t in original if t.source == "flan2021" and not t.inverted and t.variant == "zs_opt"
     ]
     if original:
-        members = [
-            (naming.make_task_name(t), task_rate(t, counts, cap=FLAN2021_ORIGINAL_RATE_CAP))
-            for t in original
-        ]
-        names.append(add_mixture("flan2021_original", members))
+        names.append(
+            _add_rated_mixture(
+                "flan2021_original", original, counts, cap=FLAN2021_ORIGINAL_RATE_CAP
+            )
+        )
     logging.info("Registered %d mixtures over %d tasks.", len(names), len(task_names))
     return names
 

@@ -134,9 +134,7 @@ def register_all(
             ", ".join(shown[:20]),
             ", ..." if len(shown) > 20 else "",
         )
-    mixture_names = mixtures.register_flan2022_mixtures(
-        tasks, mixtures.load_mixing_counts(counts_path)
-    )
+    mixture_names = mixtures.register_flan2022_mixtures(tasks, mixtures.load_counts(counts_path))
     mixture_names += list(flan_names.register_flan_mixture_aliases())
     return RegistrationReport(tuple(tasks), tuple(mixture_names), skipped)
 

@@ -13,9 +13,17 @@ directory (`$FLAN_JAX_DATA_DIR/dialog` or `DataPaths.source_dirs["dialog"]`):
   question, and the earlier ones the history.
 - qrecc: `qrecc/qrecc_<split>.json`, the QReCC release (a JSON list of turns):
 
-      [{"Context": ["q1", "a1"], "Question": "q2", "Rewrite": "...", "Answer": "a2", ...}]
+      [{"Context": ["q1", "a1", ...], "Question": "q7", "Answer": "a7",
+        "Conversation_no": 12, "Turn_no": 7, ...}]
 
-  Each turn with a non-empty answer becomes one example.
+  Filtered as the Flan collection does (google-research/FLAN flan/v2 preprocessors.py,
+  `filter_qrecc` and `qrecc`): only turns with `Turn_no > 6` are kept, and each kept turn
+  becomes one example whose reply is a randomly drawn earlier answer of its conversation,
+  one of the first min(pairs in its context, 20), with the dialog up to that answer's question
+  as the history; the turn's own question and answer are not used. The draw is seeded by the
+  loader's seed, conversation and turn (`templates.example_rng`), so every process picks the
+  same answer. Example: turn 7 of a conversation has six earlier question/answer pairs; a draw
+  of 2 makes q3 the question, a3 the reply, and q1, a1, q2, a2 the history.
 
 When a local file is absent, the prepared TFDS datasets `wiki_dialog/OQ` and `qrecc` in the
 TFDS data_dir are read instead (never downloaded). The inverted tasks ask for the question
@@ -45,6 +53,10 @@ SPLITS = {"wiki_dialog": ("train", "validation"), "qrecc": ("train", "test")}
 TFDS_NAMES = {"wiki_dialog": "wiki_dialog/OQ:1.0.0", "qrecc": "q_re_cc:1.0.0"}
 _HERE = os.path.dirname(__file__)
 _NO_HISTORY = "(this is the start of the conversation)"
+# The Flan collection keeps QReCC turns after the sixth (preprocessors.filter_qrecc) and draws
+# the reply among the first 20 earlier answers at most (preprocessors.qrecc).
+QRECC_MIN_TURN = 7
+QRECC_MAX_ANSWERS = 20
 HOW_TO_GET = {
     "wiki_dialog": "Download the WikiDialog-OQ shards (github.com/google-research/"
     "dialog-inpainting) into <dialog dir>/wiki_dialog/, or prepare the TFDS "
@@ -90,14 +102,26 @@ def wiki_dialog_example(dialog: dict) -> dict[str, str] | None:
     }
 
 
-def qrecc_example(turn: dict) -> dict[str, str] | None:
-    """Fields of one QReCC turn; None when its answer is empty."""
-    answer = _text(turn["Answer"]).strip()
+def qrecc_example(turn: dict, *, split: str, seed: int) -> dict[str, str] | None:
+    """Fields of one QReCC turn as the Flan collection uses it (see the module docstring).
+
+    None when the turn is one of the first six of its conversation, when its context holds
+    no question/answer pair, or when the drawn answer is empty.
+    """
+    if int(turn["Turn_no"]) < QRECC_MIN_TURN:
+        return None
+    context = [_text(t).strip() for t in turn["Context"]]
+    num_answers = min(len(context) // 2, QRECC_MAX_ANSWERS)
+    if num_answers == 0:
+        return None
+    key = f"{split}:{turn['Conversation_no']}:{turn['Turn_no']}"
+    drawn = int(templates.example_rng(seed, "qrecc_reply_turn", key).integers(num_answers))
+    question, answer = context[2 * drawn], context[2 * drawn + 1]
     if not answer:
         return None
     return {
-        "history": format_history([_text(t) for t in turn["Context"]]),
-        "question": _text(turn["Question"]).strip(),
+        "history": format_history(context[: 2 * drawn]),
+        "question": question,
         "response": answer,
     }
 
@@ -137,7 +161,13 @@ def _read_tfds(dataset: str, split: str, paths: data_paths.DataPaths) -> Iterato
         how_to_get=HOW_TO_GET[dataset],
     ):
         if dataset == "qrecc":  # TFDS renames the release's fields.
-            row = {"Context": row["context"], "Question": row["question"], "Answer": row["answer"]}
+            row = {
+                "Context": row["context"],
+                "Question": row["question"],
+                "Answer": row["answer"],
+                "Conversation_no": row["conversation_id"],
+                "Turn_no": row["turn_id"],
+            }
         yield row
 
 
@@ -159,14 +189,18 @@ def missing_data(dataset: str, *, paths: data_paths.DataPaths | None = None) -> 
 def load_dialog_split(
     dataset: str, *, split: str, paths: data_paths.DataPaths | None = None, seed: int = 0
 ) -> Iterator[sources.RawExample]:
-    """The examples of `dataset`'s `split`, local files first, then TFDS; `seed` is unused."""
-    del seed  # The rows are read as they are.
+    """The examples of `dataset`'s `split`, local files first, then TFDS.
+
+    `seed` draws the reply turn of each qrecc example (wiki_dialog rows are read as they are).
+    """
     paths = data_paths.resolve_data_paths(paths)
     files = local_files(dataset, split, paths)
     rows = _read_local(dataset, files) if files else _read_tfds(dataset, split, paths)
-    make_example = qrecc_example if dataset == "qrecc" else wiki_dialog_example
     for index, row in enumerate(rows):
-        fields = make_example(row)
+        if dataset == "qrecc":
+            fields = qrecc_example(row, split=split, seed=seed)
+        else:
+            fields = wiki_dialog_example(row)
         if fields is not None:
             yield f"{split}:{index}", fields
 

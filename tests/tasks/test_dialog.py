@@ -41,26 +41,27 @@ def paths(tmp_path):
         f.write("".join(json.dumps(d) + "\n" for d in dialogs))
     qrecc = tmp_path / "qrecc"
     qrecc.mkdir()
-    (qrecc / "qrecc_train.json").write_text(
-        json.dumps(
-            [
-                {
-                    "Context": [],
-                    "Question": "What is QReCC?",
-                    "Rewrite": "",
-                    "Answer": "A dataset.",
-                },
-                {
-                    "Context": ["What is QReCC?", "A dataset."],
-                    "Question": "Who made it?",
-                    "Rewrite": "",
-                    "Answer": "Apple.",
-                },
-                {"Context": [], "Question": "Unanswered?", "Rewrite": "", "Answer": ""},
-            ]
-        )
-    )
+    (qrecc / "qrecc_train.json").write_text(json.dumps(QRECC_TURNS))
     return data_paths.DataPaths(source_dirs={"dialog": str(tmp_path)})
+
+
+def qrecc_turn(conversation: int, turn: int) -> dict:
+    """Turn `turn` of a QReCC conversation in the release format (context: earlier turns)."""
+    context = []
+    for earlier in range(1, turn):
+        context += [f"c{conversation} question {earlier}?", f"c{conversation} reply {earlier}."]
+    return {
+        "Context": context,
+        "Question": f"c{conversation} question {turn}?",
+        "Rewrite": "",
+        "Answer": f"c{conversation} reply {turn}.",
+        "Conversation_no": conversation,
+        "Turn_no": turn,
+    }
+
+
+# Six conversations of turns 1-9 each.
+QRECC_TURNS = [qrecc_turn(c, t) for c in range(1, 7) for t in range(1, 10)]
 
 
 def test_local_formats_become_examples(paths):
@@ -75,9 +76,58 @@ def test_local_formats_become_examples(paths):
             },
         )
     ]
-    qrecc = list(dialog.load_dialog_split("qrecc", split="train", paths=paths))
-    assert [k for k, _ in qrecc] == ["train:0", "train:1"]
-    assert qrecc[1][1]["history"] == "User: What is QReCC?\nAssistant: A dataset."
+    qrecc = dict(dialog.load_dialog_split("qrecc", split="train", paths=paths))
+    assert "train:6" in qrecc and "train:5" not in qrecc  # Turn 7 of conversation 1 is kept.
+
+
+def flan_qrecc_examples(turns: list[dict], seed: int) -> dict[str, dict[str, str]]:
+    """The qrecc examples the Flan collection makes, computed here from the turns' fields.
+
+    FLAN keeps turns with turn_id > 6; each yields the dialog up to a randomly drawn earlier
+    answer (among the first min(pairs, 20)), that answer being the reply.
+    """
+    examples = {}
+    for index, turn in enumerate(turns):
+        if turn["Turn_no"] <= 6:
+            continue
+        num_answers = min(turn["Turn_no"] - 1, 20)  # Earlier answers it may draw from.
+        key = f"train:{turn['Conversation_no']}:{turn['Turn_no']}"
+        drawn = templates.example_rng(seed, "qrecc_reply_turn", key).integers(num_answers)
+        conversation, answer_turn = turn["Conversation_no"], drawn + 1
+        earlier = []
+        for t in range(1, answer_turn):
+            earlier += [
+                f"User: c{conversation} question {t}?",
+                f"Assistant: c{conversation} reply {t}.",
+            ]
+        examples[f"train:{index}"] = {
+            "history": "\n".join(earlier) or "(this is the start of the conversation)",
+            "question": f"c{conversation} question {answer_turn}?",
+            "response": f"c{conversation} reply {answer_turn}.",
+        }
+    return examples
+
+
+def test_qrecc_keeps_the_turns_flan_keeps_with_one_drawn_reply_each(paths):
+    examples = dict(dialog.load_dialog_split("qrecc", split="train", paths=paths, seed=3))
+    assert examples == flan_qrecc_examples(QRECC_TURNS, seed=3)
+    assert len(examples) == 6 * 3  # Turns 7, 8 and 9 of each of the six conversations.
+    again = dict(dialog.load_dialog_split("qrecc", split="train", paths=paths, seed=3))
+    assert again == examples
+    # Turn 7 of each conversation (row 9 * c + 6): conversations draw different answers.
+    turn7_replies = {examples[f"train:{9 * c + 6}"]["response"][3:] for c in range(6)}
+    assert len(turn7_replies) > 1
+    other_seed = dict(dialog.load_dialog_split("qrecc", split="train", paths=paths, seed=4))
+    assert other_seed.keys() == examples.keys() and other_seed != examples
+
+
+def test_qrecc_draws_among_the_first_twenty_answers():
+    assert dialog.qrecc_example(qrecc_turn(1, 6), split="train", seed=0) is None
+    turn = qrecc_turn(1, 30)
+    drawn = {
+        dialog.qrecc_example(turn, split="train", seed=seed)["response"] for seed in range(400)
+    }
+    assert drawn == {f"c1 reply {t}." for t in range(1, 21)}
 
 
 # Fixture conversations as `load_dialog_split` gives them: one mid-conversation, one first turn.
