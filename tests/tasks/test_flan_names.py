@@ -19,7 +19,7 @@ def shares(mixture: str) -> dict[str, float]:
 
 def expected_variant_shares(source: str, variant: str) -> dict[str, float]:
     """Shares of FLAN's `<source>_<setting>`, from the count table and the caps alone."""
-    counts = mixtures.load_mixing_counts()
+    counts = mixtures.load_counts()
     cap = mixtures.CAPS[source]
     parts = {}
     for inverted, weight in ((False, 1.0), (True, 0.3)):
