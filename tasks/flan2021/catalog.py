@@ -1,17 +1,22 @@
 """The catalog of the Flan 2021 datasets: one data file, loaded and validated here.
 
 `datasets.yaml` lists every dataset of the Flan 2021 submixture with where its data comes
-from (a versioned TFDS name and the splits to read), which template family renders it, and
-how a TFDS example becomes that family's template fields. An entry reads like:
+from (a versioned TFDS name and the split slices to read, as FLAN reads them), which
+template family renders it, and how a TFDS example becomes that family's template fields.
+An entry reads like:
 
     - name: rte
       cluster: nli
       family: nli
-      tfds: glue/rte:2.0.0
-      splits: {train: train, validation: validation}
-      train_examples: 2490
-      fields: {premise: sentence1, hypothesis: sentence2}
+      tfds: super_glue/rte:1.0.2
+      splits: {train: "train[:-200]", validation: "train[-200:]", test: validation}
+      fields: {premise: premise, hypothesis: hypothesis}
       label: {feature: label, names: ["yes", "no"]}
+
+`splits` maps our split names to TFDS splits, optionally sliced by example index
+(`tfds_reading.parse_split` says which forms). `in_flan: false` marks a dataset FLAN's code
+does not register: it is left out of the default list and registered only when named.
+`flan_tfds` records FLAN's TFDS name where we cannot read the same one.
 
 `fields` maps a template field to a feature path (`a.b[0]`; a list of paths gives a list);
 `label` turns a class index into the answer text and makes all label names the answer
@@ -32,11 +37,15 @@ from typing import Any
 
 import yaml
 
+from flan_jax.tasks import tfds_reading
+
 CATALOG_PATH = os.path.join(os.path.dirname(__file__), "datasets.yaml")
 TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
 _TFDS_NAME_RE = re.compile(r"^[a-z0-9_]+(/[A-Za-z0-9_.\-]+)?:\d+\.\d+\.\d+$")
-_REQUIRED_KEYS = ("name", "cluster", "family", "tfds", "splits", "train_examples")
+_REQUIRED_KEYS = ("name", "cluster", "family", "tfds", "splits")
 _OPTIONAL_KEYS = (
+    "in_flan",
+    "flan_tfds",
     "fields",
     "label",
     "answer_index",
@@ -73,16 +82,19 @@ class DatasetEntry:
       name: our dataset name (the `DATASET` part of the task names).
       cluster: the Flan 2021 task cluster (nli, reading_comprehension, ...).
       family: the template family, i.e. `templates/<family>.yaml`.
-      tfds: the versioned TFDS name, e.g. "glue/rte:2.0.0".
-      splits: our split name -> TFDS split name; always has "train".
-      train_examples: examples in the train split (for examples-proportional mixing).
+      tfds: the versioned TFDS name we read, e.g. "super_glue/rte:1.0.2".
+      splits: our split name -> TFDS split, possibly sliced ("train[:-200]"); always has
+        "train".
       fields: template field -> feature path (str) or list of feature paths.
       label: the class label turned into `answer` and `options`, if any.
       answer_index: feature path of an index into `options` giving `answer`, if any.
       constants: fixed template field values.
       preprocessor: the name of a function in `preprocessors.PREPROCESSORS`, if any.
       manual_download: whether TFDS needs files placed by hand before building.
-      note: free text, e.g. what is uncertain about the entry.
+      in_flan: whether FLAN's code registers this dataset (False: registered only when
+        named explicitly).
+      flan_tfds: FLAN's TFDS name where it differs from `tfds` (`note` says why), else None.
+      note: free text, e.g. where and why the entry departs from FLAN.
     """
 
     name: str
@@ -90,13 +102,14 @@ class DatasetEntry:
     family: str
     tfds: str
     splits: Mapping[str, str]
-    train_examples: int
     fields: Mapping[str, str | tuple[str, ...]] = dataclasses.field(default_factory=dict)
     label: LabelSpec | None = None
     answer_index: str | None = None
     constants: Mapping[str, str] = dataclasses.field(default_factory=dict)
     preprocessor: str | None = None
     manual_download: bool = False
+    in_flan: bool = True
+    flan_tfds: str | None = None
     note: str = ""
 
     @property
@@ -132,7 +145,8 @@ def parse_entry(raw: Any, where: str) -> DatasetEntry:
         raise CatalogError(f"{where}: missing keys {missing}, unknown keys {unknown}.")
     if not _TFDS_NAME_RE.match(str(raw["tfds"])):
         raise CatalogError(
-            f"{where}: 'tfds' must be a versioned name like 'glue/rte:2.0.0', got {raw['tfds']!r}."
+            f"{where}: 'tfds' must be a versioned name like 'super_glue/rte:1.0.2', "
+            f"got {raw['tfds']!r}."
         )
     splits = raw["splits"]
     if not isinstance(splits, dict) or "train" not in splits:
@@ -140,9 +154,18 @@ def parse_entry(raw: Any, where: str) -> DatasetEntry:
             f"{where}: 'splits' must map split names to TFDS splits, "
             f"with a 'train' entry; got {splits!r}."
         )
-    if not isinstance(raw["train_examples"], int) or raw["train_examples"] <= 0:
+    for key, split in splits.items():
+        try:
+            tfds_reading.parse_split(str(split), where=f"{where}: field 'splits.{key}'")
+        except ValueError as e:
+            raise CatalogError(str(e)) from e
+    if not isinstance(raw.get("in_flan", True), bool):
+        raise CatalogError(f"{where}: 'in_flan' must be true or false, got {raw['in_flan']!r}.")
+    departs_from_flan = raw.get("in_flan") is False or "flan_tfds" in raw
+    if departs_from_flan and not raw.get("note"):
         raise CatalogError(
-            f"{where}: 'train_examples' must be a positive integer, got {raw['train_examples']!r}."
+            f"{where}: an entry with 'in_flan: false' or 'flan_tfds' needs a 'note' saying "
+            "how and why it departs from FLAN."
         )
     return DatasetEntry(
         name=str(raw["name"]),
@@ -150,13 +173,14 @@ def parse_entry(raw: Any, where: str) -> DatasetEntry:
         family=str(raw["family"]),
         tfds=str(raw["tfds"]),
         splits={str(k): str(v) for k, v in splits.items()},
-        train_examples=raw["train_examples"],
         fields=_parse_fields(raw.get("fields", {}), where),
         label=_parse_label(raw["label"], where) if "label" in raw else None,
         answer_index=raw.get("answer_index"),
         constants={str(k): str(v) for k, v in (raw.get("constants") or {}).items()},
         preprocessor=raw.get("preprocessor"),
         manual_download=bool(raw.get("manual_download", False)),
+        in_flan=raw.get("in_flan", True),
+        flan_tfds=None if raw.get("flan_tfds") is None else str(raw["flan_tfds"]),
         note=str(raw.get("note", "")),
     )
 

@@ -2,11 +2,11 @@
 
 Most datasets need only the catalog's declarations (field renames, label-name lookups,
 an answer picked by index); the few that need more have a small named function here,
-referenced by name from `datasets.yaml`. Worked example (glue/rte, catalog entry
-`fields: {premise: sentence1, hypothesis: sentence2}`, `label: {feature: label, names:
+referenced by name from `datasets.yaml`. Worked example (super_glue/rte, catalog entry
+`fields: {premise: premise, hypothesis: hypothesis}`, `label: {feature: label, names:
 ["yes", "no"]}`):
 
-    raw    = {"sentence1": b"A dog runs.", "sentence2": b"An animal moves.",
+    raw    = {"premise": b"A dog runs.", "hypothesis": b"An animal moves.",
               "label": 0, "idx": 7}
     fields = {"premise": "A dog runs.", "hypothesis": "An animal moves.",
               "answer": "yes", "options": ["yes", "no"]}
@@ -243,22 +243,25 @@ def lambada_last_word(example: Fields) -> Fields | None:
 _PUNCTUATION_TABLE = str.maketrans("", "", string.punctuation)
 
 
+# fix_punct, true_case and word_segment read the English side ("en") of para_crawl/enda.
+
+
 def strip_punctuation(example: Fields) -> Fields | None:
     """fix_punct: a sentence with its punctuation removed; restore it."""
-    text = _normalize_spaces(example["text"])
+    text = _normalize_spaces(example["en"])
     corrupted = _normalize_spaces(text.translate(_PUNCTUATION_TABLE))
     return None if corrupted == text or not corrupted else {"corrupted": corrupted, "text": text}
 
 
 def lowercase_text(example: Fields) -> Fields | None:
     """true_case: a sentence in lower case; restore the casing."""
-    text = _normalize_spaces(example["text"])
+    text = _normalize_spaces(example["en"])
     return None if text.lower() == text else {"corrupted": text.lower(), "text": text}
 
 
 def remove_spaces(example: Fields) -> Fields | None:
     """word_segment: a sentence with its spaces removed; put them back."""
-    text = _normalize_spaces(example["text"])
+    text = _normalize_spaces(example["en"])
     return None if " " not in text else {"corrupted": text.replace(" ", ""), "text": text}
 
 

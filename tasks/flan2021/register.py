@@ -1,6 +1,7 @@
 """SeqIO tasks of the Flan 2021 submixture: one per (dataset, variant).
 
-For each dataset of `datasets.yaml` four tasks are registered, `flan2021__<dataset>__zs_opt`,
+For each dataset FLAN registers (`datasets.yaml` entries not marked `in_flan: false`; the
+others only when named in `datasets`) four tasks are registered, `flan2021__<dataset>__zs_opt`,
 `__zs_noopt`, `__fs_opt` and `__fs_noopt`. Each draws one template per example from the
 dataset's family (its zero-shot and inverted templates alike); "opt" variants show the
 answer options, "noopt" variants do not; few-shot variants prepend exemplars from the first
@@ -50,8 +51,8 @@ def how_to_prepare(entry: catalog.DatasetEntry) -> str:
 
 
 def list_flan2021_datasets() -> tuple[str, ...]:
-    """The Flan 2021 catalog: the names of `catalog.load_catalog()`."""
-    return tuple(entry.name for entry in catalog.load_catalog())
+    """FLAN's Flan 2021 datasets: the catalog's names, less those marked `in_flan: false`."""
+    return tuple(entry.name for entry in catalog.load_catalog() if entry.in_flan)
 
 
 @functools.cache
@@ -65,12 +66,14 @@ def load_flan2021_split(
 ) -> Iterator[sources.RawExample]:
     """Yields ("<split>:<index>", template fields) for one split of a Flan 2021 dataset.
 
-    Indices count TFDS rows (skipped rows included), so a key names the same row in every
-    run. Rows `preprocessors.make_fields` cannot render (unlabeled, no answer) are skipped.
+    Indices count the rows of the catalog's slice (skipped rows included), so a key names
+    the same row in every run. Rows `preprocessors.make_fields` cannot render (unlabeled,
+    no answer) are skipped.
 
     Args:
       dataset: the catalog name, e.g. "anli_r1".
-      split: one of the dataset's catalog splits ("train", "validation", ...).
+      split: one of the dataset's catalog splits ("train", "validation", ...), read as the
+        catalog slices it (e.g. "train[:-200]").
       paths: data locations (`tfds_data_dir` is read); None resolves them when read
         ($TFDS_DATA_DIR or the TFDS default).
       seed: unused (rows are read as they are).
@@ -117,15 +120,15 @@ def register_flan2021_tasks(
 
     Args:
       vocabulary: the output features' vocabulary (also counts few-shot prompt tokens).
-      datasets: catalog names to register; None registers all of them.
+      datasets: catalog names to register; None registers FLAN's (`list_flan2021_datasets`),
+        leaving out entries marked `in_flan: false` unless they are named here.
       paths: data locations (`tfds_data_dir` is read); None resolves them when read.
       seed: the rendering seed.
       few_shot: few-shot settings (None: `FEW_SHOT`; exemplars come from the first
         `pool_size` train examples).
     """
-    entries = catalog.load_catalog()
-    if datasets is not None:
-        entries = tuple(catalog.get_entry(name) for name in datasets)
+    names_to_register = list_flan2021_datasets() if datasets is None else datasets
+    entries = tuple(catalog.get_entry(name) for name in names_to_register)
     names = []
     for entry in entries:
         load_split = family.bind_split(load_flan2021_split, entry.name, paths=paths, seed=seed)
@@ -147,7 +150,6 @@ def register_flan2021_tasks(
                 load_split,
                 vocabulary=vocabulary,
                 splits=list(entry.splits),
-                num_input_examples={"train": entry.train_examples},
             )
             names.append(spec.task_name)
     return names
