@@ -3,6 +3,7 @@
 from flan_jax.tasks.cot.registration import (
     DATASETS,
     FAMILY,
+    cot_template_file,
     list_cot_datasets,
     load_cot_split,
     load_cot_templates,
@@ -15,6 +16,7 @@ from flan_jax.tasks.cot.registration import (
 __all__ = [
     "DATASETS",
     "FAMILY",
+    "cot_template_file",
     "list_cot_datasets",
     "load_cot_split",
     "load_cot_templates",

@@ -8,8 +8,14 @@ in which line breaks are written as the two characters `\\n`:
 
 becomes the fields {"question": "What is 2 + 3?\\nOptions:\\n- 4\\n- 5", "answer": "5",
 "rationale": "Two plus three is five."}. Answer options, when a dataset has them, are part of
-the question, so the CoT tasks have no "noopt" variants. Targets end in "So the answer is X."
-(`parse_cot_answer` reads X back).
+the question, so the CoT tasks have no "noopt" variants.
+
+Templates (`templates/`): each dataset has its own zero-shot set (`<dataset>.yaml`, 10
+templates, 15 for the "stream" datasets aqua and qed, as in the Flan collection); the
+inverted tasks share `cot_inverted.yaml` (18); few-shot variants render their exemplars and
+the example with `cot_few_shot.yaml` or `cot_inverted_few_shot.yaml`. Every original target
+ends in a sentence such as "So the answer is X." or "The final answer is X."
+(`parse_cot_answer` reads X back, as the evaluation's answer extraction does).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Iterator, Sequence
 
 import seqio
 
-from flan_jax.tasks import data_paths, family, sources, templates
+from flan_jax.tasks import data_paths, family, naming, sources, templates
 from flan_jax.tasks import few_shot as few_shot_lib
 
 SOURCE = "cot"
@@ -30,7 +36,10 @@ DATASETS = ("gsm8k", "strategyqa", "creak", "qasc", "esnli", "ecqa", "sensemakin
 VARIANTS = ("zs_opt", "fs_opt")
 FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=3)
 _TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
-_ANSWER_RE = re.compile(r"So the answer is (.+?)\.\s*$", re.DOTALL)
+# The final-answer sentence: "<lead-in> the answer is X." or "... the final answer is X."; the
+# evaluation (flan_jax.evaluation.answers) reads the same marker.
+_ANSWER_MARKER_RE = re.compile(r"\bthe (?:final )?answer is\b", re.IGNORECASE)
+_ANSWER_TAIL_RE = re.compile(r"\s*(.+?)\.\s*", re.DOTALL)
 HOW_TO_GET = (
     "Copy <dataset>_train.tsv from the Flan collection's flan/v2/cot_data directory "
     "(github.com/google-research/FLAN) into the CoT data directory "
@@ -43,16 +52,43 @@ class CotFormatError(ValueError):
 
 
 def parse_cot_answer(target: str) -> str | None:
-    """Reads X from a target ending in "So the answer is X."; None when it does not."""
-    match = _ANSWER_RE.search(target)
-    return match.group(1).strip() if match else None
+    """X from a target ending in "... the answer is X." or "... the final answer is X.".
+
+    The last such phrase counts (a rationale may say "the answer is" earlier); None when the
+    target does not end in one. "So the answer is 3.5." -> "3.5"; "The final answer is (B)."
+    -> "(B)".
+    """
+    markers = list(_ANSWER_MARKER_RE.finditer(target))
+    if not markers:
+        return None
+    tail = _ANSWER_TAIL_RE.fullmatch(target[markers[-1].end() :])
+    return tail.group(1).strip() if tail else None
+
+
+def cot_template_file(dataset: str, *, inverted: bool, few_shot: bool) -> str:
+    """The template file of `dataset`'s tasks: per dataset for zero-shot originals, shared
+    otherwise (inverted, few-shot and inverted few-shot)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"Unknown CoT dataset {dataset!r}; known: {list(DATASETS)}.")
+    if inverted:
+        name = "cot_inverted_few_shot.yaml" if few_shot else "cot_inverted.yaml"
+    else:
+        name = "cot_few_shot.yaml" if few_shot else f"{dataset}.yaml"
+    return os.path.join(_TEMPLATE_DIR, name)
+
+
+def load_cot_templates(
+    dataset: str, *, inverted: bool = False, few_shot: bool = False
+) -> templates.TemplateSet:
+    """The templates `dataset`'s task with these traits is rendered with (see
+    `cot_template_file`)."""
+    return _load_template_file(cot_template_file(dataset, inverted=inverted, few_shot=few_shot))
 
 
 @functools.cache
-def load_cot_templates(inverted: bool) -> templates.TemplateSet:
-    """The CoT template set, or its inverted counterpart."""
-    name = "cot_inverted.yaml" if inverted else "cot.yaml"
-    return templates.load_template_set(os.path.join(_TEMPLATE_DIR, name))
+def _load_template_file(path: str) -> templates.TemplateSet:
+    # Shared sets are read once, not once per dataset.
+    return templates.load_template_set(path)
 
 
 def cot_file(dataset: str, paths: data_paths.DataPaths) -> str:
@@ -75,8 +111,8 @@ def missing_data(dataset: str, *, paths: data_paths.DataPaths | None = None) -> 
 
 
 def _end_sentence(text: str) -> str:
-    # Some rationales (AQuA's equations) stop without punctuation; the target appends
-    # "So the answer is X.", which should start a new sentence.
+    # Some rationales (AQuA's equations) stop without punctuation; the target appends a
+    # final-answer sentence ("So the answer is X."), which should start a new sentence.
     return text if not text or text[-1] in ".!?" else text + "."
 
 
@@ -137,17 +173,25 @@ def register_cot_tasks(
     """
     names = []
     for dataset in family.select_datasets(SOURCE, datasets, DATASETS):
-        names += family.register_original_and_inverted(
-            SOURCE,
-            dataset,
-            VARIANTS,
-            load_cot_templates,
-            family.bind_split(load_cot_split, dataset, paths=paths, seed=seed),
-            vocabulary,
-            splits=["train"],
-            seed=seed,
-            few_shot=few_shot or FEW_SHOT,
-        )
+        load_split = family.bind_split(load_cot_split, dataset, paths=paths, seed=seed)
+        for inverted in (False, True):
+            for variant in VARIANTS:
+                task_id = naming.TaskId(SOURCE, dataset, variant, inverted=inverted)
+                # Few-shot variants render exemplars and example with the few-shot set.
+                task_templates = load_cot_templates(
+                    dataset, inverted=inverted, few_shot=task_id.few_shot
+                ).templates
+                names.append(
+                    family.register_dataset_task(
+                        task_id,
+                        task_templates,
+                        load_split,
+                        vocabulary,
+                        splits=["train"],
+                        seed=seed,
+                        few_shot=few_shot or FEW_SHOT,
+                    )
+                )
     return names
 
 
