@@ -219,7 +219,9 @@ class FewShotSpec:
         form = draw_form(forms_for_task(self.forms, with_options=with_options), rng)
         others = [i for i, (pool_key, _) in enumerate(self.pool) if pool_key != key]
         count = self.num_shots if form == "template_mix" else self.num_candidates
-        chosen = rng.choice(others, size=min(count, len(others)), replace=False) if others else []
+        chosen: Sequence[int] | np.ndarray = (
+            rng.choice(others, size=min(count, len(others)), replace=False) if others else []
+        )
         shots = []
         for index in chosen:
             pool_key, fields = self.pool[int(index)]

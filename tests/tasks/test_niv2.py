@@ -161,3 +161,21 @@ def test_missing_task_file_and_registration_counts(tmp_path):
     names = niv2.register_niv2_tasks(seqio.PassThroughVocabulary(10), paths=paths)
     assert len(names) == 2 * 1556
     assert {n.rsplit("__", 1)[1] for n in names} == {"zs_opt", "fs_opt"}
+
+
+@needs_data
+def test_real_task_few_shot_shows_its_positive_examples_and_explanation():
+    paths = data_paths.DataPaths(source_dirs={"niv2": NIV2_DIR})
+    path = niv2.find_task_file("task062_bigbench_repeat_copy_logic", paths)
+    data = niv2.read_task_file(path)
+    first = data["Positive Examples"][0]
+    examples = list(niv2.read_niv2_examples(path, with_positive_examples=True))
+    mix = [sources.render_example(_niv2_spec(("template_mix",)), k, f) for k, f in examples]
+    for out in mix:
+        for part in (first["input"], first["output"], first["explanation"]):
+            assert part in out["inputs"]
+    inputs = {p["input"] for p in data["Positive Examples"]}
+    for key, fields in examples:
+        out = sources.render_example(_niv2_spec(("zero_to_ten",)), key, fields)
+        assert sum(text in out["inputs"] for text in inputs) >= 2
+        assert out["inputs"].startswith(fields["definition"])
