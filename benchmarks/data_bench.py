@@ -12,12 +12,19 @@ proportional to each file's rows), then measures, on this host:
                     `export_mixture`, in a child process
   trainer tiny/small examples/s one train step of the tiny / T5 1.1 small model consumes,
                     from timed steps on packed batches of this data (or `--trainer_rate`)
+  few-shot          examples/s and Python peak memory of rendering the CoT `fs_opt` tasks
+                    with FLAN's two forms (each alone, and mixed as registered), the
+                    zero-shot rendering of the same rows, and today's `main` few-shot
+                    (`git show main:tasks/sources.py`, loaded as a module) on the same rows;
+                    the few-shot share is its extra time per example over the
+                    render+tokenize+pack time per example
 
 The pipeline must never be what the trainer waits for: the table's last column is
 pipeline examples/s divided by trainer examples/s (above 1 is good).
 
     python benchmarks/data_bench.py [--num_examples 2000] [--sizes tiny,small]
         [--trainer_rate small=350.0]  # e.g. a rate measured on an accelerator
+        [--few_shot_only]             # only the few-shot section (about a minute)
 
 Writes benchmarks/results/data_bench.json.
 """
@@ -26,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -34,13 +43,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 
 import numpy as np
 import seqio
 import t5_sizes
 
 from flan_jax.data import export, file_io, packing, vocabularies
-from flan_jax.tasks import cot, data_paths, naming
+from flan_jax.tasks import cot, data_paths, few_shot, naming, sources
 from flan_jax.testing.shared_data import shared_data_dir
 
 COT_DIR = os.path.join(shared_data_dir(), "flan_cot_data")
@@ -56,6 +66,10 @@ PACK_BUFFER = 256
 # T5 1.1 small (REFERENCE.md), in f32 because bf16 matmuls are slow on CPU.
 SMALL_T5 = dict(vocab_size=32128, **t5_sizes.T5_1_1_DIMS["small"])
 TRAIN_ROWS = {"tiny": 8, "small": 2}
+# Few-shot section: the Flan 2022 budget, and rows rendered per dataset per measurement.
+FEW_SHOT_BUDGET = 1920
+FEW_SHOT_ROWS = 400
+FEW_SHOT_MEMORY_ROWS = 30
 
 
 def available_datasets() -> list[str]:
@@ -252,6 +266,121 @@ def measure_train_step(size: str, batches: list[dict], timed_steps: int = 2) -> 
     }
 
 
+def load_main_sources():
+    """`tasks/sources.py` as it is on the `main` branch (today's few-shot), or None."""
+    result = subprocess.run(
+        ["git", "show", "main:tasks/sources.py"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+    )
+    if result.returncode != 0:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix="_main_sources.py", delete=False) as f:
+        f.write(result.stdout)
+    spec = importlib.util.spec_from_file_location("main_sources", f.name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    os.unlink(f.name)
+    return module
+
+
+def few_shot_renderers(vocabulary: seqio.Vocabulary, dataset: str) -> dict:
+    """name -> (render(key, fields) -> dict | None) for one CoT dataset's fs_opt task."""
+    path = os.path.join(COT_DIR, f"{dataset}_train.tsv")
+    task_templates = cot.load_cot_templates(False).templates
+    task_id = naming.TaskId("cot", dataset, "fs_opt")
+    count_tokens = lambda text: len(vocabulary.encode(text))  # noqa: E731
+    pool = tuple(itertools.islice(cot.read_cot_tsv(path), 256))
+    renderers = {
+        "zero-shot (same rows)": sources.RenderSpec(
+            naming.TaskId("cot", dataset, "zs_opt"), task_templates
+        )
+    }
+    for name, forms in (
+        ("template_mix", ("template_mix",)),
+        ("zero_to_ten", ("zero_to_ten",)),
+        ("both forms (fs_opt)", few_shot.FEW_SHOT_FORMS),
+    ):
+        builder = few_shot.FewShotSpec(
+            pool=pool, count_tokens=count_tokens, max_input_tokens=FEW_SHOT_BUDGET, forms=forms
+        )
+        renderers[name] = sources.RenderSpec(task_id, task_templates, few_shot=builder)
+    result = {
+        name: (lambda key, fields, spec=spec: sources.render_example(spec, key, fields))
+        for name, spec in renderers.items()
+    }
+    main = load_main_sources()
+    if main is not None:
+        old = main.RenderSpec(
+            task_id,
+            task_templates,
+            few_shot=main.FewShotSpec(
+                pool, cot.registration.FEW_SHOT.num_shots, FEW_SHOT_BUDGET, count_tokens
+            ),
+        )
+        result["main (today)"] = lambda key, fields: main.render_example(old, key, fields)
+    return result
+
+
+def measure_few_shot(vocabulary: seqio.Vocabulary, pipeline_rate: float | None) -> dict:
+    """Rendering rate, exemplars kept, drops and peak Python memory of each few-shot way."""
+    rows = {
+        d: list(itertools.islice(cot.read_cot_tsv(os.path.join(COT_DIR, f"{d}_train.tsv")), 2000))
+        for d in available_datasets()
+    }
+    renderers = {d: few_shot_renderers(vocabulary, d) for d in rows}
+    results = {}
+    for name in next(iter(renderers.values())):
+        emitted, prompt_tokens, seconds = 0, 0, 0.0
+        for dataset, dataset_rows in rows.items():
+            render = renderers[dataset][name]
+            render(*dataset_rows[-1])  # Warm-up: the vocabulary and first-use costs.
+            start = time.perf_counter()
+            outputs = [render(key, fields) for key, fields in dataset_rows[:FEW_SHOT_ROWS]]
+            seconds += time.perf_counter() - start
+            kept = [o for o in outputs if o is not None]
+            emitted += len(kept)
+            prompt_tokens += sum(len(vocabulary.encode(o["inputs"])) for o in kept)
+        tracemalloc.start()
+        for dataset, dataset_rows in rows.items():
+            for key, fields in dataset_rows[:FEW_SHOT_MEMORY_ROWS]:
+                renderers[dataset][name](key, fields)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        total = FEW_SHOT_ROWS * len(rows)
+        results[name] = {
+            "examples_per_s": total / seconds,
+            "emitted_fraction": emitted / total,
+            "mean_prompt_tokens": prompt_tokens / max(emitted, 1),
+            "peak_python_mb": peak / 2**20,
+        }
+    zero_s = 1 / results["zero-shot (same rows)"]["examples_per_s"]
+    for figures in results.values():
+        extra_s = max(1 / figures["examples_per_s"] - zero_s, 0.0)
+        figures["few_shot_s_per_example"] = extra_s
+        if pipeline_rate:
+            figures["share_of_pipeline_time"] = extra_s / (extra_s + 1 / pipeline_rate)
+    return {"budget": FEW_SHOT_BUDGET, "rows_per_dataset": FEW_SHOT_ROWS, "ways": results}
+
+
+def print_few_shot_table(few: dict) -> None:
+    lines = [
+        f"{'few-shot (CoT fs_opt)':<24}{'examples/s':>12}{'emitted':>9}{'tokens':>8}"
+        f"{'peak MB':>9}{'share':>8}"
+    ]
+    for name, f in few["ways"].items():
+        share = f.get("share_of_pipeline_time")
+        lines.append(
+            f"{name:<24}{f['examples_per_s']:>12,.0f}{f['emitted_fraction']:>9.0%}"
+            f"{f['mean_prompt_tokens']:>8.0f}{f['peak_python_mb']:>9.1f}"
+            f"{'' if share is None else format(share, '.0%'):>8}"
+        )
+    print("\n".join(lines))
+
+
 def print_table(results: dict) -> None:
     pipeline = results["pipeline"]["render_tokenize_pack"]["examples_per_s"]
     lines = [
@@ -286,6 +415,9 @@ def main() -> None:
         default=[],
         help="SIZE=EXAMPLES_PER_S: use this consumption rate instead of timing",
     )
+    parser.add_argument(
+        "--few_shot_only", action="store_true", help="run only the few-shot section"
+    )
     parser.add_argument("--export_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.export_child:
@@ -293,7 +425,7 @@ def main() -> None:
         return
     if not available_datasets():
         sys.exit(f"No CoT TSVs in {COT_DIR}; this benchmark needs ../shared/data.")
-    register_bench_mixture()
+    vocabulary = register_bench_mixture()
     results = {
         "mixture": MIXTURE,
         "datasets": available_datasets(),
@@ -301,12 +433,19 @@ def main() -> None:
         "lengths": [LENGTHS.inputs, LENGTHS.targets],
         "host": {"cpus": os.cpu_count(), "machine": platform.machine()},
     }
+    if args.few_shot_only:
+        results["few_shot"] = measure_few_shot(vocabulary, None)
+        path = RESULTS_PATH.replace(".json", "_few_shot.json")
+        file_io.write_json_atomically(path, results)
+        print_few_shot_table(results["few_shot"])
+        return
     pipeline, batches = measure_pipeline(args.num_examples)
     results["pipeline"] = {
         "render": measure_render(args.num_examples),
         "render_tokenize_pack": pipeline,
     }
     results["export"] = measure_export(args.num_examples)
+    results["few_shot"] = measure_few_shot(vocabulary, pipeline["examples_per_s"])
     given = dict(item.split("=", 1) for item in args.trainer_rate)
     unknown = sorted(set(args.sizes.split(",") + list(given)) - set(TRAIN_ROWS) - {""})
     if unknown:
@@ -322,6 +461,7 @@ def main() -> None:
         results["trainer"][size] = timing
     file_io.write_json_atomically(RESULTS_PATH, results)
     print_table(results)
+    print_few_shot_table(results["few_shot"])
 
 
 if __name__ == "__main__":

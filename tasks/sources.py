@@ -21,6 +21,7 @@ from typing import Any
 import seqio
 import tensorflow as tf
 
+from flan_jax.tasks import few_shot as few_shot_lib
 from flan_jax.tasks import naming, templates
 
 # (example key, field values): the key must be stable across runs (e.g. "train:17").
@@ -42,33 +43,6 @@ RENDERED_SIGNATURE = {
 
 
 @dataclasses.dataclass(frozen=True)
-class FewShotSpec:
-    """How few-shot variants build their prompts.
-
-    Exemplars come from `pool` (train-split examples; keep it bounded, a few hundred is
-    plenty), are rendered with the same template as the example, and are dropped from the
-    front until the prompt fits `max_input_tokens` by `count_tokens`.
-
-    Attributes:
-      pool: (key, fields) train examples to draw exemplars from.
-      num_shots: how many exemplars to draw before pruning.
-      max_input_tokens: the input budget (1920 in the Flan 2022 collection).
-      count_tokens: counts the tokens of a string (a vocabulary's encode length).
-    """
-
-    pool: Sequence[RawExample]
-    num_shots: int
-    max_input_tokens: int
-    count_tokens: Callable[[str], int]
-
-
-# Separators between an exemplar's input and target, and between exemplars; drawn per
-# example (never at import time) so the model sees several layouts.
-FEW_SHOT_TARGET_SEPARATORS = ("\n", "\n\n", " ")
-FEW_SHOT_EXEMPLAR_SEPARATORS = ("\n\n", "\n\n\n", "\n")
-
-
-@dataclasses.dataclass(frozen=True)
 class RenderSpec:
     """How one task renders its raw examples.
 
@@ -76,13 +50,14 @@ class RenderSpec:
       task_id: the task's structured identity (gives the name and the variant).
       templates: the templates an example may be rendered with; one is drawn per example.
       seed: the rendering seed; the example's generator also depends on task and key.
-      few_shot: required by few-shot variants, absent otherwise.
+      few_shot: required by few-shot variants, absent otherwise: builds the prompt
+        (`few_shot.FewShotSpec` for FLAN's two forms; NIv2 has its own builder).
     """
 
     task_id: naming.TaskId
     templates: tuple[templates.Template, ...]
     seed: int = 0
-    few_shot: FewShotSpec | None = None
+    few_shot: few_shot_lib.FewShotBuilder | None = None
 
     def __post_init__(self):
         if not self.templates:
@@ -98,69 +73,49 @@ class RenderSpec:
         return naming.make_task_name(self.task_id)
 
 
-def render_example(spec: RenderSpec, key: str, example: Mapping[str, Any]) -> dict[str, Any]:
-    """Renders one raw example with the template drawn for it; returns a feature dict."""
+def render_example(spec: RenderSpec, key: str, example: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Renders one raw example with the template drawn for it; returns a feature dict.
+
+    Few-shot variants return None for an example left with no exemplar (it is dropped,
+    as FLAN's `filter_zero_shot_in_few_shot` does).
+    """
     rng = templates.example_rng(spec.seed, spec.task_name, key)
-    template = spec.templates[int(rng.integers(len(spec.templates)))]
     where = f"{spec.task_name} example {key}:"
-    rendered = templates.render(
-        template, example, with_options=spec.task_id.with_options, rng=rng, where=where
-    )
-    inputs = rendered.inputs
-    if spec.few_shot is not None:
-        inputs = _prepend_exemplars(spec, template, key, inputs, rng, where)
+    if spec.few_shot is None:
+        template = spec.templates[int(rng.integers(len(spec.templates)))]
+        rendered = templates.render(
+            template, example, with_options=spec.task_id.with_options, rng=rng, where=where
+        )
+    else:
+        rendered = spec.few_shot.render(
+            spec.templates,
+            key,
+            example,
+            task_name=spec.task_name,
+            seed=spec.seed,
+            with_options=spec.task_id.with_options,
+            rng=rng,
+            where=where,
+        )
+        if rendered is None:
+            return None
     return {
-        "inputs": inputs,
+        "inputs": rendered.inputs,
         "targets": rendered.targets,
         "_task_name": spec.task_name,
         "_task_source": spec.task_id.source,
-        "_template_idx": template.index,
-        "_template_type": template.type,
+        "_template_idx": rendered.template.index,
+        "_template_type": rendered.template.type,
         "_example_key": key,
     }
 
 
-def _prepend_exemplars(
-    spec: RenderSpec,
-    template: templates.Template,
-    key: str,
-    inputs: str,
-    rng,
-    where: str,
-) -> str:
-    """Few-shot prompt: exemplars (same template) then the example, pruned to the budget."""
-    few_shot = spec.few_shot
-    assert few_shot is not None  # render_example calls this only for few-shot specs
-    candidates = [i for i, (pool_key, _) in enumerate(few_shot.pool) if pool_key != key]
-    chosen = (
-        rng.choice(candidates, size=min(few_shot.num_shots, len(candidates)), replace=False)
-        if candidates
-        else []
-    )
-    target_sep = FEW_SHOT_TARGET_SEPARATORS[rng.integers(len(FEW_SHOT_TARGET_SEPARATORS))]
-    exemplar_sep = FEW_SHOT_EXEMPLAR_SEPARATORS[rng.integers(len(FEW_SHOT_EXEMPLAR_SEPARATORS))]
-    shots = []
-    for index in chosen:
-        pool_key, fields = few_shot.pool[int(index)]
-        shot = templates.render(
-            template,
-            fields,
-            with_options=spec.task_id.with_options,
-            rng=rng,
-            where=f"{where} exemplar {pool_key}",
-        )
-        shots.append(shot.inputs + target_sep + shot.targets)
-    # Drop the earliest exemplars first: the example itself is never cut.
-    while shots and few_shot.count_tokens(exemplar_sep.join(shots + [inputs])) > (
-        few_shot.max_input_tokens
-    ):
-        shots.pop(0)
-    return exemplar_sep.join(shots + [inputs])
-
-
 def iterate_rendered(spec: RenderSpec, raw_examples: Iterable[RawExample]) -> Iterator[dict]:
+    """The rendered examples of `raw_examples`, without the dropped few-shot ones."""
     for key, example in raw_examples:
-        yield render_example(spec, key, example)
+        rendered = render_example(spec, key, example)
+        if rendered is not None:
+            yield rendered
 
 
 class RenderedSource(seqio.FunctionDataSource):
@@ -178,7 +133,13 @@ def make_rendered_source(
     splits: Sequence[str],
     num_input_examples: Mapping[str, int] | None = None,
 ) -> seqio.DataSource:
-    """A seqio source yielding `load_split(split)` rendered through `spec`."""
+    """A seqio source yielding `load_split(split)` rendered through `spec`.
+
+    Few-shot sources claim no `num_input_examples`: dropping the examples left with no
+    exemplar makes their count unknown until the data is read.
+    """
+    if spec.few_shot is not None:
+        num_input_examples = None
 
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
         # Rendering is seeded per example; shuffling happens downstream, seeded by the pipeline.

@@ -10,9 +10,9 @@ file is a JSON object with, among others,
      "Instances": [{"id": "task062-...", "input": "...", "output": ["..."]}], ...}
 
 Each instance becomes one example: its definition, its input, the first of its outputs as
-the answer, and (few-shot) the task's positive examples as demonstrations. Real NIv2 files
-contain bare `NaN` values, which Python's json reads; malformed files raise errors naming
-the file and the field.
+the answer, and (few-shot) the task's positive examples with their explanations, which
+`Niv2FewShot` shows in FLAN's two forms. Real NIv2 files contain bare `NaN` values, which
+Python's json reads; malformed files raise errors naming the file and the field.
 
 The catalog (`catalog.tsv`) lists the 1,556 tasks of the Flan 2022 collection: the
 MMLU-derived tasks (ids 664-667 and 685-737) are excluded so evaluation on MMLU stays clean.
@@ -27,9 +27,10 @@ import glob
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import seqio
 
 from flan_jax.tasks import data_paths, family, naming, sources, templates
@@ -37,15 +38,16 @@ from flan_jax.tasks import few_shot as few_shot_lib
 
 SOURCE = "niv2"
 VARIANTS = ("zs_opt", "fs_opt")
-# Few-shot prompts show the task's own first positive examples (pool_size is unused).
-FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=2)
+# Few-shot prompts show the task's positive examples: 2 in the 0-to-10 form, as FLAN's
+# `niv2_few_shot_exemplar_lookup_fn` samples (flan/v2/preprocessors.py); the template-mix
+# form shows the first one inline (num_shots and pool_size are unused).
+FEW_SHOT = few_shot_lib.FewShotSettings(num_candidates=2)
 _HERE = os.path.dirname(__file__)
 CATALOG_PATH = os.path.join(_HERE, "catalog.tsv")
 # Task ids derived from MMLU, excluded from training (see the module docstring).
 MMLU_TASK_NUMBERS = frozenset(range(664, 668)) | frozenset(range(685, 738))
-# Words the few-shot templates add around the definition, demonstrations and input; the
-# demonstrations are pruned so that the rest of the prompt fits the budget with this room.
-_TEMPLATE_HEADROOM_TOKENS = 48
+# The placeholder that marks a template-mix (inline) few-shot template in niv2_fs.yaml.
+INLINE_PLACEHOLDER = "ex_input"
 HOW_TO_GET = (
     "Clone github.com/allenai/natural-instructions and point the NIv2 data directory "
     "($FLAN_JAX_DATA_DIR/niv2, or DataPaths.source_dirs['niv2']) at the checkout, so that "
@@ -198,67 +200,140 @@ def _first_output(output: str | list[str]) -> str:
     return output if isinstance(output, str) else output[0]
 
 
-def format_demonstrations(
-    data: dict,
-    *,
-    budget: int | None,
-    count_tokens: Callable[[str], int] | None,
-    num_shots: int,
-) -> str:
-    """The first `num_shots` positive examples as text, dropping the last ones over budget."""
-    shots = [
-        f"Input: {ex['input']}\nOutput: {_first_output(ex['output'])}"
-        for ex in data["Positive Examples"][:num_shots]
-    ]
-    if budget is not None:
-        if count_tokens is None:
-            raise ValueError("format_demonstrations: a token budget needs count_tokens.")
-        while shots and count_tokens("\n\n".join(shots)) > budget:
-            shots.pop()
-    return "\n\n".join(shots)
+def _positive_examples(data: dict) -> tuple[dict[str, str], ...]:
+    """The task's positive examples as {input, output, explanation} (explanation "" if absent)."""
+    return tuple(
+        {
+            "input": ex["input"],
+            "output": _first_output(ex["output"]),
+            "explanation": ex["explanation"] if isinstance(ex.get("explanation"), str) else "",
+        }
+        for ex in data["Positive Examples"]
+    )
 
 
 def read_niv2_examples(
-    path: str,
-    *,
-    num_shots: int = 0,
-    max_input_tokens: int | None = None,
-    count_tokens: Callable[[str], int] | None = None,
+    path: str, *, with_positive_examples: bool = False
 ) -> Iterator[sources.RawExample]:
     """Yields one (key, fields) example per instance of the task file at `path`.
 
     Args:
       path: the task JSON.
-      num_shots: positive examples to include as `demonstrations` (0: none).
-      max_input_tokens: the few-shot input budget; demonstrations are pruned per instance
-        so that definition, demonstrations and input fit it.
-      count_tokens: the token counter for the budget.
+      with_positive_examples: add the task's positive examples as `positive_examples`
+        (a tuple of {input, output, explanation}) for the few-shot builder.
     """
     data = read_task_file(path)
     definition = "\n".join(d.strip() for d in data["Definition"])
+    positives = _positive_examples(data) if with_positive_examples else ()
     for instance in data["Instances"]:
-        fields = {
+        fields: dict[str, Any] = {
             "definition": definition,
             "input": instance["input"],
             "answer": _first_output(instance["output"]),
         }
-        if num_shots:
-            budget = None
-            if max_input_tokens is not None:
-                if count_tokens is None:
-                    raise ValueError(
-                        f"{path}: max_input_tokens needs count_tokens to budget demonstrations."
-                    )
-                budget = (
-                    max_input_tokens
-                    - _TEMPLATE_HEADROOM_TOKENS
-                    - count_tokens(definition)
-                    - count_tokens(instance["input"])
-                )
-            fields["demonstrations"] = format_demonstrations(
-                data, budget=budget, count_tokens=count_tokens, num_shots=num_shots
-            )
+        if with_positive_examples:
+            fields["positive_examples"] = positives
         yield f"train:{instance.get('id', '')}", fields
+
+
+@dataclasses.dataclass(frozen=True)
+class Niv2FewShot:
+    """NIv2's few-shot prompts in FLAN's two forms, from the task's positive examples.
+
+    - "template_mix" (FLAN's `_template_mix_five_shot` for NIv2, built from its
+      `INLINE_FS_PATTERNS`, flan/v2/tasks.py and templates.py): an inline template shows
+      the definition, the task's first positive example with its explanation, then the
+      instance.
+    - "zero_to_ten" (FLAN's `_template_0to10_x_shot`): the definition, then
+      `num_exemplars` positive examples drawn per instance and the instance, all through
+      the instance's pair template and its delimiters (`few_shot.template_delimiters`).
+
+    Exemplars are pruned from the end to `max_input_tokens`; an instance left with none (a
+    task without positive examples, or a prompt over budget) is dropped.
+    """
+
+    count_tokens: Callable[[str], int]
+    max_input_tokens: int = 1920
+    num_exemplars: int = 2
+    forms: tuple[str, ...] = few_shot_lib.FEW_SHOT_FORMS
+
+    def __post_init__(self):
+        object.__setattr__(self, "forms", few_shot_lib.check_forms(self.forms, "Niv2FewShot"))
+
+    def render(
+        self,
+        task_templates: Sequence[templates.Template],
+        key: str,
+        example: Mapping[str, Any],
+        *,
+        task_name: str,
+        seed: int,
+        with_options: bool,
+        rng: np.random.Generator,
+        where: str,
+    ) -> templates.Rendered | None:
+        del key, task_name, seed  # The exemplars are the task's, never other instances.
+        form = few_shot_lib.draw_form(
+            few_shot_lib.forms_for_task(self.forms, with_options=with_options), rng
+        )
+        inline = [t for t in task_templates if INLINE_PLACEHOLDER in t.placeholders]
+        pairs = [t for t in task_templates if INLINE_PLACEHOLDER not in t.placeholders]
+        kind = inline if form == "template_mix" else pairs
+        template = kind[int(rng.integers(len(kind)))]
+        positives = example["positive_examples"]
+        if form == "template_mix":
+            if not positives:
+                return None
+            first = positives[0]
+            rendered = templates.render(
+                template,
+                dict(
+                    example,
+                    ex_input=first["input"],
+                    ex_output=first["output"],
+                    ex_explanation=first["explanation"],
+                ),
+                with_options=with_options,
+                rng=rng,
+                where=where,
+            )
+            fits = self.count_tokens(rendered.inputs) <= self.max_input_tokens
+            return rendered if fits else None
+        return self._render_pairs(template, example, positives, with_options, rng, where)
+
+    def _render_pairs(self, template, example, positives, with_options, rng, where):
+        query = templates.render(template, example, with_options=with_options, rng=rng, where=where)
+        chosen = rng.choice(
+            len(positives), size=min(self.num_exemplars, len(positives)), replace=False
+        )
+        delimiter, separator = few_shot_lib.template_delimiters(template)
+        shots = []
+        for index in chosen:
+            shot = templates.render(
+                template,
+                {
+                    "input": positives[int(index)]["input"],
+                    "answer": positives[int(index)]["output"],
+                },
+                with_options=with_options,
+                rng=rng,
+                where=f"{where} positive example {int(index)}",
+            )
+            shots.append(shot.inputs + delimiter + shot.targets)
+        head = [example["definition"]]
+        kept = few_shot_lib.keep_leading_within_budget(
+            head,
+            shots,
+            query.inputs,
+            separator=separator,
+            max_tokens=self.max_input_tokens,
+            count_tokens=self.count_tokens,
+        )
+        if not kept:
+            return None
+        return templates.Rendered(
+            separator.join([*head, *kept, query.inputs]), query.targets, template
+        )
 
 
 def _read_split(
@@ -275,7 +350,7 @@ def load_niv2_split(
     dataset: str, *, split: str, paths: data_paths.DataPaths | None = None, seed: int = 0
 ) -> Iterator[sources.RawExample]:
     """The zero-shot fields of NIv2 task `dataset`'s instances (only a "train" split: all of
-    them); `seed` is unused. Few-shot tasks add demonstrations (see `register_niv2_tasks`)."""
+    them); `seed` is unused. Few-shot tasks add the positive examples (see `Niv2FewShot`)."""
     del seed  # The instances are read as they are.
     return _read_split(dataset, split, paths)
 
@@ -295,40 +370,31 @@ def register_niv2_tasks(
       datasets: catalog names to register (None: the whole catalog).
       paths: data locations; None resolves them when data is read.
       seed: the rendering seed.
-      few_shot: few-shot settings (None: `FEW_SHOT`): `num_shots` positive examples are
-        shown, pruned to the `max_input_tokens` budget.
+      few_shot: few-shot settings (None: `FEW_SHOT`): `num_candidates` positive examples
+        in the 0-to-10 form, the `forms` used, and the `max_input_tokens` budget.
     """
     datasets = list_niv2_datasets() if datasets is None else datasets
     settings = few_shot or FEW_SHOT
-    count_tokens = lambda text: len(vocabulary.encode(text))  # noqa: E731
+    builder = Niv2FewShot(
+        count_tokens=lambda text: len(vocabulary.encode(text)),
+        max_input_tokens=settings.max_input_tokens,
+        num_exemplars=settings.num_candidates,
+        forms=settings.forms,
+    )
     names = []
     for dataset in datasets:
         _catalog_entry(dataset)
         for variant in VARIANTS:
             task_id = naming.TaskId(SOURCE, dataset, variant)
-            options = {}
-            spec_few_shot = None
-            if task_id.few_shot:
-                options = dict(
-                    num_shots=settings.num_shots,
-                    max_input_tokens=settings.max_input_tokens,
-                    count_tokens=count_tokens,
-                )
-                # The demonstrations are the task's own positive examples, placed by the
-                # template; no exemplars are drawn from the instances.
-                spec_few_shot = sources.FewShotSpec(
-                    pool=(),
-                    num_shots=0,
-                    max_input_tokens=settings.max_input_tokens,
-                    count_tokens=count_tokens,
-                )
             spec = sources.RenderSpec(
                 task_id,
                 load_niv2_templates(task_id.few_shot).templates,
                 seed=seed,
-                few_shot=spec_few_shot,
+                few_shot=builder if task_id.few_shot else None,
             )
-            load_split = functools.partial(_read_split, dataset, paths=paths, **options)
+            load_split = functools.partial(
+                _read_split, dataset, paths=paths, with_positive_examples=task_id.few_shot
+            )
             sources.register_rendered_task(
                 spec, load_split, vocabulary=vocabulary, splits=["train"]
             )

@@ -37,8 +37,12 @@ def describe(name):
     fs = spec.few_shot
     return json.dumps([name, list(task.splits), spec.seed,
                        [(t.index, t.type, t.inputs, t.targets) for t in spec.templates],
-                       None if fs is None else [fs.num_shots, fs.max_input_tokens,
-                                                type(fs.pool).__name__],
+                       None if fs is None else [type(fs).__name__, fs.max_input_tokens,
+                                                list(fs.forms),
+                                                type(getattr(fs, "pool", None)).__name__,
+                                                getattr(fs, "num_shots", None),
+                                                getattr(fs, "num_candidates", None),
+                                                getattr(fs, "num_exemplars", None)],
                        {s: _count(task.source, s) for s in task.splits},
                        getattr(task.postprocessor, "__name__", None),
                        [f.__name__ for f in task.metric_fns]])

@@ -176,22 +176,7 @@ def test_render_example_carries_metadata(nli):
     assert out["_example_key"] == "train:4"
 
 
-def test_few_shot_prunes_to_budget_and_excludes_the_example(nli):
-    from flan_jax.tasks import sources
-
-    pool = tuple((f"train:{i}", dict(EXAMPLE, premise=f"Premise number {i}.")) for i in range(8))
-
-    def count(text):
-        return len(text.split())
-
-    zero = sources.render_example(_spec("zs_opt", nli), "train:3", pool[3][1])
-    for budget, expect_shots in [(10_000, 5), (len(zero["inputs"].split()) + 1, 0)]:
-        few = sources.FewShotSpec(pool, num_shots=5, max_input_tokens=budget, count_tokens=count)
-        out = sources.render_example(_spec("fs_opt", nli, few), "train:3", pool[3][1])
-        assert count(out["inputs"]) <= budget
-        # The example itself comes last, after its exemplars.
-        assert out["inputs"].rsplit("Premise number", 1)[1].startswith(" 3.")
-        assert out["inputs"].count("Premise number") == expect_shots + 1
-        assert out["inputs"].count("Premise number 3.") == 1
+def test_few_shot_variants_need_a_few_shot_builder(nli):
+    # The few-shot forms themselves are tested in test_few_shot.py.
     with pytest.raises(ValueError, match="few_shot must be given"):
         _spec("fs_opt", nli)
