@@ -34,7 +34,8 @@ SOURCE = "cot"
 # Their example counts live in tasks/counts.tsv, not here.
 DATASETS = ("gsm8k", "strategyqa", "creak", "qasc", "esnli", "ecqa", "sensemaking", "aqua", "qed")
 VARIANTS = ("zs_opt", "fs_opt")
-FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=3)
+# FLAN's few-shot forms: 5-shot template mix, and 0 to 10 shots out of 25 candidates.
+FEW_SHOT = few_shot_lib.FewShotSettings()
 _TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
 # The final-answer sentence: "<lead-in> the answer is X." or "... the final answer is X."; the
 # evaluation (flan_jax.evaluation.answers) reads the same marker.

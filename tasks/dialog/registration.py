@@ -48,7 +48,8 @@ from flan_jax.tasks import few_shot as few_shot_lib
 SOURCE = "dialog"
 DATASETS = ("wiki_dialog", "qrecc")
 VARIANTS = ("zs_opt", "fs_opt")
-FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=2)
+# FLAN's few-shot forms: 5-shot template mix, and 0 to 10 shots out of 25 candidates.
+FEW_SHOT = few_shot_lib.FewShotSettings()
 SPLITS = {"wiki_dialog": ("train", "validation"), "qrecc": ("train", "test")}
 TFDS_NAMES = {"wiki_dialog": "wiki_dialog/OQ:1.0.0", "qrecc": "q_re_cc:1.0.0"}
 _HERE = os.path.dirname(__file__)

@@ -32,7 +32,8 @@ from flan_jax.tasks.flan2021 import catalog, preprocessors
 
 SOURCE = "flan2021"
 VARIANTS = naming.VARIANTS
-FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=5)
+# FLAN's few-shot forms: 5-shot template mix, and 0 to 10 shots out of 25 candidates.
+FEW_SHOT = few_shot_lib.FewShotSettings()
 
 
 def how_to_prepare(entry: catalog.DatasetEntry) -> str:

@@ -42,7 +42,8 @@ SPLITS = ("train", "validation")
 # FLAN's wrapper types of T0 tasks (google-research/FLAN flan/v2/constants_t0.py,
 # T0_TRAIN_TASK_METADATA "task_type", without the "t0_" prefix).
 FLAN_TYPES = ("question_answer", "multiple_choice", "multiple_choice_separated_options")
-FEW_SHOT = few_shot_lib.FewShotSettings(num_shots=3)
+# FLAN's few-shot forms: 5-shot template mix, and 0 to 10 shots out of 25 candidates.
+FEW_SHOT = few_shot_lib.FewShotSettings()
 _HERE = os.path.dirname(__file__)
 CATALOG_PATH = os.path.join(_HERE, "catalog.tsv")
 HOW_TO_GET_DATA = (

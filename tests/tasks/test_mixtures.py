@@ -136,10 +136,11 @@ def test_submix_and_task_shares_of_flan2022_submix(report):
     assert qrecc == pytest.approx(10_170 / (10_170 + 200_000))  # About 5% of the dialog mix.
 
 
-def test_submix_weights_and_fallback_to_the_cap(report):
+def test_niv2_rates_and_submix_weights(report):
     niv2 = seqio.get_mixture_or_task("niv2_fs_opt").rate_per_task_name
     assert niv2["niv2__task1149_item_check_edible__fs_opt"] == 119
-    assert niv2["niv2__task001_quoref_question_generation__fs_opt"] == 5_000  # unknown: cap
+    assert niv2["niv2__task001_quoref_question_generation__fs_opt"] == 4_225
+    assert niv2["niv2__task1195_disflqa_disfluent_to_fluent_conversion__fs_opt"] == 5_000  # capped
     cot_submix = seqio.get_mixture_or_task("cot_submix").rate_per_task_name
     assert cot_submix == {
         "cot_fs_opt": 1.0,
