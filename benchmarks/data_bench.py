@@ -14,8 +14,9 @@ proportional to each file's rows), then measures, on this host:
                     from timed steps on packed batches of this data (or `--trainer_rate`)
   few-shot          examples/s and Python peak memory of rendering the CoT `fs_opt` tasks
                     with FLAN's two forms (each alone, and mixed as registered), the
-                    zero-shot rendering of the same rows, and today's `main` few-shot
-                    (`git show main:tasks/sources.py`, loaded as a module) on the same rows;
+                    zero-shot rendering of the same rows, and the single-form few-shot of
+                    commit 333adcb (`git show 333adcb:tasks/sources.py`, loaded as a
+                    module) on the same rows;
                     the few-shot share is its extra time per example over the
                     render+tokenize+pack time per example
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import itertools
 import json
@@ -266,10 +268,16 @@ def measure_train_step(size: str, batches: list[dict], timed_steps: int = 2) -> 
     }
 
 
-def load_main_sources():
-    """`tasks/sources.py` as it is on the `main` branch (today's few-shot), or None."""
+# The last commit with the single simplified few-shot form (3 shots, same template, separators
+# drawn per example), the peer of FLAN's two forms.
+SINGLE_FORM_COMMIT = "333adcb"
+SINGLE_FORM_SHOTS = 3
+
+
+def load_single_form_sources():
+    """`tasks/sources.py` of `SINGLE_FORM_COMMIT` (the single-form few-shot), or None."""
     result = subprocess.run(
-        ["git", "show", "main:tasks/sources.py"],
+        ["git", "show", f"{SINGLE_FORM_COMMIT}:tasks/sources.py"],
         capture_output=True,
         text=True,
         check=False,
@@ -290,7 +298,7 @@ def load_main_sources():
 def few_shot_renderers(vocabulary: seqio.Vocabulary, dataset: str) -> dict:
     """name -> (render(key, fields) -> dict | None) for one CoT dataset's fs_opt task."""
     path = os.path.join(COT_DIR, f"{dataset}_train.tsv")
-    task_templates = cot.load_cot_templates(False).templates
+    task_templates = cot.load_cot_templates(dataset, few_shot=True).templates
     task_id = naming.TaskId("cot", dataset, "fs_opt")
     count_tokens = lambda text: len(vocabulary.encode(text))  # noqa: E731
     pool = tuple(itertools.islice(cot.read_cot_tsv(path), 256))
@@ -309,19 +317,20 @@ def few_shot_renderers(vocabulary: seqio.Vocabulary, dataset: str) -> dict:
         )
         renderers[name] = sources.RenderSpec(task_id, task_templates, few_shot=builder)
     result = {
-        name: (lambda key, fields, spec=spec: sources.render_example(spec, key, fields))
-        for name, spec in renderers.items()
+        name: functools.partial(sources.render_example, spec) for name, spec in renderers.items()
     }
-    main = load_main_sources()
-    if main is not None:
-        old = main.RenderSpec(
+    single_form = load_single_form_sources()
+    if single_form is not None:
+        old = single_form.RenderSpec(
             task_id,
             task_templates,
-            few_shot=main.FewShotSpec(
-                pool, cot.registration.FEW_SHOT.num_shots, FEW_SHOT_BUDGET, count_tokens
+            few_shot=single_form.FewShotSpec(
+                pool, SINGLE_FORM_SHOTS, FEW_SHOT_BUDGET, count_tokens
             ),
         )
-        result["main (today)"] = lambda key, fields: main.render_example(old, key, fields)
+        result[f"single form ({SINGLE_FORM_COMMIT})"] = functools.partial(
+            single_form.render_example, old
+        )
     return result
 
 

@@ -13,16 +13,29 @@ source, the four variant mixtures weighted by the zero-shot ratio z and the opti
 o (zs_opt z*o, fs_opt (1-z)*o, zs_noopt z*(1-o), fs_noopt (1-z)*(1-o)), inverted tasks at
 0.3 of their originals, and the sources at the `flan2022_submix` weights. With z = o = 0.5
 it is `flan2022_submix` itself, share for share.
+
+FLAN's task names (`register_flan_task_names`, opt-in: about 20,000 extra tasks) name a
+dataset's variants and single templates, on FLAN's name of the dataset (`flan_dataset_name`):
+
+    anli_r1_template_0to10_zero_shot         flan2021__anli_r1__zs_opt, same examples
+    anli_r1_template_3_zero_shot             ... rendered with template 3 only
+    anli_r1_template_0to10_no_opt_zero_shot  flan2021__anli_r1__zs_noopt
+    anli_r1_template_mix_five_shot           flan2021__anli_r1__fs_opt, "template mix" form only
+    anli_r1_template_0to10_x_shot            ... "0 to 10" form only
+    anli_r1_template_0to10_no_opt_x_shot     flan2021__anli_r1__fs_noopt
+    cot_gsm8k_..., stream_aqua_..., cot_input_inversion_gsm8k_..., qrecc_input_inversion_...,
+    t0_task_adaptation:<P3 task>_...          (the other sources)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import seqio
 
-from flan_jax.tasks import mixtures
+from flan_jax.tasks import mixtures, naming, sources
 
 # Our source -> FLAN's submix name in its mixture names (flan/v2/mixtures.py).
 FLAN_SUBMIX_NAMES = {
@@ -34,6 +47,27 @@ FLAN_SUBMIX_NAMES = {
 }
 # Our variant -> FLAN's setting token: zero-/few-shot, with / without answer options.
 FLAN_SETTINGS = {"zs_opt": "zsopt", "zs_noopt": "zsnoopt", "fs_opt": "fsopt", "fs_noopt": "fsnoopt"}
+# FLAN's names of a dataset's whole variant, and the few-shot form each holds
+# (flan/v2/mixtures_utils.py ZS_OPT_TEMPLATES ... FS_NOOPT_TEMPLATES).
+FLAN_VARIANT_SUFFIXES: dict[str, tuple[tuple[str, str | None], ...]] = {
+    "zs_opt": (("_template_0to10_zero_shot", None),),
+    "zs_noopt": (("_template_0to10_no_opt_zero_shot", None),),
+    "fs_opt": (
+        ("_template_mix_five_shot", "template_mix"),
+        ("_template_0to10_x_shot", "zero_to_ten"),
+    ),
+    "fs_noopt": (("_template_0to10_no_opt_x_shot", "zero_to_ten"),),
+}
+# FLAN's names of one template of a zero-shot variant.
+FLAN_TEMPLATE_SUFFIXES = {
+    "zs_opt": "_template_{index}_zero_shot",
+    "zs_noopt": "_template_{index}_no_opt_zero_shot",
+}
+# CoT datasets FLAN names "stream_<dataset>" (lower-quality rationales; flan/v2/task_configs.py);
+# the others are "cot_<dataset>".
+COT_STREAM_DATASETS = ("aqua", "qed")
+# FLAN's T0 task names are P3's with this prefix (flan/v2/constants_t0.py T0_TASK_PREFIX).
+T0_TASK_PREFIX = "t0_task_adaptation:"
 
 
 def flan_mixture_name(source: str, variant: str) -> str:
@@ -160,6 +194,67 @@ def register_mixture_suite(
     return mixtures.add_mixture(name, sources)
 
 
-def describe_flan_names(aliases: Mapping[str, str]) -> list[str]:
-    """ "FLAN name<TAB>our mixture(s)" lines, for `flan-jax tasks list --flan-names`."""
-    return [f"{alias}\t{ours}" for alias, ours in sorted(aliases.items())]
+def flan_dataset_name(task_id: naming.TaskId) -> str:
+    """FLAN's name of `task_id`'s dataset (inverted CoT and dialog tasks have their own).
+
+    NIv2 tasks keep their NIv2 names (FLAN mixes NIv2 as one task). T0 names are P3's
+    without the trailing "_" some P3 names have (as our dataset names are).
+    """
+    dataset = task_id.dataset
+    if task_id.source == "t0":
+        return T0_TASK_PREFIX + dataset
+    if task_id.source == "cot":
+        cot_type = "stream" if dataset in COT_STREAM_DATASETS else "cot"
+        return (
+            f"{cot_type}_input_inversion_{dataset}" if task_id.inverted else f"{cot_type}_{dataset}"
+        )
+    return f"{dataset}_input_inversion" if task_id.inverted else dataset
+
+
+def flan_task_copies(task_name: str) -> list[sources.RenderSpec]:
+    """The render specs of FLAN's names for our task `task_name` (see the module docstring)."""
+    task = seqio.TaskRegistry.get(task_name)
+    spec = task.source.render_spec
+    base = flan_dataset_name(spec.task_id)
+    copies = []
+    for suffix, form in FLAN_VARIANT_SUFFIXES[spec.task_id.variant]:
+        few_shot = spec.few_shot
+        if form is not None:
+            few_shot = dataclasses.replace(few_shot, forms=(form,))
+        copies.append(dataclasses.replace(spec, registered_name=base + suffix, few_shot=few_shot))
+    template_suffix = FLAN_TEMPLATE_SUFFIXES.get(spec.task_id.variant)
+    if template_suffix is not None:
+        copies += [
+            dataclasses.replace(
+                spec,
+                registered_name=base + template_suffix.format(index=template.index),
+                templates=(template,),
+            )
+            for template in spec.templates
+        ]
+    return copies
+
+
+def register_flan_task_names(task_names: Iterable[str]) -> dict[str, str]:
+    """Registers FLAN's names for our tasks `task_names`; returns {FLAN name: our task}.
+
+    Each reads the same examples as our task. The zero-shot whole-variant names render
+    exactly our task's text; a few-shot form's name renders every example in that form
+    (ours draws the form per example); a template's name renders with that template only.
+
+    Raises:
+      ValueError: when two of our tasks would get the same FLAN name.
+    """
+    registered: dict[str, str] = {}
+    for task_name in task_names:
+        task = seqio.TaskRegistry.get(task_name)
+        for spec in flan_task_copies(task_name):
+            if spec.name in seqio.TaskRegistry.names():
+                holder = seqio.TaskRegistry.get(spec.name).source.render_spec.task_name
+                if holder != task_name:
+                    raise ValueError(
+                        f"FLAN name {spec.name!r} given to both {holder} and {task_name}."
+                    )
+            sources.register_rendered_copy(task, spec)
+            registered[spec.name] = task_name
+    return registered

@@ -52,12 +52,16 @@ class RenderSpec:
       seed: the rendering seed; the example's generator also depends on task and key.
       few_shot: required by few-shot variants, absent otherwise: builds the prompt
         (`few_shot.FewShotSpec` for FLAN's two forms; NIv2 has its own builder).
+      registered_name: the seqio name when it is not `task_name` (FLAN's names of a task,
+        `flan_names`); rendering still draws from `task_name`, so a task registered under
+        FLAN's name renders the same text as ours.
     """
 
     task_id: naming.TaskId
     templates: tuple[templates.Template, ...]
     seed: int = 0
     few_shot: few_shot_lib.FewShotBuilder | None = None
+    registered_name: str | None = None
 
     def __post_init__(self):
         if not self.templates:
@@ -71,6 +75,11 @@ class RenderSpec:
     @property
     def task_name(self) -> str:
         return naming.make_task_name(self.task_id)
+
+    @property
+    def name(self) -> str:
+        """The name the task is registered and exported under."""
+        return self.registered_name or self.task_name
 
 
 def render_example(spec: RenderSpec, key: str, example: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -102,7 +111,7 @@ def render_example(spec: RenderSpec, key: str, example: Mapping[str, Any]) -> di
     return {
         "inputs": rendered.inputs,
         "targets": rendered.targets,
-        "_task_name": spec.task_name,
+        "_task_name": spec.name,
         "_task_source": spec.task_id.source,
         "_template_idx": rendered.template.index,
         "_template_type": rendered.template.type,
@@ -119,11 +128,12 @@ def iterate_rendered(spec: RenderSpec, raw_examples: Iterable[RawExample]) -> It
 
 
 class RenderedSource(seqio.FunctionDataSource):
-    """A function source that also exposes its `RenderSpec` (templates, variant, seed)."""
+    """A function source that also exposes its `RenderSpec` and its raw-example loader."""
 
-    def __init__(self, render_spec: RenderSpec, dataset_fn, **kwargs):
+    def __init__(self, render_spec: RenderSpec, load_split: LoadSplitFn, dataset_fn, **kwargs):
         super().__init__(dataset_fn, **kwargs)
         self.render_spec = render_spec
+        self.load_split = load_split
 
 
 def make_rendered_source(
@@ -150,7 +160,7 @@ def make_rendered_source(
         )
 
     return RenderedSource(
-        spec, dataset_fn, splits=list(splits), num_input_examples=num_input_examples
+        spec, load_split, dataset_fn, splits=list(splits), num_input_examples=num_input_examples
     )
 
 
@@ -176,7 +186,7 @@ def register_rendered_task(
     Idempotent: registering the same name twice returns the existing task, so entry
     points and gin imports can both call the `register_*` functions safely.
     """
-    name = spec.task_name
+    name = spec.name
     if name in seqio.TaskRegistry.names():
         return seqio.TaskRegistry.get(name)
     return seqio.TaskRegistry.add(
@@ -192,4 +202,25 @@ def register_rendered_task(
         output_features=make_output_features(vocabulary),
         postprocess_fn=postprocess_fn,
         metric_fns=list(metric_fns),
+    )
+
+
+def register_rendered_copy(task: seqio.Task, spec: RenderSpec) -> seqio.Task:
+    """Registers `task` again under `spec.name`, rendered through `spec` instead.
+
+    The copy reads the same raw examples and keeps the splits, counts, vocabulary,
+    postprocessor and metrics of `task` (a `register_rendered_task` task).
+    """
+    source = task.source
+    if not isinstance(source, RenderedSource):
+        raise TypeError(f"Task {task.name!r} is not rendered through our templates.")
+    counts = {split: source.num_input_examples(split) for split in source.splits}
+    return register_rendered_task(
+        spec,
+        source.load_split,
+        vocabulary=task.output_features["targets"].vocabulary,
+        splits=list(source.splits),
+        num_input_examples=None if None in counts.values() else counts,
+        metric_fns=task.metric_fns,
+        postprocess_fn=task.postprocessor,
     )

@@ -7,7 +7,7 @@
     flan-jax tasks recount [--data_root DIR] [--table PATH]
 
 `list` prints task names (with their rate and share inside `--mixture`), or the mixtures,
-or google-research/FLAN's mixture names with the mixtures they name (`--flan-names`);
+or google-research/FLAN's mixture and task names with ours (`--flan-names`);
 `show` describes a task (source, splits, example counts, templates, rates in every
 mixture holding it) or a mixture (tasks, share per source); `preview` renders the first
 examples a task or mixture yields, with their metadata; `recount` rewrites the example-count
@@ -74,7 +74,8 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     listing.add_argument(
         "--flan-names",
         action="store_true",
-        help="list google-research/FLAN's mixture names and the mixtures of ours they name",
+        help="list google-research/FLAN's mixture and task names (registering them) with "
+        "the mixtures and tasks of ours they name",
     )
     show = commands.add_parser("show", help="describe a task or mixture")
     show.add_argument("name")
@@ -135,6 +136,31 @@ def list_tasks(mixture: str | None, source: str | None) -> list[str]:
         for name, rate in rows
         if source is None or _source_of(name) == source
     ]
+
+
+def list_flan_names(source: str | None) -> list[str]:
+    """FLAN's mixture names, then FLAN's task names (of `source`'s tasks), with ours."""
+    ours = [n for n in seqio.TaskRegistry.names() if _source_of(n) not in (None, "demo")]
+    task_names = flan_names.register_flan_task_names(
+        [n for n in ours if source is None or _source_of(n) == source]
+    )
+    aliases = flan_names.register_flan_mixture_aliases()
+    if source is not None:
+        prefix = flan_names.FLAN_SUBMIX_NAMES[source] + "_"
+        aliases = {alias: mix for alias, mix in aliases.items() if alias.startswith(prefix)}
+    return [f"{flan}\t{mine}" for flan, mine in sorted(aliases.items())] + [
+        f"{flan}\t{mine}{_flan_copy_detail(flan, mine)}"
+        for flan, mine in sorted(task_names.items())
+    ]
+
+
+def _flan_copy_detail(flan_name: str, ours: str) -> str:
+    """ ", template 3" or ", template_mix form": how FLAN's task differs from ours."""
+    spec = seqio.TaskRegistry.get(flan_name).source.render_spec
+    if len(spec.templates) < len(seqio.TaskRegistry.get(ours).source.render_spec.templates):
+        return f", template {spec.templates[0].index}"
+    forms: tuple[str, ...] = getattr(spec.few_shot, "forms", ())
+    return f", {forms[0]} form" if len(forms) == 1 else ""
 
 
 def list_mixtures() -> list[str]:
@@ -255,7 +281,7 @@ def preview(name: str, num_examples: int, split: str, seed: int, as_json: bool) 
 def _run_command(args: argparse.Namespace) -> list[str]:
     if args.command == "list":
         if args.flan_names:
-            return flan_names.describe_flan_names(flan_names.register_flan_mixture_aliases())
+            return list_flan_names(args.source)
         return list_mixtures() if args.mixtures else list_tasks(args.mixture, args.source)
     if args.command == "preview":
         return preview(args.name, args.num_examples, args.split, args.seed, args.json)

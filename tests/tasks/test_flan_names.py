@@ -1,11 +1,21 @@
 """FLAN's mixture names and mixture suites, checked against shares computed here."""
 
 import logging
+import re
 
 import pytest
 import seqio
 
-from flan_jax.tasks import flan_names, mixtures, registry
+from flan_jax.tasks import (
+    family,
+    few_shot,
+    flan_names,
+    mixtures,
+    naming,
+    registry,
+    sources,
+    templates,
+)
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +134,93 @@ def test_suite_leaves_out_sources_without_the_variants(report, caplog):
         )
     with pytest.raises(ValueError, match="ratio_zero_shot must be between 0 and 1"):
         flan_names.register_mixture_suite("bad", ratio_zero_shot=1.5, ratio_answer_options=0.5)
+
+
+# ---- FLAN's task names ------------------------------------------------------------------
+
+FIXTURE_TEMPLATES = tuple(
+    templates.Template(f"[T{i}] {{question}}{{options_}}", "{answer}", "zs", i) for i in range(3)
+)
+
+
+def fixture_rows(split):
+    for j in range(40):
+        yield f"{split}:{j}", {"question": f"q{j}?", "answer": "yes", "options": ["yes", "no"]}
+
+
+def register_fixture(source: str, dataset: str) -> dict[str, str]:
+    """Our four variants of a fixture dataset, then FLAN's names for them."""
+    ours = [
+        family.register_dataset_task(
+            naming.TaskId(source, dataset, variant),
+            FIXTURE_TEMPLATES,
+            fixture_rows,
+            seqio.PassThroughVocabulary(10),
+            splits=["train"],
+            seed=0,
+            few_shot=few_shot.FewShotSettings(),
+        )
+        for variant in naming.VARIANTS
+    ]
+    return flan_names.register_flan_task_names(ours)
+
+
+def rows(task_name: str) -> list[dict]:
+    source = seqio.get_mixture_or_task(task_name).source
+    return list(sources.iterate_rendered(source.render_spec, fixture_rows("train")))
+
+
+def shown_templates(inputs: str) -> set[str]:
+    return set(re.findall(r"\[T(\d)\]", inputs))
+
+
+def test_flan_dataset_names():
+    def name(source, dataset, inverted=False):
+        return flan_names.flan_dataset_name(naming.TaskId(source, dataset, "zs_opt", inverted))
+
+    assert name("cot", "gsm8k") == "cot_gsm8k"
+    assert name("cot", "aqua") == "stream_aqua"
+    assert name("cot", "qed", inverted=True) == "stream_input_inversion_qed"
+    assert name("dialog", "qrecc", inverted=True) == "qrecc_input_inversion"
+    assert name("t0", "ag_news_classify") == "t0_task_adaptation:ag_news_classify"
+    assert name("flan2021", "anli_r1") == name("niv2", "anli_r1") == "anli_r1"
+
+
+def test_flan_task_names_read_our_tasks():
+    flan = register_fixture("flan2021", "flan_names_fixture")
+    base = "flan_names_fixture_template_"
+    assert set(flan) == {
+        base + "0to10_zero_shot",
+        base + "0to10_no_opt_zero_shot",
+        base + "mix_five_shot",
+        base + "0to10_x_shot",
+        base + "0to10_no_opt_x_shot",
+    } | {base + f"{i}{opt}_zero_shot" for i in range(3) for opt in ("", "_no_opt")}
+    assert flan[base + "mix_five_shot"] == "flan2021__flan_names_fixture__fs_opt"
+    ours = rows("flan2021__flan_names_fixture__zs_opt")
+    same = rows(base + "0to10_zero_shot")
+    assert [dict(r, _task_name="") for r in same] == [dict(r, _task_name="") for r in ours]
+    assert {r["_task_name"] for r in same} == {base + "0to10_zero_shot"}
+    for i in range(3):
+        for opt in ("", "_no_opt"):
+            one = rows(f"{base}{i}{opt}_zero_shot")
+            assert len(one) == 40 and {r["_template_idx"] for r in one} == {i}
+            assert all(("yes" in r["inputs"]) == (opt == "") for r in one)
+
+
+def test_flan_few_shot_names_hold_one_form():
+    register_fixture("flan2021", "flan_names_forms")
+    mix = rows("flan_names_forms_template_mix_five_shot")
+    zero_to_ten = rows("flan_names_forms_template_0to10_x_shot")
+    no_opt = rows("flan_names_forms_template_0to10_no_opt_x_shot")
+    # 0 to 10: only exemplars of the example's own template; template mix: 5 of any.
+    for row in zero_to_ten + no_opt:
+        assert shown_templates(row["inputs"]) == {str(row["_template_idx"])}
+    assert any(len(shown_templates(row["inputs"])) > 1 for row in mix)
+    assert all(row["inputs"].count("[T") == 6 for row in mix)
+
+
+def test_two_tasks_with_one_flan_name_fail():
+    register_fixture("flan2021", "flan_names_twice")
+    with pytest.raises(ValueError, match="FLAN name 'flan_names_twice_template_0to10_zero_shot'"):
+        register_fixture("dialog", "flan_names_twice")
