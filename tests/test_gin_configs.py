@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import gin
 import pytest
 
@@ -142,13 +144,27 @@ def test_run_configs_pass_the_vocabulary_macros_to_the_catalog(files, parameter,
 
     received = {}
 
-    def record(**kwargs):
+    def record_vocabulary(**kwargs):
         received.update(kwargs)
+        return "vocabulary"
+
+    def record_registration(vocabulary, **kwargs):
+        received.update(kwargs, vocabulary=vocabulary)
         raise StopIteration  # Recorded; registering the whole catalog is not the point.
 
-    monkeypatch.setattr(registry, "get_catalog_vocabulary", record)
+    monkeypatch.setattr(registry, "get_catalog_vocabulary", record_vocabulary)
+    monkeypatch.setattr(registry, "register_all", record_registration)
+    no_demo = types.SimpleNamespace(register=lambda vocabulary: [])
+    monkeypatch.setattr(
+        registry, "demo", types.SimpleNamespace(FAMILY=no_demo, get_demo_vocabulary=lambda: None)
+    )
     gin_flags.parse_gin(
-        list(files), ["VOCABULARY_PATH = '/ckpt/spiece.model'", "ALLOW_DEMO_VOCABULARY = True"]
+        list(files),
+        [
+            "VOCABULARY_PATH = '/ckpt/spiece.model'",
+            "ALLOW_DEMO_VOCABULARY = True",
+            "FLAN_TASK_NAMES = True",
+        ],
     )
     [register] = gin.query_parameter(parameter)
     with pytest.raises(StopIteration):
@@ -157,6 +173,8 @@ def test_run_configs_pass_the_vocabulary_macros_to_the_catalog(files, parameter,
         "vocabulary_path": "/ckpt/spiece.model",
         "extra_ids": 100,
         "allow_demo_vocabulary": True,
+        "vocabulary": "vocabulary",
+        "flan_task_names": True,
     }
 
 
