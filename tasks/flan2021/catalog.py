@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from flan_jax.errors import UserError
+
 CATALOG_PATH = os.path.join(os.path.dirname(__file__), "datasets.yaml")
 TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
 _TFDS_NAME_RE = re.compile(r"^[a-z0-9_]+(/[A-Za-z0-9_.\-]+)?:\d+\.\d+\.\d+$")
@@ -47,7 +49,7 @@ _OPTIONAL_KEYS = (
 )
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """A catalog entry that does not follow the schema above."""
 
 

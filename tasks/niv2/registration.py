@@ -32,6 +32,7 @@ from typing import Any
 
 import seqio
 
+from flan_jax.errors import UserError
 from flan_jax.tasks import data_paths, family, naming, sources, templates
 from flan_jax.tasks import few_shot as few_shot_lib
 
@@ -53,7 +54,7 @@ HOW_TO_GET = (
 )
 
 
-class Niv2FormatError(ValueError):
+class Niv2FormatError(UserError, ValueError):
     """A task JSON file that does not follow the NIv2 schema."""
 
 
