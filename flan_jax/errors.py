@@ -24,7 +24,7 @@ import collections
 import errno
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 _T = TypeVar("_T")
@@ -59,15 +59,16 @@ _CARRIED_LOCK = threading.Lock()
 _GIN_OBJECT_REPR = re.compile(r" \(<(?:function|class) [^>]*>\)")
 
 
-def carry_user_errors(items: Iterable[_T]) -> Iterator[_T]:
-    """Yields `items`, remembering any `UserError` it raises so it survives tf.data.
+def carry_user_errors(make_items: Callable[[], Iterable[_T]]) -> Iterator[_T]:
+    """Yields the items of `make_items()`, remembering a `UserError` so it survives tf.data.
 
-    Wrap the generator handed to `tf.data.Dataset.from_generator`:
+    `make_items` is called inside, so an error opening the data is carried too. Wrap the
+    generator handed to `tf.data.Dataset.from_generator`:
 
-        tf.data.Dataset.from_generator(lambda: carry_user_errors(render(split)), ...)
+        tf.data.Dataset.from_generator(lambda: carry_user_errors(lambda: render(split)), ...)
     """
     try:
-        yield from items
+        yield from make_items()
     except UserError as error:
         with _CARRIED_LOCK:
             _CARRIED.append(error)

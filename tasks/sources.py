@@ -187,7 +187,7 @@ def make_rendered_source(
         # A user error raised while reading (missing data) reaches the caller wrapped by
         # TensorFlow; carry_user_errors lets the CLI report the original.
         return tf.data.Dataset.from_generator(
-            lambda: errors.carry_user_errors(iterate_rendered(spec, load_split(split))),
+            lambda: errors.carry_user_errors(lambda: iterate_rendered(spec, load_split(split))),
             output_signature=RENDERED_SIGNATURE,
         )
 

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from flan_jax.data import file_io
-from flan_jax.errors import UserError
+from flan_jax.errors import ConfigError, UserError
 from flan_jax.evaluation import answers
 
 
@@ -285,5 +285,5 @@ def load_math_dataset(name: str, path: str | os.PathLike) -> list[MathExample]:
     if name not in LOADERS:
         close = difflib.get_close_matches(name, LOADERS, n=3)
         hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(f"Unknown math data set {name!r}; known: {sorted(LOADERS)}.{hint}")
+        raise ConfigError(f"Unknown math data set {name!r}; known: {sorted(LOADERS)}.{hint}")
     return LOADERS[name](path)
