@@ -95,12 +95,17 @@ def list_shipped_gin_files() -> list[str]:
     ]
 
 
-def parse_gin(files: list[str], bindings: list[str]) -> list[str]:
+def parse_gin(files: list[str], bindings: list[str], *, finalize: bool = True) -> list[str]:
     """Parses gin files and bindings into a fresh configuration; returns the resolved files.
 
     Each command invocation starts from a clean gin state (so two commands run in one
     process, as in tests, do not see each other's bindings); include statements also search
     the shipped dir.
+
+    Args:
+      files: gin files, as given or relative to the shipped gin_configs.
+      bindings: `NAME = VALUE` bindings (from `split_gin_args`).
+      finalize: lock the config (gin then also rejects references to unset macros).
 
     Raises:
       ConfigError: a file is missing or does not parse, or names an unknown configurable or
@@ -110,7 +115,7 @@ def parse_gin(files: list[str], bindings: list[str]) -> list[str]:
     gin.clear_config()
     gin.add_config_file_search_path(shipped_gin_dir())
     try:
-        gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=True)
+        gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=finalize)
     except (ValueError, SyntaxError, KeyError, ImportError) as error:
         # Raised for the config text only; the message names the file, line and name.
         raise ConfigError(f"bad gin config: {error}") from error
@@ -131,9 +136,10 @@ def parse_and_check_gin(
       ConfigError: as `parse_gin`, or a macro nothing uses, a used macro left unset, a
         value of the wrong type.
     """
-    resolved = parse_gin(files, bindings)
+    resolved = parse_gin(files, bindings, finalize=False)
     sources = gin_checks.collect_sources(resolved, bindings)
     gin_checks.check_gin_config(sources=sources, used_macros=used_macros)
+    gin.finalize()
 
 
 def run_gin_command(

@@ -275,7 +275,8 @@ def _run_cli(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, **env},
+        # As a user's shell: without the log level JAX set when this process imported it.
+        env={**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, **env},
         timeout=300,
     )
 
@@ -287,7 +288,7 @@ def test_missing_data_inside_tf_data_is_reported_unwrapped(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "flan-jax tasks: error:" in result.stderr
     assert str(tmp_path) in result.stderr
-    assert "Traceback" not in result.stderr and "PyFunc" not in result.stderr
+    assert "Traceback" not in result.stderr and "PyFunc" not in result.stderr, result.stderr
     assert "Data for dataset 'aqua' not found" in result.stderr
 
 
