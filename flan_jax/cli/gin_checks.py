@@ -23,6 +23,7 @@ import collections.abc
 import dataclasses
 import difflib
 import inspect
+import re
 import types
 import typing
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -236,6 +237,25 @@ def _check_types(config: Mapping, sources: GinSources) -> None:
             )
     if errors:
         raise ConfigError("\n".join(errors))
+
+
+_UNKNOWN_PARAMETER = re.compile(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'")
+
+
+def suggest_parameter(gin_message: str) -> str:
+    """For gin's "doesn't have a parameter named 'x'" error, the closest parameters."""
+    found = _UNKNOWN_PARAMETER.search(gin_message)
+    match = found and gin.config._REGISTRY.get_match(found.group(1))
+    if not found or match is None:
+        return ""
+    try:
+        names = list(inspect.signature(match.wrapped).parameters)
+    except (TypeError, ValueError):  # No signature to read: gin's message stands alone.
+        return ""
+    close = difflib.get_close_matches(found.group(2), names, n=3, cutoff=0.6)
+    return (
+        f"\nDid you mean {', '.join(close)}?" if close else f"\nIts parameters: {', '.join(names)}."
+    )
 
 
 def check_gin_config(*, sources: GinSources, used_macros: Collection[str] = ()) -> None:

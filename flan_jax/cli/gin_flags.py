@@ -118,7 +118,8 @@ def parse_gin(files: list[str], bindings: list[str], *, finalize: bool = True) -
         gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=finalize)
     except (ValueError, SyntaxError, KeyError, ImportError) as error:
         # Raised for the config text only; the message names the file, line and name.
-        raise ConfigError(f"bad gin config: {error}") from error
+        hint = gin_checks.suggest_parameter(str(error))
+        raise ConfigError(f"bad gin config: {error}{hint}") from error
     return resolved
 
 

@@ -46,7 +46,6 @@ def _writing_into(directory: str | os.PathLike) -> Iterator[None]:
         if isinstance(error, PathError):
             raise
         raise PathError(
-            error.errno,
             f"cannot write into {os.fspath(directory)} ({error.strerror or error}); "
             "choose a directory you can write to, or fix its permissions or free space",
         ) from error

@@ -60,7 +60,7 @@ CASES = [
         ("train", *DEMO_STACK, "--gin_file={dir}/typo.gin"),
         "typo.gin:2",
     ),
-    ("train-misspelt-param", ("train", "--gin.trainer.train.train_stpes=3"), "train_stpes"),
+    ("train-misspelt-param", ("train", "--gin.trainer.train.train_stpes=3"), "mean train_steps"),
     ("train-unknown-configurable", ("train", "--gin.trainer.trian.batch_size=3"), "trian"),
     ("train-missing-gin-file", ("train", "--gin_file=no/such.gin"), "no/such.gin"),
     ("train-gin-syntax", ("train", "--gin_file={dir}/syntax.gin"), "syntax.gin"),
