@@ -75,6 +75,12 @@ CASES = [
     ("train-batch-size-float", ("train", "--gin.BATCH_SIZE=2.5"), "BATCH_SIZE"),
     ("train-lengths-not-dict", ("train", "--gin.TASK_FEATURE_LENGTHS=5"), "TASK_FEATURE_LENGTHS"),
     ("train-dropout-out-of-range", ("train", "--gin.DROPOUT_RATE=1.5"), "dropout_rate"),
+    (
+        "train-loss-normalization",
+        ("train", "--gin.losses.LossConfig.normalization='x'"),
+        "normalization",
+    ),
+    ("train-mesh-axis-0", ("train", "--gin.partitioning.MeshConfig.model=0"), "MeshConfig.model"),
     ("train-macro-never-set", ("train", "--gin.trainer.train.batch_size=%NOPE"), "NOPE"),
     ("eval-misspelt-macro", ("eval", "--gin_file=runs/eval.gin", "--gin.CHECKPOINT_PTH=x"), "PTH"),
     (
