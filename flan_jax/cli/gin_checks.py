@@ -267,8 +267,8 @@ def _check_config_objects(config: Mapping) -> None:
     """
     for scope, selector in config:
         match = None if selector == _MACRO else gin.config._REGISTRY.get_match(selector)
-        configurable = match and match.wrapped
-        if not (
+        configurable = match.wrapped if match is not None else None
+        if match is None or not (
             inspect.isclass(configurable)
             and dataclasses.is_dataclass(configurable)
             and configurable.__name__.endswith("Config")
