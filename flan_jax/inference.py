@@ -41,6 +41,7 @@ import jax
 import numpy as np
 import seqio
 
+from flan_jax.errors import ConfigError
 from flan_jax.models import decoding
 from flan_jax.models.interface import Model
 
@@ -88,7 +89,7 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"DecodeConfig.method must be one of {METHODS}; got {self.method!r}.")
+            raise ConfigError(f"DecodeConfig.method must be one of {METHODS}; got {self.method!r}.")
         for name in (
             "max_decode_len",
             "num_beams",
@@ -98,20 +99,20 @@ class DecodeConfig:
             "length_bucket",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"DecodeConfig.{name} must be >= 1; got {getattr(self, name)}.")
+                raise ConfigError(f"DecodeConfig.{name} must be >= 1; got {getattr(self, name)}.")
         if self.method == "sample" and not self.temperature > 0:
-            raise ValueError(
+            raise ConfigError(
                 f"DecodeConfig.temperature must be > 0 with method 'sample' (use "
                 f"method 'greedy' for temperature 0); got {self.temperature}."
             )
         if self.top_k < 0:
-            raise ValueError(f"DecodeConfig.top_k must be >= 0; got {self.top_k}.")
+            raise ConfigError(f"DecodeConfig.top_k must be >= 0; got {self.top_k}.")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"DecodeConfig.top_p must be in (0, 1]; got {self.top_p}.")
+            raise ConfigError(f"DecodeConfig.top_p must be in (0, 1]; got {self.top_p}.")
         if self.alpha < 0:
-            raise ValueError(f"DecodeConfig.alpha must be >= 0; got {self.alpha}.")
+            raise ConfigError(f"DecodeConfig.alpha must be >= 0; got {self.alpha}.")
         if self.num_samples > 1 and self.method != "sample":
-            raise ValueError(
+            raise ConfigError(
                 f"DecodeConfig.num_samples > 1 needs method 'sample'; got "
                 f"num_samples={self.num_samples} with method {self.method!r}."
             )

@@ -26,11 +26,13 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
+from flan_jax.errors import UserError
+
 ENV_DATA_DIR = "FLAN_JAX_DATA_DIR"
 ENV_TFDS_DATA_DIR = "TFDS_DATA_DIR"
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(UserError, FileNotFoundError):
     """A dataset's local files are absent; the message says which and how to get them."""
 
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import seqio
 
+from flan_jax.errors import ConfigError
 from flan_jax.tasks import (
     cot,
     data_paths,
@@ -118,7 +119,7 @@ def register_all(
     """
     unknown = sorted(set(sources) - set(FAMILY_SOURCES))
     if unknown:
-        raise ValueError(f"Unknown sources {unknown}; known: {list(FAMILY_SOURCES)}.")
+        raise ConfigError(f"Unknown sources {unknown}; known: {list(FAMILY_SOURCES)}.")
     skipped: dict[str, str] = {}
     tasks: list[str] = []
     for source in sources:
@@ -158,7 +159,7 @@ def get_catalog_vocabulary(
 
         return vocabularies.get_vocabulary(vocabulary_path, extra_ids)
     if not allow_demo_vocabulary:
-        raise ValueError(
+        raise ConfigError(
             f"No vocabulary for the Flan 2022 tasks: set the gin macro {VOCABULARY_MACRO} to "
             f"the T5 SentencePiece model, e.g. --gin.{VOCABULARY_MACRO}=/path/spiece.model "
             "(the spiece.model of a converted checkpoint; from Python: "

@@ -21,6 +21,7 @@ from typing import Any
 import seqio
 import tensorflow as tf
 
+from flan_jax import errors
 from flan_jax.tasks import few_shot as few_shot_lib
 from flan_jax.tasks import naming, templates
 
@@ -154,8 +155,10 @@ def make_rendered_source(
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
         # Rendering is seeded per example; shuffling happens downstream, seeded by the pipeline.
         del shuffle_files, seed
+        # A user error raised while reading (missing data) reaches the caller wrapped by
+        # TensorFlow; carry_user_errors lets the CLI report the original.
         return tf.data.Dataset.from_generator(
-            lambda: iterate_rendered(spec, load_split(split)),
+            lambda: errors.carry_user_errors(lambda: iterate_rendered(spec, load_split(split))),
             output_signature=RENDERED_SIGNATURE,
         )
 

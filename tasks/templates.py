@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from flan_jax.errors import UserError
+
 OPTIONS_PLACEHOLDER = "options_"
 TEMPLATE_TYPES = ("zs", "inverted", "cot", "cot_inverted", "dialog", "dialog_inverted")
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -70,7 +72,7 @@ OPTION_ITEM_STYLES = (
 )
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """A template file or a rendering that does not satisfy the template schema."""
 
 

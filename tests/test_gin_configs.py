@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import types
 
 import gin
 import pytest
 
 from flan_jax.cli import gin_flags
+from flan_jax.cli import main as cli
 from flan_jax.cli import train as train_cli
 from flan_jax.models.config import T5Config
 from flan_jax.models.interface import Model
@@ -93,16 +95,19 @@ def test_demo_config_matches_the_demo_collection():
 
 
 def test_unknown_gin_name_is_one_clear_error(capsys):
-    code = train_cli.main(
-        [f"--gin_file={f}" for f in train_cli.DEMO_GIN_FILES] + ["--gin.trainer.train.bogus=1"]
+    code = cli.main(
+        ["train"]
+        + [f"--gin_file={f}" for f in train_cli.DEMO_GIN_FILES]
+        + ["--gin.trainer.train.bogus=1"]
     )
     assert code == 2
     assert "bogus" in capsys.readouterr().err
 
 
 def test_missing_model_dir_is_one_clear_error(capsys):
-    code = train_cli.main(
+    code = cli.main(
         [
+            "train",
             "--gin_file=models/t5_1_1_tiny.gin",
             "--gin_file=runs/finetune.gin",
             "--gin.MIXTURE_OR_TASK_NAME=demo_mixture",
@@ -184,3 +189,65 @@ def test_the_demo_config_registers_only_the_demo_collection():
     gin_flags.parse_gin(list(train_cli.DEMO_GIN_FILES), [])
     [register] = gin.query_parameter("trainer.train.register_tasks")
     assert register.configurable.wrapped is demo.register_demo_tasks
+
+
+# Every command's shipped stack, with the macros its docs say to set: they pass the checks
+# `flan-jax` runs before any work (no unread macro, no unset macro, values of the right type).
+COMMAND_STACKS = (
+    pytest.param(train_cli.DEMO_GIN_FILES, [], (), id="train-demo"),
+    pytest.param(
+        ("models/t5_1_1_small.gin", "runs/finetune.gin"),
+        ["MODEL_DIR = '/tmp/run'", "MIXTURE_OR_TASK_NAME = 'x'"],
+        (),
+        id="train-finetune",
+    ),
+    pytest.param(
+        ("models/t5_1_1_base.gin", "runs/finetune.gin", "runs/pretrain.gin"),
+        ["MODEL_DIR = '/tmp/run'", "MIXTURE_OR_TASK_NAME = 'x'"],
+        (),
+        id="train-pretrain",
+    ),
+    pytest.param(
+        ("runs/eval.gin",),
+        ["CHECKPOINT_PATH = '/c'", "MIXTURE_OR_TASK_NAME = 'x'"],
+        (),
+        id="eval",
+    ),
+    pytest.param(
+        ("runs/distill.gin",),
+        ["STORE = '/s'", "STUDENT = '/c'", "MODEL_DIR = '/m'", "TRAIN_DATA = '/t'"],
+        (),
+        id="distill",
+    ),
+)
+
+
+@pytest.mark.parametrize("files, bindings, used", COMMAND_STACKS)
+def test_command_stacks_pass_the_checks(files, bindings, used):
+    gin_flags.parse_and_check_gin(list(files), bindings, used_macros=used)
+
+
+def test_infer_gin_macros_are_read_by_the_command():
+    from flan_jax.cli import infer as infer_cli
+
+    gin_flags.parse_and_check_gin(["runs/infer.gin"], [], used_macros=infer_cli.GIN_MACRO_FLAGS)
+
+
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ("TRAIN_STPES = 5", "unknown gin macro TRAIN_STPES (set by --gin.TRAIN_STPES)"),
+        ("TRAIN_STEPS = 'abc'", "train_steps expects int, got 'abc'"),
+        ("BATCH_SIZE = True", "batch_size expects int, got True"),
+        ("trainer.train.batch_size = %NOPE", "gin macro NOPE is used by"),
+        ("TASK_FEATURE_LENGTHS = {'inputs': 'long'}", "task_feature_lengths expects"),
+    ],
+)
+def test_checks_name_the_macro_and_what_was_expected(binding, message):
+    with pytest.raises(gin_flags.ConfigError, match=re.escape(message)):
+        gin_flags.parse_and_check_gin(list(train_cli.DEMO_GIN_FILES), [binding])
+
+
+def test_a_macro_of_an_overridden_binding_is_not_unknown():
+    # demo_cpu.gin rebinds EvalConfig.eval_period, which finetune.gin read from EVAL_PERIOD.
+    gin_flags.parse_and_check_gin(list(train_cli.DEMO_GIN_FILES), ["EVAL_PERIOD = 5"])

@@ -11,8 +11,10 @@ and spiece.model; the exported one loads with
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from flan_jax.cli import flag_types
+from flan_jax.errors import PathError, UserError
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -30,7 +32,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--extra_ids",
-        type=int,
+        type=flag_types.non_negative_int,
         default=100,
         help="sentinel ids on top of the SentencePiece vocabulary (T5: 100)",
     )
@@ -43,13 +45,20 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scan_layers", action="store_true", help="store the imported layers stacked for nn.scan"
     )
-    parser.add_argument("--step", type=int, default=None, help="step to export (default latest)")
+    parser.add_argument(
+        "--step",
+        type=flag_types.non_negative_int,
+        default=None,
+        help="step to export (default latest)",
+    )
     return parser
 
 
 def _check_new_directory(path: Path) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"{path} already exists and is not empty.")
+        raise PathError(
+            f"--out {path} already exists and is not empty; choose a new or empty directory."
+        )
 
 
 def import_from_hf(args: argparse.Namespace) -> Path:
@@ -64,7 +73,7 @@ def import_from_hf(args: argparse.Namespace) -> Path:
     )
     vocab_path = Path(args.vocab) if args.vocab else vocab_path
     if vocab_path is None:
-        raise FileNotFoundError(f"{args.from_hf} has no spiece.model; pass --vocab PATH.")
+        raise UserError(f"{args.from_hf} has no spiece.model; pass --vocab PATH.")
     return save_model_checkpoint(
         out, params=params, config=config, vocab_path=vocab_path, extra_ids=args.extra_ids
     )
@@ -85,10 +94,6 @@ def export_to_hf(args: argparse.Namespace) -> Path:
 def main(argv: list[str]) -> int:
     """Entry point of `flan-jax convert`."""
     args = _build_parser().parse_args(argv)
-    try:
-        out = import_from_hf(args) if args.from_hf else export_to_hf(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"flan-jax convert: error: {error}", file=sys.stderr)
-        return 1
+    out = import_from_hf(args) if args.from_hf else export_to_hf(args)
     print(f"wrote {out}")
     return 0

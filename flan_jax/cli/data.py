@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import tqdm
 
+from flan_jax.cli import flag_types
 from flan_jax.cli import tasks as tasks_cli
 from flan_jax.data import export
 
@@ -36,13 +37,15 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     run.add_argument("--format", choices=export.FORMATS, default="jsonl")
     run.add_argument(
         "--max_examples",
-        type=int,
+        type=flag_types.positive_int,
         default=None,
         help="stop after N examples (default: every stream to its end)",
     )
     run.add_argument("--split", default="train")
-    run.add_argument("--seed", type=int, default=0, help="seed of the mixture sampler")
-    run.add_argument("--examples_per_shard", type=int, default=10_000)
+    run.add_argument(
+        "--seed", type=flag_types.non_negative_int, default=0, help="seed of the mixture sampler"
+    )
+    run.add_argument("--examples_per_shard", type=flag_types.positive_int, default=10_000)
     return parser.parse_args(argv)
 
 
@@ -72,11 +75,7 @@ def run_export(args: argparse.Namespace) -> dict:
 def main(argv: Sequence[str]) -> int:
     args = _parse_args(argv)
     tasks_cli.register_catalog_from_flags(args)
-    try:
-        manifest = run_export(args)
-    except export.ExportError as e:
-        print(f"flan-jax data: {e}", file=sys.stderr)
-        return 2
+    manifest = run_export(args)
     print(
         f"exported {manifest['num_examples']:,} examples of {manifest['name']} in "
         f"{len(manifest['shards'])} shards to {args.out} "

@@ -32,11 +32,11 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 from typing import Any
 
 import numpy as np
 
+from flan_jax.cli import flag_types
 from flan_jax.cli.infer import InputError, read_jsonl
 
 
@@ -44,7 +44,9 @@ def _add_ingest(sub) -> None:
     parser = sub.add_parser("ingest-openai", help="OpenAI-style completion JSONL -> store")
     parser.add_argument("--input", required=True, nargs="+", help="completion JSONL file(s)")
     parser.add_argument("--out", required=True, help="teacher store directory (appended)")
-    parser.add_argument("--k", type=int, default=5, help="top-k kept per position")
+    parser.add_argument(
+        "--k", type=flag_types.positive_int, default=5, help="top-k kept per position"
+    )
     parser.add_argument(
         "--keep_correct",
         action="store_true",
@@ -55,28 +57,33 @@ def _add_ingest(sub) -> None:
 def _add_generate(sub) -> None:
     parser = sub.add_parser("generate", help="sample a local teacher, store correct samples")
     parser.add_argument("--teacher", required=True, help="flan_jax checkpoint directory")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    parser.add_argument(
+        "--step",
+        type=flag_types.non_negative_int,
+        default=None,
+        help="checkpoint step (default latest)",
+    )
     parser.add_argument("--questions", required=True, help="questions file")
     parser.add_argument(
         "--dataset", default=None, help="read --questions in this data set's format (e.g. gsm8k)"
     )
     parser.add_argument("--out", required=True, help="teacher store directory (appended)")
-    parser.add_argument("--num_samples", type=int, default=4)
-    parser.add_argument("--temperature", type=float, default=0.5)
+    parser.add_argument("--num_samples", type=flag_types.positive_int, default=4)
+    parser.add_argument("--temperature", type=flag_types.positive_float, default=0.5)
     parser.add_argument(
         "--top_k",
-        type=int,
+        type=flag_types.positive_int,
         default=5,
         help="entries of the teacher distribution stored per position",
     )
-    parser.add_argument("--max_decode_len", type=int, default=128)
+    parser.add_argument("--max_decode_len", type=flag_types.positive_int, default=128)
     parser.add_argument(
         "--batch_size",
-        type=int,
+        type=flag_types.positive_int,
         default=16,
         help="questions per sampling call (each sampled num_samples times)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=flag_types.non_negative_int, default=0)
 
 
 def _add_align(sub) -> None:
@@ -89,7 +96,9 @@ def _add_align(sub) -> None:
         help="JSON list of teacher token strings (default: the store's)",
     )
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--k", type=int, default=None, help="target width (default: store k)")
+    parser.add_argument(
+        "--k", type=flag_types.positive_int, default=None, help="target width (default: store k)"
+    )
 
 
 def _add_select(sub) -> None:
@@ -105,19 +114,24 @@ def _add_select(sub) -> None:
     parser.add_argument("--dev", required=True, help="comma-separated selection sets")
     parser.add_argument("--format", default="zs_cot", choices=("zs_cot", "zs_answer_only"))
     parser.add_argument(
-        "--num_samples", type=int, default=1, help="1: greedy; N > 1: N samples and a majority vote"
+        "--num_samples",
+        type=flag_types.positive_int,
+        default=1,
+        help="1: greedy; N > 1: N samples and a majority vote",
     )
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--max_decode_len", type=int, default=256)
-    parser.add_argument("--max_input_len", type=int, default=512)
+    parser.add_argument("--temperature", type=flag_types.non_negative_float, default=0.7)
+    parser.add_argument("--max_decode_len", type=flag_types.positive_int, default=256)
+    parser.add_argument("--max_input_len", type=flag_types.positive_int, default=512)
     parser.add_argument(
         "--batch_size",
-        type=int,
+        type=flag_types.positive_int,
         default=32,
         help="questions per decoding call (each decoded num_samples times)",
     )
-    parser.add_argument("--max_examples", type=int, default=None, help="per evaluation set")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max_examples", type=flag_types.positive_int, default=None, help="per evaluation set"
+    )
+    parser.add_argument("--seed", type=flag_types.non_negative_int, default=0)
     parser.add_argument(
         "--train_questions",
         default=None,
@@ -217,15 +231,21 @@ def run_generate(args: argparse.Namespace) -> str:
 
 
 def run_align(args: argparse.Namespace) -> str:
-    from flan_jax.data.file_io import write_atomically, write_json_atomically
+    from flan_jax.data import file_io
     from flan_jax.data.vocabularies import get_vocabulary
     from flan_jax.distill import alignment, targets
     from flan_jax.distill.teacher_store import TeacherStore
 
     store = TeacherStore(args.store)
     if args.teacher_vocab is not None:
-        with open(args.teacher_vocab, encoding="utf-8") as f:
-            store.vocabulary = list(json.load(f))
+        text = file_io.read_text(args.teacher_vocab, error_type=InputError)
+        try:
+            store.vocabulary = list(json.loads(text))
+        except json.JSONDecodeError as error:
+            raise InputError(
+                f"--teacher_vocab {args.teacher_vocab}:{error.lineno}: not valid JSON "
+                f"({error.msg}); expected a JSON list of token strings."
+            ) from None
     encode, pieces = targets.sentencepiece_encoder(get_vocabulary(args.student_vocab))
     stats = alignment.AlignmentStats()
     keys, student_ids, rows = [], [], []
@@ -247,7 +267,7 @@ def run_align(args: argparse.Namespace) -> str:
         "logprobs": np.concatenate([r.logprobs for r in rows] or [np.zeros((0, k), np.float32)]),
         "fallback": np.concatenate([r.fallback for r in rows] or [np.zeros((0,), bool)]),
     }
-    write_atomically(
+    file_io.write_atomically(
         os.path.join(args.out, "aligned.npz"), lambda f: np.savez(f, **arrays), mode="wb"
     )
     summary = {
@@ -258,7 +278,7 @@ def run_align(args: argparse.Namespace) -> str:
         "num_fallback": stats.num_fallback,
         "fallback_rate": stats.fallback_rate,
     }
-    write_json_atomically(os.path.join(args.out, "summary.json"), summary)
+    file_io.write_json_atomically(os.path.join(args.out, "summary.json"), summary)
     return (
         f"aligned {stats.num_examples} examples ({stats.num_student_tokens} student tokens); "
         f"fallback rate {stats.fallback_rate:.2%}; wrote {args.out}"
@@ -266,8 +286,11 @@ def run_align(args: argparse.Namespace) -> str:
 
 
 def run_select(args: argparse.Namespace) -> str:
+    from flan_jax.data import file_io
     from flan_jax.distill import select_checkpoints as select
     from flan_jax.inference import DecodeConfig
+
+    file_io.check_writable(args.out)  # before decoding every step
 
     eval_sets = select.load_eval_sets(
         select.parse_eval_specs(args.eval), max_examples=args.max_examples
@@ -311,7 +334,7 @@ def run_train(argv: list[str]) -> int:
         print(train_student.__doc__)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    return gin_flags.run_gin_command("distill train", argv, train_student.train_student)
+    return gin_flags.run_gin_command(argv, train_student.train_student)
 
 
 _COMMANDS = {
@@ -327,10 +350,5 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "train":  # gin flags are not argparse flags
         return run_train(argv[1:])
     args = _build_parser().parse_args(argv)
-    try:
-        message = _COMMANDS[args.command](args)
-    except (InputError, FileNotFoundError, ValueError) as error:
-        print(f"flan-jax distill {args.command}: error: {error}", file=sys.stderr)
-        return 1
-    print(message)
+    print(_COMMANDS[args.command](args))
     return 0

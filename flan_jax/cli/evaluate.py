@@ -13,7 +13,6 @@ Prints one line per metric (`eval/<task>/<metric> = value`) and, with
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,7 +36,6 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from flan_jax.cli import gin_flags
 
-    return gin_flags.run_gin_command("eval", argv, run)
+    return gin_flags.run_gin_command(argv, run)

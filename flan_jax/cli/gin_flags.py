@@ -13,12 +13,14 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from importlib import resources
 from typing import Any, cast
 
 import gin
+
+from flan_jax.cli import gin_checks
+from flan_jax.errors import ConfigError
 
 _GIN_FILE = "--gin_file"
 _GIN_PREFIX = "--gin."
@@ -57,14 +59,14 @@ def split_gin_args(argv: list[str]) -> GinArgs:
         if arg == _GIN_FILE:
             path = next(args, None)
             if path is None:
-                raise ValueError("--gin_file needs a path.")
+                raise ConfigError("--gin_file needs a path.")
             parsed.files.append(path)
         elif arg.startswith(_GIN_FILE + "="):
             parsed.files.append(arg[len(_GIN_FILE) + 1 :])
         elif arg.startswith(_GIN_PREFIX):
             name, sep, value = arg[len(_GIN_PREFIX) :].partition("=")
             if not sep or not name:
-                raise ValueError(f"Expected --gin.NAME=VALUE, got {arg!r}.")
+                raise ConfigError(f"expected --gin.NAME=VALUE, got {arg!r}.")
             parsed.bindings.append(f"{name} = {_as_gin_value(value)}")
         else:
             parsed.rest.append(arg)
@@ -77,7 +79,7 @@ def resolve_gin_file(path: str) -> str:
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate
-    raise FileNotFoundError(
+    raise ConfigError(
         f"gin file {path!r} not found; looked at {candidates}. Shipped configs: "
         f"{', '.join(sorted(list_shipped_gin_files()))}"
     )
@@ -93,52 +95,76 @@ def list_shipped_gin_files() -> list[str]:
     ]
 
 
-def parse_gin(files: list[str], bindings: list[str]) -> None:
-    """Parses gin files and bindings into a fresh configuration.
+def parse_gin(files: list[str], bindings: list[str], *, finalize: bool = True) -> list[str]:
+    """Parses gin files and bindings into a fresh configuration; returns the resolved files.
 
     Each command invocation starts from a clean gin state (so two commands run in one
     process, as in tests, do not see each other's bindings); include statements also search
     the shipped dir.
+
+    Args:
+      files: gin files, as given or relative to the shipped gin_configs.
+      bindings: `NAME = VALUE` bindings (from `split_gin_args`).
+      finalize: lock the config (gin then also rejects references to unset macros).
+
+    Raises:
+      ConfigError: a file is missing or does not parse, or names an unknown configurable or
+        parameter (gin's message gives the file and line).
     """
+    resolved = [resolve_gin_file(f) for f in files]
     gin.clear_config()
     gin.add_config_file_search_path(shipped_gin_dir())
-    gin.parse_config_files_and_bindings(
-        [resolve_gin_file(f) for f in files], bindings, finalize_config=True
-    )
+    try:
+        gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=finalize)
+    except (ValueError, SyntaxError, KeyError, ImportError) as error:
+        # Raised for the config text only; the message names the file, line and name.
+        hint = gin_checks.suggest_parameter(str(error))
+        raise ConfigError(f"bad gin config: {error}{hint}") from error
+    return resolved
+
+
+def parse_and_check_gin(
+    files: list[str], bindings: list[str], *, used_macros: Collection[str] = ()
+) -> None:
+    """`parse_gin`, then the checks of `gin_checks` a command's config must pass.
+
+    Args:
+      files: gin files, as given or relative to the shipped gin_configs.
+      bindings: `NAME = VALUE` bindings (from `split_gin_args`).
+      used_macros: macros the command reads itself rather than through a binding.
+
+    Raises:
+      ConfigError: as `parse_gin`, or a macro nothing uses, a used macro left unset, a
+        value of the wrong type.
+    """
+    resolved = parse_gin(files, bindings, finalize=False)
+    sources = gin_checks.collect_sources(resolved, bindings)
+    gin_checks.check_gin_config(sources=sources, used_macros=used_macros)
+    gin.finalize()
 
 
 def run_gin_command(
-    command: str,
     argv: list[str],
     function: Callable[..., Any],
     *,
     default_files: Sequence[str] = (),
 ) -> int:
-    """Runs the gin-bound `function` of a command; bad input is one line and exit status 2.
+    """Parses and checks the gin flags, then calls the gin-bound `function`.
 
     Args:
-      command: the command name for messages (`train`, `eval`, `distill train`).
       argv: the command's arguments: only `--gin_file` and `--gin.NAME=VALUE` flags.
       function: a gin configurable, called with the parsed bindings.
       default_files: the gin files used when `argv` names none.
+
+    Raises:
+      ConfigError: bad flags or gin config, before `function` runs.
     """
-    try:
-        args = split_gin_args(argv)
-    except ValueError as error:
-        print(f"flan-jax {command}: error: {error}", file=sys.stderr)
-        return 2
+    args = split_gin_args(argv)
     files = args.files or list(default_files)
     if args.rest or not files:
-        print(
-            f"flan-jax {command}: error: expected --gin_file=PATH and --gin.NAME=VALUE "
-            f"flags; got {args.rest or 'no gin file'}",
-            file=sys.stderr,
+        raise ConfigError(
+            f"expected --gin_file=PATH and --gin.NAME=VALUE flags; got {args.rest or 'no gin file'}"
         )
-        return 2
-    try:
-        parse_gin(files, args.bindings)
-        gin.get_configurable(function)()
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as error:
-        print(f"flan-jax {command}: error: {error}", file=sys.stderr)
-        return 2
+    parse_and_check_gin(files, args.bindings)
+    gin.get_configurable(function)()
     return 0

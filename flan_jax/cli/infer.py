@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flan_jax.cli import flag_types
 from flan_jax.data import file_io
+from flan_jax.errors import UserError
 
 if TYPE_CHECKING:  # imported when running: jax loads slowly and --help should not wait
     from flan_jax.inference import DecodeConfig
 
 
-class InputError(ValueError):
-    """Bad user input (a file or a line in it), reported without a traceback."""
+class InputError(UserError, ValueError):
+    """A bad input file or a bad line in it; the message names the file and line."""
 
 
 def read_jsonl(path: str | os.PathLike, required: Sequence[str]) -> list[dict[str, Any]]:
@@ -55,13 +56,18 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str]) -> list[dict[st
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by `infer` and `score`."""
     parser.add_argument("--checkpoint", required=True, help="flan_jax checkpoint directory")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    parser.add_argument(
+        "--step",
+        type=flag_types.non_negative_int,
+        default=None,
+        help="checkpoint step (default latest)",
+    )
     parser.add_argument("--input_file", required=True)
     parser.add_argument("--output_file", required=True)
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--batch_size", type=flag_types.positive_int, default=8)
     parser.add_argument(
         "--max_input_len",
-        type=int,
+        type=flag_types.positive_int,
         default=512,
         help="inputs are truncated to this many tokens (EOS included)",
     )
@@ -110,7 +116,7 @@ def flags_from_gin(argv: list[str]) -> list[str]:
     args = gin_flags.split_gin_args(argv)
     if not args.files and not args.bindings:
         return argv
-    gin_flags.parse_gin(args.files, args.bindings)
+    gin_flags.parse_and_check_gin(args.files, args.bindings, used_macros=GIN_MACRO_FLAGS)
     flags = []
     for macro, flag in GIN_MACRO_FLAGS.items():
         try:
@@ -126,13 +132,15 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flan-jax infer", description=__doc__.split("\n")[0])
     add_checkpoint_arguments(parser)
     parser.add_argument("--decode", choices=("greedy", "sample", "beam"), default="greedy")
-    parser.add_argument("--num_beams", type=int, default=4)
-    parser.add_argument("--alpha", type=float, default=0.6, help="beam length penalty")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_decode_len", type=int, default=128)
+    parser.add_argument("--num_beams", type=flag_types.positive_int, default=4)
+    parser.add_argument(
+        "--alpha", type=flag_types.non_negative_float, default=0.6, help="beam length penalty"
+    )
+    parser.add_argument("--temperature", type=flag_types.non_negative_float, default=1.0)
+    parser.add_argument("--top_k", type=flag_types.non_negative_int, default=0)
+    parser.add_argument("--top_p", type=flag_types.probability, default=1.0)
+    parser.add_argument("--seed", type=flag_types.non_negative_int, default=0)
+    parser.add_argument("--max_decode_len", type=flag_types.positive_int, default=128)
     return parser
 
 
@@ -160,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
 
     records = read_jsonl(args.input_file, required=("inputs",))
     decode = decode_config_from_args(args)
+    file_io.check_writable(args.output_file)
     loaded = load_for_inference(args)
     predictor = Predictor(loaded.model, loaded.params, loaded.vocabulary, decode)
     predictions = predictor.predict([r["inputs"] for r in records])
@@ -169,34 +178,8 @@ def run(args: argparse.Namespace) -> int:
     return len(predictions)
 
 
-def run_reporting_errors(
-    command: str,
-    run_fn: Callable[[argparse.Namespace], int],
-    args: argparse.Namespace,
-    written: str,
-) -> int:
-    """Runs `run_fn(args)`: bad input is one line on stderr and exit status 1, not a traceback.
-
-    Args:
-      command: the subcommand name, for the error prefix.
-      run_fn: reads, computes and writes `args.output_file`; returns the number of lines.
-      args: the parsed arguments.
-      written: what the output lines hold, for the summary ("predictions").
-    """
-    try:
-        count = run_fn(args)
-    except (InputError, FileNotFoundError, ValueError) as error:
-        print(f"flan-jax {command}: error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {count} {written} to {args.output_file}")
-    return 0
-
-
 def main(argv: list[str]) -> int:
     """Entry point of `flan-jax infer`."""
-    try:
-        argv = flags_from_gin(argv)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"flan-jax infer: error: {error}", file=sys.stderr)
-        return 2
-    return run_reporting_errors("infer", run, _build_parser().parse_args(argv), "predictions")
+    args = _build_parser().parse_args(flags_from_gin(argv))
+    print(f"wrote {run(args)} predictions to {args.output_file}")
+    return 0

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from flan_jax.cli.infer import (
-    add_checkpoint_arguments,
-    load_for_inference,
-    read_jsonl,
-    run_reporting_errors,
-)
+from flan_jax.cli import flag_types
+from flan_jax.cli.infer import add_checkpoint_arguments, load_for_inference, read_jsonl
 from flan_jax.data import file_io
 
 
@@ -25,7 +21,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_checkpoint_arguments(parser)
     parser.add_argument(
         "--max_target_len",
-        type=int,
+        type=flag_types.positive_int,
         default=512,
         help="targets are truncated to this many tokens (EOS included)",
     )
@@ -42,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         max_input_len=args.max_input_len,
         batch_size=args.batch_size,
     )
+    file_io.check_writable(args.output_file)
     loaded = load_for_inference(args)
     predictor = Predictor(loaded.model, loaded.params, loaded.vocabulary, decode)
     scores = predictor.score([r["inputs"] for r in records], [r["targets"] for r in records])
@@ -57,4 +54,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     """Entry point of `flan-jax score`."""
-    return run_reporting_errors("score", run, _build_parser().parse_args(argv), "scores")
+    args = _build_parser().parse_args(argv)
+    print(f"wrote {run(args)} scores to {args.output_file}")
+    return 0

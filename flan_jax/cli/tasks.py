@@ -23,11 +23,15 @@ import collections
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import seqio
+# Only TensorFlow-free modules at the top: `flan-jax tasks --help` must not load TF (which
+# logs CUDA stubs on CPU machines); the commands import seqio and the registry when run.
+from flan_jax.cli import flag_types
+from flan_jax.tasks import naming
 
-from flan_jax.data import export
-from flan_jax.tasks import flan_names, mixtures, naming, sources
+if TYPE_CHECKING:
+    import seqio
 
 
 def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +44,10 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
         "built-in demo vocabulary, with a warning",
     )
     parser.add_argument(
-        "--extra_ids", type=int, default=100, help="sentinel ids on top of --vocabulary (T5: 100)"
+        "--extra_ids",
+        type=flag_types.non_negative_int,
+        default=100,
+        help="sentinel ids on top of --vocabulary (T5: 100)",
     )
 
 
@@ -81,9 +88,11 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     show.add_argument("name")
     preview = commands.add_parser("preview", help="render the first examples")
     preview.add_argument("name")
-    preview.add_argument("-n", "--num_examples", type=int, default=3)
+    preview.add_argument("-n", "--num_examples", type=flag_types.positive_int, default=3)
     preview.add_argument("--split", default="train")
-    preview.add_argument("--seed", type=int, default=0, help="seed of the mixture sampler")
+    preview.add_argument(
+        "--seed", type=flag_types.non_negative_int, default=0, help="seed of the mixture sampler"
+    )
     preview.add_argument("--json", action="store_true", help="one JSON object per line")
     recount = commands.add_parser("recount", help="recount examples from local data")
     recount.add_argument(
@@ -91,16 +100,17 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     recount.add_argument(
         "--table",
-        default=mixtures.COUNTS_PATH,
-        help="the count table to rewrite (default: the shipped one)",
+        default=None,
+        help="the count table to rewrite (default: the shipped tasks/counts.tsv)",
     )
     return parser.parse_args(argv)
 
 
-def recount(data_root: str | None, table: str) -> list[str]:
+def recount(data_root: str | None, table: str | None) -> list[str]:
     """Recounts the table from local data; one line per source: counted rows / all rows."""
-    from flan_jax.tasks import registry
+    from flan_jax.tasks import mixtures, registry
 
+    table = table or mixtures.COUNTS_PATH
     rows = registry.recompute_counts(data_root, path=table)
     totals: collections.Counter[str] = collections.Counter()
     counted: collections.Counter[str] = collections.Counter()
@@ -122,6 +132,10 @@ def _source_of(task_name: str) -> str | None:
 
 def list_tasks(mixture: str | None, source: str | None) -> list[str]:
     """Task names (with rate and share inside `mixture`), filtered by mixture and source."""
+    import seqio
+
+    from flan_jax.data import export
+
     rows: list[tuple[str, tuple[float, float] | None]]
     if mixture is None:
         rows = [(name, None) for name in sorted(seqio.TaskRegistry.names())]
@@ -140,6 +154,10 @@ def list_tasks(mixture: str | None, source: str | None) -> list[str]:
 
 def list_flan_names(source: str | None) -> list[str]:
     """FLAN's mixture names, then FLAN's task names (of `source`'s tasks), with ours."""
+    import seqio
+
+    from flan_jax.tasks import flan_names
+
     ours = [n for n in seqio.TaskRegistry.names() if _source_of(n) not in (None, "demo")]
     task_names = flan_names.register_flan_task_names(
         [n for n in ours if source is None or _source_of(n) == source]
@@ -155,7 +173,9 @@ def list_flan_names(source: str | None) -> list[str]:
 
 
 def _flan_copy_detail(flan_name: str, ours: str) -> str:
-    """ ", template 3" or ", template_mix form": how FLAN's task differs from ours."""
+    """How FLAN's task differs from ours: ", template 3", ", template_mix form" or ""."""
+    import seqio
+
     spec = seqio.TaskRegistry.get(flan_name).source.render_spec
     if len(spec.templates) < len(seqio.TaskRegistry.get(ours).source.render_spec.templates):
         return f", template {spec.templates[0].index}"
@@ -165,6 +185,8 @@ def _flan_copy_detail(flan_name: str, ours: str) -> str:
 
 def list_mixtures() -> list[str]:
     """Each registered mixture with its number of tasks."""
+    import seqio
+
     return [
         f"{name}\t{len(seqio.get_mixture_or_task(name).tasks)} tasks"
         for name in sorted(seqio.MixtureRegistry.names())
@@ -180,6 +202,8 @@ def _format_count(task: seqio.Task, split: str) -> str:
 
 
 def _describe_templates(task: seqio.Task) -> list[str]:
+    from flan_jax.tasks import sources
+
     spec = getattr(task.source, "render_spec", None)
     if not isinstance(spec, sources.RenderSpec):
         return ["templates: not exposed by this source"]
@@ -204,6 +228,8 @@ def _describe_templates(task: seqio.Task) -> list[str]:
 
 
 def _describe_rates(task_name: str) -> list[str]:
+    import seqio
+
     lines = []
     for name in sorted(seqio.MixtureRegistry.names()):
         mixture = seqio.get_mixture_or_task(name)
@@ -234,6 +260,8 @@ def show_task(task: seqio.Task) -> list[str]:
 
 
 def _describe_cap(source: str | None) -> list[str]:
+    from flan_jax.tasks import mixtures
+
     caps = mixtures.CAPS
     if source not in caps:
         return []
@@ -262,6 +290,8 @@ def show_mixture(mixture: seqio.Mixture) -> list[str]:
 
 def preview(name: str, num_examples: int, split: str, seed: int, as_json: bool) -> list[str]:
     """The first rendered examples of a task or mixture, with their metadata."""
+    from flan_jax.data import export
+
     sampler = export.MixtureSampler(export.get_task_rates(name, split), split=split, seed=seed)
     lines = []
     for count in range(1, num_examples + 1):
@@ -279,6 +309,10 @@ def preview(name: str, num_examples: int, split: str, seed: int, as_json: bool) 
 
 
 def _run_command(args: argparse.Namespace) -> list[str]:
+    import seqio
+
+    from flan_jax.data import export
+
     if args.command == "list":
         if args.flan_names:
             return list_flan_names(args.source)
@@ -295,11 +329,7 @@ def main(argv: Sequence[str]) -> int:
         print("\n".join(recount(args.data_root, args.table)))
         return 0
     register_catalog_from_flags(args)
-    try:
-        lines = _run_command(args)
-    except export.ExportError as e:
-        print(f"flan-jax tasks: {e}", file=sys.stderr)
-        return 2
+    lines = _run_command(args)
     if lines:
         print("\n".join(lines))
     if args.command == "list":

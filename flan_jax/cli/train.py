@@ -12,7 +12,6 @@ under the shipped `gin_configs/`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -38,8 +37,6 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    # TensorFlow (seqio's input pipeline) logs at length from C++; keep the console readable.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from flan_jax.cli import gin_flags
 
-    return gin_flags.run_gin_command("train", argv, run, default_files=DEMO_GIN_FILES)
+    return gin_flags.run_gin_command(argv, run, default_files=DEMO_GIN_FILES)

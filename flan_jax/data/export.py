@@ -47,6 +47,7 @@ import seqio
 import tensorflow as tf
 
 from flan_jax.data import file_io
+from flan_jax.errors import UserError
 
 FORMATS = ("jsonl", "arrayrecord")
 MANIFEST_NAME = "manifest.json"
@@ -61,7 +62,7 @@ _TOKENIZING_PREPROCESSORS = (
 Provider: TypeAlias = seqio.Task | seqio.Mixture
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """Arguments or an export directory that cannot be used as asked."""
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from flan_jax import checkpoints
 from flan_jax.data.file_io import write_json_atomically
 from flan_jax.distill import formats
+from flan_jax.errors import ConfigError
 from flan_jax.evaluation import selection, splits
 from flan_jax.evaluation.math_datasets import MathExample, load_math_dataset
 from flan_jax.inference import DecodeConfig, Predictor
@@ -73,11 +74,11 @@ def parse_eval_specs(specs: Sequence[str]) -> dict[str, str]:
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise ValueError(
+            raise ConfigError(
                 f"--eval expects NAME=PATH (e.g. svamp=/data/svamp.json); got {spec!r}."
             )
         if name in parsed:
-            raise ValueError(f"--eval names {name!r} twice.")
+            raise ConfigError(f"--eval names {name!r} twice.")
         parsed[name] = path
     return parsed
 

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from flan_jax.data import file_io
+from flan_jax.errors import UserError
 
 STORE_FORMAT = "flan_jax.teacher_store"
 STORE_VERSION = 1
@@ -60,7 +61,7 @@ _SHARD_ARRAYS = (
 )
 
 
-class TeacherStoreError(ValueError):
+class TeacherStoreError(UserError, ValueError):
     """Bad input to the teacher store: names the file (and line) at fault."""
 
 
@@ -87,8 +88,7 @@ class TeacherExample:
 
 def _read_json(path: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(file_io.read_text(path, error_type=TeacherStoreError))
     except json.JSONDecodeError as error:
         raise TeacherStoreError(f"{path}: not valid JSON ({error}).") from error
 

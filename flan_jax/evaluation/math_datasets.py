@@ -36,10 +36,12 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from flan_jax.data import file_io
+from flan_jax.errors import ConfigError, UserError
 from flan_jax.evaluation import answers
 
 
-class MathDataError(ValueError):
+class MathDataError(UserError, ValueError):
     """A data file that does not have the expected format; the message names file and line."""
 
 
@@ -73,31 +75,14 @@ def _split_name(path: str) -> str:
     return base.split(".", 1)[0]
 
 
-def _read_json_lines(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise MathDataError(f"{path}:{line_number}: invalid JSON ({error.msg}).") from None
-            if not isinstance(row, dict):
-                raise MathDataError(
-                    f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}."
-                )
-            yield line_number, row
-
-
 def _read_json_problems(
     path: str, required: tuple[str, ...]
 ) -> Iterator[tuple[int, dict[str, Any], str]]:
     """(position, problem, where) for each object of a JSON list that has `required` keys."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as error:
-            raise MathDataError(f"{path}:{error.lineno}: invalid JSON ({error.msg}).") from None
+    try:
+        data = json.loads(file_io.read_text(path, error_type=MathDataError))
+    except json.JSONDecodeError as error:
+        raise MathDataError(f"{path}:{error.lineno}: not valid JSON ({error.msg}).") from None
     if not isinstance(data, list):
         raise MathDataError(f"{path}: expected a JSON list of problems, got {type(data).__name__}.")
     for position, row in enumerate(data):
@@ -137,7 +122,7 @@ def load_gsm8k(path: str | os.PathLike) -> list[MathExample]:
     path = os.fspath(path)
     split = _split_name(path)
     examples: list[MathExample] = []
-    for line_number, row in _read_json_lines(path):
+    for line_number, row in file_io.read_jsonl_objects(path, error_type=MathDataError):
         where = f"{path}:{line_number}"
         _require(row, ("question", "answer"), where)
         solution, marker, final = str(row["answer"]).rpartition("####")
@@ -242,7 +227,7 @@ def load_asdiv(path: str | os.PathLike) -> list[MathExample]:
         return _load_asdiv_xml(path)
     return [
         _asdiv_example(row, f"{path}:{line_number}", default_id=f"line-{line_number}")
-        for line_number, row in _read_json_lines(path)
+        for line_number, row in file_io.read_jsonl_objects(path, error_type=MathDataError)
     ]
 
 
@@ -261,29 +246,28 @@ def load_cot_tsv(path: str | os.PathLike, *, source: str | None = None) -> list[
     path = os.fspath(path)
     source = source or os.path.basename(path).split("_train", 1)[0].split(".", 1)[0]
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            columns = line.split("\t")
-            if len(columns) != 3:
-                raise MathDataError(
-                    f"{path}:{line_number}: expected 3 tab-separated columns "
-                    f"(question, answer, rationale), got {len(columns)}."
-                )
-            question, answer, rationale = (unescape_tsv_field(c).strip() for c in columns)
-            if not question or not answer:
-                raise MathDataError(f"{path}:{line_number}: empty question or answer.")
-            examples.append(
-                MathExample(
-                    question=question,
-                    answer=answers.canonicalize_answer(answer),
-                    rationale=rationale or None,
-                    source=source,
-                    id=f"{source}/cot-{line_number - 1}",
-                )
+    for line_number, line in file_io.read_text_lines(path, error_type=MathDataError):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        columns = line.split("\t")
+        if len(columns) != 3:
+            raise MathDataError(
+                f"{path}:{line_number}: expected 3 tab-separated columns "
+                f"(question, answer, rationale), got {len(columns)}."
             )
+        question, answer, rationale = (unescape_tsv_field(c).strip() for c in columns)
+        if not question or not answer:
+            raise MathDataError(f"{path}:{line_number}: empty question or answer.")
+        examples.append(
+            MathExample(
+                question=question,
+                answer=answers.canonicalize_answer(answer),
+                rationale=rationale or None,
+                source=source,
+                id=f"{source}/cot-{line_number - 1}",
+            )
+        )
     return examples
 
 
@@ -301,5 +285,5 @@ def load_math_dataset(name: str, path: str | os.PathLike) -> list[MathExample]:
     if name not in LOADERS:
         close = difflib.get_close_matches(name, LOADERS, n=3)
         hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(f"Unknown math data set {name!r}; known: {sorted(LOADERS)}.{hint}")
+        raise ConfigError(f"Unknown math data set {name!r}; known: {sorted(LOADERS)}.{hint}")
     return LOADERS[name](path)

@@ -26,6 +26,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
+from flan_jax.errors import UserError
 from flan_jax.evaluation import answers
 from flan_jax.evaluation.math_datasets import MathExample
 
@@ -56,14 +57,18 @@ def find_overlaps(
     ]
 
 
+class OverlapError(UserError, ValueError):
+    """An evaluation set shares questions with the training data."""
+
+
 def check_no_overlap(
     candidates: Sequence[MathExample], reference: Sequence[MathExample], *, what: str = "dev split"
 ) -> None:
-    """Raises ValueError listing overlaps when a candidate question occurs in `reference`."""
+    """Raises OverlapError (a ValueError) naming the candidates found in `reference`."""
     overlaps = find_overlaps(candidates, reference)
     if overlaps:
         shown = ", ".join(f"{c} = {r}" for c, r in overlaps[:5])
-        raise ValueError(
+        raise OverlapError(
             f"The {what} shares {len(overlaps)} question(s) with the training "
             f"data (after normalisation), e.g. {shown}. Build it with "
             f"make_ood_dev_split to drop them."

@@ -12,6 +12,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from flan_jax.errors import ConfigError
+
 FEED_FORWARD_KINDS = ("gated-gelu", "relu")
 ACTIVATION_DTYPES = ("bfloat16", "float32")
 # "none": keep every activation; "full": recompute the whole layer in the backward pass;
@@ -78,17 +80,19 @@ class T5Config:
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"T5Config.{name} must be a positive int, got {value!r}.")
+                raise ConfigError(f"T5Config.{name} must be a positive int, got {value!r}.")
         if self.relative_attention_num_buckets % 2:
             # Bidirectional buckets are split in two halves (past / future).
-            raise ValueError(
+            raise ConfigError(
                 "T5Config.relative_attention_num_buckets must be even, got "
                 f"{self.relative_attention_num_buckets}."
             )
         if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
+            raise ConfigError(
+                f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}."
+            )
         if not self.layer_norm_epsilon > 0:
-            raise ValueError(
+            raise ConfigError(
                 f"T5Config.layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}."
             )
         choices = (
@@ -98,12 +102,12 @@ class T5Config:
         )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
-                raise ValueError(
+                raise ConfigError(
                     f"T5Config.{name} must be one of {allowed}, got {getattr(self, name)!r}."
                 )
         for name in ("tie_word_embeddings", "scan_layers"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"T5Config.{name} must be a bool, got {getattr(self, name)!r}.")
+                raise ConfigError(f"T5Config.{name} must be a bool, got {getattr(self, name)!r}.")
 
     @property
     def activation_dtype(self) -> jnp.dtype:
@@ -129,7 +133,7 @@ class T5Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"{source}: unknown T5Config field(s) {unknown}; known fields are {sorted(known)}."
             )
         return cls(**values)
@@ -144,7 +148,7 @@ class T5Config:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{source}: not valid JSON ({error}).") from error
+            raise ConfigError(f"{source}: not valid JSON ({error}).") from error
         if not isinstance(values, dict):
-            raise ValueError(f"{source}: expected a JSON object, got {type(values).__name__}.")
+            raise ConfigError(f"{source}: expected a JSON object, got {type(values).__name__}.")
         return cls.from_dict(values, source=source)

@@ -569,6 +569,15 @@ class T5DecodeState:
     max_decode_len: int = flax.struct.field(pytree_node=False)
 
 
+# How many T5Models this process built: tests assert that a bad config fails before one is.
+_models_built = 0
+
+
+def models_built() -> int:
+    """The number of `T5Model`s built so far in this process."""
+    return _models_built
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Model:
     """The T5 encoder-decoder behind :class:`flan_jax.models.interface.Model`.
@@ -578,6 +587,10 @@ class T5Model:
     """
 
     config: T5Config
+
+    def __post_init__(self) -> None:
+        global _models_built
+        _models_built += 1
 
     @property
     def module(self) -> EncoderDecoder:

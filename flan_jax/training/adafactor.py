@@ -40,6 +40,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
+from flan_jax.errors import ConfigError
 from flan_jax.training.train_state import Optimizer
 
 
@@ -100,21 +101,21 @@ class AdafactorConfig:
 
     def __post_init__(self) -> None:
         if self.beta1 is not None and not 0.0 <= self.beta1 < 1.0:
-            raise ValueError(f"AdafactorConfig.beta1 must be in [0, 1) or None; got {self.beta1}")
+            raise ConfigError(f"AdafactorConfig.beta1 must be in [0, 1) or None; got {self.beta1}")
         if self.decay_rate <= 0:
-            raise ValueError(f"AdafactorConfig.decay_rate must be > 0; got {self.decay_rate}")
+            raise ConfigError(f"AdafactorConfig.decay_rate must be > 0; got {self.decay_rate}")
         if self.clipping_threshold is not None and self.clipping_threshold <= 0:
-            raise ValueError(
+            raise ConfigError(
                 "AdafactorConfig.clipping_threshold must be > 0 or None; "
                 f"got {self.clipping_threshold}"
             )
         if self.min_dim_size_to_factor < 1:
-            raise ValueError(
+            raise ConfigError(
                 "AdafactorConfig.min_dim_size_to_factor must be >= 1; "
                 f"got {self.min_dim_size_to_factor}"
             )
         if self.dtype_momentum not in ("float32", "bfloat16"):
-            raise ValueError(
+            raise ConfigError(
                 "AdafactorConfig.dtype_momentum must be 'float32' or 'bfloat16'; "
                 f"got {self.dtype_momentum!r}"
             )

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from flan_jax.errors import ConfigError
 from flan_jax.kernels import fused_loss
 from flan_jax.training import partitioning
 
@@ -78,21 +79,21 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if self.normalization not in NORMALIZATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"LossConfig.normalization must be one of {NORMALIZATIONS}; "
                 f"got {self.normalization!r}"
             )
         if self.normalization == "constant" and not (self.normalizing_constant or 0) > 0:
-            raise ValueError(
+            raise ConfigError(
                 "LossConfig.normalizing_constant must be > 0 with normalization='constant'; "
                 f"got {self.normalizing_constant!r}"
             )
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"LossConfig.label_smoothing must be in [0, 1); got {self.label_smoothing}"
             )
         if self.z_loss < 0:
-            raise ValueError(f"LossConfig.z_loss must be >= 0; got {self.z_loss}")
+            raise ConfigError(f"LossConfig.z_loss must be >= 0; got {self.z_loss}")
 
 
 class TokenLosses(NamedTuple):

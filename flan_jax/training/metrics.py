@@ -25,6 +25,8 @@ from typing import Any, TextIO
 import jax
 import tqdm
 
+from flan_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class MetricsConfig:
@@ -47,9 +49,9 @@ class MetricsConfig:
 
     def __post_init__(self) -> None:
         if self.log_period < 1:
-            raise ValueError(f"MetricsConfig.log_period must be >= 1; got {self.log_period}")
+            raise ConfigError(f"MetricsConfig.log_period must be >= 1; got {self.log_period}")
         if self.peak_flops_per_device is not None and self.peak_flops_per_device <= 0:
-            raise ValueError(
+            raise ConfigError(
                 "MetricsConfig.peak_flops_per_device must be > 0 or None; "
                 f"got {self.peak_flops_per_device}"
             )

@@ -31,6 +31,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flan_jax.errors import ConfigError
+
 MESH_AXES: tuple[str, str, str] = ("data", "fsdp", "model")
 
 LogicalRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
@@ -109,12 +111,12 @@ class MeshConfig:
         sizes = dataclasses.asdict(self)
         for name, size in sizes.items():
             if not isinstance(size, int) or (size < 1 and size != -1):
-                raise ValueError(
+                raise ConfigError(
                     f"MeshConfig.{name} must be a positive int or -1 (all remaining devices); "
                     f"got {size!r}"
                 )
         if list(sizes.values()).count(-1) > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"MeshConfig: at most one axis may be -1 (the remaining devices); got {sizes}"
             )
 

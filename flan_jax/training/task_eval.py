@@ -31,6 +31,7 @@ import seqio
 
 from flan_jax import checkpoints, inference
 from flan_jax.data import file_io, pipeline
+from flan_jax.errors import ConfigError
 from flan_jax.models.interface import Model
 from flan_jax.training import losses
 
@@ -62,15 +63,15 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.eval_period < 0:
-            raise ValueError(f"EvalConfig.eval_period must be >= 0; got {self.eval_period}")
+            raise ConfigError(f"EvalConfig.eval_period must be >= 0; got {self.eval_period}")
         if self.batch_size < 1:
-            raise ValueError(f"EvalConfig.batch_size must be >= 1; got {self.batch_size}")
+            raise ConfigError(f"EvalConfig.batch_size must be >= 1; got {self.batch_size}")
         if self.max_examples is not None and self.max_examples < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"EvalConfig.max_examples must be >= 1 or None; got {self.max_examples}"
             )
         if isinstance(self.tasks, str):
-            raise ValueError(
+            raise ConfigError(
                 f"EvalConfig.tasks must be a tuple of names, got the string {self.tasks!r}; "
                 f"write ({self.tasks!r},)"
             )

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flan_jax.errors import ConfigError
 from flan_jax.models.interface import Model
 from flan_jax.training import losses, partitioning
 from flan_jax.training.train_state import Optimizer, TrainState
@@ -75,11 +76,11 @@ class TrainStepConfig:
 
     def __post_init__(self) -> None:
         if self.num_microbatches < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"TrainStepConfig.num_microbatches must be >= 1; got {self.num_microbatches}"
             )
         if self.on_nonfinite not in NONFINITE_MODES:
-            raise ValueError(
+            raise ConfigError(
                 f"TrainStepConfig.on_nonfinite must be one of {NONFINITE_MODES}; "
                 f"got {self.on_nonfinite!r}"
             )

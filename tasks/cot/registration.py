@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 
 import seqio
 
+from flan_jax.errors import UserError
 from flan_jax.tasks import data_paths, family, naming, sources, templates
 from flan_jax.tasks import few_shot as few_shot_lib
 
@@ -48,7 +49,7 @@ HOW_TO_GET = (
 )
 
 
-class CotFormatError(ValueError):
+class CotFormatError(UserError, ValueError):
     """A CoT TSV line that does not have the three expected columns."""
 
 

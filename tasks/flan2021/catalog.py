@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from flan_jax.errors import UserError
 from flan_jax.tasks import tfds_reading
 
 CATALOG_PATH = os.path.join(os.path.dirname(__file__), "datasets.yaml")
@@ -56,7 +57,7 @@ _OPTIONAL_KEYS = (
 )
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """A catalog entry that does not follow the schema above."""
 
 

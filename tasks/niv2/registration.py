@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import seqio
 
+from flan_jax.errors import UserError
 from flan_jax.tasks import data_paths, family, naming, sources, templates
 from flan_jax.tasks import few_shot as few_shot_lib
 
@@ -55,7 +56,7 @@ HOW_TO_GET = (
 )
 
 
-class Niv2FormatError(ValueError):
+class Niv2FormatError(UserError, ValueError):
     """A task JSON file that does not follow the NIv2 schema."""
 
 

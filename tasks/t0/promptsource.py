@@ -36,12 +36,14 @@ import jinja2.sandbox
 import numpy as np
 import yaml
 
+from flan_jax.errors import UserError
+
 SEPARATOR = "|||"
 # The context variable through which the `choice` filter reaches the example's generator.
 _RNG_VARIABLE = "flan_jax_example_rng"
 
 
-class PromptTemplateError(ValueError):
+class PromptTemplateError(UserError, ValueError):
     """A promptsource file or template that cannot be read or rendered."""
 
 

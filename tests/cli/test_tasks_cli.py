@@ -9,6 +9,7 @@ import pytest
 import seqio
 
 from flan_jax.cli import data as data_cli
+from flan_jax.cli import main as cli
 from flan_jax.cli import tasks as tasks_cli
 from flan_jax.data import export
 from flan_jax.tasks import naming, sources, templates
@@ -59,7 +60,9 @@ def only_test_tasks(monkeypatch):
 
 
 def run_cli(module, capsys, *argv):
-    code = module.main(list(argv))
+    """`flan-jax tasks|data ARGV` through the CLI's error boundary."""
+    command = {tasks_cli: "tasks", data_cli: "data"}[module]
+    code = cli.main([command, *argv])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -81,3 +81,57 @@ def test_output_directory_appears_whole_or_not_at_all(tmp_path):
     with pytest.raises(FileExistsError, match="not an empty directory"):
         with file_io.atomic_output_directory(target):
             pass
+
+
+@pytest.fixture
+def umask():
+    """Sets the process umask for one test and restores it."""
+    previous = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize(
+    "mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)]
+)
+def test_written_files_get_the_modes_of_the_umask(tmp_path, umask, mask, file_mode, dir_mode):
+    umask(mask)
+    file_io.write_json_atomically(tmp_path / "a.json", {"x": 1})
+    with file_io.atomic_output_path(tmp_path / "b.bin") as temp:
+        with open(temp, "wb") as f:
+            f.write(b"b")
+    with file_io.atomic_output_directory(tmp_path / "d") as temp_dir:
+        (temp_dir / "inner.txt").write_text("x")
+    # What `open` would create under this umask, the reference.
+    with open(tmp_path / "plain", "w"):
+        pass
+    assert os.stat(tmp_path / "plain").st_mode & 0o777 == file_mode
+    for name in ("a.json", "b.bin"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == file_mode, name
+    assert os.stat(tmp_path / "d").st_mode & 0o777 == dir_mode
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "b.bin", "d", "plain"]
+
+
+def test_an_unwritable_directory_is_a_path_error_naming_it(tmp_path):
+    from flan_jax.errors import PathError, UserError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    for write in (
+        lambda: file_io.write_text_atomically(blocker / "out.txt", "x"),
+        lambda: file_io.check_writable(blocker / "sub" / "out.txt"),
+    ):
+        with pytest.raises(PathError, match=f"cannot write into {blocker}") as caught:
+            write()
+        assert isinstance(caught.value, UserError)
+    assert blocker.read_text() == "not a directory"
+
+
+def test_a_line_that_is_not_utf8_is_named_with_its_file_and_line(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n{"a": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=rf"{path}:3: not valid UTF-8 \(byte 0xe9 at column 11\)"):
+        list(file_io.read_jsonl_objects(path))
+    path.write_bytes(b"ok\nline two \xff\n")
+    with pytest.raises(KeyError, match=rf"{path}:2: not valid UTF-8 \(byte 0xff at column 10\)"):
+        file_io.read_text(path, error_type=KeyError)

@@ -12,6 +12,7 @@ import pytest
 
 from flan_jax import checkpoints
 from flan_jax.cli import distill as distill_cli
+from flan_jax.cli import main as cli
 from flan_jax.data.vocabularies import build_sentencepiece_model, get_vocabulary
 from flan_jax.distill import alignment, formats, targets
 from flan_jax.distill.kl_loss import SPARSE_KL
@@ -212,6 +213,7 @@ def test_distill_train_saves_steps_and_its_first_loss_matches_direct_paths(setup
 _KILL_AT_BATCH = """
 import os, sys
 from flan_jax.cli import distill as distill_cli
+from flan_jax.cli import main as cli
 from flan_jax.distill import targets
 
 calls = 0
@@ -446,7 +448,7 @@ def test_distill_select_rejects_dev_sets_that_overlap_training(setup, tmp_path, 
         "--out",
         out,
     ]
-    assert distill_cli.main(argv) == 1
+    assert cli.main(["distill", *argv]) == 2
     error = capsys.readouterr().err
     assert "dev set 'multiarith' shares 1 question" in error and "multiarith/1" in error
     assert not os.path.exists(out)

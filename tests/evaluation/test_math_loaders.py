@@ -113,7 +113,7 @@ def test_cot_tsv_loader_unescapes_newlines():
         (
             math_datasets.load_gsm8k,
             '{"question": "q", "answer": "1 #### 2"}\n{"question": "q"\n',
-            r"bad\.jsonl:2: invalid JSON",
+            r"bad\.jsonl:2: not valid JSON",
         ),
         (math_datasets.load_gsm8k, '{"question": "q", "answer": "x"}\n', r"bad\.jsonl:1: .*####"),
         (

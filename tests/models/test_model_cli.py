@@ -172,10 +172,10 @@ def test_bad_inputs_give_one_clear_error(workdir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"inputs": "fine"}\n{"inputs": oops}\n')
     args = ["--checkpoint", str(root / "ckpt"), "--output_file", str(tmp_path / "o.jsonl")]
-    assert cli.main(["infer", "--input_file", str(bad), *args]) == 1
+    assert cli.main(["infer", "--input_file", str(bad), *args]) == 2
     assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
     bad.write_text('{"inputs": "fine"}\n')
-    assert cli.main(["score", "--input_file", str(bad), *args]) == 1
+    assert cli.main(["score", "--input_file", str(bad), *args]) == 2
     assert f"{bad}:1: field 'targets' must be a string" in capsys.readouterr().err
     assert (
         cli.main(
@@ -189,9 +189,9 @@ def test_bad_inputs_give_one_clear_error(workdir, tmp_path, capsys):
                 str(tmp_path / "o.jsonl"),
             ]
         )
-        == 1
+        == 2
     )
     assert "does not exist" in capsys.readouterr().err
-    assert cli.main(["convert", "--from-hf", str(tmp_path), "--out", str(tmp_path / "c")]) == 1
+    assert cli.main(["convert", "--from-hf", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
     assert "config.json is missing" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
