@@ -21,10 +21,11 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import traceback
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -41,8 +42,10 @@ PARAMS_ITEM = "params"
 
 Params = dict[str, Any]
 
-# Longest storage-error text kept in a message (TensorStore's own text can run to pages).
-_MAX_REASON_CHARS = 300
+# Longest storage-error text kept in a message (TensorStore's own text can run to pages);
+# a longer one keeps its start (what was read) and its end (what went wrong).
+_MAX_REASON_CHARS = 400
+_TENSORSTORE_ANNOTATION = re.compile(r"\s*\[(source locations|tensorstore_spec)=.*$")
 
 
 class CheckpointError(ValueError):
@@ -78,9 +81,11 @@ def summarize_read_error(error: BaseException) -> str:
         root = cause
     lines = str(root).strip().splitlines()
     text = lines[0].strip("'\" ") if lines else ""
+    text = _TENSORSTORE_ANNOTATION.sub("", text)  # a JSON spec after the message
     summary = f"{type(root).__name__}: {text}" if text else type(root).__name__
     if len(summary) > _MAX_REASON_CHARS:
-        summary = summary[: _MAX_REASON_CHARS - 3] + "..."
+        half = _MAX_REASON_CHARS // 2
+        summary = f"{summary[:half]} ... {summary[-half:]}"
     return summary
 
 
