@@ -10,14 +10,21 @@ Layout:
                             trainer items ("opt_state", "data_state") when written by training
 
 The trainer manages the same directory with more items, so any training run's directory can
-be loaded here (only the "params" item is read).
+be loaded here: only ``<step>/params`` is opened, so the other items are neither read nor
+warned about. A step that cannot be read raises :class:`UnreadableCheckpointError`, one
+line naming the directory, the step, the item and the storage error's own message.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import re
+import sys
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,113 @@ VOCAB_FILENAME = "spiece.model"
 PARAMS_ITEM = "params"
 
 Params = dict[str, Any]
+
+# Longest storage-error text kept in a message (TensorStore's own text can run to pages);
+# a longer one keeps its start (what was read) and its end (what went wrong).
+_MAX_REASON_CHARS = 400
+_TENSORSTORE_ANNOTATION = re.compile(r"\s*\[(source locations|tensorstore_spec)=.*$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory or step that cannot be used; the message says why and what to do."""
+
+
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """The checkpoint directory, its config or the requested step does not exist."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """A checkpoint step exists but cannot be read (truncated file, missing item, bad data).
+
+    Attributes:
+        ckpt_dir: the checkpoint directory.
+        step: the step.
+        reason: one line: the item and the innermost storage error.
+    """
+
+    def __init__(self, ckpt_dir: str | os.PathLike, step: int, reason: str) -> None:
+        self.ckpt_dir, self.step, self.reason = Path(ckpt_dir), step, reason
+        super().__init__(f"checkpoint step {step} in {ckpt_dir} cannot be read ({reason})")
+
+
+def summarize_read_error(error: BaseException) -> str:
+    """One line for a failed read: the first line of the innermost chained error.
+
+    TensorStore wraps its useful text (``OUT_OF_RANGE: Error reading "..." ...``) in an
+    outer exception whose message is a page of JSON spec, so the chain's root is kept.
+    """
+    root = error
+    while (cause := root.__cause__ or root.__context__) is not None and cause is not root:
+        root = cause
+    lines = str(root).strip().splitlines()
+    text = lines[0].strip("'\" ") if lines else ""
+    text = _TENSORSTORE_ANNOTATION.sub("", text)  # a JSON spec after the message
+    summary = f"{type(root).__name__}: {text}" if text else type(root).__name__
+    if len(summary) > _MAX_REASON_CHARS:
+        half = _MAX_REASON_CHARS // 2
+        summary = f"{summary[:half]} ... {summary[-half:]}"
+    return summary
+
+
+_ORBAX_DIR = os.path.dirname(ocp.__file__)
+
+
+def _comes_from_orbax(error: BaseException | None) -> bool:
+    tb = error.__traceback__ if error is not None else None
+    return any(_ORBAX_DIR in frame.f_code.co_filename for frame, _ in traceback.walk_tb(tb))
+
+
+def _is_orphaned_read_report(error: BaseException | None, source: object) -> bool:
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return True
+    code = getattr(source, "cr_code", None)  # a coroutine closed while still reading
+    return (code is not None and _ORBAX_DIR in code.co_filename) or _comes_from_orbax(error)
+
+
+class _OrphanedReadLogFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not ("never retrieved" in record.getMessage() and _comes_from_orbax(error))
+
+
+def quiet_orphaned_reads() -> None:
+    """After a failed read, drops the reports of the reads orbax left running (idempotent).
+
+    When one array of a step cannot be read, orbax closes its event loop while the step's
+    other reads are still in flight. Each of them reports later, from TensorStore's threads
+    and the garbage collector ("Event loop is closed", "Task exception was never
+    retrieved", "Exception ignored in <coroutine _read_array_index_and_device_put>"):
+    hundreds of lines after the one-line error. Only reports of that origin are dropped.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_orphaned_reads", False):
+        return
+
+    def unraisablehook(unraisable: Any) -> None:
+        if not _is_orphaned_read_report(unraisable.exc_value, unraisable.object):
+            previous(unraisable)
+
+    unraisablehook.drops_orphaned_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = unraisablehook
+    logging.getLogger("asyncio").addFilter(_OrphanedReadLogFilter())
+
+
+def list_step_items(step_dir: Path) -> list[str]:
+    """The items (sub-directories) a step directory holds, sorted."""
+    return sorted(p.name for p in step_dir.iterdir() if p.is_dir())
+
+
+def check_step_items(ckpt_dir: Path, step: int, items: Sequence[str]) -> None:
+    """Raises :class:`UnreadableCheckpointError` naming missing items and those present."""
+    present = list_step_items(ckpt_dir / str(step))
+    missing = [item for item in items if item not in present]
+    if missing:
+        raise UnreadableCheckpointError(
+            ckpt_dir,
+            step,
+            f"missing item{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
+            f"items present: {', '.join(present) or 'none'}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +219,10 @@ def read_model_metadata(ckpt_dir: str | os.PathLike) -> ModelMetadata:
     """Reads and validates `flan_jax_config.json` of a checkpoint directory."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
-        raise FileNotFoundError(f"Checkpoint directory {ckpt_dir} does not exist.")
+        raise MissingCheckpointError(f"Checkpoint directory {ckpt_dir} does not exist.")
     config_path = ckpt_dir / CONFIG_FILENAME
     if not config_path.is_file():
-        raise FileNotFoundError(
+        raise MissingCheckpointError(
             f"{config_path} is missing: {ckpt_dir} is not a flan_jax "
             "checkpoint directory (convert one with `flan-jax convert`)."
         )
@@ -117,31 +231,92 @@ def read_model_metadata(ckpt_dir: str | os.PathLike) -> ModelMetadata:
         model, vocab = metadata["model"], metadata["vocabulary"]
         vocab_name, extra_ids = vocab["path"], vocab["extra_ids"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(
+        raise CheckpointError(
             f"{config_path}: malformed ({error!r}); expected "
             '{"model": {...}, "vocabulary": {"path": ..., "extra_ids": N}}.'
         ) from error
     config = T5Config.from_dict(model, source=f"{config_path} field 'model'")
     vocab_path = ckpt_dir / vocab_name
     if not vocab_path.is_file():
-        raise FileNotFoundError(
+        raise MissingCheckpointError(
             f"{config_path} names vocabulary {vocab_name!r}, but {vocab_path} does not exist."
         )
     if not isinstance(extra_ids, int) or extra_ids < 0:
-        raise ValueError(
+        raise CheckpointError(
             f"{config_path}: vocabulary.extra_ids must be a non-negative int, got {extra_ids!r}."
         )
     return ModelMetadata(config, vocab_path.absolute(), extra_ids)
 
 
-def _manager(ckpt_dir: Path, create: bool) -> ocp.CheckpointManager:
-    # Registering the handler lets `item_metadata` describe "params" before restoring it;
-    # trainer items in the same steps are left alone.
-    return ocp.CheckpointManager(
-        ckpt_dir.absolute(),
-        options=ocp.CheckpointManagerOptions(create=create),
-        item_handlers={PARAMS_ITEM: ocp.StandardCheckpointHandler()},
+def list_steps(ckpt_dir: str | os.PathLike) -> list[int]:
+    """The complete steps of a checkpoint directory, ascending (half-written ones excluded)."""
+    manager = ocp.CheckpointManager(
+        Path(ckpt_dir).absolute(),
+        options=ocp.CheckpointManagerOptions(create=False),
     )
+    try:
+        return sorted(manager.all_steps())
+    finally:
+        manager.close()
+
+
+def find_step(ckpt_dir: str | os.PathLike, step: int | None) -> int:
+    """``step``, or the latest step when None; raises if the directory does not hold it."""
+    steps = list_steps(ckpt_dir)
+    if not steps:
+        raise MissingCheckpointError(f"{ckpt_dir} holds no checkpoint step directories.")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise MissingCheckpointError(
+            f"{ckpt_dir} has no step {step}; available steps: {_format_steps(steps)}."
+        )
+    return step
+
+
+def _format_steps(steps: Sequence[int]) -> str:
+    return ", ".join(map(str, steps))
+
+
+def restore_params(ckpt_dir: str | os.PathLike, *, step: int, target: Any) -> Params:
+    """Reads ``<ckpt_dir>/<step>/params`` into ``target`` and nothing else of the step.
+
+    Args:
+        ckpt_dir: a checkpoint directory.
+        step: an existing step.
+        target: ``ShapeDtypeStruct`` tree (with shardings) to restore into.
+
+    Raises:
+        UnreadableCheckpointError: the step has no ``params`` item (the message lists the
+            items it has) or the item cannot be read.
+    """
+    ckpt_dir = Path(ckpt_dir).absolute()
+    check_step_items(ckpt_dir, step, [PARAMS_ITEM])
+    # A checkpointer on the item directory alone: the step's other items (optimizer state,
+    # data position) are not opened, so orbax has nothing to warn about.
+    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    try:
+        return checkpointer.restore(
+            ckpt_dir / str(step) / PARAMS_ITEM, args=ocp.args.StandardRestore(target)
+        )
+    except Exception as error:  # Storage errors have no common type (TensorStore, JSON, OS).
+        quiet_orphaned_reads()
+        raise UnreadableCheckpointError(
+            ckpt_dir, step, f"item {PARAMS_ITEM}: {summarize_read_error(error)}"
+        ) from error
+    finally:
+        checkpointer.close()
+
+
+def _read_params_shapes(ckpt_dir: Path, step: int) -> Any:
+    check_step_items(ckpt_dir, step, [PARAMS_ITEM])
+    try:
+        stored = ocp.StandardCheckpointHandler().metadata(ckpt_dir / str(step) / PARAMS_ITEM)
+    except Exception as error:  # As in restore_params: any storage error.
+        raise UnreadableCheckpointError(
+            ckpt_dir, step, f"item {PARAMS_ITEM} metadata: {summarize_read_error(error)}"
+        ) from error
+    return getattr(stored, "tree", stored)
 
 
 def save_model_checkpoint(
@@ -169,7 +344,9 @@ def save_model_checkpoint(
     ckpt_dir = Path(ckpt_dir)
     _check_params_match(params, config, source="params to save")
     write_model_metadata(ckpt_dir, config=config, vocab_path=vocab_path, extra_ids=extra_ids)
-    manager = _manager(ckpt_dir, create=True)
+    manager = ocp.CheckpointManager(
+        ckpt_dir.absolute(), item_handlers={PARAMS_ITEM: ocp.StandardCheckpointHandler()}
+    )
     manager.save(
         step, args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardSave(params)}), force=True
     )
@@ -206,7 +383,7 @@ def _check_params_match(params: Any, config: T5Config, *, source: str) -> None:
         shown = "; ".join(problems[:5]) + (
             f"; ... {len(problems) - 5} more" if len(problems) > 5 else ""
         )
-        raise ValueError(f"{source}: the weights do not match the model config ({shown}).")
+        raise CheckpointError(f"{source}: the weights do not match the model config ({shown}).")
 
 
 def load_model_checkpoint(
@@ -220,29 +397,25 @@ def load_model_checkpoint(
 
     Returns:
       The restored checkpoint, parameters on the default device.
+
+    Raises:
+      MissingCheckpointError: no such directory, config, vocabulary or step.
+      UnreadableCheckpointError: the step has no ``params`` item or it cannot be read.
+      CheckpointError: the stored weights do not match the stored model config.
     """
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = Path(ckpt_dir).absolute()
     metadata = read_model_metadata(ckpt_dir)
-    manager = _manager(ckpt_dir, create=False)
-    steps = manager.all_steps()
-    if not steps:
-        raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint step directories.")
-    step = manager.latest_step() if step is None else step
-    if step not in steps:
-        raise FileNotFoundError(f"{ckpt_dir} has no step {step}; available steps: {steps}.")
-    stored = manager.item_metadata(step)[PARAMS_ITEM]
-    stored = getattr(stored, "tree", stored)
-    _check_params_match(stored, metadata.config, source=f"{ckpt_dir}/{step}")
+    step = find_step(ckpt_dir, step)
+    _check_params_match(
+        _read_params_shapes(ckpt_dir, step), metadata.config, source=f"{ckpt_dir}/{step}"
+    )
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
         abstract_params(metadata.config),
     )
-    restored = manager.restore(
-        step, args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(target)})
-    )
-    manager.close()
+    params = restore_params(ckpt_dir, step=step, target=target)
     vocabulary = seqio.SentencePieceVocabulary(
         str(metadata.vocab_path), extra_ids=metadata.extra_ids
     )
-    return LoadedCheckpoint(restored[PARAMS_ITEM], metadata.config, vocabulary, int(step))
+    return LoadedCheckpoint(params, metadata.config, vocabulary, int(step))

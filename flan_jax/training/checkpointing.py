@@ -14,6 +14,13 @@ Saves are asynchronous (the train loop continues while the arrays are written) a
 orbax writes each step into a temporary directory and renames it when complete, so a
 crash mid-save leaves the previous latest step intact and invisible half-written data.
 Only the last ``keep`` steps are kept.
+
+A step that exists but cannot be read (a truncated file, a missing item, corrupt data) is
+reported by step and item, and :meth:`TrainCheckpointManager.restore_newest_readable`
+falls back to the newest step that reads. Unreadable steps are never deleted.
+
+A :data:`SaveHook` sees each save pass its :data:`SAVE_EVENTS`; tests kill the process
+there to prove a crash at any point of a write leaves a resumable directory.
 """
 
 from __future__ import annotations
@@ -21,11 +28,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from flan_jax import checkpoints
 from flan_jax.models.config import T5Config
@@ -35,6 +45,18 @@ PARAMS_ITEM = checkpoints.PARAMS_ITEM
 OPT_STATE_ITEM = "opt_state"
 DATA_STATE_ITEM = "data_state"
 STEP_ITEM = "step"
+ITEMS = (PARAMS_ITEM, OPT_STATE_ITEM, DATA_STATE_ITEM, STEP_ITEM)
+
+CheckpointError = checkpoints.CheckpointError
+UnreadableCheckpointError = checkpoints.UnreadableCheckpointError
+
+SAVE_EVENTS = ("directory_created", "items_written", "committed")
+"""The points of a save a :data:`SaveHook` sees, in order: the step's temporary directory
+exists and no item is written yet; every item is written but the step is not committed
+(not renamed into place, so invisible to a restore); the step is committed."""
+
+SaveHook = Callable[[str, int], None]
+"""``(event, step)``, called at each of :data:`SAVE_EVENTS` (in orbax's save thread)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +88,14 @@ class RestoredTrainState:
         state: the train state, placed by the target shardings.
         data_state: the train iterator's JSON state.
         step: the restored step.
+        unreadable: the newer steps that could not be read, newest first (by
+            :meth:`TrainCheckpointManager.restore_newest_readable`).
     """
 
     state: TrainState
     data_state: Any
     step: int
+    unreadable: tuple[UnreadableCheckpointError, ...] = ()
 
 
 def _as_restore_target(abstract: Any, shardings: Any) -> Any:
@@ -78,6 +103,45 @@ def _as_restore_target(abstract: Any, shardings: Any) -> Any:
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
     )
+
+
+def _hooked_temporary_path_class(directory: Path, hook: SaveHook) -> type:
+    """orbax's temporary-path class for ``directory``, calling ``hook`` at the save events.
+
+    orbax creates a step's temporary directory (``create``), has the handlers write the
+    items into it, then commits it (``finalize``: the commit marker and the rename), so
+    these two methods bracket every point of a write.
+    """
+    base = ocp.path.atomicity_defaults.get_default_temporary_path_class(directory)
+
+    def step_of(path: Any) -> int | None:
+        # The items of a step are written through temporary paths of this class too.
+        final = path.get_final()
+        return int(final.name) if str(final.parent) == str(directory) else None
+
+    class HookedTemporaryPath(base):  # type: ignore[misc, valid-type]
+        async def create(self, *args: Any, **kwargs: Any) -> Any:
+            path = await super().create(*args, **kwargs)
+            if (step := step_of(self)) is not None:
+                hook("directory_created", step)
+            return path
+
+        async def finalize(self, *args: Any, **kwargs: Any) -> None:
+            step = step_of(self)
+            if step is not None:
+                hook("items_written", step)
+            await super().finalize(*args, **kwargs)
+            if step is not None:
+                hook("committed", step)
+
+    return HookedTemporaryPath
+
+
+def _all_processes_agree(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process (each reads its own shards, so one may fail)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
 class TrainCheckpointManager:
@@ -90,6 +154,8 @@ class TrainCheckpointManager:
             directory is a loadable model checkpoint.
         vocab_path: the SentencePiece model copied into the directory.
         extra_ids: sentinel ids appended to the vocabulary.
+        save_hook: called at each of :data:`SAVE_EVENTS` of every save (fault injection
+            in tests); None for none.
     """
 
     def __init__(
@@ -100,9 +166,11 @@ class TrainCheckpointManager:
         model_config: T5Config,
         vocab_path: str | os.PathLike,
         extra_ids: int,
+        save_hook: SaveHook | None = None,
     ) -> None:
         self.model_dir = Path(model_dir).absolute()
         self.config = config
+        self._unreadable_steps: set[int] = set()
         if jax.process_index() == 0:
             checkpoints.write_model_metadata(
                 self.model_dir, config=model_config, vocab_path=vocab_path, extra_ids=extra_ids
@@ -111,6 +179,9 @@ class TrainCheckpointManager:
             max_to_keep=config.keep,
             create=True,
             enable_async_checkpointing=config.async_save,
+            temporary_path_class=(
+                _hooked_temporary_path_class(self.model_dir, save_hook) if save_hook else None
+            ),
         )
         self._manager = ocp.CheckpointManager(
             self.model_dir,
@@ -124,7 +195,7 @@ class TrainCheckpointManager:
         )
 
     def latest_step(self) -> int | None:
-        """The newest complete step, or None for a fresh directory."""
+        """The newest complete step (it may still be unreadable), or None for a fresh directory."""
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
@@ -143,7 +214,15 @@ class TrainCheckpointManager:
         """
         step = int(state.step)
         if step in self._manager.all_steps():
-            logging.info("checkpoint step %d already exists; not saving it again", step)
+            if step in self._unreadable_steps:
+                logging.warning(
+                    "checkpoint step %d in %s cannot be read and is left as it is (not "
+                    "rewritten, not deleted); the next save is a later step",
+                    step,
+                    self.model_dir,
+                )
+            else:
+                logging.info("checkpoint step %d already exists; not saving it again", step)
             return
         args = ocp.args.Composite(
             **{
@@ -155,7 +234,15 @@ class TrainCheckpointManager:
                 ),
             }
         )
-        self._manager.save(step, args=args)
+        if not self._manager.save(step, args=args):
+            # orbax saves only steps after its latest one (e.g. not between a step the run
+            # fell back to and a newer unreadable one).
+            logging.warning(
+                "checkpoint step %d not saved: %s already has the later step %s",
+                step,
+                self.model_dir,
+                self.latest_step(),
+            )
 
     def restore(
         self, abstract_state: TrainState, shardings: TrainState, *, step: int | None = None
@@ -169,39 +256,108 @@ class TrainCheckpointManager:
             step: the step to restore; the latest when None.
 
         Raises:
-            FileNotFoundError: if there is no such step.
+            checkpoints.MissingCheckpointError: if there is no such step.
+            UnreadableCheckpointError: if the step cannot be read (on any process); the
+                message names the step, the item and the storage error.
         """
         steps = self.all_steps()
         step = self.latest_step() if step is None else step
         if step is None or step not in steps:
-            raise FileNotFoundError(
+            raise checkpoints.MissingCheckpointError(
                 f"{self.model_dir}: no checkpoint step {step}; available steps: {steps}"
             )
-        args = ocp.args.Composite(
-            **{
-                PARAMS_ITEM: ocp.args.StandardRestore(
-                    _as_restore_target(abstract_state.params, shardings.params)
-                ),
-                OPT_STATE_ITEM: ocp.args.StandardRestore(
-                    _as_restore_target(abstract_state.opt_state, shardings.opt_state)
-                ),
-                DATA_STATE_ITEM: ocp.args.JsonRestore(),
-                STEP_ITEM: ocp.args.JsonRestore(),
-            }
-        )
-        restored = self._manager.restore(step, args=args)
-        counters = restored[STEP_ITEM]
-        scalar = shardings.step
+        error: UnreadableCheckpointError | None = None
+        try:
+            items = self._read_items(step, abstract_state, shardings)
+        except UnreadableCheckpointError as raised:
+            error = raised
+        # Every process must resume from the same step, or none does.
+        if not _all_processes_agree(error is None):
+            raise error or UnreadableCheckpointError(
+                self.model_dir, step, "another process could not read its shards"
+            )
+        counters = items[STEP_ITEM]
         state = TrainState(
-            step=jax.device_put(jax.numpy.asarray(counters["step"], jax.numpy.int32), scalar),
-            params=restored[PARAMS_ITEM],
-            opt_state=restored[OPT_STATE_ITEM],
+            step=jax.device_put(
+                jax.numpy.asarray(counters["step"], jax.numpy.int32), shardings.step
+            ),
+            params=items[PARAMS_ITEM],
+            opt_state=items[OPT_STATE_ITEM],
             num_skipped_steps=jax.device_put(
                 jax.numpy.asarray(counters["num_skipped_steps"], jax.numpy.int32),
                 shardings.num_skipped_steps,
             ),
         )
-        return RestoredTrainState(state, restored[DATA_STATE_ITEM], int(step))
+        return RestoredTrainState(state, items[DATA_STATE_ITEM], int(step))
+
+    def _read_items(
+        self, step: int, abstract_state: TrainState, shardings: TrainState
+    ) -> dict[str, Any]:
+        """Reads the step's items one by one, so a failure names its item."""
+        checkpoints.check_step_items(self.model_dir, step, ITEMS)
+        args = {
+            PARAMS_ITEM: ocp.args.StandardRestore(
+                _as_restore_target(abstract_state.params, shardings.params)
+            ),
+            OPT_STATE_ITEM: ocp.args.StandardRestore(
+                _as_restore_target(abstract_state.opt_state, shardings.opt_state)
+            ),
+            DATA_STATE_ITEM: ocp.args.JsonRestore(),
+            STEP_ITEM: ocp.args.JsonRestore(),
+        }
+        items = {}
+        for item, item_args in args.items():
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(**{item: item_args}))
+                items[item] = restored[item]
+            except Exception as error:  # Storage errors have no common type.
+                checkpoints.quiet_orphaned_reads()
+                raise UnreadableCheckpointError(
+                    self.model_dir, step, f"item {item}: {checkpoints.summarize_read_error(error)}"
+                ) from error
+        counters = items[STEP_ITEM]
+        if not (isinstance(counters, dict) and {"step", "num_skipped_steps"} <= set(counters)):
+            raise UnreadableCheckpointError(
+                self.model_dir,
+                step,
+                f"item {STEP_ITEM}: expected {{'step': N, 'num_skipped_steps': K}}; "
+                f"got {counters!r}",
+            )
+        return items
+
+    def restore_newest_readable(
+        self, abstract_state: TrainState, shardings: TrainState
+    ) -> RestoredTrainState | None:
+        """Restores the newest step that can be read, passing over (never deleting) the rest.
+
+        Args:
+            abstract_state, shardings: as for :meth:`restore`.
+
+        Returns:
+            The restored state, with the newer unreadable steps in ``unreadable``; None when
+            the directory has no step.
+
+        Raises:
+            CheckpointError: if there are steps but none can be read (each step's reason is
+                in the message).
+        """
+        unreadable: list[UnreadableCheckpointError] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                restored = self.restore(abstract_state, shardings, step=step)
+            except UnreadableCheckpointError as error:
+                unreadable.append(error)
+                continue
+            self._unreadable_steps.update(error.step for error in unreadable)
+            return dataclasses.replace(restored, unreadable=tuple(unreadable))
+        if unreadable:
+            reasons = "; ".join(f"step {error.step}: {error.reason}" for error in unreadable)
+            raise CheckpointError(
+                f"no checkpoint step in {self.model_dir} can be read ({reasons}). Nothing was "
+                "deleted: move the step directories out of it, or train in a new directory, "
+                "to start afresh."
+            )
+        return None
 
     def read_data_state(self, step: int | None = None) -> Any:
         """The data state saved with a step (default: the latest), without any arrays."""
@@ -243,7 +399,8 @@ def load_initial_params(
 
     Raises:
         ValueError: if the checkpoint's model config differs from ``model_config``.
-        FileNotFoundError: if the directory or the step does not exist.
+        checkpoints.MissingCheckpointError: if the directory or the step does not exist.
+        UnreadableCheckpointError: if the step's parameters cannot be read.
     """
     metadata = checkpoints.read_model_metadata(path)
     if metadata.config != model_config:
@@ -256,18 +413,7 @@ def load_initial_params(
                 f"INITIAL_CHECKPOINT_PATH {path}: its model config differs from the run's in "
                 f"{ {k: f'checkpoint {a!r} vs run {b!r}' for k, (a, b) in architecture.items()} }"
             )
-    manager = ocp.CheckpointManager(
-        Path(path).absolute(),
-        options=ocp.CheckpointManagerOptions(create=False, read_only=True),
-        item_handlers={PARAMS_ITEM: ocp.StandardCheckpointHandler()},
+    step = checkpoints.find_step(path, step)
+    return checkpoints.restore_params(
+        path, step=step, target=_as_restore_target(abstract_params, shardings)
     )
-    steps = list(manager.all_steps())
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in steps:
-        raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {path}: no step {step}; steps: {steps}")
-    target = _as_restore_target(abstract_params, shardings)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(target)})
-    )
-    manager.close()
-    return restored[PARAMS_ITEM]

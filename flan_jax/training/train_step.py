@@ -55,7 +55,7 @@ class TrainStepConfig:
             leave each microbatch divisible by the number of batch shards.
         on_nonfinite: what the trainer does, at the next logging step, about steps whose
             loss or gradient was not finite (their updates are never applied):
-            ``"raise"`` stops the run with a FloatingPointError naming the steps,
+            ``"raise"`` stops the run with a ``trainer.NonFiniteError`` naming the steps,
             ``"skip"`` logs them and goes on.
         dropout_seed: seed of the dropout keys.
         donate_state: let XLA reuse the input state's buffers for the output (the state

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -165,6 +166,14 @@ class TrainResult:
     packing_efficiency: float
 
 
+class NonFiniteError(FloatingPointError):
+    """The run stopped at a step whose loss or gradient was not finite.
+
+    Raised with ``TrainStepConfig.on_nonfinite="raise"``; the message names the step, its
+    loss and gradient norm, the last checkpoint and the settings to change.
+    """
+
+
 EvalHook = Callable[[Any], Mapping[str, float]]
 """``params -> scalars``: an evaluation hook the loop calls every ``eval_period`` steps."""
 
@@ -180,6 +189,7 @@ class _Run:
     model: Model
     mesh: jax.sharding.Mesh
     rules: partitioning.LogicalRules
+    loss_config: losses.LossConfig
     optimizer: train_state.Optimizer
     abstract_state: train_state.TrainState
     shardings: train_state.TrainState
@@ -253,7 +263,7 @@ def build_run(
         state_shardings=shardings,
         config=step_config,
     )
-    return _Run(model, mesh, rules, optimizer, abstract_state, shardings, step_fn)
+    return _Run(model, mesh, rules, loss_config, optimizer, abstract_state, shardings, step_fn)
 
 
 def _init_state(run: _Run, params: Any | None, seed: int) -> train_state.TrainState:
@@ -269,6 +279,16 @@ def _init_state(run: _Run, params: Any | None, seed: int) -> train_state.TrainSt
     return create(params)
 
 
+def _tell_user(message: str, level: int = logging.INFO) -> None:
+    """Logs ``message``; process 0 also prints it to stderr when logging would hide it.
+
+    The CLI leaves Python logging at WARNING, where a resume would otherwise go unsaid.
+    """
+    logging.log(level, message)
+    if jax.process_index() == 0 and not logging.getLogger().isEnabledFor(level):
+        print(message, file=sys.stderr, flush=True)
+
+
 def restore_or_init(
     run: _Run,
     manager: checkpointing.TrainCheckpointManager,
@@ -278,12 +298,21 @@ def restore_or_init(
 ) -> tuple[train_state.TrainState, dict[str, Any] | None]:
     """Phase 3: the train state and the data state to continue from.
 
+    Resumes from the newest checkpoint step that can be read; newer unreadable steps are
+    reported (and left on disk).
+
     Returns:
         ``(state, data_state)``; ``data_state`` is None when the run starts fresh.
+
+    Raises:
+        checkpointing.CheckpointError: if ``model_dir`` has steps but none can be read.
     """
-    if manager.latest_step() is not None:
-        restored = manager.restore(run.abstract_state, run.shardings)
-        logging.info("resumed %s at step %d", manager.model_dir, restored.step)
+    restored = manager.restore_newest_readable(run.abstract_state, run.shardings)
+    if restored is not None:
+        for error in restored.unreadable:
+            _tell_user(f"{error}; resuming from step {restored.step}", logging.WARNING)
+        checkpoint = manager.model_dir / str(restored.step)
+        _tell_user(f"resuming from step {restored.step} (checkpoint {checkpoint})")
         return restored.state, restored.data_state
     params = None
     if initial_params is not None:
@@ -327,22 +356,50 @@ def _format_steps(steps: Sequence[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
-def _check_nonfinite(steps: Sequence[int], fetched: Sequence[Mapping[str, Any]], mode: str) -> None:
-    """Acts on the steps whose loss or gradient was not finite (their updates were dropped)."""
-    bad = [step for step, metrics in zip(steps, fetched) if int(metrics["nonfinite"])]
+def _check_nonfinite(
+    steps: Sequence[int],
+    fetched: Sequence[Mapping[str, Any]],
+    *,
+    mode: str,
+    manager: checkpointing.TrainCheckpointManager,
+    loss_config: losses.LossConfig,
+) -> None:
+    """Acts on the steps whose loss or gradient was not finite (their updates were dropped).
+
+    Raises:
+        NonFiniteError: in ``"raise"`` mode, naming the first such step and what to change.
+    """
+    bad = [(step, m) for step, m in zip(steps, fetched) if int(m["nonfinite"])]
     if not bad:
         return
-    message = (
-        f"non-finite loss or gradient at step(s) {_format_steps(bad)} (of steps "
-        f"{steps[0]}-{steps[-1]}); their updates were not applied"
-    )
+    span = f"of steps {steps[0]}-{steps[-1]}"
     if mode == "skip":
-        logging.warning("%s; skipping them (TrainStepConfig.on_nonfinite='skip')", message)
+        logging.warning(
+            "non-finite loss or gradient at step(s) %s (%s); their updates were not applied; "
+            "skipping them (TrainStepConfig.on_nonfinite='skip')",
+            _format_steps([step for step, _ in bad]),
+            span,
+        )
         return
-    raise FloatingPointError(
-        f"{message}, and the run stopped at step {steps[-1]}. Lower the learning rate, check "
-        "the batches for rows without targets, compute in float32, or set "
-        "TrainStepConfig.on_nonfinite='skip' to skip such steps."
+    step, metrics = bad[0]
+    others = f" (and at {_format_steps([s for s, _ in bad[1:]])})" if len(bad) > 1 else ""
+    last = manager.latest_step()
+    last_checkpoint = (
+        f"step {last} ({manager.model_dir / str(last)})"
+        if last is not None
+        else f"none yet in {manager.model_dir}"
+    )
+    raise NonFiniteError(
+        f"training diverged: the loss or gradient was not finite at step {step}{others} "
+        f"(loss {float(metrics['loss']):.4g}, grad norm {float(metrics['grad_norm']):.4g}, "
+        f"learning rate {float(metrics['learning_rate']):.3g}); those updates were not "
+        f"applied and the run stopped at step {steps[-1]} ({span}). Last checkpoint: "
+        f"{last_checkpoint}; a rerun resumes from it but diverges again unless a setting "
+        "changes. Lower the learning rate (--gin.LEARNING_RATE), warm up longer (the "
+        "schedule's warmup_steps), keep the z-loss on (losses.LossConfig.z_loss, now "
+        f"{loss_config.z_loss:g}; t5x uses 1e-4), compute in float32 (the model's dtype), "
+        "check the batches for rows without targets, or skip such steps with "
+        "--gin.train_step.TrainStepConfig.on_nonfinite=skip."
     )
 
 
@@ -404,7 +461,9 @@ def run_train_loop(
             _check_nonfinite(
                 range(target - len(fetched) + 1, target + 1),
                 fetched,
-                run.step_fn.config.on_nonfinite,
+                mode=run.step_fn.config.on_nonfinite,
+                manager=services.manager,
+                loss_config=run.loss_config,
             )
             for item in fetched:
                 services.meter.update(item)

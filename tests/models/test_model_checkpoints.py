@@ -105,3 +105,41 @@ def test_loads_params_from_a_step_with_trainer_items(tmp_path, vocab_path):
     loaded = load_model_checkpoint(ckpt)
     assert loaded.step == 9
     jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params, trained)
+
+
+def test_loading_reads_only_params_and_names_the_items_of_a_step_without_them(
+    tmp_path, vocab_path, caplog
+):
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from flan_jax.checkpoints import UnreadableCheckpointError
+
+    config = make_tiny_t5_config()
+    params = t5.init_params(config, jax.random.key(0))
+    ckpt = tmp_path / "ckpt"
+    save_model_checkpoint(ckpt, params=params, config=config, vocab_path=vocab_path, extra_ids=0)
+    manager = ocp.CheckpointManager(ckpt)
+    for step in (4, 5):
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt_state=ocp.args.StandardSave({"count": np.array(step)}),
+                data_state=ocp.args.JsonSave({"served": step}),
+            ),
+        )
+    manager.wait_until_finished()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert load_model_checkpoint(ckpt).step == 5
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+    shutil.rmtree(ckpt / "5" / "params")
+    with pytest.raises(UnreadableCheckpointError) as raised:
+        load_model_checkpoint(ckpt)
+    assert str(raised.value) == (
+        f"checkpoint step 5 in {ckpt.absolute()} cannot be read (missing item params; items "
+        "present: data_state, opt_state)"
+    )

@@ -39,6 +39,7 @@ def _fit(
     log_period=3,
     on_nonfinite="raise",
     loss=RUN.loss,
+    checkpoint_period=100,
 ):
     model = model or t5.T5Model(make_tiny_t5_config())
     return trainer.fit(
@@ -52,7 +53,9 @@ def _fit(
         learning_rate=RUN.learning_rate,
         loss_config=loss,
         step_config=train_step.TrainStepConfig(on_nonfinite=on_nonfinite),
-        checkpoint_config=checkpointing.CheckpointConfig(period=100, async_save=False),
+        checkpoint_config=checkpointing.CheckpointConfig(
+            period=checkpoint_period, async_save=False
+        ),
         metrics_config=metrics.MetricsConfig(
             log_period=log_period, tensorboard=False, progress_bar=False
         ),
@@ -71,14 +74,23 @@ def test_synthetic_batches_are_a_batch_source():
     assert isinstance(t5.T5Model(make_tiny_t5_config()), Model)
 
 
-def test_nonfinite_step_stops_the_run_at_the_logging_step_naming_it(tmp_path, vocabulary):
+@pytest.mark.parametrize("checkpoint_period", [1, 100])
+def test_nonfinite_step_stops_the_run_at_the_logging_step_naming_it(
+    tmp_path, vocabulary, checkpoint_period
+):
     source = training.SyntheticBatches(RUN, overrides={2: _nan_batch()})
-    message = (
-        r"non-finite loss or gradient at step\(s\) 3 \(of steps 1-3\).*stopped at "
-        r"step 3.*on_nonfinite='skip'"
+    with pytest.raises(trainer.NonFiniteError) as raised:
+        _fit(tmp_path, vocabulary, source=source, checkpoint_period=checkpoint_period)
+    message = str(raised.value)
+    last = f"step 2 ({tmp_path / '2'})" if checkpoint_period == 1 else f"none yet in {tmp_path}"
+    assert message.startswith(
+        "training diverged: the loss or gradient was not finite at step 3 (loss nan, grad norm "
+        f"nan, learning rate {RUN.learning_rate:.3g}); those updates were not applied and the "
+        f"run stopped at step 3 (of steps 1-3). Last checkpoint: {last};"
     )
-    with pytest.raises(FloatingPointError, match=message):
-        _fit(tmp_path, vocabulary, source=source)
+    for knob in ("--gin.LEARNING_RATE", "warmup_steps", "z_loss, now 0.0001", "on_nonfinite=skip"):
+        assert knob in message
+    assert len(message.splitlines()) == 1
 
 
 def test_nonfinite_step_is_skipped_in_skip_mode(tmp_path, vocabulary):
