@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 import seqio
 
 from flan_jax.data import file_io
+from flan_jax.errors import UserError
 from flan_jax.models.config import T5Config
 from flan_jax.models.t5 import T5Model, abstract_params
 
@@ -48,7 +49,7 @@ _MAX_REASON_CHARS = 400
 _TENSORSTORE_ANNOTATION = re.compile(r"\s*\[(source locations|tensorstore_spec)=.*$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint directory or step that cannot be used; the message says why and what to do."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from flan_jax.data import file_io
+from flan_jax.errors import UserError
 from flan_jax.models.config import T5Config
 
 Params = dict[str, Any]
@@ -28,6 +29,10 @@ StateDict = dict[str, np.ndarray]
 
 # Entries Hugging Face stores as aliases of `shared.weight`.
 _EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+
+
+class ConversionError(UserError, ValueError):
+    """A Hugging Face checkpoint directory that cannot be converted; the message says why."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -49,10 +54,10 @@ def config_from_hf(
         if k not in hf_config
     ]
     if missing:
-        raise ValueError(f"{source}: missing T5 field(s) {missing}.")
+        raise ConversionError(f"{source}: missing T5 field(s) {missing}.")
     feed_forward = hf_config.get("feed_forward_proj", "relu")
     if feed_forward not in ("gated-gelu", "relu"):
-        raise ValueError(
+        raise ConversionError(
             f"{source}: feed_forward_proj {feed_forward!r} is not supported; "
             "expected 'gated-gelu' (T5 1.1, Flan-T5) or 'relu' (T5 1.0)."
         )
@@ -78,7 +83,7 @@ def config_from_hf(
     try:
         return T5Config(**values)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{source}: {error}") from error
+        raise ConversionError(f"{source}: {error}") from error
 
 
 def hf_config_from_config(config: T5Config) -> dict[str, Any]:
@@ -241,7 +246,7 @@ def params_from_hf_state_dict(
         lm_head = state_dict.pop("lm_head.weight", None)
         shared = state_dict.get("shared.weight")
         if lm_head is not None and (shared is None or not np.array_equal(lm_head, shared)):
-            raise ValueError(
+            raise ConversionError(
                 f"{source}: the config ties the output layer to the embedding "
                 "(T5 1.0) but lm_head.weight differs from shared.weight."
             )
@@ -252,7 +257,7 @@ def params_from_hf_state_dict(
     problems = _state_dict_problems(state_dict, table, config)
     if problems:
         more = f"; ... {len(problems) - 8} more" if len(problems) > 8 else ""
-        raise ValueError(
+        raise ConversionError(
             f"{source}: the weights do not match the config: " + "; ".join(problems[:8]) + more
         )
     params: Params = {}
@@ -312,7 +317,9 @@ def _read_weight_files(hf_dir: Path) -> StateDict:
             try:
                 weight_map = json.loads((hf_dir / index_name).read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError) as error:
-                raise ValueError(f"{hf_dir / index_name}: malformed index ({error!r}).") from error
+                raise ConversionError(
+                    f"{hf_dir / index_name}: malformed index ({error!r})."
+                ) from error
             files = sorted(set(weight_map.values()))
             break
         if (hf_dir / single_name).is_file():
@@ -344,7 +351,7 @@ def _read_one_weight_file(path: Path) -> StateDict:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
         return {k: v.float().numpy() for k, v in loaded.items()}
     except (OSError, RuntimeError, ValueError) as error:
-        raise ValueError(f"{path}: cannot read the weights ({error}).") from error
+        raise ConversionError(f"{path}: cannot read the weights ({error}).") from error
 
 
 def load_hf_directory(
@@ -368,9 +375,9 @@ def load_hf_directory(
     try:
         hf_config = json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{config_path}: not valid JSON ({error}).") from error
+        raise ConversionError(f"{config_path}: not valid JSON ({error}).") from error
     if hf_config.get("model_type", "t5") != "t5":
-        raise ValueError(
+        raise ConversionError(
             f"{config_path}: model_type is {hf_config.get('model_type')!r}, only 't5' is supported."
         )
     config = config_from_hf(hf_config, source=str(config_path), **overrides)

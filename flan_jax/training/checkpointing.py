@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from flan_jax import checkpoints
+from flan_jax.errors import ConfigError
 from flan_jax.models.config import T5Config
 from flan_jax.training.train_state import TrainState
 
@@ -75,9 +76,9 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         if self.period < 1:
-            raise ValueError(f"CheckpointConfig.period must be >= 1; got {self.period}")
+            raise ConfigError(f"CheckpointConfig.period must be >= 1; got {self.period}")
         if self.keep is not None and self.keep < 1:
-            raise ValueError(f"CheckpointConfig.keep must be >= 1 or None; got {self.keep}")
+            raise ConfigError(f"CheckpointConfig.keep must be >= 1 or None; got {self.keep}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,7 +399,8 @@ def load_initial_params(
         step: the step to read; the latest when None.
 
     Raises:
-        ValueError: if the checkpoint's model config differs from ``model_config``.
+        checkpoints.CheckpointError: if the checkpoint's model config differs from
+            ``model_config``.
         checkpoints.MissingCheckpointError: if the directory or the step does not exist.
         UnreadableCheckpointError: if the step's parameters cannot be read.
     """
@@ -409,7 +411,7 @@ def load_initial_params(
         # Dropout and dtype are run choices, not architecture: a fine-tune may change them.
         architecture = {k: v for k, v in diff.items() if k not in ("dropout_rate", "dtype")}
         if architecture:
-            raise ValueError(
+            raise checkpoints.CheckpointError(
                 f"INITIAL_CHECKPOINT_PATH {path}: its model config differs from the run's in "
                 f"{ {k: f'checkpoint {a!r} vs run {b!r}' for k, (a, b) in architecture.items()} }"
             )

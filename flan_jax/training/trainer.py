@@ -36,6 +36,7 @@ import seqio
 
 from flan_jax.data import pipeline
 from flan_jax.data.batch_source import PACKING_EFFICIENCY, BatchSource
+from flan_jax.errors import ConfigError, UserError
 from flan_jax.models.interface import Model
 from flan_jax.training import (
     adafactor,
@@ -79,7 +80,7 @@ class RunConfig:
         for name in ("model_dir", "mixture_or_task_name"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
-                raise ValueError(
+                raise ConfigError(
                     f"train: {name} must be a non-empty string; got {value!r}. Set the gin "
                     f"macro with --gin.{name.upper()}=..."
                 )
@@ -87,7 +88,7 @@ class RunConfig:
         if set(lengths) != {"inputs", "targets"} or not all(
             isinstance(v, int) and v > 0 for v in lengths.values()
         ):
-            raise ValueError(
+            raise ConfigError(
                 "train: task_feature_lengths (TASK_FEATURE_LENGTHS) must be "
                 "{'inputs': positive int, 'targets': positive int}; "
                 f"got {self.task_feature_lengths!r}"
@@ -95,7 +96,7 @@ class RunConfig:
         for name in ("train_steps", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(
+                raise ConfigError(
                     f"train: {name} ({name.upper()}) must be a positive int; got {value!r}"
                 )
 
@@ -116,7 +117,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.buffer_size < 1:
-            raise ValueError(f"DataConfig.buffer_size must be >= 1; got {self.buffer_size}")
+            raise ConfigError(f"DataConfig.buffer_size must be >= 1; got {self.buffer_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +167,7 @@ class TrainResult:
     packing_efficiency: float
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
     """The run stopped at a step whose loss or gradient was not finite.
 
     Raised with ``TrainStepConfig.on_nonfinite="raise"``; the message names the step, its
@@ -214,7 +215,7 @@ def get_task_vocabulary(mixture_or_task_name: str) -> seqio.SentencePieceVocabul
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
     vocabulary = provider.output_features["targets"].vocabulary
     if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
-        raise ValueError(
+        raise ConfigError(
             f"{mixture_or_task_name}: training needs a SentencePiece vocabulary (it is stored "
             f"in the checkpoint); the task uses {type(vocabulary).__name__}"
         )
@@ -224,7 +225,7 @@ def get_task_vocabulary(mixture_or_task_name: str) -> seqio.SentencePieceVocabul
 def check_vocab_fits(model: Model, vocabulary: seqio.Vocabulary, name: str) -> None:
     """Raises when the vocabulary has more ids than the model's output dimension."""
     if vocabulary.vocab_size > model.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"the vocabulary of {name} has {vocabulary.vocab_size} ids but the model's "
             f"vocab_size is {model.vocab_size}; set the model config's vocab_size to at "
             f"least {vocabulary.vocab_size} (a multiple of 128 is fastest)"

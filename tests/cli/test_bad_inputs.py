@@ -93,6 +93,16 @@ CASES = [
     ),
     ("train-mesh-axis-0", ("train", "--gin.partitioning.MeshConfig.model=0"), "MeshConfig.model"),
     ("train-macro-never-set", ("train", "--gin.trainer.train.batch_size=%NOPE"), "NOPE"),
+    (
+        "train-checkpoint-period-0",
+        ("train", *DEMO_STACK, "--gin.checkpointing.CheckpointConfig.period=0"),
+        "CheckpointConfig.period",
+    ),
+    (
+        "train-buffer-size-negative",
+        ("train", *DEMO_STACK, "--gin.trainer.DataConfig.buffer_size=-3"),
+        "DataConfig.buffer_size",
+    ),
     ("eval-misspelt-macro", ("eval", "--gin_file=runs/eval.gin", "--gin.CHECKPOINT_PTH=x"), "PTH"),
     (
         "distill-train-misspelt-macro",
@@ -134,8 +144,19 @@ CASES = [
         "no_targets.jsonl:1: field 'targets'",
     ),
     ("score-not-a-checkpoint", SCORE_GOOD, "flan_jax_config.json"),
+    (
+        "infer-malformed-checkpoint-config",
+        ("infer", "--checkpoint", "{dir}/bad_config", "--input_file", "{dir}/good.jsonl")
+        + ("--output_file", "{dir}/new/out.jsonl"),
+        "bad_config/flan_jax_config.json: malformed",
+    ),
     # --- convert ---
     ("convert-not-hf-dir", ("convert", "--from-hf", "{dir}/empty", "--out", "{dir}/c"), "config"),
+    (
+        "convert-hf-config-without-t5-fields",
+        ("convert", "--from-hf", "{dir}/hf_partial", "--out", "{dir}/new/c"),
+        "missing T5 field",
+    ),
     (
         "convert-not-a-checkpoint",
         ("convert", "--to-hf", "{dir}/empty", "--out", "{dir}/h"),
@@ -215,6 +236,10 @@ def _write_inputs(root: Path) -> None:
     (root / "no_targets.jsonl").write_text('{"inputs": "x"}\n')
     (root / "typo.gin").write_text("# a user's overrides\nTRAIN_STPES = 5\n")
     (root / "syntax.gin").write_text("TRAIN_STEPS = = 5\n")
+    (root / "bad_config").mkdir()
+    (root / "bad_config" / "flan_jax_config.json").write_text('{"model": ')
+    (root / "hf_partial").mkdir()
+    (root / "hf_partial" / "config.json").write_text('{"model_type": "t5", "d_model": 8}')
 
 
 def _read_only_dir(root: Path) -> Path:
