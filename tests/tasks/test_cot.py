@@ -8,6 +8,7 @@ import seqio
 from flan_jax.evaluation import answers
 from flan_jax.tasks import cot, data_paths, templates
 from flan_jax.testing.shared_data import shared_data_dir
+from flan_jax.testing.tasks import forget_tasks
 
 COT_DIR = os.path.join(shared_data_dir(), "flan_cot_data")
 needs_data = pytest.mark.skipif(
@@ -336,6 +337,7 @@ def test_registration_picks_each_variants_templates(fixture_paths):
 def test_registered_tasks_and_few_shot_budget():
     vocab = seqio.PassThroughVocabulary(100)  # encode() keeps characters: 1 "token" each.
     paths = data_paths.DataPaths(source_dirs={"cot": COT_DIR})
+    forget_tasks("cot")  # Registered earlier in this process without these paths.
     names = cot.register_cot_tasks(vocab, paths=paths)
     assert len(names) == 9 * 2 * 2 and len(set(names)) == len(names)
     assert cot.register_cot_tasks(vocab, paths=paths) == names  # idempotent

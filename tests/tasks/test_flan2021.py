@@ -23,6 +23,7 @@ import yaml
 from flan_jax.tasks import data_paths, naming, registry, templates, tfds_reading
 from flan_jax.tasks.flan2021 import catalog, preprocessors, register
 from flan_jax.testing.shared_data import shared_data_dir
+from flan_jax.testing.tasks import forget_tasks
 
 FIXTURES = yaml.safe_load(
     open(os.path.join(os.path.dirname(__file__), "flan2021_fixtures.yaml"), encoding="utf-8")
@@ -598,8 +599,7 @@ def test_seqio_tasks_render_with_metadata_and_few_shot(mock_tfds):
     if not os.path.exists(vocab_path):
         pytest.skip(f"shared data not found: {vocab_path}")
     vocabulary = seqio.SentencePieceVocabulary(vocab_path)
-    for variant in naming.VARIANTS:  # an earlier test registered them with another vocabulary
-        seqio.TaskRegistry.remove(naming.make_task_name(naming.TaskId("flan2021", "wnli", variant)))
+    forget_tasks("flan2021", ["wnli"])  # An earlier test registered them with another vocabulary.
     names = register.register_flan2021_tasks(vocabulary, datasets=["wnli"], seed=3)
     outputs = {}
     for name in names:

@@ -15,6 +15,7 @@ import seqio
 from flan_jax.tasks import data_paths, sources, t0, templates
 from flan_jax.tasks.t0 import promptsource
 from flan_jax.testing.shared_data import shared_data_dir
+from flan_jax.testing.tasks import forget_tasks
 
 ARCHIVE = os.path.join(
     shared_data_dir(), "promptsource_templates", "promptsource-0.2.3-templates.tar.gz"
@@ -194,8 +195,7 @@ def test_catalog_prompts_exist_and_a_fixture_task_renders_end_to_end(template_ro
     vocab = seqio.PassThroughVocabulary(10)
     # Registration is idempotent per name: drop registrations other tests made with other
     # data paths, so these tasks read this test's rows.
-    for variant in ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt"):
-        seqio.TaskRegistry.remove(f"t0__{name}__{variant}")
+    forget_tasks("t0", [name])
     t0.register_t0_tasks(vocab, datasets=[name], paths=paths)
     plain = list(t0.load_t0_split(name, split="train", paths=paths, seed=0))
     assert len(plain) == 6 and plain[1][1]["answer"] in plain[1][1]["options"]

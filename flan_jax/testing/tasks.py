@@ -1,0 +1,31 @@
+"""Helpers for task-registry tests.
+
+Registration is idempotent: a task registered earlier in the process (by another test, with
+other data paths) is returned as it is. A test that registers tasks over its own data first
+forgets the earlier ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import seqio
+
+from flan_jax.tasks import naming
+
+
+def forget_tasks(source: str, datasets: Iterable[str] | None = None) -> None:
+    """Removes every registered task (all variants, inverted too) of `source`'s `datasets`.
+
+    Args:
+      source: the family's source name.
+      datasets: which datasets (None: all of the source's).
+    """
+    wanted = None if datasets is None else set(datasets)
+    for name in list(seqio.TaskRegistry.names()):
+        try:
+            task_id = naming.parse_task_name(name)
+        except ValueError:
+            continue
+        if task_id.source == source and (wanted is None or task_id.dataset in wanted):
+            seqio.TaskRegistry.remove(name)
