@@ -47,6 +47,9 @@ setuptools.setup(
         "tqdm==4.70.1",
         "array-record==0.8.6",
         "safetensors==0.8.0",
+        # Evaluation metrics (flan_jax.evaluation.metrics): ROUGE and BLEU as t5 computes them.
+        "rouge-score==0.1.2",
+        "sacrebleu==2.6.0",
     ],
     extras_require={
         # Reference implementations the tests compare against; torch comes from the local

@@ -1,3 +1,4 @@
-"""Math evaluation without model dependencies: `math_datasets` (loaders), `answers`
-(answer extraction and comparison), `splits` (held-out dev splits) and `selection`
-(per-checkpoint accuracy, self-consistency, checkpoint selection)."""
+"""Evaluation without model dependencies: `metrics` (seqio metric functions for every task
+family), `math_datasets` (loaders), `answers` (answer extraction and comparison), `splits`
+(held-out dev splits) and `selection` (per-checkpoint accuracy, self-consistency, checkpoint
+selection)."""

@@ -5,7 +5,8 @@ one of a few ways. `extract_answer` finds it, in this order of preference:
 
 1. after the last `####` (the GSM8K gold solutions: `... \\n#### 1,080`);
 2. after the last "the answer is" / "the final answer is" (the CoT formats:
-   `... So the answer is 72.`), up to the end of that sentence;
+   `... So the answer is 72.`), up to the end of that sentence, where the period of a title
+   or a dotted abbreviation ("Mrs. Hilt", "3 p.m.") does not end it;
 3. otherwise the last number in the text (the rule of the CoT-specialisation evaluation).
 
 Numbers are read with thousands separators (`1,080`), signs (`-5`, `-$5`, Unicode minus),
@@ -22,6 +23,7 @@ Worked example:
     extract_answer("Natalia sold 48 + 24 = 72 clips.\\n#### 72")               -> "72"
     extract_answer("... the answer is 1 1/2 cups.")                           -> "1.5"
     extract_answer("So the answer is (C).", numeric=False)                   -> "(C)"
+    extract_answer("So the answer is Mrs. Hilt.", numeric=False)             -> "Mrs. Hilt"
     answers_match("... The answer is 3/4.", "0.75")                          -> True
 """
 
@@ -54,6 +56,12 @@ _MARKER_RE = re.compile(r"(?:####|\bthe\s+(?:final\s+)?answer\s+is\b\s*:?)", re.
 # The span after "the answer is" stops at the end of its sentence: a period, "!" or "?"
 # followed by whitespace or the end (so "d.c" and "3.5" stay whole), or a line break.
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n")
+# A period inside a sentence: after a title or a dotted abbreviation ("Mrs. Hilt", "Dr. Lee",
+# "5 p.m. on Monday", "the U.S. team"); ASDiv has such non-numeric answers. Only a period
+# followed by more text on the line is read this way; a final one still ends the sentence.
+_ABBREVIATIONS = frozenset(["mr", "mrs", "ms", "dr", "prof", "st", "mt", "jr", "sr"])
+_WORD_BEFORE_RE = re.compile(r"(?<![\w.])([A-Za-z][A-Za-z.]*)$")
+_TEXT_FOLLOWS_RE = re.compile(r"[ \t]+\S")
 _OPTION_LABEL_RE = re.compile(r"^[(\[]?([A-Z])[)\].]?$")
 _REL_TOL = fractions.Fraction(1, 10**6)
 
@@ -160,19 +168,52 @@ def canonicalize_answer(text: str) -> str:
     return format_number(value) if value is not None else " ".join(text.split())
 
 
+def _is_abbreviation_period(text: str, position: int) -> bool:
+    """Whether the period at `position` closes an abbreviation inside a sentence."""
+    if text[position] != "." or not _TEXT_FOLLOWS_RE.match(text, position + 1):
+        return False
+    word = _WORD_BEFORE_RE.search(text, 0, position)
+    if word is None:
+        return False
+    # "p.m", "U.S", "D.C": a dotted abbreviation; "Mrs", "Dr": a title.
+    return "." in word.group(1) or word.group(1).lower() in _ABBREVIATIONS
+
+
+def _sentence_end(text: str) -> int:
+    """Where the sentence starting `text` ends (the end of `text` when it does not)."""
+    for match in _SENTENCE_END_RE.finditer(text):
+        if not _is_abbreviation_period(text, match.start()):
+            return match.start()
+    return len(text)
+
+
+def _span_after_last_marker(text: str) -> str | None:
+    markers = list(_MARKER_RE.finditer(text))
+    if not markers:
+        return None
+    tail = text[markers[-1].end() :].lstrip()
+    return tail[: _sentence_end(tail)].strip() or None
+
+
+def marked_answer_span(text: str) -> str | None:
+    """The raw answer after the last `####` or "the answer is", to the end of its sentence.
+
+    None when the text has no such marker (or nothing follows it). Periods of titles and
+    dotted abbreviations do not end the sentence:
+    `"So the answer is Mrs. Hilt."` -> `"Mrs. Hilt"`; `"... is 5 p.m. today."` -> `"5 p.m. today"`.
+    """
+    return _span_after_last_marker(_normalise_symbols(strip_calculator_annotations(text)))
+
+
 def extract_answer_span(text: str) -> str | None:
     """The raw text of the final answer: after `####` or "the answer is", or the last number.
 
     Returns None when the text has no answer marker and no number.
     """
     text = _normalise_symbols(strip_calculator_annotations(text))
-    markers = list(_MARKER_RE.finditer(text))
-    if markers:
-        tail = text[markers[-1].end() :].lstrip()
-        end = _SENTENCE_END_RE.search(tail)
-        span = (tail[: end.start()] if end else tail).strip()
-        if span:
-            return span
+    span = _span_after_last_marker(text)
+    if span:
+        return span
     numbers = list(_iter_numbers(text))
     if not numbers:
         return None

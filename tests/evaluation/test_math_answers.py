@@ -167,6 +167,54 @@ def test_recovers_cot_tsv_answers_from_rationales(name):
     assert not failures, f"{len(failures)} misses of {len(rows)}, e.g. {failures[:3]}"
 
 
+# Non-numeric gold answers as ASDiv writes them (211 of its 2,305: names, times, yes/no):
+# a title's or a dotted abbreviation's period does not end the answer's sentence.
+@pytest.mark.parametrize(
+    "prediction, gold, expected",
+    [
+        ("Mrs. Hilt has 5 more. So the answer is Mrs. Hilt.", "Mrs. Hilt", True),
+        ("So the answer is Mrs. Hilt. Q: How many", "Mrs. Hilt", True),
+        ("So the answer is mrs. hilt", "Mrs. Hilt", True),
+        ("So the answer is Mr. Hilt.", "Mrs. Hilt", False),
+        ("So the answer is Dr. Lee.", "Dr. Lee", True),
+        ("So the answer is St. Louis. The other city is smaller.", "St. Louis", True),
+        ("The train arrives at 3:00 p.m. So the answer is 3:00 p.m.", "3:00 p.m.", True),
+        ("So the answer is 3:00 p.m. on Monday.", "3:00 p.m.", False),
+        ("So the answer is the U.S. team.", "the U.S. team", True),
+        ("So the answer is yes. Next, ...", "yes", True),
+        ("So the answer is no. Next, ...", "yes", False),
+        ("So the answer is 2:3.", "2:3", True),
+    ],
+)
+def test_answers_match_non_numeric_golds(prediction, gold, expected):
+    assert answers.answers_match(prediction, gold) is expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("So the answer is Mrs. Hilt.", "Mrs. Hilt"),
+        ("So the answer is C. The others are wrong.", "C"),  # a single letter is no title
+        ("So the answer is 1st. Then", "1st"),  # "st" glued to a digit is no title
+        ("So the answer is 5 p.m. today.", "5 p.m. today"),
+        ("The answer is:\n42\nQ: next", "42"),  # a line break ends the sentence
+        ("no marker, 42", None),
+    ],
+)
+def test_marked_answer_span(text, expected):
+    assert answers.marked_answer_span(text) == expected
+
+
+def test_real_asdiv_name_answer_matches_its_cot_sentence():
+    path = shared_data_path("math_ood_samples", "asdiv.sample.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [row["answer"] for row in rows if answers.parse_number(row["answer"]) is None]
+    assert names == ["Mrs. Hilt"]
+    for gold in names:
+        assert answers.answers_match(f"Reasoning. So the answer is {gold}.", gold)
+        assert answers.extract_answer(f"So the answer is {gold}.", numeric=False) == gold
+
+
 def test_improper_mixed_candidates_are_two_numbers_everywhere():
     assert answers.find_numbers("-15 15/3 = 20") == [F(-15), F(5), F(20)]
     assert answers.extract_answer_span("x = 15 15/3") == "15/3"
