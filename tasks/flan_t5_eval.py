@@ -80,7 +80,10 @@ def make_metric_fn(setting: str):
     def metric_fn(targets: Sequence[dict], predictions: Sequence[str]) -> dict[str, float]:
         examples = [
             flan_t5_data.EvalExample(
-                key="", inputs="", target="", answers=tuple(t["answers"]),
+                key="",
+                inputs="",
+                target="",
+                answers=tuple(t["answers"]),
                 num_options=t["num_options"],
             )
             for t in targets

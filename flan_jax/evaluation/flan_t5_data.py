@@ -3,13 +3,15 @@
 Each benchmark lives in one data directory (a `DataPaths` source: `$FLAN_JAX_DATA_DIR/<source>`
 or `DataPaths.source_dirs[<source>]`), in the layout its authors publish:
 
-| source          | files read                                               | from              |
-|-----------------|----------------------------------------------------------|-------------------|
-| `mmlu`          | `dev/<subject>_dev.csv` (the 5 exemplars), `test/<subject>_test.csv` | hendrycks/test |
-| `bbh`           | `bbh/<task>.json`, `cot-prompts/<task>.txt`              | suzgunmirac/BIG-Bench-Hard |
-| `tydiqa_goldp`  | `<language>_tydiqa_dev.json`, or the official `tydiqa-goldp-v1.1-dev.json` | google-research-datasets/tydiqa |
-| `mgsm`          | `mgsm_<lang>.tsv` (question TAB answer, no header)       | google-research/url-nlp |
-| `cot_exemplars` | `flant5_cot_specialization/mmlu-cot.json` (57 MMLU CoT prompts), `active_prompt/math_word_problems.txt` (the 8 CoT exemplars of Wei et al. 2022) | FranxYao/FlanT5-CoT-Specialization, shizhediao/active-prompt |
+- `mmlu`: `dev/<subject>_dev.csv` (the 5 exemplars) and `test/<subject>_test.csv`
+  (github.com/hendrycks/test).
+- `bbh`: `bbh/<task>.json` and `cot-prompts/<task>.txt` (suzgunmirac/BIG-Bench-Hard).
+- `tydiqa_goldp`: `<language>_tydiqa_dev.json`, else the official `tydiqa-goldp-v1.1-dev.json`
+  filtered by id prefix (google-research-datasets/tydiqa).
+- `mgsm`: `mgsm_<lang>.tsv`, question TAB answer, no header (google-research/url-nlp).
+- `cot_exemplars`: `flant5_cot_specialization/mmlu-cot.json` (the 57 MMLU CoT prompts,
+  FranxYao/FlanT5-CoT-Specialization) and `active_prompt/math_word_problems.txt` (the 8 CoT
+  exemplars of Wei et al. 2022, shizhediao/active-prompt).
 
 MMLU CSVs may be the original ones (no header, answer letter) or the common re-hosted form
 (header `question,choice0,...,answer`, answer a 0-based index).
@@ -174,23 +176,21 @@ def _mmlu_direct_block(question: MmluQuestion, *, with_answer: bool) -> str:
 def mmlu_direct_prompt(subject: str, exemplars: Sequence[MmluQuestion], item: MmluQuestion) -> str:
     # Hendrycks et al. prefix each word of the subject with a space, hence "about  x".
     spaced_subject = "".join(" " + word for word in subject.split("_"))
-    header = f"The following are multiple choice questions (with answers) about {spaced_subject}.\n\n"
+    header = (
+        f"The following are multiple choice questions (with answers) about {spaced_subject}.\n\n"
+    )
     shots = "".join(_mmlu_direct_block(q, with_answer=True) for q in exemplars)
     return header + shots + _mmlu_direct_block(item, with_answer=False)
 
 
 def mmlu_cot_prompt(published_prompt: str, item: MmluQuestion) -> str:
-    options = " ".join(
-        f"({letter}) {choice}" for letter, choice in zip(MMLU_LETTERS, item.choices)
-    )
+    options = " ".join(f"({letter}) {choice}" for letter, choice in zip(MMLU_LETTERS, item.choices))
     return (
         f"{published_prompt.strip()}\n\nQ: {item.question}\n{options}\nA: Let's think step by step."
     )
 
 
-def load_mmlu(
-    subject: str, *, cot: bool, paths: data_paths.DataPaths | None
-) -> list[EvalExample]:
+def load_mmlu(subject: str, *, cot: bool, paths: data_paths.DataPaths | None) -> list[EvalExample]:
     """The test questions of an MMLU subject with their 5-shot direct or CoT prompts."""
     test = read_mmlu_csv(source_file("mmlu", f"test/{subject}_test.csv", paths=paths))
     if cot:
@@ -200,8 +200,11 @@ def load_mmlu(
             raise BenchmarkDataError(f"{prompts_path}: no CoT prompt for subject {subject!r}.")
         return [
             EvalExample(
-                f"test:{i}", mmlu_cot_prompt(published[subject], q), f"The answer is ({q.answer}).",
-                (q.answer,), num_options=4,
+                f"test:{i}",
+                mmlu_cot_prompt(published[subject], q),
+                f"The answer is ({q.answer}).",
+                (q.answer,),
+                num_options=4,
             )
             for i, q in enumerate(test)
         ]
@@ -242,8 +245,8 @@ def read_bbh_cot_prompt(path: str) -> BbhCotPrompt:
         answer = _BBH_COT_ANSWER_RE.search(reasoning)
         if not marker or answer is None:
             raise BenchmarkDataError(
-                f"{path}: exemplar {number} lacks \"A: Let's think step by step.\" or its final "
-                "\"So the answer is ...\"."
+                f'{path}: exemplar {number} lacks "A: Let\'s think step by step." or its final '
+                '"So the answer is ...".'
             )
         questions.append("Q: " + question)
         answers.append(answer.group(1).strip())
@@ -316,7 +319,9 @@ def tydiqa_prompt(exemplar: TydiqaQuestion, item: TydiqaQuestion) -> str:
     return f"{_tydiqa_block(exemplar)} {exemplar.answers[0]}\n\n{_tydiqa_block(item)}"
 
 
-def read_tydiqa_language(language: str, *, paths: data_paths.DataPaths | None) -> list[TydiqaQuestion]:
+def read_tydiqa_language(
+    language: str, *, paths: data_paths.DataPaths | None
+) -> list[TydiqaQuestion]:
     """A language's GoldP dev questions: its own file, else filtered from the official file."""
     directory = data_paths.resolve_data_paths(paths).source_dir("tydiqa_goldp")
     own_file = os.path.join(directory, f"{language}_tydiqa_dev.json")
@@ -357,9 +362,11 @@ def read_math_cot_exemplars(path: str) -> list[str]:
     for i, record in enumerate(records.get("prompt", []) if isinstance(records, dict) else []):
         if not {"question", "rationale", "pred_ans"} <= set(record):
             raise BenchmarkDataError(f"{path}: prompt[{i}] lacks question, rationale or pred_ans.")
-        shots.append(f"{record['question']} {record['rationale']} The answer is {record['pred_ans']}.")
+        shots.append(
+            f"{record['question']} {record['rationale']} The answer is {record['pred_ans']}."
+        )
     if not shots:
-        raise BenchmarkDataError(f"{path}: expected {{\"prompt\": [exemplars]}}.")
+        raise BenchmarkDataError(f'{path}: expected {{"prompt": [exemplars]}}.')
     return shots
 
 
@@ -386,8 +393,10 @@ def load_mgsm(language: str, *, paths: data_paths.DataPaths | None) -> list[Eval
         question, answer = fields[0], fields[1].strip()
         examples.append(
             EvalExample(
-                f"test:{line_number - 1}", mgsm_prompt(exemplars, question),
-                f"The answer is {answer}.", (answer,),
+                f"test:{line_number - 1}",
+                mgsm_prompt(exemplars, question),
+                f"The answer is {answer}.",
+                (answer,),
             )
         )
     return examples

@@ -7,19 +7,21 @@ scores, each normalized so that chance is 0 and a perfect score 100,
     normalized(score) = 100 * (score - chance) / (100 - chance),
     normalized_average = mean over the six settings of normalized(score),
 
-the normalization of BIG-bench's "normalized preferred metric" (Srivastava et al. 2022),
-which the paper's normalized average follows. (We could read the section's list of the six
-scores offline, not the sentence defining the normalization; this is the definition as the
-paper's tables use it, and what the issue asks for.) A score below chance normalizes below 0.
+the form of BIG-bench's "normalized preferred metric" (Srivastava et al. 2022). Offline we
+could read section 2.3's list of the six scores but not the sentence that defines their
+normalization, so this linear chance-0 / perfect-100 form is the issue's definition, not one
+checked against the paper's text. A score below chance normalizes below 0.
 
-| setting         | paper's name   | prompt  | score (0-100)                          | chance          |
-|-----------------|----------------|---------|----------------------------------------|-----------------|
-| `mmlu_direct`   | MMLU-Direct    | 5-shot  | accuracy on the answer letter, over all questions (Hendrycks et al.'s average) | 25 (4 options) |
-| `mmlu_cot`      | MMLU-CoT       | 5-shot  | the same, letter read after "the answer is" | 25         |
-| `bbh_direct`    | BBH-Direct     | 3-shot  | exact match of the parsed answer, mean over the 27 subtasks | per task, below |
-| `bbh_cot`       | BBH-CoT        | 3-shot  | the same, answer read after "So the answer is" | per task  |
-| `tydiqa_direct` | TyDiQA-Direct  | 1-shot  | SQuAD exact match, mean over 8 languages (F1 in the breakdown) | 0 (free text) |
-| `mgsm_cot`      | MGSM-CoT       | 8-shot  | accuracy of the number after "the answer is", mean over 10 languages | 0 (free number) |
+- MMLU-Direct (`mmlu_direct`, 5-shot) and MMLU-CoT (`mmlu_cot`, 5-shot): accuracy on the
+  answer letter (after "the answer is" for CoT), over all questions as Hendrycks et al.
+  average them. Chance 25 (4 options).
+- BBH-Direct (`bbh_direct`, 3-shot) and BBH-CoT (`bbh_cot`, 3-shot): exact match of the
+  parsed answer (after "So the answer is" for CoT), mean over the 27 subtasks. Chance per
+  task, below.
+- TyDiQA-Direct (`tydiqa_direct`, 1-shot): SQuAD exact match, mean over the 8 languages (F1
+  in the breakdown). Chance 0 (free text).
+- MGSM-CoT (`mgsm_cot`, 8-shot): accuracy of the number after "the answer is", mean over the
+  10 languages. Chance 0 (a free number).
 
 BBH's chance per task is the mean over its items of 1/k, k the options a guess picks from:
 the lettered options printed in the item, 2 for the True/False, Yes/No and valid/invalid
@@ -139,15 +141,15 @@ def _first_line(text: str) -> str:
     return line[:-1].rstrip() if line.endswith(".") else line
 
 
-def parse_choice_letter(text: str) -> str:
-    """The option letter a prediction picks, "" when none.
+def parse_choice_letter(text: str, *, letters: str = "ABCD") -> str:
+    """The option letter (one of `letters`) a prediction picks, "" when none.
 
-    `"B"`, `" (B)"`, `"B. 12 apples"`, `"... The answer is (B)."` -> `"B"`. The letter after
-    the last "answer is" wins; otherwise the letter the text opens with.
+    `"B"`, `" (B)"`, `"B. 12 apples"`, `"... The answer is (B)."` -> `"B"`; `"I think"` -> `""`.
+    The letter after the last "answer is" wins; otherwise the letter the text opens with.
     """
     marked = _answer_after_marker(text)
     match = _LEADING_LETTER_RE.match(marked if marked is not None else text.strip())
-    return match.group(1) if match else ""
+    return match.group(1) if match and match.group(1) in letters else ""
 
 
 def parse_bbh_answer(text: str) -> str:
@@ -167,9 +169,7 @@ def score_predictions(
     """
     spec = get_setting(setting)
     if len(examples) != len(predictions):
-        raise ValueError(
-            f"{setting}: {len(predictions)} predictions for {len(examples)} examples."
-        )
+        raise ValueError(f"{setting}: {len(predictions)} predictions for {len(examples)} examples.")
     golds = [example.answers[0] for example in examples]
     if spec.benchmark == "mmlu":
         scores = metrics.accuracy(golds, [parse_choice_letter(p) for p in predictions])
