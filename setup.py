@@ -26,6 +26,7 @@ setuptools.setup(
     package_data={
         "flan_jax.tasks": ["**/*.yaml", "**/*.tsv", "**/*.json", "**/*.csv", "**/*.txt"],
         "flan_jax.gin_configs": ["**/*.gin"],
+        "flan_jax.evaluation": ["*.yaml"],
     },
     install_requires=[
         "jax==0.10.2",
