@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import seqio
 
+from flan_jax.evaluation import metrics
 from flan_jax.tasks import data_paths, naming, sources, templates
 from flan_jax.tasks import few_shot as few_shot_lib
 
@@ -179,6 +180,7 @@ def register_dataset_task(
     splits: Sequence[str],
     seed: int,
     few_shot: few_shot_lib.FewShotSettings,
+    metric_fns: Sequence[metrics.MetricFn],
 ) -> str:
     """Registers one variant of a dataset read from local files; returns its task name.
 
@@ -193,6 +195,7 @@ def register_dataset_task(
       splits: the splits the task offers.
       seed: the rendering seed.
       few_shot: shots, input budget and pool size of few-shot variants.
+      metric_fns: the task's metrics, on text postprocessed by `metrics.postprocess_text`.
     """
     spec_few_shot = None
     if task_id.few_shot:
@@ -200,7 +203,14 @@ def register_dataset_task(
             functools.partial(load_split, "train"), vocabulary, settings=few_shot
         )
     spec = sources.RenderSpec(task_id, task_templates, seed=seed, few_shot=spec_few_shot)
-    sources.register_rendered_task(spec, load_split, vocabulary=vocabulary, splits=list(splits))
+    sources.register_rendered_task(
+        spec,
+        load_split,
+        vocabulary=vocabulary,
+        splits=list(splits),
+        metric_fns=metric_fns,
+        postprocess_fn=metrics.postprocess_text,
+    )
     return spec.task_name
 
 
@@ -215,6 +225,8 @@ def register_original_and_inverted(
     splits: Sequence[str],
     seed: int,
     few_shot: few_shot_lib.FewShotSettings,
+    metric_fns: Sequence[metrics.MetricFn],
+    inverted_metric_fns: Sequence[metrics.MetricFn],
 ) -> list[str]:
     """Registers every variant of a dataset, with the original and the inverted templates.
 
@@ -225,6 +237,9 @@ def register_original_and_inverted(
       load_templates: `inverted -> TemplateSet`.
       load_split: yields the (key, fields) examples of a split.
       vocabulary, splits, seed, few_shot: as in `register_dataset_task`.
+      metric_fns: the metrics of the original tasks.
+      inverted_metric_fns: the metrics of the inverted tasks (their targets are inputs of
+        the original task, e.g. a question, so they are scored as generated text).
     """
     return [
         register_dataset_task(
@@ -235,6 +250,7 @@ def register_original_and_inverted(
             splits=splits,
             seed=seed,
             few_shot=few_shot,
+            metric_fns=inverted_metric_fns if inverted else metric_fns,
         )
         for inverted in (False, True)
         for variant in variants

@@ -250,7 +250,7 @@ class FewShotSpec:
         )
         if not kept:
             return None
-        return templates.Rendered(separator.join([*kept, query.inputs]), query.targets, template)
+        return dataclasses.replace(query, inputs=separator.join([*kept, query.inputs]))
 
 
 class LazyExemplarPool(collections.abc.Sequence):

@@ -9,7 +9,13 @@ Every rendered example carries its provenance so it survives `get_dataset` and e
 
     {"inputs": "...", "targets": "...",
      "_task_name": "demo__arith__zs_opt", "_task_source": "demo",
-     "_template_idx": 3, "_template_type": "inverted", "_example_key": "train:17"}
+     "_template_idx": 3, "_template_type": "zs", "_example_key": "train:17",
+     "_answer_options": "(A)\x1f(B)\x1f(C)"}
+
+`_answer_options` lists the answers the target is one of, as the target writes them
+(`templates.Rendered.answer_options`), joined by `ANSWER_OPTIONS_SEPARATOR` (U+001F, the
+ASCII unit separator, which no text of the collection contains); it is "" when the example
+has none. Evaluation reads it back with `split_answer_options` for rank classification.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ METADATA_FEATURES = {
     "_template_idx": tf.TensorSpec([], tf.int32),
     "_template_type": tf.TensorSpec([], tf.string),
     "_example_key": tf.TensorSpec([], tf.string),
+    "_answer_options": tf.TensorSpec([], tf.string),
 }
+ANSWER_OPTIONS_SEPARATOR = "\x1f"
 RENDERED_SIGNATURE = {
     "inputs": tf.TensorSpec([], tf.string),
     "targets": tf.TensorSpec([], tf.string),
@@ -83,6 +91,24 @@ class RenderSpec:
         return self.registered_name or self.task_name
 
 
+def join_answer_options(options: Sequence[str], *, where: str = "") -> str:
+    """`("yes", "no")` -> `"yes\x1fno"`; `()` -> `""`."""
+    for option in options:
+        if ANSWER_OPTIONS_SEPARATOR in option:
+            raise ValueError(
+                f"{where} answer option {option!r} contains the options separator U+001F; "
+                "remove it from the data."
+            )
+    return ANSWER_OPTIONS_SEPARATOR.join(options)
+
+
+def split_answer_options(joined: str | bytes) -> list[str]:
+    """The inverse of `join_answer_options` (an exported or `get_dataset` value, bytes or
+    str): `b"yes\x1fno"` -> `["yes", "no"]`; `""` -> `[]`."""
+    text = joined.decode("utf-8") if isinstance(joined, bytes) else joined
+    return text.split(ANSWER_OPTIONS_SEPARATOR) if text else []
+
+
 def render_example(spec: RenderSpec, key: str, example: Mapping[str, Any]) -> dict[str, Any] | None:
     """Renders one raw example with the template drawn for it; returns a feature dict.
 
@@ -117,6 +143,7 @@ def render_example(spec: RenderSpec, key: str, example: Mapping[str, Any]) -> di
         "_template_idx": rendered.template.index,
         "_template_type": rendered.template.type,
         "_example_key": key,
+        "_answer_options": join_answer_options(rendered.answer_options, where=where),
     }
 
 

@@ -116,9 +116,22 @@ class TemplateSet:
 
 @dataclasses.dataclass(frozen=True)
 class Rendered:
+    """One rendered example.
+
+    Attributes:
+      inputs: the input text.
+      targets: the target text.
+      template: the template it was rendered with.
+      answer_options: the answers the target is chosen from, written as the target writes
+        them (the labels "(A)", "(B)"... when a lettered options block was drawn, else the
+        option texts); empty when the example has no options or its target is not one of
+        them (inverted templates). Rank classification scores each of them as a target.
+    """
+
     inputs: str
     targets: str
     template: Template
+    answer_options: tuple[str, ...] = ()
 
 
 def load_template_set(path: str | os.PathLike) -> TemplateSet:
@@ -180,8 +193,13 @@ def option_label(position: int) -> str:
 
 def format_options(
     options: Sequence[str], answer: str | None, rng: np.random.Generator
-) -> tuple[str, str | None]:
-    """Renders an options block; returns (block, answer as the model should write it)."""
+) -> tuple[str, str | None, tuple[str, ...]]:
+    """Renders an options block.
+
+    Returns:
+      (block, the answer as the model should write it, every option as the model would
+      write it): lettered styles write labels ("(A)", "B"...), the others the option text.
+    """
     header = OPTION_HEADERS[rng.integers(len(OPTION_HEADERS))]
     lead = OPTION_HEADER_SEPARATORS[rng.integers(len(OPTION_HEADER_SEPARATORS))]
     item_format, answer_format = OPTION_ITEM_STYLES[rng.integers(len(OPTION_ITEM_STYLES))]
@@ -189,10 +207,15 @@ def format_options(
         item_format.format(option=option, label=option_label(i), number=i + 1)
         for i, option in enumerate(options)
     ]
+    shown_options = tuple(options)
+    if answer_format is not None:
+        shown_options = tuple(
+            answer_format.format(label=option_label(i)) for i in range(len(options))
+        )
     shown_answer = answer
     if answer_format is not None and answer is not None and answer in options:
-        shown_answer = answer_format.format(label=option_label(list(options).index(answer)))
-    return f"{lead}{header}\n" + "\n".join(items), shown_answer
+        shown_answer = shown_options[list(options).index(answer)]
+    return f"{lead}{header}\n" + "\n".join(items), shown_answer, shown_options
 
 
 def fill_placeholders(text: str, values: Mapping[str, Any], where: str) -> str:
@@ -226,10 +249,11 @@ def render(
       where: a prefix for error messages, e.g. the task name and example key.
     """
     values = dict(example)
-    options = example.get("options")
+    options = [str(o) for o in example.get("options") or ()]
+    answer_options = tuple(options)
     values[OPTIONS_PLACEHOLDER] = ""
     if with_options and template.uses_options and options:
-        block, shown_answer = format_options([str(o) for o in options], example.get("answer"), rng)
+        block, shown_answer, answer_options = format_options(options, example.get("answer"), rng)
         values[OPTIONS_PLACEHOLDER] = block
         if shown_answer is not None:
             values["answer"] = shown_answer
@@ -238,4 +262,5 @@ def render(
     targets = fill_placeholders(template.targets, values, where)
     if not targets.strip():
         raise TemplateError(f"{where}: rendered an empty target.")
-    return Rendered(inputs, targets, template)
+    # Options are the answer space only when the target is one of them (not when inverted).
+    return Rendered(inputs, targets, template, answer_options if targets in answer_options else ())

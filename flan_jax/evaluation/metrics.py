@@ -30,9 +30,11 @@ is a string or a sequence of strings, and the best-matching gold counts.
 from __future__ import annotations
 
 import collections
+import difflib
 import re
 import string
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import sacrebleu
@@ -271,3 +273,38 @@ def rank_classification(
     _check_lengths("rank_classification", gold_indices, option_scores)
     chosen = choose_options(option_scores)
     return {"accuracy": _percent([c == g for c, g in zip(chosen, gold_indices)])}
+
+
+MetricFn = Callable[..., Scores]
+# The metrics a task catalog may name (`metrics: [rouge]`), by function name.
+METRIC_FNS: dict[str, MetricFn] = {
+    fn.__name__: fn for fn in (accuracy, exact_match, squad, rouge, bleu, cot_accuracy, niv2)
+}
+
+
+def get_metric_fns(names: Sequence[str], *, where: str) -> tuple[MetricFn, ...]:
+    """The metric functions named in a catalog; `where` (file, line, field) prefixes errors.
+
+    Raises:
+      ValueError: for no name or an unknown one, naming the closest known metrics.
+    """
+    if not names:
+        raise ValueError(f"{where}: name at least one metric of {sorted(METRIC_FNS)}.")
+    unknown = [name for name in names if name not in METRIC_FNS]
+    if unknown:
+        closest = sorted({c for u in unknown for c in difflib.get_close_matches(u, METRIC_FNS)})
+        raise ValueError(
+            f"{where}: unknown metrics {unknown}; closest known: {closest} "
+            f"(all: {sorted(METRIC_FNS)})."
+        )
+    return tuple(METRIC_FNS[name] for name in names)
+
+
+def postprocess_text(output: Any, example: Any = None, is_target: bool = False) -> str:
+    """The seqio postprocessor of the Flan tasks: a decoded output or a target as text.
+
+    Targets reach postprocessors as bytes (`targets_pretokenized`), predictions as str; the
+    metrics above normalise what they compare themselves, so nothing else changes.
+    """
+    del example, is_target  # Targets and predictions are read the same way.
+    return output.decode("utf-8") if isinstance(output, (bytes, np.bytes_)) else str(output)

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 import seqio
 
 from flan_jax.errors import UserError
+from flan_jax.evaluation import metrics
 from flan_jax.tasks import data_paths, family, naming, sources, templates
 from flan_jax.tasks import few_shot as few_shot_lib
 
@@ -35,6 +36,10 @@ SOURCE = "cot"
 # Their example counts live in tasks/counts.tsv, not here.
 DATASETS = ("gsm8k", "strategyqa", "creak", "qasc", "esnli", "ecqa", "sensemaking", "aqua", "qed")
 VARIANTS = ("zs_opt", "fs_opt")
+# Metrics (flan_jax.evaluation.metrics): the originals by the answer after "the answer is";
+# the inverted tasks write a question and rationale, scored as generated text.
+METRICS = ("cot_accuracy",)
+INVERTED_METRICS = ("rouge",)
 # FLAN's few-shot forms: 5-shot template mix, and 0 to 10 shots out of 25 candidates.
 FEW_SHOT = few_shot_lib.FewShotSettings()
 _TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
@@ -192,6 +197,9 @@ def register_cot_tasks(
                         splits=["train"],
                         seed=seed,
                         few_shot=few_shot or FEW_SHOT,
+                        metric_fns=metrics.get_metric_fns(
+                            INVERTED_METRICS if inverted else METRICS, where=__name__
+                        ),
                     )
                 )
     return names

@@ -42,12 +42,15 @@ from typing import Any
 
 import seqio
 
+from flan_jax.evaluation import metrics
 from flan_jax.tasks import data_paths, family, sources, templates, tfds_reading
 from flan_jax.tasks import few_shot as few_shot_lib
 
 SOURCE = "dialog"
 DATASETS = ("wiki_dialog", "qrecc")
 VARIANTS = ("zs_opt", "fs_opt")
+# Metrics (flan_jax.evaluation.metrics): replies and inverted questions are free text.
+METRICS = ("rouge",)
 # FLAN's few-shot forms: 5-shot template mix, and 0 to 10 shots out of 25 candidates.
 FEW_SHOT = few_shot_lib.FewShotSettings()
 SPLITS = {"wiki_dialog": ("train", "validation"), "qrecc": ("train", "test")}
@@ -235,6 +238,8 @@ def register_dialog_tasks(
             splits=SPLITS[dataset],
             seed=seed,
             few_shot=few_shot or FEW_SHOT,
+            metric_fns=metrics.get_metric_fns(METRICS, where=__name__),
+            inverted_metric_fns=metrics.get_metric_fns(METRICS, where=__name__),
         )
     return names
 

@@ -8,11 +8,16 @@ An entry reads like:
     - name: rte
       cluster: nli
       family: nli
+      metrics: [accuracy]
       tfds: super_glue/rte:1.0.2
       splits: {train: "train[:-200]", validation: "train[-200:]", test: validation}
       fields: {premise: premise, hypothesis: hypothesis}
       label: {feature: label, names: ["yes", "no"]}
 
+`metrics` names the evaluation metrics of the dataset's tasks
+(`flan_jax.evaluation.metrics.METRIC_FNS`): accuracy for classification and multiple
+choice, squad for extractive and closed-book QA, rouge for summaries and data-to-text (and
+the text-rewriting tasks), bleu for translation, as FLAN's tasks.py scores them.
 `splits` maps our split names to TFDS splits, optionally sliced by example index
 (`tfds_reading.parse_split` says which forms). `in_flan: false` marks a dataset FLAN's code
 does not register: it is left out of the default list and registered only when named.
@@ -38,12 +43,13 @@ from typing import Any
 import yaml
 
 from flan_jax.errors import UserError
+from flan_jax.evaluation import metrics
 from flan_jax.tasks import tfds_reading
 
 CATALOG_PATH = os.path.join(os.path.dirname(__file__), "datasets.yaml")
 TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
 _TFDS_NAME_RE = re.compile(r"^[a-z0-9_]+(/[A-Za-z0-9_.\-]+)?:\d+\.\d+\.\d+$")
-_REQUIRED_KEYS = ("name", "cluster", "family", "tfds", "splits")
+_REQUIRED_KEYS = ("name", "cluster", "family", "metrics", "tfds", "splits")
 _OPTIONAL_KEYS = (
     "in_flan",
     "flan_tfds",
@@ -83,6 +89,7 @@ class DatasetEntry:
       name: our dataset name (the `DATASET` part of the task names).
       cluster: the Flan 2021 task cluster (nli, reading_comprehension, ...).
       family: the template family, i.e. `templates/<family>.yaml`.
+      metrics: the names of the tasks' metric functions (`metrics.METRIC_FNS`).
       tfds: the versioned TFDS name we read, e.g. "super_glue/rte:1.0.2".
       splits: our split name -> TFDS split, possibly sliced ("train[:-200]"); always has
         "train".
@@ -101,6 +108,7 @@ class DatasetEntry:
     name: str
     cluster: str
     family: str
+    metrics: tuple[str, ...]
     tfds: str
     splits: Mapping[str, str]
     fields: Mapping[str, str | tuple[str, ...]] = dataclasses.field(default_factory=dict)
@@ -127,6 +135,15 @@ def _parse_label(raw: Any, where: str) -> LabelSpec:
     if not isinstance(names, dict) or not names:
         raise CatalogError(f"{where}: 'label.names' must be a non-empty list or mapping.")
     return LabelSpec(str(raw["feature"]), {int(k): str(v) for k, v in names.items()})
+
+
+def _parse_metrics(raw: Any, where: str) -> tuple[str, ...]:
+    names = tuple(map(str, raw)) if isinstance(raw, list) else ()
+    try:
+        metrics.get_metric_fns(names, where=f"{where}: field 'metrics'")
+    except ValueError as e:
+        raise CatalogError(f"{e} Write e.g. 'metrics: [accuracy]'.") from e
+    return names
 
 
 def _parse_fields(raw: Any, where: str) -> dict[str, str | tuple[str, ...]]:
@@ -172,6 +189,7 @@ def parse_entry(raw: Any, where: str) -> DatasetEntry:
         name=str(raw["name"]),
         cluster=str(raw["cluster"]),
         family=str(raw["family"]),
+        metrics=_parse_metrics(raw["metrics"], where),
         tfds=str(raw["tfds"]),
         splits={str(k): str(v) for k, v in splits.items()},
         fields=_parse_fields(raw.get("fields", {}), where),

@@ -5,7 +5,9 @@ others only when named in `datasets`) four tasks are registered, `flan2021__<dat
 `__zs_noopt`, `__fs_opt` and `__fs_noopt`. Each draws one template per example from the
 dataset's family (its zero-shot and inverted templates alike); "opt" variants show the
 answer options, "noopt" variants do not; few-shot variants prepend exemplars from the first
-`few_shot_pool_size` train examples, pruned to the input budget.
+`few_shot_pool_size` train examples, pruned to the input budget. Each task is scored by the
+metrics its catalog entry names (`metrics: [rouge]`), on text postprocessed by
+`metrics.postprocess_text`; examples drawn with inverted templates get the same metrics.
 
 Data comes from prepared TFDS datasets (`tfds.builder(...).as_dataset`, never a download),
 opened only when a split is iterated: registering reads nothing, and a dataset that is not
@@ -26,6 +28,7 @@ from collections.abc import Iterator, Sequence
 
 import seqio
 
+from flan_jax.evaluation import metrics
 from flan_jax.tasks import data_paths, family, naming, sources, templates, tfds_reading
 from flan_jax.tasks import few_shot as few_shot_lib
 from flan_jax.tasks.flan2021 import catalog, preprocessors
@@ -138,6 +141,7 @@ def register_flan2021_tasks(
             functools.partial(load_split, "train"), vocabulary, settings=few_shot or FEW_SHOT
         )
         template_set = load_family_templates(entry.family)
+        metric_fns = metrics.get_metric_fns(entry.metrics, where=catalog.CATALOG_PATH)
         for variant in VARIANTS:
             task_id = naming.TaskId(SOURCE, entry.name, variant)
             spec = sources.RenderSpec(
@@ -151,6 +155,8 @@ def register_flan2021_tasks(
                 load_split,
                 vocabulary=vocabulary,
                 splits=list(entry.splits),
+                metric_fns=metric_fns,
+                postprocess_fn=metrics.postprocess_text,
             )
             names.append(spec.task_name)
     return names

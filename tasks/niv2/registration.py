@@ -34,11 +34,14 @@ import numpy as np
 import seqio
 
 from flan_jax.errors import UserError
+from flan_jax.evaluation import metrics
 from flan_jax.tasks import data_paths, family, naming, sources, templates
 from flan_jax.tasks import few_shot as few_shot_lib
 
 SOURCE = "niv2"
 VARIANTS = ("zs_opt", "fs_opt")
+# Metrics (flan_jax.evaluation.metrics): NIv2's own protocol, exact match and ROUGE-L.
+METRICS = ("niv2",)
 # Few-shot prompts show the task's positive examples: 2 in the 0-to-10 form, as FLAN's
 # `niv2_few_shot_exemplar_lookup_fn` samples (flan/v2/preprocessors.py); the template-mix
 # form shows the first one inline (num_shots and pool_size are unused).
@@ -332,9 +335,7 @@ class Niv2FewShot:
         )
         if not kept:
             return None
-        return templates.Rendered(
-            separator.join([*head, *kept, query.inputs]), query.targets, template
-        )
+        return dataclasses.replace(query, inputs=separator.join([*head, *kept, query.inputs]))
 
 
 def _read_split(
@@ -397,7 +398,12 @@ def register_niv2_tasks(
                 _read_split, dataset, paths=paths, with_positive_examples=task_id.few_shot
             )
             sources.register_rendered_task(
-                spec, load_split, vocabulary=vocabulary, splits=["train"]
+                spec,
+                load_split,
+                vocabulary=vocabulary,
+                splits=["train"],
+                metric_fns=metrics.get_metric_fns(METRICS, where=__name__),
+                postprocess_fn=metrics.postprocess_text,
             )
             names.append(spec.task_name)
     return names

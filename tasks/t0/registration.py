@@ -18,7 +18,8 @@ FLAN, the wrappers depend on the task's type (the catalog's `flan_type` column, 
 `templates/t0_<flan_type>.yaml` holds ten wrappers of each type. Every wrapper has the
 `{options_}` slot, so "opt" variants add a seeded options block whenever the prompt has
 answer choices it does not already list. Rows for which the prompt yields no target are
-skipped, as in P3.
+skipped, as in P3. The catalog's `metrics` column names each task's metrics (accuracy,
+squad or rouge, by what its prompt's target is).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Iterator, Sequence
 import seqio
 
 from flan_jax.data import file_io
+from flan_jax.evaluation import metrics
 from flan_jax.tasks import data_paths, family, naming, sources, templates
 from flan_jax.tasks import few_shot as few_shot_lib
 from flan_jax.tasks.t0 import promptsource
@@ -59,7 +61,8 @@ HOW_TO_GET_TEMPLATES = (
 
 @dataclasses.dataclass(frozen=True)
 class T0Task:
-    """One catalog row: a P3 task name, the promptsource prompt it uses, and its FLAN type."""
+    """One catalog row: a P3 task name, the promptsource prompt it uses, its FLAN type and
+    the names of its metrics (`flan_jax.evaluation.metrics.METRIC_FNS`)."""
 
     name: str
     dataset: str
@@ -67,6 +70,7 @@ class T0Task:
     prompt: str
     category: str
     flan_type: str
+    metrics: tuple[str, ...]
 
 
 @functools.cache
@@ -77,12 +81,15 @@ def load_t0_catalog() -> tuple[T0Task, ...]:
     rows = csv.DictReader([line for _, line in numbered], delimiter="\t")
     catalog = []
     for (line_number, _), row in zip(numbered[1:], rows):
+        where = f"{CATALOG_PATH}:{line_number}"
         if row["flan_type"] not in FLAN_TYPES:
             raise ValueError(
-                f"{CATALOG_PATH}:{line_number}: flan_type must be one of {FLAN_TYPES}, "
+                f"{where}: flan_type must be one of {FLAN_TYPES}, "
                 f"got {row['flan_type']!r} (task {row['name']!r})."
             )
-        catalog.append(T0Task(**row))
+        names = tuple(name.strip() for name in (row.pop("metrics") or "").split(",") if name)
+        metrics.get_metric_fns(names, where=f"{where}: column 'metrics' (task {row['name']!r})")
+        catalog.append(T0Task(**row, metrics=names))
     return tuple(catalog)
 
 
@@ -212,7 +219,9 @@ def register_t0_tasks(
     datasets = list_t0_datasets() if datasets is None else datasets
     names = []
     for dataset in datasets:
-        wrappers = load_t0_wrapper_templates(_catalog_entry(dataset).flan_type).templates
+        entry = _catalog_entry(dataset)
+        wrappers = load_t0_wrapper_templates(entry.flan_type).templates
+        metric_fns = metrics.get_metric_fns(entry.metrics, where=CATALOG_PATH)
         load_split = family.bind_split(load_t0_split, dataset, paths=paths, seed=seed)
         for variant in naming.VARIANTS:
             names.append(
@@ -224,6 +233,7 @@ def register_t0_tasks(
                     splits=SPLITS,
                     seed=seed,
                     few_shot=few_shot or FEW_SHOT,
+                    metric_fns=metric_fns,
                 )
             )
     return names

@@ -111,6 +111,7 @@ def test_export_holds_every_example_once_in_stream_order_with_metadata(tmp_path)
         "_template_idx",
         "_template_type",
         "_example_key",
+        "_answer_options",
     }
     # The rates shape the order: the rate-3 task dominates the first examples.
     first = [e["_task_name"] for e in exported[:12]]

@@ -247,7 +247,11 @@ def test_catalog_errors_name_file_entry_and_field(tmp_path):
     path = tmp_path / "bad.yaml"
 
     def load(entry: str):
-        path.write_text("datasets:\n  - {name: x, cluster: nli, family: nli, " + entry + "}\n")
+        path.write_text(
+            "datasets:\n  - {name: x, cluster: nli, family: nli, metrics: [accuracy], "
+            + entry
+            + "}\n"
+        )
         return catalog.load_catalog_file(str(path))
 
     with pytest.raises(catalog.CatalogError, match=r"dataset 0 \(x\).*versioned name") as e:
@@ -272,6 +276,38 @@ def test_catalog_errors_name_file_entry_and_field(tmp_path):
         load("tfds: 'a:1.0.0', splits: {train: train}, flan_tfds: 'a:0.1.0'")
     with pytest.raises(KeyError, match="closest: \\['rte'"):
         catalog.get_entry("rtee")
+    path.write_text(
+        "datasets:\n  - {name: x, cluster: nli, family: nli, tfds: 'a:1.0.0', "
+        "splits: {train: train}, metrics: [acuracy]}\n"
+    )
+    with pytest.raises(
+        catalog.CatalogError,
+        match=r"dataset 0 \(x\): field 'metrics': unknown metrics \['acuracy'\]; closest "
+        r"known: \['accuracy', 'cot_accuracy'\]",
+    ):
+        catalog.load_catalog_file(str(path))
+    path.write_text(
+        "datasets:\n  - {name: x, cluster: nli, family: nli, tfds: 'a:1.0.0', "
+        "splits: {train: train}}\n"
+    )
+    with pytest.raises(catalog.CatalogError, match=r"missing keys \['metrics'\]"):
+        catalog.load_catalog_file(str(path))
+
+
+def test_catalog_metrics_follow_the_task_kind():
+    # Independent of the catalog's own choice: what each kind of target calls for.
+    for entry in ENTRIES:
+        if entry.cluster == "translation":
+            expected = ("bleu",)
+        elif entry.cluster in ("summarization", "struct_to_text"):
+            expected = ("rouge",)
+        elif entry.family in ("reading_qa", "closed_book_qa", "coqa", "record"):
+            expected = ("squad",)  # a free-text answer span
+        elif entry.label is not None or entry.answer_index is not None:
+            expected = ("accuracy",)  # the answer is one of the options
+        else:
+            continue
+        assert entry.metrics == expected, entry.name
 
 
 def tfds_rows(split: str, size: int) -> range:

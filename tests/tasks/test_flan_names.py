@@ -6,6 +6,7 @@ import re
 import pytest
 import seqio
 
+from flan_jax.evaluation import metrics
 from flan_jax.tasks import (
     family,
     few_shot,
@@ -159,6 +160,7 @@ def register_fixture(source: str, dataset: str) -> dict[str, str]:
             splits=["train"],
             seed=0,
             few_shot=few_shot.FewShotSettings(),
+            metric_fns=[metrics.accuracy],
         )
         for variant in naming.VARIANTS
     ]
@@ -201,6 +203,9 @@ def test_flan_task_names_read_our_tasks():
     same = rows(base + "0to10_zero_shot")
     assert [dict(r, _task_name="") for r in same] == [dict(r, _task_name="") for r in ours]
     assert {r["_task_name"] for r in same} == {base + "0to10_zero_shot"}
+    copy = seqio.TaskRegistry.get(base + "0to10_zero_shot")
+    assert copy.metric_fns == [metrics.accuracy]  # FLAN's names keep our metrics
+    assert copy.postprocessor is metrics.postprocess_text
     for i in range(3):
         for opt in ("", "_no_opt"):
             one = rows(f"{base}{i}{opt}_zero_shot")

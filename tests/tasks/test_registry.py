@@ -1,5 +1,6 @@
 """The task-family interface, the registry over it, and the catalog's vocabulary rule."""
 
+import collections
 import inspect
 import json
 import logging
@@ -10,6 +11,7 @@ import sys
 import pytest
 import seqio
 
+from flan_jax.evaluation import metrics
 from flan_jax.tasks import demo, family, naming, registry
 
 GOLDEN_PATH = os.path.join(os.path.dirname(__file__), "registered_tasks_golden.json")
@@ -127,6 +129,31 @@ def test_register_all_is_unchanged_by_the_family_refactor():
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert got["tasks"] == golden["tasks"]
     assert got["mixtures"] == golden["mixtures"]
+
+
+def test_every_registered_flan_task_has_metrics_and_the_text_postprocessor():
+    report = registry.register_all(seqio.PassThroughVocabulary(10))
+    by_metrics = collections.defaultdict(set)
+    for name in report.tasks:
+        task = seqio.TaskRegistry.get(name)
+        assert task.metric_fns, name
+        # seqio sorts metrics by their arguments: (targets, predictions) are predict metrics.
+        assert task.predict_metric_fns == task.metric_fns, name
+        assert task.postprocessor is metrics.postprocess_text, name
+        by_metrics[tuple(f.__name__ for f in task.metric_fns)].add(name.split("__")[0])
+    # Each family's metrics, as its catalog or module names them (FLAN's names included).
+    assert by_metrics == {
+        ("accuracy",): {"flan2021", "t0"},
+        ("squad",): {"flan2021", "t0"},
+        ("rouge",): {"flan2021", "t0", "cot", "dialog"},
+        ("bleu",): {"flan2021"},
+        ("niv2",): {"niv2"},
+        ("cot_accuracy",): {"cot"},
+    }
+    assert seqio.TaskRegistry.get("cot__gsm8k__zs_opt").metric_fns == [metrics.cot_accuracy]
+    assert seqio.TaskRegistry.get("flan2021__wmt16_translate_deen__zs_opt").metric_fns == [
+        metrics.bleu
+    ]
 
 
 def test_the_catalog_without_a_vocabulary_fails_naming_the_macro():

@@ -49,6 +49,34 @@ def test_renders_with_and_without_options(nli):
     assert with_opts.targets == "yes" or answer_line.startswith(with_opts.targets)
 
 
+def test_answer_options_are_written_as_the_target_is(nli):
+    styles = set()
+    for i in range(40):
+        rng = templates.example_rng(0, "t", f"train:{i}")
+        out = templates.render(nli.templates[0], EXAMPLE, with_options=True, rng=rng)
+        # The target is one of the options, each written as the options block labels it.
+        assert out.targets == out.answer_options[0]
+        block = out.inputs.split("?", 1)[1]
+        for option, shown in zip(EXAMPLE["options"], out.answer_options):
+            line = next(line for line in block.splitlines() if line.endswith(" " + option))
+            assert shown == option or line.startswith(shown)
+        styles.add(out.answer_options == tuple(EXAMPLE["options"]))
+    assert styles == {True, False}  # both lettered and text styles were drawn
+    without = templates.render(
+        nli.templates[0], EXAMPLE, with_options=False, rng=templates.example_rng(0, "t", "x")
+    )
+    assert without.answer_options == tuple(EXAMPLE["options"])  # scored though not shown
+    inverted = templates.render(
+        nli.templates[1], EXAMPLE, with_options=True, rng=templates.example_rng(0, "t", "x")
+    )
+    assert inverted.answer_options == ()  # the target is not an answer option
+    no_options = {k: v for k, v in EXAMPLE.items() if k != "options"}
+    plain = templates.render(
+        nli.templates[0], no_options, with_options=True, rng=templates.example_rng(0, "t", "x")
+    )
+    assert plain.answer_options == ()
+
+
 def test_option_styles_vary_across_examples_but_not_across_calls(nli):
     blocks = set()
     for i in range(60):
@@ -71,12 +99,17 @@ def test_option_styles_vary_across_examples_but_not_across_calls(nli):
 
 def test_lettered_answer_points_at_the_right_option():
     for i in range(40):
-        block, shown = templates.format_options(
+        block, shown, shown_options = templates.format_options(
             ["red", "green", "blue"], "blue", templates.example_rng(0, "x", str(i))
         )
         line = next(line for line in block.splitlines() if line.endswith("blue"))
         assert shown == "blue" or line.startswith(shown)
         assert shown == "blue" or "C" in shown
+        # Every option is written as the answer would be: its label, or its text.
+        assert shown_options[2] == shown
+        assert shown_options == ("red", "green", "blue") or all(
+            label in option for label, option in zip("ABC", shown_options)
+        )
 
 
 def test_option_labels():
@@ -174,6 +207,13 @@ def test_render_example_carries_metadata(nli):
     assert out["_task_name"] == "demo__nli__zs_opt" and out["_task_source"] == "demo"
     assert out["_template_idx"] == 0 and out["_template_type"] == "zs"
     assert out["_example_key"] == "train:4"
+    options = sources.split_answer_options(out["_answer_options"])
+    assert out["targets"] in options and len(options) == 3
+    assert out["_answer_options"] == "\x1f".join(options)
+    assert sources.split_answer_options(out["_answer_options"].encode()) == options
+    assert sources.split_answer_options(b"") == []
+    with pytest.raises(ValueError, match="contains the options separator"):
+        sources.join_answer_options(["a\x1fb"], where="task x example 1:")
 
 
 def test_few_shot_variants_need_a_few_shot_builder(nli):
