@@ -228,6 +228,7 @@ def test_catalog_schema_and_clusters():
     assert {e.cluster for e in ENTRIES} == {
         "nli",
         "reading_comprehension",
+        "reading_comprehension_with_commonsense",
         "closed_book_qa",
         "commonsense",
         "coreference",
