@@ -8,11 +8,13 @@
 
 Suites (`flan_jax.evaluation.suites`): `flan_t5[:SETTING[/SUBSET],...]` (MMLU, BBH, TyDiQA,
 MGSM and the normalized average), `math[:gsm8k,svamp,multiarith,asdiv]` (8-shot CoT),
-`tasks:NAME,...` (registered seqio tasks or mixtures with their own metrics);
-`heldout_clusters` and `optiml` are not available yet. The data root holds one folder per
-source (`mmlu/`, `bbh/`, `tydiqa_goldp/`, `mgsm/`, `cot_exemplars/`, `gsm8k/`, `svamp/`,
-`multiarith/`, `asdiv/`); `--data_dir SOURCE=DIR` points one source elsewhere. A missing
-file is reported by name, with where to get it, before any checkpoint is loaded.
+`tasks:NAME,...` (registered seqio tasks or mixtures with their own metrics),
+`heldout_clusters[:CLUSTER,...]` (FLAN 2021 leave-one-cluster-out; `demo/CLUSTER` on the demo
+collection) and `optiml[:demo][,LEVEL,...]` (OPT-IML's three generalization levels).
+The data root holds one folder per source (`mmlu/`, `bbh/`, `tydiqa_goldp/`, `mgsm/`,
+`cot_exemplars/`, `gsm8k/`, `svamp/`, `multiarith/`, `asdiv/`); `--data_dir SOURCE=DIR`
+points one source elsewhere. A missing file is reported by name, with where to get it,
+before any checkpoint is loaded.
 
 Every step of each checkpoint directory is evaluated (`--steps` picks), greedily, with
 `flan_jax.inference.Predictor`. `--dtype auto` runs float32 on CPU and the checkpoint's
@@ -141,7 +143,7 @@ def _build_suites(args: argparse.Namespace) -> list[Any]:
     }
     built = []
     for spec, name in zip(args.suite, names):
-        if name == "tasks":
+        if name in suites.TASK_SUITES:
             _register_tasks(args.checkpoint[0])
         suite = suites.make_suite(
             spec, paths=paths, max_examples=args.max_examples, task_options=task_options

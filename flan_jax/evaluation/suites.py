@@ -17,7 +17,10 @@ A suite is named by a spec, `NAME[:ITEM,ITEM,...]`:
   `math:gsm8k,svamp` picks data sets. Average: the mean accuracy.
 - `tasks:NAME,...`: registered seqio tasks or mixtures, scored by their own metric_fns
   (`flan_jax.evaluation.task_suite`). Average: the mean of the tasks' first metric.
-- `heldout_clusters`, `optiml`: the held-out generalization protocols (not available yet).
+- `heldout_clusters[:CLUSTER,...|demo/CLUSTER]`: FLAN 2021's leave-one-cluster-out
+  evaluation, a benchmark per held-out cluster (its zero-shot tasks);
+  `optiml[:demo][,LEVEL...]`: OPT-IML's three generalization levels, a benchmark per level.
+  Both in `task_suite`, on the registered task catalog.
 
 Worked example (no model needed):
 
@@ -33,7 +36,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -345,8 +348,8 @@ class MathSuite(Suite):
 
 
 SUITE_NAMES = ("flan_t5", "math", "tasks", "heldout_clusters", "optiml")
-# The held-out generalization protocols come with their mixture builders (issue 10).
-NOT_AVAILABLE_YET = ("heldout_clusters", "optiml")
+# The suites of registered seqio tasks (`task_suite`): the task catalog must be registered.
+TASK_SUITES = ("tasks", "heldout_clusters", "optiml")
 
 
 def parse_suite_spec(spec: str) -> tuple[str, list[str]]:
@@ -379,16 +382,15 @@ def make_suite(
       task_options: for `tasks:`, `split` and `task_feature_lengths` (see `TaskSuite`).
     """
     name, items = parse_suite_spec(spec)
-    if name in NOT_AVAILABLE_YET:
-        raise ConfigError(
-            f"suite {name!r} is not available yet: the held-out generalization protocols "
-            "(FLAN 2021 leave-one-cluster-out, OPT-IML's levels) have not landed; use "
-            "flan_t5, math or tasks:NAME,... for now."
-        )
-    if name == "tasks":
+    if name in TASK_SUITES:
         from flan_jax.evaluation import task_suite  # seqio and TensorFlow: only when asked
 
-        return task_suite.TaskSuite(
+        builders: dict[str, Callable[..., Suite]] = {
+            "tasks": task_suite.TaskSuite,
+            "heldout_clusters": task_suite.make_heldout_clusters_suite,
+            "optiml": task_suite.make_optiml_suite,
+        }
+        return builders[name](
             spec, items=items, max_examples=max_examples, **dict(task_options or {})
         )
     if name == "math":

@@ -111,7 +111,7 @@ CASES = [
         "{dir}/no_data/gsm8k/test.jsonl",
     ),
     ("eval-unknown-suite", (*EVAL, "--suite", "flan_t6"), "flan_t6"),
-    ("eval-heldout-not-yet", (*EVAL, "--suite", "optiml"), "not available yet"),
+    ("eval-unknown-setting", (*EVAL, "--suite", "flan_t5:bbh_cott"), "bbh_cott"),
     ("eval-max-examples-0", (*EVAL, "--suite", "math", "--max_examples", "0"), "--max_examples"),
     ("eval-dtype", (*EVAL, "--suite", "math", "--dtype", "float16"), "--dtype"),
     (

@@ -47,8 +47,6 @@ def test_auto_dtype_is_float32_on_cpu_and_the_checkpoints_elsewhere():
         ("math:gsm9k", "gsm9k"),
         ("flan_t5:bbh_cot/no_such_task", "no_such_task"),
         ("flan_t5:bbh_cott", "bbh_cott"),
-        ("heldout_clusters", "not available yet"),
-        ("optiml", "not available yet"),
     ],
 )
 def test_bad_suite_specs_are_user_errors(spec, message):
@@ -198,3 +196,53 @@ def test_scalars_name_benchmarks_and_the_average():
         "math/mean_accuracy": 20.0,
     }
     assert not math.isnan(result.num_examples)
+
+
+@pytest.fixture(scope="module")
+def demo_tasks():
+    from flan_jax.tasks import demo
+
+    demo.register_demo_tasks(demo.get_demo_vocabulary())
+
+
+def _oracle(suite):
+    """Predicts each unit's targets: the prompts are looked up in the loaded examples."""
+    targets = {}
+    for unit in suite.units():
+        for ex in suite.load(unit).examples:
+            targets[ex["inputs_pretokenized"]] = ex["targets_pretokenized"]
+    return lambda prompts: [targets[p] for p in prompts]
+
+
+def test_heldout_clusters_suite_scores_each_held_out_clusters_zero_shot_tasks(demo_tasks):
+    from flan_jax.tasks.demo import collection
+
+    suite = suites.make_suite("heldout_clusters:demo/words,demo/nli", max_examples=2)
+    expected = collection.demo_eval_tasks()
+    assert [(u.benchmark, u.subset) for u in suite.units()] == [
+        (f"demo/{c}", expected[c][kind]) for c in ("words", "nli") for kind in ("seen", "unseen")
+    ]
+    result = runner.run_suite(suite, _oracle(suite))
+    assert {b.score for b in result.benchmarks.values()} == {100.0}
+    assert result.average == 100.0 and result.average_name == "mean_held_out_score"
+    wrong = runner.run_suite(suite, lambda prompts: ["#" for _ in prompts])
+    assert wrong.average == 0.0
+    with pytest.raises(UserError, match="no_such"):
+        suites.make_suite("heldout_clusters:demo/no_such")
+
+
+def test_optiml_suite_has_a_benchmark_per_level(demo_tasks):
+    from flan_jax.tasks.heldout import categories
+
+    protocol = categories.register_optiml_protocol(demo=True)
+    suite = suites.make_suite("optiml:demo,held_out_categories,held_out_tasks", max_examples=2)
+    assert [(u.benchmark, u.subset) for u in suite.units()] == [
+        (level, task)
+        for level in ("held_out_categories", "held_out_tasks")
+        for task in protocol.eval_tasks[level]
+    ]
+    result = runner.run_suite(suite, _oracle(suite))
+    assert set(result.benchmarks) == {"held_out_categories", "held_out_tasks"}
+    assert result.average == 100.0
+    with pytest.raises(UserError, match="level4"):
+        suites.make_suite("optiml:demo,level4")
