@@ -133,6 +133,7 @@ def _plot_scores(plt: Any, results, spec: str, out_dir: str) -> str:
         )
     axes.set_xticks([c + 0.4 - width / 2 for c in range(len(columns))], columns, rotation=30)
     axes.set_ylabel("score")
+    axes.set_ylim(0, 100)
     axes.set_title(spec)
     axes.legend(fontsize="small")
     path = _save(figure, os.path.join(out_dir, f"{safe_file_name(spec)}_scores.png"))
@@ -162,6 +163,7 @@ def _plot_lines(plt: Any, rows, x: Sequence[float], spec: str, title: str, xlabe
         )
     axes.set_xlabel(xlabel)
     axes.set_ylabel("score")
+    axes.set_ylim(0, 100)
     axes.set_title(title)
     axes.legend(fontsize="small")
     return figure, axes
