@@ -47,6 +47,33 @@ from flan_jax.models.interface import Model
 
 EOS_ID = decoding.EOS_ID
 METHODS = ("greedy", "sample", "beam")
+# The activation dtypes a caller may ask for; "auto" is `choose_activation_dtype`'s rule.
+DTYPE_CHOICES = ("auto", "float32", "bfloat16")
+
+
+def choose_activation_dtype(
+    requested: str, *, checkpoint_dtype: str, platform: str | None = None
+) -> str:
+    """The activation dtype to evaluate, score or decode in.
+
+    "auto" is float32 on CPU and the checkpoint's dtype on accelerators: on CPU bfloat16
+    activations cost accuracy and gain no speed (a converted HF T5 scored up to 9% relative
+    away from transformers in bfloat16, and matched to 1.2e-5 in float32), while on TPU /
+    GPU the checkpoint's dtype is what it was trained and tuned for. An explicit
+    "float32" / "bfloat16" is used as given.
+
+    Args:
+      requested: one of `DTYPE_CHOICES`.
+      checkpoint_dtype: the dtype recorded in the checkpoint's config.
+      platform: the JAX backend ("cpu", "gpu", "tpu"); None asks JAX.
+    """
+    if requested not in DTYPE_CHOICES:
+        raise ConfigError(f"dtype must be one of {DTYPE_CHOICES}, got {requested!r}.")
+    if requested != "auto":
+        return requested
+    platform = jax.default_backend() if platform is None else platform
+    return "float32" if platform == "cpu" else checkpoint_dtype
+
 
 TokenRows = Sequence[Sequence[int]]
 # One prediction per input (num_samples == 1) or a list of num_samples per input.

@@ -52,7 +52,7 @@ FAMILY_SOURCES = tuple(f.name for f in FLAN2022_FAMILIES)
 # Every family, the demo collection included.
 FAMILIES: tuple[family.TaskFamily, ...] = FLAN2022_FAMILIES + (demo.FAMILY,)
 _FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
-# The macros of the run configs (gin_configs/runs/finetune.gin, eval.gin) that
+# The macros of the run config (gin_configs/runs/finetune.gin) that
 # `register_catalog`'s vocabulary arguments are bound to; its error names them.
 VOCABULARY_MACRO = "VOCABULARY_PATH"
 ALLOW_DEMO_VOCABULARY_MACRO = "ALLOW_DEMO_VOCABULARY"

@@ -51,7 +51,7 @@ def _clean_gin():
 
 
 def test_the_run_configs_are_shipped():
-    for name in ("finetune", "pretrain", "eval", "infer", "demo_cpu"):
+    for name in ("finetune", "pretrain", "infer", "demo_cpu"):
         assert f"runs/{name}.gin" in SHIPPED
 
 
@@ -124,7 +124,6 @@ CATALOG_CONFIGS = (
         "trainer.train.register_tasks",
         id="finetune",
     ),
-    pytest.param(("runs/eval.gin",), "evaluate_cli.run.register_tasks", id="eval"),
 )
 
 
@@ -206,12 +205,6 @@ COMMAND_STACKS = (
         ["MODEL_DIR = '/tmp/run'", "MIXTURE_OR_TASK_NAME = 'x'"],
         (),
         id="train-pretrain",
-    ),
-    pytest.param(
-        ("runs/eval.gin",),
-        ["CHECKPOINT_PATH = '/c'", "MIXTURE_OR_TASK_NAME = 'x'"],
-        (),
-        id="eval",
     ),
     pytest.param(
         ("runs/distill.gin",),

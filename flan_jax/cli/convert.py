@@ -40,7 +40,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=("bfloat16", "float32"),
         default="bfloat16",
-        help="activation dtype recorded in the imported config",
+        help="activation dtype recorded in the imported config (training and accelerator "
+        "inference use it; infer/score/eval --dtype auto run float32 on CPU)",
     )
     parser.add_argument(
         "--scan_layers", action="store_true", help="store the imported layers stacked for nn.scan"

@@ -16,6 +16,7 @@ Each input line is a JSON object with an "inputs" string; the output repeats it 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,23 +72,30 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
         default=512,
         help="inputs are truncated to this many tokens (EOS included)",
     )
+    add_dtype_argument(parser)
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    """`--dtype auto|float32|bfloat16`, shared by `infer`, `score` and `eval`."""
     parser.add_argument(
         "--dtype",
-        choices=("bfloat16", "float32"),
-        default=None,
-        help="activation dtype (default: the checkpoint's)",
+        choices=("auto", "float32", "bfloat16"),  # inference.DTYPE_CHOICES (no JAX import here)
+        default="auto",
+        help="activation dtype; auto (default): float32 on CPU, the checkpoint's dtype on "
+        "accelerators",
     )
 
 
-def load_for_inference(args: argparse.Namespace) -> Any:
-    """Loads the checkpoint named by the arguments, applying --dtype."""
+def load_for_inference(checkpoint: str, *, step: int | None, dtype: str) -> Any:
+    """Loads a checkpoint with its activation dtype chosen by `--dtype` (auto: see
+    `inference.choose_activation_dtype`); the returned config's dtype is the one used."""
     from flan_jax.checkpoints import load_model_checkpoint
+    from flan_jax.inference import choose_activation_dtype
 
-    loaded = load_model_checkpoint(args.checkpoint, step=args.step)
-    if args.dtype is not None:
-        loaded = type(loaded)(
-            loaded.params, loaded.config.replace(dtype=args.dtype), loaded.vocabulary, loaded.step
-        )
+    loaded = load_model_checkpoint(checkpoint, step=step)
+    chosen = choose_activation_dtype(dtype, checkpoint_dtype=loaded.config.dtype)
+    if chosen != loaded.config.dtype:
+        loaded = dataclasses.replace(loaded, config=loaded.config.replace(dtype=chosen))
     return loaded
 
 
@@ -169,17 +177,19 @@ def run(args: argparse.Namespace) -> int:
     records = read_jsonl(args.input_file, required=("inputs",))
     decode = decode_config_from_args(args)
     file_io.check_writable(args.output_file)
-    loaded = load_for_inference(args)
+    loaded = load_for_inference(args.checkpoint, step=args.step, dtype=args.dtype)
     predictor = Predictor(loaded.model, loaded.params, loaded.vocabulary, decode)
     predictions = predictor.predict([r["inputs"] for r in records])
     file_io.write_jsonl(
         args.output_file, ({**r, "prediction": p} for r, p in zip(records, predictions))
+    )
+    print(
+        f"wrote {len(predictions)} predictions to {args.output_file} (dtype {loaded.config.dtype})"
     )
     return len(predictions)
 
 
 def main(argv: list[str]) -> int:
     """Entry point of `flan-jax infer`."""
-    args = _build_parser().parse_args(flags_from_gin(argv))
-    print(f"wrote {run(args)} predictions to {args.output_file}")
+    run(_build_parser().parse_args(flags_from_gin(argv)))
     return 0

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     file_io.check_writable(args.output_file)
-    loaded = load_for_inference(args)
+    loaded = load_for_inference(args.checkpoint, step=args.step, dtype=args.dtype)
     predictor = Predictor(loaded.model, loaded.params, loaded.vocabulary, decode)
     scores = predictor.score([r["inputs"] for r in records], [r["targets"] for r in records])
     file_io.write_jsonl(
@@ -49,11 +49,11 @@ def run(args: argparse.Namespace) -> int:
             for r, s, n in zip(records, scores.log_likelihoods, scores.num_tokens)
         ),
     )
+    print(f"wrote {len(records)} scores to {args.output_file} (dtype {loaded.config.dtype})")
     return len(records)
 
 
 def main(argv: list[str]) -> int:
     """Entry point of `flan-jax score`."""
-    args = _build_parser().parse_args(argv)
-    print(f"wrote {run(args)} scores to {args.output_file}")
+    run(_build_parser().parse_args(argv))
     return 0

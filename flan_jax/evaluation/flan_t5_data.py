@@ -419,14 +419,15 @@ def available_subsets(benchmark: str, *, paths: data_paths.DataPaths | None) -> 
     available = []
     for subset in benchmark_subsets(benchmark):
         try:
-            _subset_files(benchmark, subset, paths)
+            check_subset_files(benchmark, subset, paths=paths)
         except data_paths.MissingDataError:
             continue
         available.append(subset)
     return tuple(available)
 
 
-def _subset_files(benchmark: str, subset: str, paths: data_paths.DataPaths | None) -> None:
+def check_subset_files(benchmark: str, subset: str, *, paths: data_paths.DataPaths | None) -> None:
+    """Raises MissingDataError naming a subset's absent test file (exemplars not checked)."""
     if benchmark == "mmlu":
         source_file("mmlu", f"test/{subset}_test.csv", paths=paths)
     elif benchmark == "bbh":

@@ -37,6 +37,7 @@ import seqio
 from flan_jax.data import pipeline
 from flan_jax.data.batch_source import PACKING_EFFICIENCY, BatchSource
 from flan_jax.errors import ConfigError, UserError
+from flan_jax.evaluation import task_suite
 from flan_jax.models.interface import Model
 from flan_jax.training import (
     adafactor,
@@ -607,7 +608,7 @@ def _make_evaluator(
     if not (eval_config.teacher_forced or eval_config.inference):
         return None
     names = eval_config.tasks or (config.mixture_or_task_name,)
-    if not task_eval.list_eval_tasks(names, eval_config.split):
+    if not task_suite.list_eval_tasks(names, eval_config.split):
         logging.info("no task of %s has split %r: no evaluation", names, eval_config.split)
         return None
     return task_eval.Evaluator(model, vocabulary, names, config.task_feature_lengths, eval_config)

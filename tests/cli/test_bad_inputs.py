@@ -42,6 +42,7 @@ SCORE_GOOD = (
 )
 EXPORT = ("data", "export", "--mixture", "demo_mixture", "--max_examples", "4")
 SELECT = ("distill", "select", "--checkpoint_dir", "{dir}/empty", "--dev", "gsm8k")
+EVAL = ("eval", "--checkpoint", "{dir}/empty", "--out", "{dir}/new/eval")
 GENERATE = ("distill", "generate", "--teacher", "{dir}/empty", "--out", "{dir}/new/store")
 
 # A fourth item marks a case whose error comes after the (cheap) T5Model object was built,
@@ -103,7 +104,21 @@ CASES = [
         ("train", *DEMO_STACK, "--gin.trainer.DataConfig.buffer_size=-3"),
         "DataConfig.buffer_size",
     ),
-    ("eval-misspelt-macro", ("eval", "--gin_file=runs/eval.gin", "--gin.CHECKPOINT_PTH=x"), "PTH"),
+    # --- eval: suites, data and flags, all before any checkpoint is read ---
+    (
+        "eval-missing-data",
+        (*EVAL, "--suite", "math:gsm8k", "--data_root", "{dir}/no_data"),
+        "{dir}/no_data/gsm8k/test.jsonl",
+    ),
+    ("eval-unknown-suite", (*EVAL, "--suite", "flan_t6"), "flan_t6"),
+    ("eval-unknown-setting", (*EVAL, "--suite", "flan_t5:bbh_cott"), "bbh_cott"),
+    ("eval-max-examples-0", (*EVAL, "--suite", "math", "--max_examples", "0"), "--max_examples"),
+    ("eval-dtype", (*EVAL, "--suite", "math", "--dtype", "float16"), "--dtype"),
+    (
+        "eval-not-a-checkpoint",
+        (*EVAL, "--suite", "flan_t5:mgsm_cot/de", "--data_root", "{dir}/shared"),
+        "{dir}/empty",
+    ),
     (
         "distill-train-misspelt-macro",
         ("distill", "train", "--gin_file=runs/distill.gin", "--gin.STUDNET=x"),
@@ -238,6 +253,8 @@ def _write_inputs(root: Path) -> None:
     (root / "syntax.gin").write_text("TRAIN_STEPS = = 5\n")
     (root / "bad_config").mkdir()
     (root / "bad_config" / "flan_jax_config.json").write_text('{"model": ')
+    (root / "shared" / "mgsm").mkdir(parents=True)  # what `flan_t5:mgsm_cot/de` reads first
+    (root / "shared" / "mgsm" / "mgsm_de.tsv").write_text("Frage?\t3\n")
     (root / "hf_partial").mkdir()
     (root / "hf_partial" / "config.json").write_text('{"model_type": "t5", "d_model": 8}')
 
