@@ -24,11 +24,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from torch_reference import torch_device, torch_t5_from_params
 
 from flan_jax.data import file_io
 from flan_jax.models import decoding, t5
 from flan_jax.models.config import T5Config
-from flan_jax.models.hf_convert import hf_state_dict_from_params
 
 RESULTS = Path(__file__).parent / "results" / "model_bench.json"
 NEVER_EOS = -1  # decode the full length in both frameworks
@@ -87,26 +87,9 @@ def bench_torch(
 ) -> dict[str, float]:
     """The same measurements with transformers' T5ForConditionalGeneration."""
     import torch
-    import transformers
 
-    from flan_jax.models.hf_convert import hf_config_from_config
-
-    hf_config = transformers.T5Config(
-        **{
-            k: v
-            for k, v in hf_config_from_config(config).items()
-            if k not in ("architectures", "model_type")
-        }
-    )
-    model = transformers.T5ForConditionalGeneration(hf_config)
-    state = {
-        k: torch.from_numpy(np.array(v))
-        for k, v in hf_state_dict_from_params(params, config).items()
-    }
-    model.load_state_dict(state, strict=False)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(getattr(torch, dtype))
-    model.to(torch.device(device))  # in place, like every nn.Module.to
+    model = torch_t5_from_params(config, params, dtype=dtype)
+    device = torch_device()
     enc_t = torch.from_numpy(enc).long().to(device)
     labels = torch.from_numpy(targets).long().to(device)
 
@@ -185,7 +168,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "machine": platform.processor(),
         "jax_device": jax.devices()[0].device_kind,
-        "torch_device": "cuda" if torch.cuda.is_available() else "cpu",
+        "torch_device": torch_device(),
         "jax": jax.__version__,
         "torch": torch.__version__,
         "rows": rows,
