@@ -228,6 +228,9 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--decode_len", type=int, default=None, help="greedy tokens per prompt")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--size", default="small", choices=sorted(t5_sizes.T5_1_1_DIMS))
+    # On a CPU other processes also load, PyTorch's OpenMP threads wait on each other at every
+    # small op (a greedy step is hundreds), and 1 thread can beat all: try both.
+    parser.add_argument("--torch_threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     quick = dict(num_questions=16, num_prompts=8, decode_len=8, batch_size=8)
     full = dict(num_questions=32, num_prompts=24, decode_len=32, batch_size=16)
@@ -264,7 +267,7 @@ def main() -> None:
     except ImportError:
         print("eval_bench: skipped, PyTorch is not installed (pip install -e '.[test]').")
         return
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.torch_threads)
     work = load_workload(num_questions=args.num_questions, num_prompts=args.num_prompts)
     with tempfile.TemporaryDirectory() as tmp:
         texts = sorted(set(work.score_inputs) | set(work.greedy_inputs))
@@ -307,7 +310,8 @@ def main() -> None:
         f"T5 1.1 {args.size} (random weights, float32), batch {args.batch_size}, inputs "
         f"{min(lengths)}-{max(lengths)} tokens (cut at {MAX_INPUT_LEN}), greedy "
         f"{args.decode_len} tokens; {os.cpu_count()} CPU(s) (load average "
-        f"{os.getloadavg()[0]:.1f}), JAX {jax.devices()[0].device_kind}"
+        f"{os.getloadavg()[0]:.1f}), JAX {jax.devices()[0].device_kind}, "
+        f"{args.torch_threads} PyTorch thread(s)"
     )
     _print_table(rows, agree, header)
     report = {
@@ -324,6 +328,7 @@ def main() -> None:
         "machine": platform.processor(),
         "jax_device": jax.devices()[0].device_kind,
         "torch_device": str(next(model.parameters()).device),
+        "torch_threads": args.torch_threads,
         "jax": jax.__version__,
         "torch": torch.__version__,
         "rows": rows,
