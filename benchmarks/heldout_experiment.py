@@ -651,10 +651,13 @@ def main() -> None:
         "--held_out", default=None, help="comma-separated held-out clusters (default: the preset's)"
     )
     args = parser.parse_args()
-    # force: absl's handler on the root logger would otherwise drop this script's INFO
-    # lines; the libraries' own INFO lines (orbax, seqio) stay off.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", force=True)
+    # A handler of its own: absl's handler on the root logger (at WARNING) would drop this
+    # script's progress lines, and lowering it would let orbax's and seqio's INFO lines in.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    _LOG.addHandler(handler)
     _LOG.setLevel(logging.INFO)
+    _LOG.propagate = False
     config = QUICK if args.quick else ExperimentConfig()
     if args.seeds:
         config = dataclasses.replace(config, seeds=tuple(int(s) for s in args.seeds.split(",")))
