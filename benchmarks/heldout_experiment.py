@@ -85,7 +85,7 @@ class ExperimentConfig:
       optiml_reference: whether phase 2 also trains the reference on every cluster.
     """
 
-    held_out_clusters: tuple[str, ...] = ("nli", "sentiment")
+    held_out_clusters: tuple[str, ...] = ("nli", "sentiment", "reading")
     seeds: tuple[int, ...] = (0,)
     train_steps: int = 300
     warmup_steps: int = 30
