@@ -46,6 +46,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import t5_sizes
 from matplotlib.figure import Figure  # The object API: no pyplot state, no display backend.
 
 from flan_jax.data import file_io
@@ -120,16 +121,8 @@ QUICK = ExperimentConfig(
 
 def tiny_t5_config(vocab_size: int) -> T5Config:
     """`gin_configs/models/t5_1_1_tiny.gin` with `runs/demo_cpu.gin`'s overrides."""
-    return T5Config(
-        vocab_size=vocab_size,
-        emb_dim=128,
-        num_heads=4,
-        head_dim=32,
-        mlp_dim=256,
-        num_encoder_layers=2,
-        num_decoder_layers=2,
-        dtype="float32",  # CPUs have no fast bfloat16 matmuls
-    )
+    # CPUs have no fast bfloat16 matmuls.
+    return T5Config(vocab_size=vocab_size, dtype="float32", **t5_sizes.T5_1_1_DIMS["tiny"])
 
 
 @dataclasses.dataclass(frozen=True)

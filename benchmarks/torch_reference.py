@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from flan_jax.models.config import T5Config
-from flan_jax.models.hf_convert import hf_config_from_config, hf_state_dict_from_params
+from flan_jax.models.hf_convert import hf_state_dict_from_params
+from flan_jax.testing.models import build_hf_t5
 
 
 def torch_device() -> str:
@@ -28,21 +29,8 @@ def torch_t5_from_params(config: T5Config, params: Any, *, dtype: str = "float32
     Returned in train mode (as transformers builds it); callers pick ``.eval()`` / dropout.
     """
     import torch
-    import transformers
 
-    hf_config = transformers.T5Config(
-        **{
-            k: v
-            for k, v in hf_config_from_config(config).items()
-            if k not in ("architectures", "model_type")
-        }
-    )
-    model = transformers.T5ForConditionalGeneration(hf_config)
-    if not config.tie_word_embeddings:
-        # transformers 5 ties lm_head to the embedding whatever the config says (T5 1.1
-        # untied is `scale_decoder_outputs=False`): give the output layer its own tensor, or
-        # loading lm_head.weight would overwrite the embedding.
-        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    model = build_hf_t5(config)
     state = {
         k: torch.from_numpy(np.array(v))
         for k, v in hf_state_dict_from_params(params, config).items()

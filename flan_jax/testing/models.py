@@ -93,18 +93,18 @@ def make_tiny_t5_config(**overrides: Any) -> T5Config:
     return T5Config(**fields)
 
 
-def make_hf_reference(config: T5Config, *, seed: int = 0) -> Any:
-    """A randomly initialised `transformers.T5ForConditionalGeneration` in eval mode.
+def build_hf_t5(config: T5Config) -> Any:
+    """`transformers.T5ForConditionalGeneration` of `config`, initialised by transformers.
 
-    Untied configs get an output layer independent of the embedding (transformers 5 ties
-    the modules by default, so the lm_head gets its own fresh parameter here).
+    Untied configs get an output layer that is its own tensor: transformers 5 ties lm_head
+    to the embedding whatever the config says, so loading lm_head.weight would otherwise
+    overwrite the embedding.
     """
     import torch
     import transformers
 
     from flan_jax.models.hf_convert import hf_config_from_config
 
-    torch.manual_seed(seed)
     hf_config = transformers.T5Config(
         **{
             k: v
@@ -113,6 +113,21 @@ def make_hf_reference(config: T5Config, *, seed: int = 0) -> Any:
         }
     )
     model = transformers.T5ForConditionalGeneration(hf_config)
+    if not config.tie_word_embeddings:
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    return model
+
+
+def make_hf_reference(config: T5Config, *, seed: int = 0) -> Any:
+    """A randomly initialised `transformers.T5ForConditionalGeneration` in eval mode.
+
+    Untied configs get an output layer independent of the embedding (transformers 5 ties
+    the modules by default, so the lm_head gets its own fresh parameter here).
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_hf_t5(config)
     if not config.tie_word_embeddings:
         model.lm_head.weight = torch.nn.Parameter(
             torch.randn(config.vocab_size, config.emb_dim) * config.emb_dim**-0.5

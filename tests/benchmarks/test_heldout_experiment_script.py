@@ -81,6 +81,9 @@ def test_experiment_quick(tmp_path):
 
 def _load_script():
     pytest.importorskip("matplotlib", reason="the script needs the 'bench' or 'test' extra")
+    benchmarks_dir = os.path.dirname(os.path.abspath(_SCRIPT))
+    if benchmarks_dir not in sys.path:  # the script imports its sibling t5_sizes.py
+        sys.path.insert(0, benchmarks_dir)
     spec = importlib.util.spec_from_file_location("heldout_experiment", _SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while being made
