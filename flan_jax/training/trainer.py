@@ -34,7 +34,7 @@ import jax
 import optax
 import seqio
 
-from flan_jax.data import pipeline
+from flan_jax.data import pipeline, vocabularies
 from flan_jax.data.batch_source import PACKING_EFFICIENCY, BatchSource
 from flan_jax.errors import ConfigError, UserError
 from flan_jax.evaluation import task_suite
@@ -211,15 +211,17 @@ def initialize_distributed_run(config: PartitioningConfig) -> None:
     )
 
 
-def get_task_vocabulary(mixture_or_task_name: str) -> seqio.SentencePieceVocabulary:
-    """The SentencePiece vocabulary of a task's ``targets`` feature (copied into MODEL_DIR)."""
+def get_task_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:
+    """The vocabulary of a task's ``targets`` feature (its file is copied into MODEL_DIR).
+
+    A SentencePiece model or a Hugging Face ``tokenizer.json`` (``vocabularies.get_vocabulary``).
+    """
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
     vocabulary = provider.output_features["targets"].vocabulary
-    if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
-        raise ConfigError(
-            f"{mixture_or_task_name}: training needs a SentencePiece vocabulary (it is stored "
-            f"in the checkpoint); the task uses {type(vocabulary).__name__}"
-        )
+    try:
+        vocabularies.vocabulary_file(vocabulary)
+    except TypeError as error:
+        raise ConfigError(f"{mixture_or_task_name}: {error}") from error
     return vocabulary
 
 
@@ -505,7 +507,7 @@ def fit(
     *,
     model: Model,
     batch_source: BatchSource,
-    vocabulary: seqio.SentencePieceVocabulary,
+    vocabulary: seqio.Vocabulary,
     model_dir: str,
     train_steps: int,
     batch_size: int,
@@ -559,7 +561,7 @@ def fit(
         model_dir,
         checkpoint_config,
         model_config=model.config,
-        vocab_path=vocabulary.sentencepiece_model_file,
+        vocab_path=vocabularies.vocabulary_file(vocabulary),
         extra_ids=vocabulary.extra_ids,
     )
     writer = metrics_lib.MetricsWriter(model_dir, tensorboard=metrics_config.tensorboard)
@@ -601,7 +603,7 @@ def make_data_iterator(config: RunConfig, data_config: DataConfig) -> pipeline.T
 
 def _make_evaluator(
     model: Model,
-    vocabulary: seqio.SentencePieceVocabulary,
+    vocabulary: seqio.Vocabulary,
     config: RunConfig,
     eval_config: task_eval.EvalConfig,
 ) -> task_eval.Evaluator | None:
