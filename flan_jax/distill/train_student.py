@@ -50,9 +50,11 @@ from flan_jax.data.vocabularies import get_vocabulary
 from flan_jax.distill import alignment, formats, targets
 from flan_jax.distill.kl_loss import SPARSE_KL
 from flan_jax.distill.teacher_store import TeacherStore
+from flan_jax.errors import ConfigError
 from flan_jax.evaluation.math_datasets import MathExample, load_math_dataset
 from flan_jax.evaluation.selection import list_checkpoint_steps
 from flan_jax.models import t5
+from flan_jax.models.config import T5Config
 from flan_jax.training import adafactor, checkpointing, losses, metrics, train_step, trainer
 
 _LOG = logging.getLogger(__name__)
@@ -227,6 +229,13 @@ def train_student(
         )
     trainer.initialize_distributed_run(partitioning_config)
     metadata = checkpoints.read_model_metadata(student_dir)
+    if not isinstance(metadata.config, T5Config):
+        # The teacher rows and features of distill.targets are encoder-decoder rows.
+        raise ConfigError(
+            f"distill train: STUDENT {student_dir} holds a {type(metadata.config).__name__} "
+            "model; distillation trains encoder-decoder (T5) students only. Give a T5 "
+            "checkpoint, or fine-tune a decoder-only model with `flan-jax train`."
+        )
     vocabulary = get_vocabulary(str(metadata.vocab_path), metadata.extra_ids)
     store = TeacherStore(store_dir) if store_dir is not None else None
     gold = load_math_dataset(train_data_format, train_data) if train_data else []

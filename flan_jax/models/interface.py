@@ -18,7 +18,8 @@ Scoring needs a teacher-forced batch built from inputs and targets.
 
 Batches are dicts of ``[batch, length]`` arrays named as t5x's feature converters name them
 (``encoder_input_tokens``, ``decoder_input_tokens``, ``decoder_target_tokens``,
-``decoder_loss_weights`` and, packed, segment ids and positions). The loss reads
+``decoder_loss_weights`` and, packed, segment ids and positions), laid out as the model's
+``feature_format`` says (:mod:`flan_jax.data.packing`). The loss reads
 ``decoder_target_tokens`` and ``decoder_loss_weights`` whatever the model.
 """
 
@@ -28,6 +29,8 @@ from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+
+from flan_jax.data import packing
 
 Array = jax.Array
 Params = Any
@@ -47,6 +50,12 @@ class Model(Protocol):
     @property
     def vocab_size(self) -> int:
         """Rows of the output kernel's vocabulary dimension."""
+        ...
+
+    @property
+    def feature_format(self) -> packing.FeatureFormat:
+        """The layout of the training and evaluation rows this model reads (an encoder and
+        a decoder stream, or one decoder stream of inputs and targets)."""
         ...
 
     def init_params(self, rng: Array) -> Params:

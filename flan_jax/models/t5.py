@@ -27,6 +27,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from flan_jax.data.packing import EncoderDecoderFormat
 from flan_jax.models.config import T5Config
 from flan_jax.models.layers import (
     Embed,
@@ -599,6 +600,10 @@ class T5Model:
     @property
     def vocab_size(self) -> int:
         return self.config.vocab_size
+
+    @property
+    def feature_format(self) -> EncoderDecoderFormat:
+        return EncoderDecoderFormat()
 
     def init_params(self, rng: Array) -> Params:
         return init_params(self.config, rng)

@@ -34,7 +34,7 @@ import jax
 import optax
 import seqio
 
-from flan_jax.data import pipeline, vocabularies
+from flan_jax.data import packing, pipeline, vocabularies
 from flan_jax.data.batch_source import PACKING_EFFICIENCY, BatchSource
 from flan_jax.errors import ConfigError, UserError
 from flan_jax.evaluation import task_suite
@@ -110,11 +110,15 @@ class DataConfig:
         pack: best-fit pack examples into rows (segment ids and positions).
         buffer_size: examples per packing buffer.
         split: the training split.
+        loss_on_inputs: decoder-only models: put the loss on every real token (inputs
+            too, as for pre-training text) instead of on the targets only (OPT-IML);
+            an encoder-decoder model rejects it.
     """
 
     pack: bool = True
     buffer_size: int = 1024
     split: str = "train"
+    loss_on_inputs: bool = False
 
     def __post_init__(self) -> None:
         if self.buffer_size < 1:
@@ -585,8 +589,13 @@ def fit(
         manager.close()
 
 
-def make_data_iterator(config: RunConfig, data_config: DataConfig) -> pipeline.TrainIterator:
-    """This process's shard of a seqio task's or mixture's training batches."""
+def make_data_iterator(
+    config: RunConfig, data_config: DataConfig, *, feature_format: packing.FeatureFormat
+) -> pipeline.TrainIterator:
+    """This process's shard of a seqio task's or mixture's training batches.
+
+    ``feature_format`` is the model's (``Model.feature_format``).
+    """
     return pipeline.make_train_iterator(
         config.mixture_or_task_name,
         task_feature_lengths=config.task_feature_lengths,
@@ -598,6 +607,8 @@ def make_data_iterator(config: RunConfig, data_config: DataConfig) -> pipeline.T
         use_cached=config.use_cached_tasks,
         buffer_size=data_config.buffer_size,
         split=data_config.split,
+        feature_format=feature_format,
+        loss_on_inputs=data_config.loss_on_inputs,
     )
 
 
@@ -695,7 +706,7 @@ def train(
 
     return fit(
         model=model,
-        batch_source=make_data_iterator(config, data_config),
+        batch_source=make_data_iterator(config, data_config, feature_format=model.feature_format),
         vocabulary=vocabulary,
         model_dir=model_dir,
         train_steps=train_steps,

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flan_jax.data import packing
 from flan_jax.data.batch_source import BatchSource
 from flan_jax.data.vocabularies import get_vocabulary
 from flan_jax.models import decoding, t5
@@ -164,6 +165,10 @@ class ToyModel:
     @property
     def vocab_size(self):
         return self.config.vocab_size
+
+    @property
+    def feature_format(self):
+        return packing.EncoderDecoderFormat()
 
     def _boxed(self):
         dummy = jnp.ones((1, 2), jnp.int32)
