@@ -322,7 +322,8 @@ class DecoderConfig:
                 )
             if self.head_dim % 2:
                 raise ConfigError(
-                    f"DecoderConfig.head_dim must be even for rotary positions, got {self.head_dim}."
+                    "DecoderConfig.head_dim must be even for rotary positions, got "
+                    f"{self.head_dim}."
                 )
 
     @property

@@ -9,19 +9,22 @@ attention, sliding window). The numerics follow transformers' `OPTForCausalLM` a
 Parameter tree (unscanned; with `scan_layers` the `layers_{i}` subtrees become one `layers`
 subtree whose leaves carry a leading "layers" axis). P is `word_embed_proj_dim` or `emb_dim`:
 
-    token_embedder/embedding               [vocab, P]              ("vocab", "embed")
-    position_embedder/embedding            [max_length + 2, embed] ("abspos", "embed")  learned
-    project_in/kernel                      [P, embed]              ("embed_proj", "embed")  P != embed
-    layers_{i}/attention_norm/{scale,bias} [embed]                 bias: layernorm only
-    layers_{i}/attention/query/kernel      [embed, heads, kv]      bias [heads, kv]
-    layers_{i}/attention/{key,value}/kernel [embed, kv_heads, kv]  bias [kv_heads, kv]
-    layers_{i}/attention/out/kernel        [heads, kv, embed]      bias [embed]
-    layers_{i}/mlp_norm/{scale,bias}
-    layers_{i}/mlp/{wi_0, wi_1 | wi}/kernel [embed, mlp]           bias [mlp]
-    layers_{i}/mlp/wo/kernel               [mlp, embed]            bias [embed]
-    final_norm/{scale,bias}                [embed]                 pre-norm only
-    project_out/kernel                     [embed, P]              ("embed", "embed_proj")
-    logits_dense/kernel                    [P, vocab]              absent when tied
+    token_embedder/embedding                 [vocab, P]         ("vocab", "embed")
+    position_embedder/embedding              [max_length + 2, embed]  ("abspos", "embed")
+    project_in/kernel                        [P, embed]         ("embed_proj", "embed")
+    layers_{i}/attention_norm/{scale,bias}   [embed]            bias: layernorm only
+    layers_{i}/attention/query/kernel        [embed, heads, kv]     bias [heads, kv]
+    layers_{i}/attention/{key,value}/kernel  [embed, kv_heads, kv]  bias [kv_heads, kv]
+    layers_{i}/attention/out/kernel          [heads, kv, embed]     bias [embed]
+    layers_{i}/mlp_norm/{scale,bias}         [embed]
+    layers_{i}/mlp/{wi_0, wi_1 | wi}/kernel  [embed, mlp]       bias [mlp]
+    layers_{i}/mlp/wo/kernel                 [mlp, embed]       bias [embed]
+    final_norm/{scale,bias}                  [embed]            pre-norm only
+    project_out/kernel                       [embed, P]         ("embed", "embed_proj")
+    logits_dense/kernel                      [P, vocab]         ("embed", "vocab"), untied only
+
+The position table exists with learned positions only, project_in / project_out when P
+differs from embed.
 
 Projection biases exist only with `use_bias`.
 
@@ -48,8 +51,8 @@ import jax.numpy as jnp
 from flan_jax.data import packing
 from flan_jax.models.config import DecoderConfig
 from flan_jax.models.layers import (
-    Embed,
     EinsumDense,
+    Embed,
     LayerNorm,
     MlpBlock,
     MultiHeadAttention,
@@ -163,7 +166,9 @@ class DecoderOnlyLayer(nn.Module):
             rotary=_rotary(cfg),
             name="attention",
         )
-        mlp = MlpBlock(cfg.mlp_dim, cfg.activation, dtype, cfg.dropout_rate, cfg.use_bias, name="mlp")
+        mlp = MlpBlock(
+            cfg.mlp_dim, cfg.activation, dtype, cfg.dropout_rate, cfg.use_bias, name="mlp"
+        )
 
         def attend(h: Array) -> Array:
             return attention(
@@ -329,9 +334,7 @@ def abstract_params(config: DecoderConfig) -> Params:
 
 def param_logical_axes(config: DecoderConfig) -> Params:
     """Logical axis names of every parameter, as `PartitionSpec`s of logical names."""
-    return nn.get_partition_spec(
-        jax.eval_shape(lambda: _init_variables(config, jax.random.key(0)))
-    )
+    return nn.get_partition_spec(jax.eval_shape(lambda: _init_variables(config, jax.random.key(0))))
 
 
 def estimate_train_flops_per_step(config: DecoderConfig, *, batch_size: int, length: int) -> float:
@@ -546,9 +549,7 @@ class DecoderModel:
             started=jnp.ones((), bool),
         )
 
-    def reorder_decode_state(
-        self, state: DecoderDecodeState, indices: Array
-    ) -> DecoderDecodeState:
+    def reorder_decode_state(self, state: DecoderDecodeState, indices: Array) -> DecoderDecodeState:
         scanned = self.config.scan_layers
 
         def gather(leaf: Array) -> Array:
