@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 # Hugging Face configs of the parity tests: odd head counts, kv_heads < heads, tied and
-# untied output, OPT's post-norm with word_embed_proj_dim != hidden_size, llama3 rope
-# scaling with a short original context (so positions past it are scaled), and a Mistral
-# sliding window shorter than the test sequences.
+# untied output, Llama with biases on every projection, OPT's post-norm with
+# word_embed_proj_dim != hidden_size, llama3 rope scaling with a short original context
+# (so positions past it are scaled), and a Mistral sliding window shorter than the test
+# sequences.
 HF_PARITY_CONFIGS: dict[str, dict[str, Any]] = {
     "opt_pre_norm_odd_heads": dict(
         model_type="opt",
@@ -70,7 +71,7 @@ HF_PARITY_CONFIGS: dict[str, dict[str, Any]] = {
         bos_token_id=0,
         eos_token_id=2,
     ),
-    "llama_gqa_tied": dict(
+    "llama_gqa_tied_biases": dict(
         model_type="llama",
         vocab_size=320,
         hidden_size=32,
@@ -81,6 +82,8 @@ HF_PARITY_CONFIGS: dict[str, dict[str, Any]] = {
         max_position_embeddings=64,
         rms_norm_eps=1e-6,
         rope_theta=10000.0,
+        attention_bias=True,
+        mlp_bias=True,
         tie_word_embeddings=True,
         bos_token_id=0,
         eos_token_id=2,
