@@ -406,6 +406,23 @@ def _embedding_name(config: DecoderConfig) -> str:
 # ------------------------------------------------------------------------------------------
 # Parameters
 # ------------------------------------------------------------------------------------------
+def _normalize_names(state_dict: Mapping[str, np.ndarray]) -> StateDict:
+    """Names as `*ForCausalLM.state_dict()` gives them.
+
+    Base-model checkpoints (facebook/opt-* store `OPTModel`: `decoder.layers.0...`) lack the
+    `model.` prefix, and older transformers saved rotary `inv_freq` buffers, which are
+    recomputed from the config.
+    """
+    normalized = {}
+    for name, tensor in state_dict.items():
+        if name.endswith("rotary_emb.inv_freq"):
+            continue
+        if name != "lm_head.weight" and not name.startswith("model."):
+            name = f"model.{name}"
+        normalized[name] = tensor
+    return normalized
+
+
 def params_from_hf_state_dict(
     state_dict: Mapping[str, np.ndarray], config: DecoderConfig, *, source: str = "state dict"
 ) -> Params:
@@ -420,7 +437,7 @@ def params_from_hf_state_dict(
     """
     from flan_jax.models.decoder import abstract_params  # Deferred: pulls in flax.
 
-    state_dict = dict(state_dict)
+    state_dict = _normalize_names(state_dict)
     if config.tie_word_embeddings and "lm_head.weight" in state_dict:
         lm_head = state_dict.pop("lm_head.weight")
         embedding = state_dict.get(_embedding_name(config))

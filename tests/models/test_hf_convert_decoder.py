@@ -146,3 +146,22 @@ def test_export_refuses_what_transformers_cannot_express():
     mixed = DecoderConfig(vocab_size=64, norm="layernorm")
     with pytest.raises(ConversionError, match="'norm': 'layernorm'"):
         hf_convert_decoder.hf_config_from_config(mixed, eos_token_id=1)
+
+
+def test_base_model_names_and_rotary_buffers_are_accepted():
+    # facebook/opt-* store OPTModel tensors (no "model." prefix); old Llama files hold
+    # rotary inv_freq buffers.
+    config = hf_convert_decoder.config_from_hf(HF_PARITY_CONFIGS["opt_pre_norm_odd_heads"])
+    from flan_jax.models.decoder import abstract_params
+    from flan_jax.models.hf_convert import to_torch
+
+    abstract = abstract_params(config)
+    state = {}
+    for name, path, layout in hf_convert_decoder.name_table(config):
+        leaf = abstract
+        for key in path:
+            leaf = leaf[key]
+        state[name.removeprefix("model.")] = to_torch(np.ones(leaf.shape, np.float32), layout)
+    state["decoder.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(3, np.float32)
+    params = hf_convert_decoder.params_from_hf_state_dict(state, config)
+    assert params["layers_1"]["attention"]["query"]["kernel"].shape == (30, 3, 10)
