@@ -311,9 +311,12 @@ def test_beam_search_and_sampling_agree_with_scoring_and_greedy():
     assert np.all(beams.scores[:, 0] >= greedy.scores - 1e-4)  # at least as likely as greedy
 
 
-def test_scanned_layers_equal_unscanned():
+@pytest.mark.parametrize("remat_policy", ["none", "dots"])
+def test_scanned_layers_equal_unscanned(remat_policy):
     model, params = make_model("opt_post_norm_projected")
-    scanned = decoder.DecoderModel(model.config.replace(scan_layers=True))
+    scanned = decoder.DecoderModel(
+        model.config.replace(scan_layers=True, remat_policy=remat_policy)
+    )
     stacked = {k: v for k, v in params.items() if not k.startswith("layers_")}
     stacked["layers"] = jax.tree.map(
         lambda *leaves: jnp.stack(leaves), *(params[f"layers_{i}"] for i in range(2))
@@ -324,6 +327,18 @@ def test_scanned_layers_equal_unscanned():
     batch = _packed_batch(EXAMPLES)
     np.testing.assert_allclose(
         scanned.hidden_states(stacked, batch), model.hidden_states(params, batch), atol=1e-5
+    )
+
+    def loss(model, params):
+        return jnp.sum(model.hidden_states(params, batch) ** 2)
+
+    grads = jax.grad(loss, argnums=1)(scanned, stacked)
+    reference = jax.grad(loss, argnums=1)(model, params)
+    np.testing.assert_allclose(
+        grads["layers"]["mlp"]["wo"]["kernel"][1],
+        reference["layers_1"]["mlp"]["wo"]["kernel"],
+        rtol=1e-4,
+        atol=1e-5,
     )
 
 
