@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Self
 
 import jax.numpy as jnp
 
@@ -22,8 +22,62 @@ ACTIVATION_DTYPES = ("bfloat16", "float32")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
+class _ConfigMethods:
+    """What every model config offers: validated copies and a JSON round trip.
+
+    Subclasses are frozen dataclasses; error messages name the subclass.
+    """
+
+    dtype: str
+
+    @property
+    def activation_dtype(self) -> jnp.dtype:
+        """The jnp dtype of activations (`dtype` as an object)."""
+        return jnp.dtype(self.dtype)
+
+    def replace(self, **changes: Any) -> Self:
+        """Returns a copy with `changes` applied (and validated)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the fields as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> Self:
+        """Builds a config from `to_dict` output, rejecting unknown keys.
+
+        Args:
+          values: Field name -> value.
+          source: Where `values` came from, named in error messages (e.g. a file path).
+        """
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown {cls.__name__} field(s) {unknown}; known fields are "
+                f"{sorted(known)}."
+            )
+        return cls(**values)
+
+    def to_json(self) -> str:
+        """Returns the config as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "config") -> Self:
+        """Parses `to_json` output; `source` names the origin in error messages."""
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{source}: not valid JSON ({error}).") from error
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(values).__name__}.")
+        return cls.from_dict(values, source=source)
+
+
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(_ConfigMethods):
     """Architecture and numerics of a T5 encoder-decoder.
 
     Attributes:
@@ -109,49 +163,6 @@ class T5Config:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"T5Config.{name} must be a bool, got {getattr(self, name)!r}.")
 
-    @property
-    def activation_dtype(self) -> jnp.dtype:
-        """The jnp dtype of activations (`dtype` as an object)."""
-        return jnp.dtype(self.dtype)
-
-    def replace(self, **changes: Any) -> T5Config:
-        """Returns a copy with `changes` applied (and validated)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the fields as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> T5Config:
-        """Builds a config from `to_dict` output, rejecting unknown keys.
-
-        Args:
-          values: Field name -> value.
-          source: Where `values` came from, named in error messages (e.g. a file path).
-        """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown T5Config field(s) {unknown}; known fields are {sorted(known)}."
-            )
-        return cls(**values)
-
-    def to_json(self) -> str:
-        """Returns the config as indented JSON."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, *, source: str = "config") -> T5Config:
-        """Parses `to_json` output; `source` names the origin in error messages."""
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{source}: not valid JSON ({error}).") from error
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: expected a JSON object, got {type(values).__name__}.")
-        return cls.from_dict(values, source=source)
 
 
 DECODER_FAMILIES = ("opt", "llama")
@@ -161,7 +172,7 @@ DECODER_POSITIONS = ("learned", "rotary")
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(_ConfigMethods):
     """Architecture and numerics of a decoder-only transformer (OPT, Llama, Mistral).
 
     The field names follow `T5Config` where the two share a knob; Hugging Face names are
@@ -330,36 +341,6 @@ class DecoderConfig:
     def embed_dim(self) -> int:
         """Width of the token embedding: `word_embed_proj_dim`, or `emb_dim` when None."""
         return self.emb_dim if self.word_embed_proj_dim is None else self.word_embed_proj_dim
-
-    @property
-    def activation_dtype(self) -> jnp.dtype:
-        """The jnp dtype of activations (`dtype` as an object)."""
-        return jnp.dtype(self.dtype)
-
-    def replace(self, **changes: Any) -> DecoderConfig:
-        """Returns a copy with `changes` applied (and validated)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the fields as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> DecoderConfig:
-        """Builds a config from `to_dict` output, rejecting unknown keys.
-
-        Args:
-          values: Field name -> value.
-          source: Where `values` came from, named in error messages (e.g. a file path).
-        """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown DecoderConfig field(s) {unknown}; known fields are "
-                f"{sorted(known)}."
-            )
-        return cls(**values)
 
 
 def _check_positive_int(config: Any, name: str, *, note: str = "") -> None:
