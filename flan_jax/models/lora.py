@@ -325,9 +325,9 @@ def has_adapters(params: Any) -> bool:
 
 def _adapter_delta(module: nn.Module, x: Array, out: Array, dropout_rate: float) -> Array:
     """``scale * dropout(x) A B`` for one call of an adapted module."""
-    a = module.get_variable("params", LORA_A)
-    b = module.get_variable("params", LORA_B)
-    scale = module.get_variable("params", LORA_SCALE)
+    a: Array = module.get_variable("params", LORA_A)
+    b: Array = module.get_variable("params", LORA_B)
+    scale: Array = module.get_variable("params", LORA_SCALE)
     num_in = a.ndim - 1
     if x.shape[x.ndim - num_in :] != a.shape[:-1]:
         raise ValueError(
@@ -392,7 +392,7 @@ class LoraModel:
     @property
     def kernels(self) -> tuple[AdaptedKernel, ...]:
         """The adapted kernels."""
-        return select_kernels(self.base, self.lora)
+        return select_kernels(self.base, self.lora)  # type: ignore[arg-type]  # frozen dataclass
 
     @property
     def config(self) -> Any:

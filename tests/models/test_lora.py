@@ -7,6 +7,7 @@ and for one kernel by NumPy.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -50,6 +51,7 @@ def _randomize_b(params, seed=1, scale=0.2):
     return jax.tree_util.tree_map_with_path(draw, params)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _logits(model: Model, params, batch, dropout_rng=None):
     hidden = model.hidden_states(params, batch, dropout_rng=dropout_rng)
     return hidden @ model.output_kernel(params)
@@ -231,21 +233,19 @@ def test_merge_lora_folds_scale_a_b_into_the_kernel():
 def test_adapter_dropout_applies_per_call_and_only_when_training():
     model = _lora(_base(), ("attention/query",), dropout_rate=0.5)
     params = _randomize_b(model.init_params(jax.random.key(0)))
-    plain = model.hidden_states(params, BATCH)
-    first = model.hidden_states(params, BATCH, dropout_rng=jax.random.key(1))
-    again = model.hidden_states(params, BATCH, dropout_rng=jax.random.key(1))
-    other = model.hidden_states(params, BATCH, dropout_rng=jax.random.key(2))
+    plain = _logits(model, params, BATCH)
+    first = _logits(model, params, BATCH, jax.random.key(1))
+    again = _logits(model, params, BATCH, jax.random.key(1))
+    other = _logits(model, params, BATCH, jax.random.key(2))
     np.testing.assert_array_equal(first, again)
     assert np.abs(first - plain).max() > 1e-3 and np.abs(first - other).max() > 1e-3
     no_dropout = _lora(_base(), ("attention/query",), dropout_rate=0.0)
-    np.testing.assert_array_equal(
-        no_dropout.hidden_states(params, BATCH, dropout_rng=jax.random.key(1)), plain
-    )
+    np.testing.assert_array_equal(_logits(no_dropout, params, BATCH, jax.random.key(1)), plain)
 
 
 @pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
 def test_decoding_goes_through_the_adapters(scan):
-    base = _base(scan=scan)
+    base = t5.T5Model(make_tiny_t5_config(scan_layers=scan))
     model = _lora(base, ALL_ATTENTION_AND_MLP)
     params = _randomize_b(model.init_params(jax.random.key(0)))
     inputs = jnp.asarray(BATCH["encoder_input_tokens"])
