@@ -18,7 +18,7 @@ import pytest
 
 from flan_jax import checkpoints
 from flan_jax.data.vocabularies import get_vocabulary
-from flan_jax.models import lora, t5
+from flan_jax.models import interface, lora, t5
 from flan_jax.models.interface import Model
 from flan_jax.testing import models as testing_models
 from flan_jax.testing import training
@@ -179,6 +179,10 @@ def test_gin_binds_adamw_through_the_union_annotation():
         model = gin.query_parameter("trainer.train.model").scoped_configurable_fn()
         assert isinstance(model, lora.LoraModel) and model.lora.rank == 4
         assert isinstance(model.base, t5.T5Model)
+        # DROPOUT_RATE reaches the base model through the wrapper.
+        changed = interface.replace_config(model, dropout_rate=0.3)
+        assert isinstance(changed, lora.LoraModel) and changed.lora == model.lora
+        assert changed.config.dropout_rate == 0.3 and changed.base.config.dropout_rate == 0.3
     finally:
         gin.clear_config()
 
