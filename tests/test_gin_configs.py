@@ -29,6 +29,7 @@ RUN_STACKS = (
     train_cli.DEMO_GIN_FILES,
     ("models/t5_1_1_small.gin", "runs/finetune.gin"),
     ("models/t5_1_1_base.gin", "runs/finetune.gin", "runs/pretrain.gin"),
+    ("models/t5_1_1_tiny.gin", "runs/finetune.gin", "runs/lora.gin"),
 )
 CONFIG_CLASSES = (
     trainer.DataConfig,
@@ -205,6 +206,12 @@ COMMAND_STACKS = (
         ["MODEL_DIR = '/tmp/run'", "MIXTURE_OR_TASK_NAME = 'x'"],
         (),
         id="train-pretrain",
+    ),
+    pytest.param(
+        ("models/t5_1_1_tiny.gin", "runs/finetune.gin", "runs/lora.gin"),
+        ["MODEL_DIR = '/tmp/run'", "MIXTURE_OR_TASK_NAME = 'x'"],
+        (),
+        id="train-lora",
     ),
     pytest.param(
         ("runs/distill.gin",),

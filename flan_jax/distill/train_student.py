@@ -55,7 +55,15 @@ from flan_jax.evaluation.math_datasets import MathExample, load_math_dataset
 from flan_jax.evaluation.selection import list_checkpoint_steps
 from flan_jax.models import t5
 from flan_jax.models.config import T5Config
-from flan_jax.training import adafactor, checkpointing, losses, metrics, train_step, trainer
+from flan_jax.training import (
+    adafactor,
+    checkpointing,
+    losses,
+    metrics,
+    optimizers,
+    train_step,
+    trainer,
+)
 
 _LOG = logging.getLogger(__name__)
 SUMMARY_FILENAME = "distill_summary.json"
@@ -181,7 +189,7 @@ def train_student(
     feature_lengths: Mapping[str, int] | None = None,
     student_step: int | None = None,
     seed: int = 0,
-    optimizer_config: adafactor.AdafactorConfig = adafactor.AdafactorConfig(),
+    optimizer_config: optimizers.OptimizerConfig = adafactor.AdafactorConfig(),
     step_config: train_step.TrainStepConfig = train_step.TrainStepConfig(),
     partitioning_config: trainer.PartitioningConfig = trainer.PartitioningConfig(),
     checkpoint_config: checkpointing.CheckpointConfig = checkpointing.CheckpointConfig(

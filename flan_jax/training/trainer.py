@@ -9,8 +9,9 @@ points that build the three and call it. A run is a sequence of named phases:
 
 1. :func:`initialize_distributed_run`: ``jax.distributed`` when a coordinator is configured
    (called by the entry points, before the batch source asks for its process index);
-2. :func:`build_run`: mesh, logical rules, Adafactor, train-state shardings and the jitted
-   sharded train step;
+2. :func:`build_run`: mesh, logical rules, the optimizer (Adafactor or AdamW,
+   :mod:`flan_jax.training.optimizers`, over the model's trainable parameters: all of
+   them, or a LoRA model's adapters), train-state shardings and the jitted sharded step;
 3. :func:`restore_or_init`: the latest checkpoint of ``model_dir`` if there is one (train
    state and data position), else the initial parameters, else fresh ones;
 4. :func:`run_train_loop`: train steps, metrics every ``log_period`` steps, evaluation every
@@ -38,11 +39,13 @@ from flan_jax.data import packing, pipeline, vocabularies
 from flan_jax.data.batch_source import PACKING_EFFICIENCY, BatchSource
 from flan_jax.errors import ConfigError, UserError
 from flan_jax.evaluation import task_suite
+from flan_jax.models import interface
 from flan_jax.models.interface import Model
 from flan_jax.training import (
     adafactor,
     checkpointing,
     losses,
+    optimizers,
     partitioning,
     task_eval,
     train_state,
@@ -183,7 +186,7 @@ class NonFiniteError(UserError, FloatingPointError):
 EvalHook = Callable[[Any], Mapping[str, float]]
 """``params -> scalars``: an evaluation hook the loop calls every ``eval_period`` steps."""
 
-InitialParams = Callable[[Any, Any], Any]
+InitialParams = interface.InitialParams
 """``(abstract_params, param_shardings) -> params``: where a fresh run's parameters come
 from (e.g. a converted checkpoint); without one they are initialised from the seed."""
 
@@ -243,17 +246,25 @@ def build_run(
     model: Model,
     *,
     learning_rate: float | optax.Schedule,
-    optimizer_config: adafactor.AdafactorConfig,
+    optimizer_config: optimizers.OptimizerConfig,
     loss_config: losses.LossConfig,
     step_config: train_step.TrainStepConfig,
     partitioning_config: PartitioningConfig,
 ) -> _Run:
-    """Phase 2: the mesh, optimizer, shardings and the compiled-on-first-call train step."""
+    """Phase 2: the mesh, optimizer, shardings and the compiled-on-first-call train step.
+
+    The optimizer updates the model's trainable parameters
+    (:func:`flan_jax.models.interface.get_trainable_mask`: all, or a LoRA model's
+    adapters); the frozen ones stay in the state, placed and checkpointed like the rest.
+    """
     mesh = partitioning.make_mesh(partitioning_config.mesh)
     rules = partitioning.get_logical_axis_rules(partitioning_config.rules)
     param_axes = model.param_logical_axes()
-    optimizer = adafactor.make_adafactor(
-        learning_rate, param_axes=param_axes, config=optimizer_config
+    optimizer = optimizers.make_optimizer(
+        learning_rate,
+        param_axes=param_axes,
+        config=optimizer_config,
+        trainable=interface.get_trainable_mask(model),
     )
     abstract_params = model.abstract_params()
     shardings = train_state.get_train_state_shardings(
@@ -519,7 +530,7 @@ def fit(
     learning_rate: float | optax.Schedule = 1e-3,
     initial_params: InitialParams | None = None,
     seed: int = 0,
-    optimizer_config: adafactor.AdafactorConfig = adafactor.AdafactorConfig(),
+    optimizer_config: optimizers.OptimizerConfig = adafactor.AdafactorConfig(),
     loss_config: losses.LossConfig = losses.LossConfig(),
     step_config: train_step.TrainStepConfig = train_step.TrainStepConfig(),
     partitioning_config: PartitioningConfig = PartitioningConfig(),
@@ -642,7 +653,7 @@ def train(
     seed: int = 0,
     register_tasks: Sequence[Callable[[], Any]] = (),
     data_config: DataConfig = DataConfig(),
-    optimizer_config: adafactor.AdafactorConfig = adafactor.AdafactorConfig(),
+    optimizer_config: optimizers.OptimizerConfig = adafactor.AdafactorConfig(),
     loss_config: losses.LossConfig = losses.LossConfig(),
     step_config: train_step.TrainStepConfig = train_step.TrainStepConfig(),
     partitioning_config: PartitioningConfig = PartitioningConfig(),
@@ -685,14 +696,13 @@ def train(
         seed,
     )
     if dropout_rate is not None:
-        config_with_dropout = dataclasses.replace(model.config, dropout_rate=float(dropout_rate))
-        model = dataclasses.replace(model, config=config_with_dropout)  # type: ignore[type-var]
+        model = interface.replace_config(model, dropout_rate=float(dropout_rate))
     initialize_distributed_run(partitioning_config)
     for register in register_tasks:
         register()
     vocabulary = get_task_vocabulary(mixture_or_task_name)
     check_vocab_fits(model, vocabulary, mixture_or_task_name)
-    initial_params = None
+    initial_params: InitialParams | None = None
     if initial_checkpoint_path:
 
         def initial_params(abstract_params: Any, shardings: Any) -> Any:
@@ -703,6 +713,9 @@ def train(
                 abstract_params=abstract_params,
                 shardings=shardings,
             )
+
+        if isinstance(model, interface.AdaptedModel):  # the checkpoint holds the base model
+            initial_params = model.initial_params_from_base(initial_params, seed=seed)
 
     return fit(
         model=model,
