@@ -402,6 +402,10 @@ class LoraModel:
     def vocab_size(self) -> int:
         return self.base.vocab_size
 
+    @property
+    def feature_format(self) -> Any:
+        return self.base.feature_format
+
     def replace_config(self, **changes: Any) -> LoraModel:
         from flan_jax.models.interface import replace_config
 

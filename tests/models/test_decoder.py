@@ -16,50 +16,10 @@ import pytest
 from flan_jax.errors import ConfigError
 from flan_jax.models import decoder, decoding
 from flan_jax.models.config import DecoderConfig
+from flan_jax.testing.models import DECODER_TEST_CONFIGS as CONFIGS
+from flan_jax.testing.models import make_tiny_decoder_config
 
-# Configurations that stress the two families: grouped-query heads, Llama 3 rope scaling,
-# a sliding window shorter than the rows, tied output; OPT's learned positions, biases,
-# post-norm and project_in / project_out.
-CONFIGS = {
-    "llama_gqa_scaled_rope": dict(
-        family="llama",
-        num_heads=4,
-        num_kv_heads=2,
-        rope_scaling_factor=8.0,
-        rope_original_max_length=8,
-        rope_theta=500.0,
-    ),
-    "mistral_window": dict(family="llama", num_heads=4, num_kv_heads=1, sliding_window=3),
-    "opt_post_norm_projected": dict(
-        family="opt",
-        num_heads=4,
-        num_kv_heads=4,
-        positions="learned",
-        norm="layernorm",
-        activation="relu",
-        use_bias=True,
-        pre_norm=False,
-        word_embed_proj_dim=12,
-        tie_word_embeddings=True,
-        max_length=64,
-        start_token_id=2,
-    ),
-}
-
-
-def make_config(name: str, **overrides) -> DecoderConfig:
-    fields = dict(
-        vocab_size=50,
-        emb_dim=16,
-        head_dim=6,
-        mlp_dim=24,
-        num_layers=2,
-        dtype="float32",
-        start_token_id=3,
-    )
-    fields.update(CONFIGS[name])
-    fields.update(overrides)
-    return DecoderConfig(**fields)
+make_config = make_tiny_decoder_config
 
 
 def make_model(name: str, seed: int = 0, **overrides):

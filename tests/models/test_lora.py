@@ -16,10 +16,15 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from flan_jax.data import packing
 from flan_jax.errors import ConfigError
-from flan_jax.models import decoding, lora, t5
+from flan_jax.models import decoder, decoding, lora, t5
 from flan_jax.models.interface import AdaptedModel, Model, get_trainable_mask
-from flan_jax.testing.models import make_tiny_t5_config
+from flan_jax.testing.models import (
+    DECODER_TEST_CONFIGS,
+    make_tiny_decoder_config,
+    make_tiny_t5_config,
+)
 from flan_jax.testing.training import make_random_batch
 
 TOL = 1e-5  # f32, a few composed matmuls
@@ -260,3 +265,49 @@ def test_decoding_goes_through_the_adapters(scan):
         base, lora.merge_lora(params), inputs, jnp.asarray(BATCH["decoder_target_tokens"])
     )
     np.testing.assert_allclose(scored, expected, rtol=TOL, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------
+# The decoder-only model (the same adapters through its own kernels)
+# ------------------------------------------------------------------------------------------
+DECODER_TARGETS = ("attention/(query|key|value|out)/", "mlp/")
+
+
+def _decoder_case(name: str):
+    base = decoder.DecoderModel(make_tiny_decoder_config(name))
+    examples = [
+        {"inputs": np.array([5, 6, 7, 1]), "targets": np.array([8, 9, 1])},
+        {"inputs": np.array([10, 1]), "targets": np.array([11, 12, 13, 1])},
+    ]
+    batch = packing.pack_examples(
+        examples, packing.FeatureLengths(6, 6), feature_format=base.feature_format
+    )
+    return base, {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("name", sorted(DECODER_TEST_CONFIGS))
+def test_decoder_lora_zero_b_equals_the_base_and_merged_equals_adapted(name):
+    base, batch = _decoder_case(name)
+    model = _lora(base, DECODER_TARGETS)
+    params = model.init_params(jax.random.key(0))
+    base_params = lora.remove_adapters(params)
+    # Equal up to float rounding: XLA may fuse "+ bias + 0-delta" in another order.
+    np.testing.assert_allclose(
+        _logits(model, params, batch), _logits(base, base_params, batch), rtol=0, atol=1e-6
+    )
+    params = _randomize_b(params)
+    adapted = _logits(model, params, batch)
+    assert np.abs(adapted - _logits(base, base_params, batch)).max() > 0.1
+    np.testing.assert_allclose(
+        adapted, _logits(base, lora.merge_lora(params), batch), rtol=TOL, atol=TOL
+    )
+
+
+def test_decoder_lora_decoding_goes_through_the_adapters():
+    base, _ = _decoder_case("llama_gqa_scaled_rope")
+    model = _lora(base, DECODER_TARGETS)
+    params = _randomize_b(model.init_params(jax.random.key(0)))
+    prompts = jnp.asarray([[5, 6, 7, 1], [10, 1, 0, 0]])
+    adapted = decoding.greedy_decode(model, params, prompts, max_decode_len=5)
+    merged = decoding.greedy_decode(base, lora.merge_lora(params), prompts, max_decode_len=5)
+    np.testing.assert_array_equal(adapted.tokens, merged.tokens)
