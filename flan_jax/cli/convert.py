@@ -2,6 +2,7 @@
 
     flan-jax convert --from-hf HF_DIR --out CKPT_DIR [--dtype bfloat16] [--scan_layers]
     flan-jax convert --to-hf CKPT_DIR --out HF_DIR [--step N] [--max_shard_gb 5]
+    flan-jax convert --merge-lora RUN_DIR --out CKPT_DIR [--step N]
 
 The Hugging Face directory holds config.json, the weights (safetensors, sharded or not, or
 pytorch_model.bin) and the tokenizer. Its `model_type` picks the model: "t5" (T5, Flan-T5;
@@ -9,6 +10,9 @@ spiece.model) or "opt", "llama", "mistral" (decoder-only; tokenizer.json, else a
 SentencePiece tokenizer.model). The tokenizer is copied into the checkpoint. The exported
 directory loads with transformers' `from_pretrained` (T5ForConditionalGeneration,
 OPTForCausalLM, LlamaForCausalLM or MistralForCausalLM).
+
+`--merge-lora` folds a LoRA run's adapters into the base weights and writes a normal
+checkpoint of the base model (for `infer`, `score`, `eval` and `--to-hf`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     direction.add_argument(
         "--to-hf", dest="to_hf", metavar="CKPT_DIR", help="export a flan_jax checkpoint directory"
+    )
+    direction.add_argument(
+        "--merge-lora",
+        dest="merge_lora",
+        metavar="RUN_DIR",
+        help="merge a LoRA run's adapters into its base weights",
     )
     parser.add_argument("--out", required=True, help="output directory (must be new or empty)")
     parser.add_argument(
@@ -64,7 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--step",
         type=flag_types.non_negative_int,
         default=None,
-        help="step to export (default latest)",
+        help="--to-hf / --merge-lora: step to export (default latest)",
     )
     return parser
 
@@ -117,6 +127,12 @@ def export_to_hf(args: argparse.Namespace) -> Path:
 def main(argv: list[str]) -> int:
     """Entry point of `flan-jax convert`."""
     args = _build_parser().parse_args(argv)
-    out = import_from_hf(args) if args.from_hf else export_to_hf(args)
+    if args.merge_lora:
+        from flan_jax.models.lora import export_merged_checkpoint
+
+        _check_new_directory(Path(args.out))
+        out = export_merged_checkpoint(args.merge_lora, args.out, step=args.step)
+    else:
+        out = import_from_hf(args) if args.from_hf else export_to_hf(args)
     print(f"wrote {out}")
     return 0

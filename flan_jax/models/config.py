@@ -164,7 +164,6 @@ class T5Config(_ConfigMethods):
                 raise ConfigError(f"T5Config.{name} must be a bool, got {getattr(self, name)!r}.")
 
 
-
 DECODER_FAMILIES = ("opt", "llama")
 DECODER_NORMS = ("layernorm", "rmsnorm")
 DECODER_ACTIVATIONS = ("relu", "swiglu")

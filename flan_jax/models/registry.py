@@ -25,7 +25,6 @@ MODEL_KINDS: dict[str, tuple[type[Any], type[Any]]] = {
 DEFAULT_KIND = "t5"
 
 
-
 def kind_of(config: ModelConfig) -> str:
     """The kind name of a model config."""
     for kind, (config_cls, _) in MODEL_KINDS.items():

@@ -17,6 +17,7 @@ import optax
 import pytest
 
 from flan_jax import checkpoints
+from flan_jax.cli import main as cli_main
 from flan_jax.data.vocabularies import get_vocabulary
 from flan_jax.models import interface, lora, t5
 from flan_jax.models.interface import Model
@@ -241,17 +242,21 @@ def test_lora_merged_weights_give_the_logits_of_adapters_plus_base(lora_run):
     np.testing.assert_allclose(adapted, merged, rtol=TOL, atol=TOL)
 
 
-def test_exported_lora_checkpoint_is_a_normal_checkpoint_of_the_merged_weights(lora_run, tmp_path):
+def test_exported_lora_checkpoint_is_a_normal_checkpoint_of_the_merged_weights(
+    lora_run, tmp_path, capsys
+):
     model, _, result = lora_run
-    out = lora.export_merged_checkpoint(result.model_dir, tmp_path / "merged")
+    out = tmp_path / "merged"
+    assert cli_main.main(["convert", "--merge-lora", str(result.model_dir), "--out", str(out)]) == 0
     loaded = checkpoints.load_model_checkpoint(out)
     assert loaded.step == RUN.num_steps and loaded.config == model.config
     expected = lora.merge_lora(jax.device_get(result.state.params))
     assert jax.tree.structure(loaded.params) == jax.tree.structure(expected)
     for got, want in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(expected)):
         np.testing.assert_allclose(got, want, rtol=TOL, atol=TOL)
-    with pytest.raises(lora.ConfigError, match="holds no LoRA adapters"):
-        lora.export_merged_checkpoint(out, tmp_path / "again")
+    capsys.readouterr()
+    assert cli_main.main(["convert", "--merge-lora", str(out), "--out", str(tmp_path / "x")]) == 2
+    assert "holds no LoRA adapters" in capsys.readouterr().err
 
 
 def test_lora_run_resumes_like_an_uninterrupted_one(lora_run, tmp_path, vocabulary):
