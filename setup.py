@@ -48,6 +48,8 @@ setuptools.setup(
         "tqdm==4.70.1",
         "array-record==0.8.6",
         "safetensors==0.8.0",
+        # Hugging Face tokenizer.json vocabularies (flan_jax.data.tokenizer_vocabulary).
+        "tokenizers==0.23.3",
         # Evaluation metrics (flan_jax.evaluation.metrics): ROUGE and BLEU as t5 computes them.
         "rouge-score==0.1.2",
         "sacrebleu==2.6.0",
@@ -60,7 +62,6 @@ setuptools.setup(
             "pytest==9.2.0",
             "torch==2.13.0",
             "transformers==5.23.0",
-            "tokenizers==0.23.3",
             "matplotlib==3.11.2",
             # Lint, format and type checks that .ci/run runs before the tests.
             "ruff==0.17.6",

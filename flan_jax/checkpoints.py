@@ -3,9 +3,10 @@
 Layout:
 
     CKPT_DIR/
-      flan_jax_config.json  {"model": T5Config.to_dict(),
+      flan_jax_config.json  {"model_kind": "t5" | "decoder", "model": config.to_dict(),
                              "vocabulary": {"path": "spiece.model", "extra_ids": N}}
-      spiece.model          the SentencePiece model, copied in
+      spiece.model          the vocabulary, copied in: a SentencePiece model, or a
+                            tokenizer.json (with the files it reads beside it)
       <step>/               orbax CheckpointManager step directories; item "params" always,
                             trainer items ("opt_state", "data_state") when written by training
 
@@ -32,10 +33,11 @@ import jax
 import orbax.checkpoint as ocp
 import seqio
 
-from flan_jax.data import file_io
+from flan_jax.data import file_io, vocabularies
 from flan_jax.errors import UserError
-from flan_jax.models.config import T5Config
-from flan_jax.models.t5 import T5Model, abstract_params
+from flan_jax.models import registry
+from flan_jax.models.interface import Model
+from flan_jax.models.registry import ModelConfig
 
 CONFIG_FILENAME = "flan_jax_config.json"
 VOCAB_FILENAME = "spiece.model"
@@ -156,12 +158,12 @@ class ModelMetadata:
     """What `flan_jax_config.json` holds.
 
     Attributes:
-      config: The model architecture.
-      vocab_path: Absolute path of the SentencePiece model inside the checkpoint directory.
+      config: The model architecture (its type is the checkpoint's model kind).
+      vocab_path: Absolute path of the vocabulary file inside the checkpoint directory.
       extra_ids: Number of sentinel ids appended to the SentencePiece vocabulary.
     """
 
-    config: T5Config
+    config: ModelConfig
     vocab_path: Path
     extra_ids: int
 
@@ -173,44 +175,54 @@ class LoadedCheckpoint:
     Attributes:
       params: The float32 parameter tree (plain arrays).
       config: The model architecture.
-      vocabulary: The SentencePiece vocabulary stored with the weights.
+      vocabulary: The vocabulary stored with the weights.
       step: The step that was restored.
     """
 
     params: Params
-    config: T5Config
-    vocabulary: seqio.SentencePieceVocabulary
+    config: ModelConfig
+    vocabulary: seqio.Vocabulary
     step: int
 
     @property
-    def model(self) -> T5Model:
+    def model(self) -> Model:
         """The model interface of ``config`` (for decoding and scoring)."""
-        return T5Model(self.config)
+        return registry.build_model(self.config)
 
 
 def write_model_metadata(
-    ckpt_dir: str | os.PathLike, *, config: T5Config, vocab_path: str | os.PathLike, extra_ids: int
+    ckpt_dir: str | os.PathLike,
+    *,
+    config: ModelConfig,
+    vocab_path: str | os.PathLike,
+    extra_ids: int,
 ) -> None:
-    """Writes `flan_jax_config.json` and copies the SentencePiece model into `ckpt_dir`.
+    """Writes `flan_jax_config.json` and copies the vocabulary into `ckpt_dir`.
 
     Args:
       ckpt_dir: The checkpoint directory (created if missing).
-      config: The model architecture.
-      vocab_path: A SentencePiece model file.
+      config: The model architecture (a T5Config or a DecoderConfig).
+      vocab_path: A SentencePiece model (stored as `spiece.model`), or a Hugging Face
+        `tokenizer.json` (stored under its name, with the files it reads beside it).
       extra_ids: Sentinel ids appended to the vocabulary (100 for T5).
     """
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     vocab_path = Path(vocab_path)
     if not vocab_path.is_file():
-        raise FileNotFoundError(f"SentencePiece model {vocab_path} does not exist.")
-    target = ckpt_dir / VOCAB_FILENAME
-    if not target.exists() or not os.path.samefile(vocab_path, target):
-        model_bytes = vocab_path.read_bytes()
-        file_io.write_atomically(target, lambda f: f.write(model_bytes), mode="wb")
+        raise FileNotFoundError(f"Vocabulary file {vocab_path} does not exist.")
+    if vocab_path.suffix == ".json":
+        vocab_name = vocabularies.copy_vocabulary(vocab_path, ckpt_dir).name
+    else:
+        vocab_name = VOCAB_FILENAME
+        target = ckpt_dir / VOCAB_FILENAME
+        if not target.exists() or not os.path.samefile(vocab_path, target):
+            model_bytes = vocab_path.read_bytes()
+            file_io.write_atomically(target, lambda f: f.write(model_bytes), mode="wb")
     metadata = {
+        "model_kind": registry.kind_of(config),
         "model": config.to_dict(),
-        "vocabulary": {"path": VOCAB_FILENAME, "extra_ids": int(extra_ids)},
+        "vocabulary": {"path": vocab_name, "extra_ids": int(extra_ids)},
     }
     text = json.dumps(metadata, indent=2) + "\n"
     file_io.write_atomically(ckpt_dir / CONFIG_FILENAME, lambda f: f.write(text))
@@ -236,7 +248,9 @@ def read_model_metadata(ckpt_dir: str | os.PathLike) -> ModelMetadata:
             f"{config_path}: malformed ({error!r}); expected "
             '{"model": {...}, "vocabulary": {"path": ..., "extra_ids": N}}.'
         ) from error
-    config = T5Config.from_dict(model, source=f"{config_path} field 'model'")
+    # Checkpoints written before decoder-only models have no kind: they are T5.
+    kind = metadata.get("model_kind", registry.DEFAULT_KIND)
+    config = registry.config_from_dict(kind, model, source=f"{config_path} field 'model'")
     vocab_path = ckpt_dir / vocab_name
     if not vocab_path.is_file():
         raise MissingCheckpointError(
@@ -324,7 +338,7 @@ def save_model_checkpoint(
     ckpt_dir: str | os.PathLike,
     *,
     params: Params,
-    config: T5Config,
+    config: ModelConfig,
     vocab_path: str | os.PathLike,
     extra_ids: int,
     step: int = 0,
@@ -335,7 +349,7 @@ def save_model_checkpoint(
       ckpt_dir: Destination directory.
       params: Parameter tree matching `config`.
       config: The model architecture.
-      vocab_path: The SentencePiece model to copy in.
+      vocab_path: The vocabulary (SentencePiece model or tokenizer.json) to copy in.
       extra_ids: Sentinel ids appended to the vocabulary.
       step: Step number of the orbax step directory.
 
@@ -378,8 +392,9 @@ def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _check_params_match(params: Any, config: T5Config, *, source: str) -> None:
-    problems = _shape_mismatches(_flat_shapes(params), _flat_shapes(abstract_params(config)))
+def _check_params_match(params: Any, config: ModelConfig, *, source: str) -> None:
+    expected = registry.build_model(config).abstract_params()
+    problems = _shape_mismatches(_flat_shapes(params), _flat_shapes(expected))
     if problems:
         shown = "; ".join(problems[:5]) + (
             f"; ... {len(problems) - 5} more" if len(problems) > 5 else ""
@@ -413,10 +428,8 @@ def load_model_checkpoint(
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        abstract_params(metadata.config),
+        registry.build_model(metadata.config).abstract_params(),
     )
     params = restore_params(ckpt_dir, step=step, target=target)
-    vocabulary = seqio.SentencePieceVocabulary(
-        str(metadata.vocab_path), extra_ids=metadata.extra_ids
-    )
+    vocabulary = vocabularies.get_vocabulary(str(metadata.vocab_path), metadata.extra_ids)
     return LoadedCheckpoint(params, metadata.config, vocabulary, int(step))

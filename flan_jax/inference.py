@@ -172,8 +172,9 @@ def completion_tokens(row: Sequence[int] | np.ndarray, *, eos_id: int = EOS_ID) 
 
 
 def encode_text(vocabulary: seqio.Vocabulary, text: str, *, max_len: int) -> list[int]:
-    """Token ids of ``text`` cut to ``max_len - 1``, then EOS (kept when truncating)."""
-    return list(vocabulary.encode(text))[: max_len - 1] + [EOS_ID]
+    """Token ids of ``text`` cut to ``max_len - 1``, then the vocabulary's EOS (kept when
+    truncating)."""
+    return list(vocabulary.encode(text))[: max_len - 1] + [int(vocabulary.eos_id)]
 
 
 def pad_token_rows(
@@ -212,7 +213,8 @@ class Predictor:
     Args:
       model: the model (hashable; static under jit).
       params: its parameters.
-      vocabulary: tokenises inputs and detokenises predictions.
+      vocabulary: tokenises inputs and detokenises predictions; its ``eos_id`` ends inputs
+        and generations.
       config: decoding and batching options.
 
     Example::
@@ -232,6 +234,9 @@ class Predictor:
         self.params = params
         self.vocabulary = vocabulary
         self.config = config
+        # The vocabulary's EOS (1 for T5's SentencePiece, 2 for OPT, 128001 for Llama 3);
+        # token-level use (`predict_tokens`) may pass no vocabulary: T5's EOS then.
+        self.eos_id = EOS_ID if vocabulary is None else int(vocabulary.eos_id)
 
     def tokenize(self, texts: Sequence[str], *, max_len: int | None = None) -> list[list[int]]:
         """Token rows of ``texts`` ending with EOS, cut to ``max_len`` (default max_input_len)."""
@@ -274,7 +279,7 @@ class Predictor:
             inputs = pad_token_rows(rows, length_multiple=config.length_bucket, num_rows=num_rows)
             generated = self._decode(inputs, jax.random.fold_in(rng, start))[: len(rows)]
             for outputs in generated:  # [num_samples, max_decode_len]
-                completions = [completion_tokens(row) for row in outputs]
+                completions = [completion_tokens(row, eos_id=self.eos_id) for row in outputs]
                 predictions.append(completions if config.num_samples > 1 else completions[0])
         return predictions
 
@@ -289,11 +294,12 @@ class Predictor:
                 max_decode_len=config.max_decode_len,
                 num_beams=config.num_beams,
                 alpha=config.alpha,
+                eos_id=self.eos_id,
             )
             return np.asarray(result.tokens[:, :1])  # the best beam
         if config.method == "greedy":
             result = decoding.greedy_decode(
-                model, params, inputs, max_decode_len=config.max_decode_len
+                model, params, inputs, max_decode_len=config.max_decode_len, eos_id=self.eos_id
             )
             return np.asarray(result.tokens)[:, None]
         # Sample j of input i is row i * num_samples + j.
@@ -306,6 +312,7 @@ class Predictor:
             temperature=config.temperature,
             top_k=config.top_k,
             top_p=config.top_p,
+            eos_id=self.eos_id,
         )
         return np.asarray(result.tokens).reshape(len(inputs), config.num_samples, -1)
 

@@ -29,6 +29,7 @@ RUN_STACKS = (
     train_cli.DEMO_GIN_FILES,
     ("models/t5_1_1_small.gin", "runs/finetune.gin"),
     ("models/t5_1_1_base.gin", "runs/finetune.gin", "runs/pretrain.gin"),
+    ("models/t5_1_1_tiny.gin", "runs/finetune.gin", "runs/lora.gin"),
 )
 CONFIG_CLASSES = (
     trainer.DataConfig,
@@ -55,9 +56,17 @@ def test_the_run_configs_are_shipped():
         assert f"runs/{name}.gin" in SHIPPED
 
 
+# The decoder-only run stacks (issue 12). Their model file and AdamW come from other branches
+# of the issue: until those are merged, these stacks are skipped (see below).
+DECODER_RUN_STACKS = (
+    ("models/decoder_tiny.gin", "runs/optiml.gin"),
+    ("models/decoder_tiny.gin", "runs/optiml.gin", "runs/optiml_demo_cpu.gin"),
+)
+
+
 def _stack_of(path: str) -> list[str]:
     """The files a shipped file is parsed with: its run stack when it ends one, else alone."""
-    for stack in RUN_STACKS:
+    for stack in RUN_STACKS + DECODER_RUN_STACKS:
         if stack[-1] == path:
             return list(stack)
     return [path]
@@ -65,7 +74,11 @@ def _stack_of(path: str) -> list[str]:
 
 @pytest.mark.parametrize("path", SHIPPED)
 def test_every_shipped_gin_file_parses(path):
-    gin_flags.parse_gin(_stack_of(path), [])
+    stack = _stack_of(path)
+    missing = [f for f in stack if f not in SHIPPED]
+    if missing:
+        pytest.skip(f"{path} is parsed after {missing}, not shipped on this branch yet")
+    gin_flags.parse_gin(stack, [])
 
 
 @pytest.mark.parametrize("files", RUN_STACKS, ids="+".join)
@@ -205,6 +218,12 @@ COMMAND_STACKS = (
         ["MODEL_DIR = '/tmp/run'", "MIXTURE_OR_TASK_NAME = 'x'"],
         (),
         id="train-pretrain",
+    ),
+    pytest.param(
+        ("models/t5_1_1_tiny.gin", "runs/finetune.gin", "runs/lora.gin"),
+        ["MODEL_DIR = '/tmp/run'", "MIXTURE_OR_TASK_NAME = 'x'"],
+        (),
+        id="train-lora",
     ),
     pytest.param(
         ("runs/distill.gin",),

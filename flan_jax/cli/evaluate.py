@@ -186,9 +186,10 @@ def _count_params(checkpoint: str) -> int:
     import jax
 
     from flan_jax import checkpoints
-    from flan_jax.models.t5 import abstract_params
+    from flan_jax.models import registry
 
-    shapes = abstract_params(checkpoints.read_model_metadata(checkpoint).config)
+    config = checkpoints.read_model_metadata(checkpoint).config
+    shapes = registry.build_model(config).abstract_params()
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
 
 

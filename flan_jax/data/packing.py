@@ -1,18 +1,25 @@
-"""Best-fit packing of tokenized encoder-decoder examples into fixed-length rows.
+"""Best-fit packing of tokenized examples into fixed-length rows, for both model kinds.
 
-An encoder-decoder example is a pair (inputs, targets) of 1-D token arrays that already end
-with EOS (id 1). A packed row holds several examples side by side in both streams at once:
-segment `k` of the encoder row and segment `k` of the decoder row are the same example, so
-a row is a bin with two capacities, `inputs_length` and `targets_length`.
+An example is a pair (inputs, targets) of 1-D token arrays that already end with EOS. How
+an example is laid out in a row is the *feature format*, chosen by the model
+(`Model.feature_format`):
+
+- `EncoderDecoderFormat` (T5): two streams. A packed row holds several examples side by
+  side in both at once: segment `k` of the encoder row and segment `k` of the decoder row
+  are the same example, so a row is a bin with two capacities, `inputs_length` and
+  `targets_length`.
+- `DecoderOnlyFormat` (OPT, Llama): one stream of length `inputs_length + targets_length`
+  (t5x's PrefixLM convention) holding `inputs ++ targets` of each example, so a row is a
+  bin with one capacity.
 
 The packer works on a buffer of examples (for example 1024 shuffled examples): it puts each
-example into the open row that it fits best in both streams (the row left with the least
-room, in L2 norm over the two normalised streams), opening a new row only when none fits;
-it tries this largest-first and in arrival order and keeps the denser result. This is
-denser than seqio's `trim_and_pack`, which fills one row at a time in arrival order and
-closes it at the first example that does not fit.
+example into the open row that it fits best in every stream (the row left with the least
+room, in L2 norm over the normalised streams), opening a new row only when none fits; it
+tries this largest-first and in arrival order and keeps the denser result. This is denser
+than seqio's `trim_and_pack`, which fills one row at a time in arrival order and closes it
+at the first example that does not fit.
 
-Worked example, `inputs_length=8`, `targets_length=6`, three examples:
+Worked example, encoder-decoder, `inputs_length=8`, `targets_length=6`, three examples:
 
     A: inputs [11, 12, 1]       targets [21, 1]            size max(3/8, 2/6) = 0.38
     B: inputs [13, 14, 15, 1]   targets [22, 23, 1]        size max(4/8, 3/6) = 0.50
@@ -36,14 +43,33 @@ largest-first layout stays. The features (t5x / seqio names) are:
 inside each segment, starting from 0 at every segment start, so no segment sees another's
 tokens; segment id 0 and position 0 mark padding.
 
-Unpacked conversion (`pad_examples`) puts one example per row and matches seqio's
-`EncDecFeatureConverter(pack=False)` exactly, including its shift over the whole row.
+The same examples in `DecoderOnlyFormat(start_token_id=2, prefix_lm=True)` have sizes 5, 7
+and 6 in one stream of 8 + 6 = 14 slots. Largest first, B opens row 0 and C goes beside it
+(7 + 6 = 13); A opens row 1. Loss weights cover the targets only (the default; with
+`loss_on_inputs=True` every real token), and `decoder_causal_attention` marks the start
+token and the inputs (len(inputs) + 1 positions), which attend to each other both ways:
+
+    decoder_target_tokens    [[13, 14, 15, 1, 22, 23, 1, 16, 1, 24, 25, 26, 1, 0],
+    decoder_input_tokens      [ 2, 13, 14, 15, 1, 22, 23, 2, 16, 1, 24, 25, 26, 0],
+    decoder_segment_ids       [ 1,  1,  1, 1,  1,  1, 1,  2, 2,  2,  2,  2, 2, 0],
+    decoder_positions         [ 0,  1,  2, 3,  4,  5, 6,  0, 1,  2,  3,  4, 5, 0],
+    decoder_loss_weights      [ 0,  0,  0, 0,  1,  1, 1,  0, 0,  1,  1,  1, 1, 0],
+    decoder_causal_attention  [ 1,  1,  1, 1,  1,  0, 0,  1, 1,  1,  0,  0, 0, 0]]
+
+and row 1 holds A alone: targets `[11, 12, 1, 21, 1, 0, ...]`, inputs `[2, 11, 12, 1, 21,
+0, ...]`. Decoder-only rows always carry segment ids and positions, packed or not: token 0
+is a real token in Hugging Face vocabularies, so padding is segment id 0, never token 0.
+
+Unpacked conversion (`pad_examples`) puts one example per row. For the encoder-decoder it
+matches seqio's `EncDecFeatureConverter(pack=False)` exactly, including its shift over the
+whole row; for the decoder-only format it is the packed layout with one example per row.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -63,17 +89,26 @@ UNPACKED_FEATURES = (
     "decoder_input_tokens",
     "decoder_loss_weights",
 )
+# Decoder-only rows, packed or not; prefix-LM rows add PREFIX_LM_FEATURE.
+DECODER_ONLY_FEATURES = (
+    "decoder_target_tokens",
+    "decoder_input_tokens",
+    "decoder_segment_ids",
+    "decoder_positions",
+    "decoder_loss_weights",
+)
+PREFIX_LM_FEATURE = "decoder_causal_attention"
 
 Example = Mapping[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureLengths:
-    """Row capacities of the two streams.
+    """Row capacities from `task_feature_lengths`.
 
     Attributes:
-      inputs: encoder row length (tokens).
-      targets: decoder row length (tokens).
+      inputs: encoder row length (tokens); decoder-only: the inputs' share of the row.
+      targets: decoder row length (tokens); decoder-only: the targets' share of the row.
     """
 
     inputs: int
@@ -99,8 +134,169 @@ class FeatureLengths:
         return cls(int(lengths["inputs"]), int(lengths["targets"]))
 
 
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoderFormat:
+    """Inputs in the encoder row, targets in the decoder row (T5; see the module docstring)."""
+
+    kind: ClassVar[str] = "encoder_decoder"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON description (saved in the data iterator's state)."""
+        return {"kind": self.kind}
+
+    def capacities(self, lengths: FeatureLengths) -> tuple[int, ...]:
+        """Row capacity of each stream."""
+        return (lengths.inputs, lengths.targets)
+
+    def stream_lengths(self, example: Example) -> tuple[int, ...]:
+        """Tokens an example takes in each stream."""
+        return (len(example["inputs"]), len(example["targets"]))
+
+    def make_packed_features(
+        self,
+        examples: Sequence[Example],
+        rows: Sequence[Sequence[int]],
+        lengths: FeatureLengths,
+        *,
+        loss_on_inputs: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """The packed features of `rows` (from `assign_rows`) over trimmed `examples`."""
+        check_layout(feature_format=self, loss_on_inputs=loss_on_inputs)
+        enc_tokens, enc_segments, enc_positions = _fill_stream(
+            [e["inputs"] for e in examples], rows, lengths.inputs
+        )
+        targets, dec_segments, dec_positions = _fill_stream(
+            [e["targets"] for e in examples], rows, lengths.targets
+        )
+        return {
+            "encoder_input_tokens": enc_tokens,
+            "encoder_segment_ids": enc_segments,
+            "encoder_positions": enc_positions,
+            "decoder_target_tokens": targets,
+            "decoder_input_tokens": _shift_right_per_segment(
+                targets, dec_segments, dec_positions, start_token_id=0
+            ),
+            "decoder_segment_ids": dec_segments,
+            "decoder_positions": dec_positions,
+            "decoder_loss_weights": (dec_segments > 0).astype(np.int32),
+        }
+
+    def make_unpacked_features(
+        self, examples: Sequence[Example], lengths: FeatureLengths, *, loss_on_inputs: bool = False
+    ) -> dict[str, np.ndarray]:
+        """One example per row, as seqio's `EncDecFeatureConverter(pack=False)` makes them.
+
+        Unlike the packed form, the decoder inputs are the targets shifted over the whole
+        row, so the first padding position holds the last target token (EOS), as in seqio.
+        """
+        rows = [[i] for i in range(len(examples))]
+        features = self.make_packed_features(examples, rows, lengths, loss_on_inputs=loss_on_inputs)
+        targets = features["decoder_target_tokens"]
+        decoder_inputs = np.zeros_like(targets)
+        decoder_inputs[:, 1:] = targets[:, :-1]
+        features["decoder_input_tokens"] = decoder_inputs
+        return {name: features[name] for name in UNPACKED_FEATURES}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOnlyFormat:
+    """`inputs ++ targets` in one decoder row (OPT, Llama; see the module docstring).
+
+    Attributes:
+      start_token_id: the token fed before the first token of every segment (the model's
+        `start_token_id`, HF `bos_token_id` for converted checkpoints).
+      prefix_lm: add `decoder_causal_attention` (1 on the start token and the inputs), for
+        a model that attends bidirectionally over the inputs.
+    """
+
+    start_token_id: int = 0
+    prefix_lm: bool = False
+
+    kind: ClassVar[str] = "decoder_only"
+
+    def __post_init__(self):
+        if not isinstance(self.start_token_id, (int, np.integer)) or self.start_token_id < 0:
+            raise ValueError(
+                "DecoderOnlyFormat.start_token_id must be a token id >= 0, got "
+                f"{self.start_token_id!r}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON description (saved in the data iterator's state)."""
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    def capacities(self, lengths: FeatureLengths) -> tuple[int, ...]:
+        """One stream of `inputs + targets` slots."""
+        return (lengths.inputs + lengths.targets,)
+
+    def stream_lengths(self, example: Example) -> tuple[int, ...]:
+        return (len(example["inputs"]) + len(example["targets"]),)
+
+    def make_packed_features(
+        self,
+        examples: Sequence[Example],
+        rows: Sequence[Sequence[int]],
+        lengths: FeatureLengths,
+        *,
+        loss_on_inputs: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """The packed features of `rows` (from `assign_rows`) over trimmed `examples`.
+
+        The loss weights cover the targets only, or every real token with `loss_on_inputs`
+        (pre-training text).
+        """
+        (length,) = self.capacities(lengths)
+        targets, segment_ids, positions = _fill_stream(
+            [np.concatenate([e["inputs"], e["targets"]]) for e in examples], rows, length
+        )
+        # Per position, the number of input tokens of its segment.
+        inputs_width, _, _ = _fill_stream(
+            [np.full(self.stream_lengths(e), len(e["inputs"])) for e in examples], rows, length
+        )
+        real = segment_ids > 0
+        weighted = real if loss_on_inputs else real & (positions >= inputs_width)
+        features = {
+            "decoder_target_tokens": targets,
+            "decoder_input_tokens": _shift_right_per_segment(
+                targets, segment_ids, positions, start_token_id=self.start_token_id
+            ),
+            "decoder_segment_ids": segment_ids,
+            "decoder_positions": positions,
+            "decoder_loss_weights": weighted.astype(np.int32),
+        }
+        if self.prefix_lm:
+            # The start token and the inputs; the last input predicts the first target.
+            prefix = real & (positions <= inputs_width)
+            features[PREFIX_LM_FEATURE] = prefix.astype(np.int32)
+        return features
+
+    def make_unpacked_features(
+        self, examples: Sequence[Example], lengths: FeatureLengths, *, loss_on_inputs: bool = False
+    ) -> dict[str, np.ndarray]:
+        """One example per row: the packed layout of single-example rows."""
+        rows = [[i] for i in range(len(examples))]
+        return self.make_packed_features(examples, rows, lengths, loss_on_inputs=loss_on_inputs)
+
+
+FeatureFormat = EncoderDecoderFormat | DecoderOnlyFormat
+
+
+def check_layout(*, feature_format: FeatureFormat, loss_on_inputs: bool) -> None:
+    """Raises ValueError unless `feature_format` is a format that can take `loss_on_inputs`."""
+    if not isinstance(feature_format, (EncoderDecoderFormat, DecoderOnlyFormat)):
+        raise ValueError(
+            "feature_format must be packing.EncoderDecoderFormat() or "
+            f"packing.DecoderOnlyFormat(...) (a model's feature_format); got {feature_format!r}."
+        )
+    if loss_on_inputs and not isinstance(feature_format, DecoderOnlyFormat):
+        raise ValueError(
+            "loss_on_inputs=True needs a decoder-only model: an encoder-decoder reads its "
+            "inputs in the encoder and has no loss on them. Set DataConfig.loss_on_inputs=False."
+        )
+
+
 def trim_example(example: Example, lengths: FeatureLengths) -> dict[str, np.ndarray]:
-    """Cuts both streams to the row capacities (a safety net: seqio already trims)."""
+    """Cuts inputs and targets to their lengths (a safety net: seqio already trims)."""
     return {
         "inputs": np.asarray(example["inputs"], np.int32)[: lengths.inputs],
         "targets": np.asarray(example["targets"], np.int32)[: lengths.targets],
@@ -108,63 +304,69 @@ def trim_example(example: Example, lengths: FeatureLengths) -> dict[str, np.ndar
 
 
 def _best_fit(
-    in_len: np.ndarray, tgt_len: np.ndarray, order: np.ndarray, lengths: FeatureLengths
+    sizes: Sequence[Sequence[int]], capacities: Sequence[int], order: np.ndarray
 ) -> list[list[int]]:
-    """Places examples in `order`, each into the row it fits best (or a new row)."""
-    free_in = np.zeros(len(order), np.int64)
-    free_tgt = np.zeros(len(order), np.int64)
+    """Places examples in `order`, each into the row it fits best (or a new row).
+
+    `sizes` is `[examples][streams]`, `capacities` `[streams]`.
+    """
+    # Per stream, the free slots of every row (a Python loop over the one or two streams
+    # is faster than 2-D array operations at these sizes).
+    free = [np.zeros(len(order), np.int64) for _ in capacities]
     rows: list[list[int]] = []
     for index in order:
         opened = len(rows)
-        left_in = free_in[:opened] - in_len[index]
-        left_tgt = free_tgt[:opened] - tgt_len[index]
-        fits = (left_in >= 0) & (left_tgt >= 0)
+        left = [stream[:opened] - size for stream, size in zip(free, sizes[index])]
+        fits = left[0] >= 0
+        for stream in left[1:]:
+            fits &= stream >= 0
         if fits.any():
             # Norm-based best fit: the row whose room left after the placement is smallest
             # in L2 norm. Squaring penalises room left in one stream only, so rows fill in
-            # both streams instead of running out of one while the other idles.
-            room = (left_in / lengths.inputs) ** 2 + (left_tgt / lengths.targets) ** 2
+            # every stream instead of running out of one while another idles.
+            room = sum((stream / capacity) ** 2 for stream, capacity in zip(left, capacities))
             row = int(np.argmin(np.where(fits, room, np.inf)))
         else:
             row = opened
             rows.append([])
-            free_in[row] = lengths.inputs
-            free_tgt[row] = lengths.targets
+            for stream, capacity in zip(free, capacities):
+                stream[row] = capacity
         rows[row].append(int(index))
-        free_in[row] -= in_len[index]
-        free_tgt[row] -= tgt_len[index]
+        for stream, size in zip(free, sizes[index]):
+            stream[row] -= size
     return rows
 
 
 def assign_rows(
-    input_lengths: Sequence[int], target_lengths: Sequence[int], lengths: FeatureLengths
+    stream_lengths: Sequence[Sequence[int]] | np.ndarray, capacities: Sequence[int]
 ) -> list[list[int]]:
     """Best-fit assignment of one buffer of examples to rows.
 
     Two placement orders are tried and the one giving fewer rows is kept (the decreasing
     order on a tie): largest first (best-fit decreasing, strongest when one stream is
     the bottleneck) and arrival order (which mixes input-heavy and target-heavy examples
-    in the same rows, strongest when both streams are nearly balanced).
+    in the same rows, strongest when two streams are nearly balanced).
 
     Args:
-      input_lengths: per example, the encoder length (each <= `lengths.inputs`).
-      target_lengths: per example, the decoder length (each <= `lengths.targets`).
-      lengths: the row capacities.
+      stream_lengths: `[examples, streams]`, each example's tokens per stream (a format's
+        `stream_lengths`), each at most the stream's capacity.
+      capacities: `[streams]`, the row capacity of each stream (a format's `capacities`).
 
     Returns:
       The rows in the order they were opened, each a list of example indices in the order
       the examples were placed (which is their segment order, 1-based).
     """
-    in_len = np.asarray(input_lengths, np.int64)
-    tgt_len = np.asarray(target_lengths, np.int64)
-    if in_len.shape != tgt_len.shape or in_len.ndim != 1:
-        raise ValueError("input_lengths and target_lengths must be 1-D of the same size.")
-    if (in_len > lengths.inputs).any() or (tgt_len > lengths.targets).any():
-        raise ValueError(f"An example is longer than the row capacities {lengths}; trim first.")
-    size = np.maximum(in_len / lengths.inputs, tgt_len / lengths.targets)
+    capacity = np.asarray(capacities, np.int64)
+    sizes = np.asarray(stream_lengths, np.int64).reshape(-1, len(capacity))
+    if (sizes > capacity).any():
+        raise ValueError(
+            f"An example is longer than the row capacities {tuple(capacities)}; trim first."
+        )
+    size = np.max(sizes / capacity, axis=1)
     # A stable sort keeps ties in arrival order, so the result depends only on the buffer.
-    decreasing = _best_fit(in_len, tgt_len, np.argsort(-size, kind="stable"), lengths)
-    arrival = _best_fit(in_len, tgt_len, np.arange(len(size)), lengths)
+    per_example, per_stream = sizes.tolist(), capacity.tolist()
+    decreasing = _best_fit(per_example, per_stream, np.argsort(-size, kind="stable"))
+    arrival = _best_fit(per_example, per_stream, np.arange(len(size)))
     return arrival if len(arrival) < len(decreasing) else decreasing
 
 
@@ -187,64 +389,79 @@ def _fill_stream(
     return tokens, segment_ids, positions
 
 
-def make_packed_features(
-    examples: Sequence[Example], rows: Sequence[Sequence[int]], lengths: FeatureLengths
+def _shift_right_per_segment(
+    tokens: np.ndarray, segment_ids: np.ndarray, positions: np.ndarray, *, start_token_id: int
+) -> np.ndarray:
+    """`tokens` shifted right inside each segment, `start_token_id` first, padding 0."""
+    shifted = np.zeros_like(tokens)
+    shifted[:, 1:] = tokens[:, :-1]
+    shifted[positions == 0] = start_token_id
+    shifted[segment_ids == 0] = 0
+    return shifted
+
+
+def pack_examples(
+    examples: Sequence[Example],
+    lengths: FeatureLengths,
+    *,
+    feature_format: FeatureFormat = EncoderDecoderFormat(),
+    loss_on_inputs: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Builds the packed features of `rows` (from `assign_rows`) over trimmed `examples`."""
-    enc_tokens, enc_segments, enc_positions = _fill_stream(
-        [e["inputs"] for e in examples], rows, lengths.inputs
-    )
-    targets, dec_segments, dec_positions = _fill_stream(
-        [e["targets"] for e in examples], rows, lengths.targets
-    )
-    # Shift right, then zero every segment start (position 0) and all padding.
-    decoder_inputs = np.zeros_like(targets)
-    decoder_inputs[:, 1:] = targets[:, :-1]
-    decoder_inputs[dec_positions == 0] = 0
-    return {
-        "encoder_input_tokens": enc_tokens,
-        "encoder_segment_ids": enc_segments,
-        "encoder_positions": enc_positions,
-        "decoder_target_tokens": targets,
-        "decoder_input_tokens": decoder_inputs,
-        "decoder_segment_ids": dec_segments,
-        "decoder_positions": dec_positions,
-        "decoder_loss_weights": (dec_segments > 0).astype(np.int32),
-    }
+    """Trims and best-fit packs one buffer of examples; returns features `[rows, length]`.
 
-
-def pack_examples(examples: Sequence[Example], lengths: FeatureLengths) -> dict[str, np.ndarray]:
-    """Trims and best-fit packs one buffer of examples; returns features `[rows, length]`."""
+    Args:
+      examples: dicts with 1-D token arrays "inputs" and "targets" (EOS included).
+      lengths: the row capacities.
+      feature_format: the layout the model reads (`Model.feature_format`).
+      loss_on_inputs: decoder-only: loss weights on the inputs too.
+    """
+    check_layout(feature_format=feature_format, loss_on_inputs=loss_on_inputs)
     trimmed = [trim_example(e, lengths) for e in examples]
     rows = assign_rows(
-        [len(e["inputs"]) for e in trimmed], [len(e["targets"]) for e in trimmed], lengths
+        [feature_format.stream_lengths(e) for e in trimmed], feature_format.capacities(lengths)
     )
-    return make_packed_features(trimmed, rows, lengths)
+    return feature_format.make_packed_features(
+        trimmed, rows, lengths, loss_on_inputs=loss_on_inputs
+    )
 
 
-def pad_examples(examples: Sequence[Example], lengths: FeatureLengths) -> dict[str, np.ndarray]:
-    """One example per row, as seqio's `EncDecFeatureConverter(pack=False)` makes them.
+def pad_examples(
+    examples: Sequence[Example],
+    lengths: FeatureLengths,
+    *,
+    feature_format: FeatureFormat = EncoderDecoderFormat(),
+    loss_on_inputs: bool = False,
+) -> dict[str, np.ndarray]:
+    """Trims and lays out one example per row; returns features `[examples, length]`.
 
-    Unlike the packed form, the decoder inputs are the targets shifted over the whole row,
-    so the first padding position holds the last target token (EOS), as in seqio.
+    Arguments as :func:`pack_examples`.
     """
+    check_layout(feature_format=feature_format, loss_on_inputs=loss_on_inputs)
     trimmed = [trim_example(e, lengths) for e in examples]
-    rows = [[i] for i in range(len(trimmed))]
-    features = make_packed_features(trimmed, rows, lengths)
-    targets = features["decoder_target_tokens"]
-    decoder_inputs = np.zeros_like(targets)
-    decoder_inputs[:, 1:] = targets[:, :-1]
-    features["decoder_input_tokens"] = decoder_inputs
-    return {name: features[name] for name in UNPACKED_FEATURES}
+    return feature_format.make_unpacked_features(trimmed, lengths, loss_on_inputs=loss_on_inputs)
+
+
+def _real_slots(features: Mapping[str, np.ndarray], stream: str, tokens_name: str) -> np.ndarray:
+    # Segment ids mark real tokens wherever they exist (decoder-only rows always); only
+    # unpacked encoder-decoder rows fall back on T5's padding id 0.
+    segment_ids = features.get(f"{stream}_segment_ids")
+    if segment_ids is not None:
+        return np.asarray(segment_ids) > 0
+    return np.asarray(features[tokens_name]) != 0
 
 
 def count_real_tokens(features: Mapping[str, np.ndarray]) -> dict[str, int]:
-    """Real (non-padding) and total token slots of a batch, per stream."""
-    encoder = np.asarray(features["encoder_input_tokens"])
-    decoder = np.asarray(features["decoder_target_tokens"])
-    return {
-        "encoder_real": int(np.count_nonzero(encoder)),
-        "encoder_total": int(encoder.size),
-        "decoder_real": int(np.count_nonzero(decoder)),
-        "decoder_total": int(decoder.size),
-    }
+    """Real (non-padding) and total token slots of a batch, per stream.
+
+    Decoder-only batches have no encoder stream: its counts are 0.
+    """
+    counts = {}
+    for stream, tokens_name in (
+        ("encoder", "encoder_input_tokens"),
+        ("decoder", "decoder_target_tokens"),
+    ):
+        present = tokens_name in features
+        real = _real_slots(features, stream, tokens_name) if present else np.zeros([0])
+        counts[f"{stream}_real"] = int(np.count_nonzero(real))
+        counts[f"{stream}_total"] = int(real.size)
+    return counts

@@ -13,6 +13,11 @@ and serves batches of `batch_size // num_shards` rows:
     ...
     it = make_train_iterator(..., state=state)   # continues with exactly the next batch
 
+The rows are laid out in the model's feature format (`Model.feature_format`): encoder-
+decoder rows as above, or, with `feature_format=packing.DecoderOnlyFormat()`, one decoder
+stream of `inputs + targets` tokens (`[8, 96]` here) with the loss on the targets only
+(`loss_on_inputs=False`) or on every real token.
+
 Everything a batch depends on is a function of (seed, shard, position), so the position
 (buffer index, rows already served from that buffer) is the whole state. Restoring replays
 the example stream up to the buffer's start (`tf.data` `skip`), which reads but does not
@@ -43,12 +48,22 @@ _STATE_IDENTITY = (
     "buffer_size",
     "batch_size",
     "task_feature_lengths",
+    "feature_format",
+    "loss_on_inputs",
 )
+# What a state saved before the field existed means (every run was encoder-decoder then).
+_STATE_DEFAULTS = {
+    "feature_format": packing.EncoderDecoderFormat().to_dict(),
+    "loss_on_inputs": False,
+}
 
 
 @dataclasses.dataclass
 class PackingStats:
-    """Cumulative real (non-padding) and total token slots of the served batches."""
+    """Cumulative real (non-padding) and total token slots of the served batches.
+
+    Decoder-only batches have no encoder stream: its counts stay 0.
+    """
 
     encoder_real: int = 0
     encoder_total: int = 0
@@ -83,11 +98,13 @@ class PackingStats:
 
 
 def count_examples(batch: Mapping[str, np.ndarray]) -> int:
-    """Examples (segments) in a batch, packed or not."""
-    targets = np.asarray(batch["decoder_target_tokens"])
-    if "decoder_positions" in batch:
-        return int(np.count_nonzero((np.asarray(batch["decoder_positions"]) == 0) & (targets > 0)))
-    return int(np.count_nonzero(targets[:, 0]))
+    """Examples (decoder segments) in a batch, packed or not, of either feature format."""
+    if "decoder_segment_ids" in batch:
+        segment_ids = np.asarray(batch["decoder_segment_ids"])
+        previous = np.pad(segment_ids[:, :-1], ((0, 0), (1, 0)))
+        return int(np.count_nonzero((segment_ids != 0) & (segment_ids != previous)))
+    # Unpacked encoder-decoder rows: a row holds an example if its first target is real.
+    return int(np.count_nonzero(np.asarray(batch["decoder_target_tokens"])[:, 0]))
 
 
 class TrainIterator:
@@ -111,6 +128,8 @@ class TrainIterator:
         buffer_size: int,
         split: str,
         num_epochs: int | None,
+        feature_format: packing.FeatureFormat,
+        loss_on_inputs: bool,
     ):
         if num_shards < 1 or not 0 <= shard_index < num_shards:
             raise ValueError(
@@ -124,7 +143,10 @@ class TrainIterator:
             )
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}.")
+        # Before any data is read, as a bad buffer_size is.
+        packing.check_layout(feature_format=feature_format, loss_on_inputs=loss_on_inputs)
         self._lengths = packing.FeatureLengths.from_mapping(task_feature_lengths)
+        self._format = feature_format
         self._config: dict[str, Any] = {
             "mixture_or_task_name": mixture_or_task_name,
             "split": split,
@@ -138,6 +160,8 @@ class TrainIterator:
                 "inputs": self._lengths.inputs,
                 "targets": self._lengths.targets,
             },
+            "feature_format": feature_format.to_dict(),
+            "loss_on_inputs": bool(loss_on_inputs),
         }
         # Raises a clear error for an unknown name before any data is read.
         self._provider = seqio.get_mixture_or_task(mixture_or_task_name)
@@ -175,8 +199,9 @@ class TrainIterator:
         ]
         if not examples:
             return False
+        layout = {"feature_format": self._format, "loss_on_inputs": self._config["loss_on_inputs"]}
         if self._config["pack"]:
-            rows = packing.pack_examples(examples, self._lengths)
+            rows = packing.pack_examples(examples, self._lengths, **layout)
             # Best-fit emits rows roughly from the longest examples down; shuffling the
             # rows keeps batches from being sorted by length.
             order = np.random.default_rng(
@@ -184,7 +209,7 @@ class TrainIterator:
             ).permutation(len(rows["decoder_target_tokens"]))
             rows = {name: value[order] for name, value in rows.items()}
         else:
-            rows = packing.pad_examples(examples, self._lengths)
+            rows = packing.pad_examples(examples, self._lengths, **layout)
         self._rows = rows
         return True
 
@@ -247,9 +272,10 @@ class TrainIterator:
                 f"(expected {STATE_VERSION})."
             )
         for key in _STATE_IDENTITY:
-            if state.get(key) != self._config[key]:
+            saved = state.get(key, _STATE_DEFAULTS.get(key))
+            if saved != self._config[key]:
                 raise ValueError(
-                    f"data state field {key!r} is {state.get(key)!r} but this iterator has "
+                    f"data state field {key!r} is {saved!r} but this iterator has "
                     f"{self._config[key]!r}; resume with the configuration it was saved with."
                 )
         self._buffer_index = int(state["buffer_index"])
@@ -273,26 +299,32 @@ def make_train_iterator(
     buffer_size: int = 1024,
     split: str = "train",
     num_epochs: int | None = None,
+    feature_format: packing.FeatureFormat = packing.EncoderDecoderFormat(),
+    loss_on_inputs: bool = False,
     state: Mapping[str, Any] | None = None,
 ) -> TrainIterator:
     """Builds the training batch iterator of one process.
 
     Args:
       mixture_or_task_name: a registered seqio task or mixture.
-      task_feature_lengths: {"inputs": encoder length, "targets": decoder length}.
+      task_feature_lengths: {"inputs": encoder length, "targets": decoder length}; a
+        decoder-only row holds inputs + targets tokens.
       batch_size: the global batch size (rows); each process serves
         `batch_size // num_shards` rows.
       seed: shuffling, mixing and row-order seed.
       shard_index: this process's shard (`jax.process_index()`).
       num_shards: the number of shards (`jax.process_count()`).
       pack: best-fit pack examples (features with segment ids and positions); if False,
-        one example per row, as seqio's unpacked `EncDecFeatureConverter`.
+        one example per row (encoder-decoder: as seqio's unpacked `EncDecFeatureConverter`).
       use_cached: read the task's offline seqio cache.
       buffer_size: examples per packing buffer (larger packs denser; 1024 is plenty).
       split: the split to read.
       num_epochs: None repeats forever; a number ends the iterator after that many passes
         (the last partial batch is dropped).
-      state: a `get_state()` dict to continue from.
+      feature_format: the row layout the model reads (`Model.feature_format`).
+      loss_on_inputs: decoder-only: put loss weights on the inputs too (pre-training text).
+      state: a `get_state()` dict to continue from; it must have been saved by an iterator
+        of the same configuration (feature format included).
     """
     iterator = TrainIterator(
         mixture_or_task_name,
@@ -306,6 +338,8 @@ def make_train_iterator(
         buffer_size=buffer_size,
         split=split,
         num_epochs=num_epochs,
+        feature_format=feature_format,
+        loss_on_inputs=loss_on_inputs,
     )
     if state is not None:
         iterator.set_state(state)
@@ -357,11 +391,14 @@ def make_eval_batches(
     *,
     batch_size: int,
     task_feature_lengths: Mapping[str, int],
+    feature_format: packing.FeatureFormat = packing.EncoderDecoderFormat(),
 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
     """Unpacked batches of `examples` in order; yields (features, number of real rows).
 
-    The last batch is filled with empty rows (all padding) so every batch has the same
-    shape; its real rows come first.
+    The rows are in `feature_format` (`Model.feature_format`), with loss weights on the
+    targets only, so the evaluation loss is that of the targets given the inputs for
+    both model kinds. The last batch is filled with empty rows (all padding) so every
+    batch has the same shape; its real rows come first.
     """
     lengths = packing.FeatureLengths.from_mapping(task_feature_lengths)
     empty = {"inputs": np.zeros([0], np.int32), "targets": np.zeros([0], np.int32)}
@@ -369,4 +406,4 @@ def make_eval_batches(
         chunk = list(examples[start : start + batch_size])
         real = len(chunk)
         chunk += [empty] * (batch_size - real)
-        yield packing.pad_examples(chunk, lengths), real
+        yield packing.pad_examples(chunk, lengths, feature_format=feature_format), real

@@ -1,4 +1,7 @@
-"""SentencePiece vocabularies built offline, with the T5 id layout.
+"""Vocabulary files: SentencePiece models built offline, and opening any vocabulary file.
+
+`get_vocabulary` opens a SentencePiece model (any id layout with an EOS) or a Hugging Face
+`tokenizer.json` (`tokenizer_vocabulary.TokenizerVocabulary`) as a seqio vocabulary.
 
 T5 models expect pad 0, eos 1, unk 2 and no BOS; the decoder starts from the pad id. A
 model built here follows that layout, so `seqio.SentencePieceVocabulary` (which adds the
@@ -19,11 +22,14 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO
 
 import sentencepiece as spm
 import seqio
 
 from flan_jax.data import file_io
+from flan_jax.data.tokenizer_vocabulary import COMPANION_FILES, TokenizerVocabulary
 
 PAD_ID = 0
 EOS_ID = 1
@@ -126,18 +132,69 @@ def build_sentencepiece_model(
     return path
 
 
-def get_vocabulary(path: str, extra_ids: int = 0) -> seqio.SentencePieceVocabulary:
-    """Opens a SentencePiece model as a seqio vocabulary; checks the T5 id layout."""
+def get_vocabulary(path: str, extra_ids: int = 0) -> seqio.Vocabulary:
+    """Opens a vocabulary file as a seqio vocabulary, by its kind.
+
+    - `*.json` (a Hugging Face `tokenizer.json`): a `TokenizerVocabulary` over the
+      `tokenizers` package; its special tokens come from a sibling `tokenizer_config.json`.
+    - anything else: a SentencePiece model as `seqio.SentencePieceVocabulary`, in any id
+      layout that has an EOS piece: T5's (pad 0, eos 1, unk 2, no bos, as built here) or
+      Llama 2 / Mistral's `tokenizer.model` (unk 0, bos 1, eos 2).
+
+    Args:
+      path: The vocabulary file.
+      extra_ids: Sentinel ids added on top (T5 span corruption); SentencePiece only.
+    """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"SentencePiece model not found: {path}")
+        raise FileNotFoundError(f"vocabulary file not found: {path}")
+    if path.endswith(".json"):
+        if extra_ids:
+            raise ValueError(
+                f"{path}: extra_ids={extra_ids}, but sentinel ids need a SentencePiece model; "
+                "use extra_ids=0 with a tokenizer.json."
+            )
+        return TokenizerVocabulary(path)
     processor = spm.SentencePieceProcessor(model_file=path)
-    layout = (processor.pad_id(), processor.eos_id(), processor.unk_id(), processor.bos_id())
-    if layout != (PAD_ID, EOS_ID, UNK_ID, -1):
+    if processor.eos_id() < 0:
         raise ValueError(
-            f"{path}: expected the T5 id layout (pad 0, eos 1, unk 2, no bos), got pad "
-            f"{layout[0]}, eos {layout[1]}, unk {layout[2]}, bos {layout[3]}."
+            f"{path}: the SentencePiece model has no end-of-sequence piece (eos_id -1); "
+            "train it with an eos_id (T5 layout: pad 0, eos 1, unk 2)."
         )
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+def vocabulary_file(vocabulary: seqio.Vocabulary) -> str:
+    """The file a vocabulary of `get_vocabulary` was read from (checkpoints copy it)."""
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        return vocabulary.sentencepiece_model_file
+    if isinstance(vocabulary, TokenizerVocabulary):
+        return vocabulary.tokenizer_file
+    raise TypeError(
+        f"{type(vocabulary).__name__} is not stored in a file; training and checkpoints "
+        "need a SentencePiece model or a tokenizer.json (vocabularies.get_vocabulary)."
+    )
+
+
+def copy_vocabulary(path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Copies a vocabulary file, and the files it reads beside it, into `out_dir` atomically.
+
+    Returns:
+      The path of the copy (same file name as `path`).
+    """
+    source, out_dir = Path(path), Path(out_dir)
+    names = [source.name]
+    if source.suffix == ".json":
+        names += [n for n in COMPANION_FILES if (source.parent / n).is_file()]
+    for name in names:
+        target = out_dir / name
+        if target.exists() and os.path.samefile(source.parent / name, target):
+            continue
+        file_io.write_atomically(target, _writer((source.parent / name).read_bytes()), mode="wb")
+    return out_dir / source.name
+
+
+def _writer(data: bytes) -> Callable[[IO[bytes]], object]:
+    return lambda f: f.write(data)
 
 
 def corpus_digest(texts: Sequence[str], settings: SentencePieceSettings) -> str:
@@ -175,4 +232,4 @@ def get_or_build_vocabulary(
     if not os.path.exists(path):
         model_bytes = train_sentencepiece_bytes(texts, settings)
         file_io.write_atomically(path, lambda f: f.write(model_bytes), mode="wb")
-    return get_vocabulary(path, extra_ids=extra_ids)
+    return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)

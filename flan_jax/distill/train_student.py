@@ -50,10 +50,20 @@ from flan_jax.data.vocabularies import get_vocabulary
 from flan_jax.distill import alignment, formats, targets
 from flan_jax.distill.kl_loss import SPARSE_KL
 from flan_jax.distill.teacher_store import TeacherStore
+from flan_jax.errors import ConfigError
 from flan_jax.evaluation.math_datasets import MathExample, load_math_dataset
 from flan_jax.evaluation.selection import list_checkpoint_steps
 from flan_jax.models import t5
-from flan_jax.training import adafactor, checkpointing, losses, metrics, train_step, trainer
+from flan_jax.models.config import T5Config
+from flan_jax.training import (
+    adafactor,
+    checkpointing,
+    losses,
+    metrics,
+    optimizers,
+    train_step,
+    trainer,
+)
 
 _LOG = logging.getLogger(__name__)
 SUMMARY_FILENAME = "distill_summary.json"
@@ -179,7 +189,7 @@ def train_student(
     feature_lengths: Mapping[str, int] | None = None,
     student_step: int | None = None,
     seed: int = 0,
-    optimizer_config: adafactor.AdafactorConfig = adafactor.AdafactorConfig(),
+    optimizer_config: optimizers.OptimizerConfig = adafactor.AdafactorConfig(),
     step_config: train_step.TrainStepConfig = train_step.TrainStepConfig(),
     partitioning_config: trainer.PartitioningConfig = trainer.PartitioningConfig(),
     checkpoint_config: checkpointing.CheckpointConfig = checkpointing.CheckpointConfig(
@@ -227,6 +237,13 @@ def train_student(
         )
     trainer.initialize_distributed_run(partitioning_config)
     metadata = checkpoints.read_model_metadata(student_dir)
+    if not isinstance(metadata.config, T5Config):
+        # The teacher rows and features of distill.targets are encoder-decoder rows.
+        raise ConfigError(
+            f"distill train: STUDENT {student_dir} holds a {type(metadata.config).__name__} "
+            "model; distillation trains encoder-decoder (T5) students only. Give a T5 "
+            "checkpoint, or fine-tune a decoder-only model with `flan-jax train`."
+        )
     vocabulary = get_vocabulary(str(metadata.vocab_path), metadata.extra_ids)
     store = TeacherStore(store_dir) if store_dir is not None else None
     gold = load_math_dataset(train_data_format, train_data) if train_data else []

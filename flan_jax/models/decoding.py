@@ -12,7 +12,8 @@ The algorithms see the model only through its decode hooks (``init_decode_state`
 ``hidden_states`` and ``output_kernel``; the model is a static argument of ``jax.jit``.
 
 Generated token arrays are [batch, max_decode_len]: the tokens after the start token 0, with
-EOS (id 1 by default) included and 0 after it. :func:`flan_jax.inference.completion_tokens`
+EOS (`eos_id`; 1, T5's, by default; the predictor passes its vocabulary's) included and 0
+after it. :func:`flan_jax.inference.completion_tokens`
 turns a row into the completion it holds.
 """
 
@@ -327,13 +328,17 @@ def beam_search(
 def token_log_likelihoods(
     model: Model, params: Params, inputs: ArrayLike, targets: ArrayLike
 ) -> Array:
-    """Log-probability of every target token [batch, target_len]; 0 at padding (id 0).
+    """Log-probability of every scored token of the model's scoring batch; 0 elsewhere.
+
+    The result is [batch, length of `make_scoring_batch`'s rows]: `target_len` for T5, and
+    `input_len + target_len` for a decoder-only model (its rows hold the inputs too, with
+    zero weight), so sums over the last axis are the targets' log-likelihoods either way.
 
     The fused kernel reads the log-softmax at the targets from the hidden states in
     vocabulary chunks, so no [batch, length, vocab] logits are materialised.
     """
     batch = model.make_scoring_batch(jnp.asarray(inputs), jnp.asarray(targets))
-    hidden = model.hidden_states(params, batch)  # [batch, target_len, embed]
+    hidden = model.hidden_states(params, batch)  # [batch, length, embed]
     target_tokens = batch["decoder_target_tokens"]
     chosen = token_logprobs_from_hidden(
         hidden, model.output_kernel(params), target_tokens[..., None]

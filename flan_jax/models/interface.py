@@ -18,16 +18,20 @@ Scoring needs a teacher-forced batch built from inputs and targets.
 
 Batches are dicts of ``[batch, length]`` arrays named as t5x's feature converters name them
 (``encoder_input_tokens``, ``decoder_input_tokens``, ``decoder_target_tokens``,
-``decoder_loss_weights`` and, packed, segment ids and positions). The loss reads
+``decoder_loss_weights`` and, packed, segment ids and positions), laid out as the model's
+``feature_format`` says (:mod:`flan_jax.data.packing`). The loss reads
 ``decoder_target_tokens`` and ``decoder_loss_weights`` whatever the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+
+from flan_jax.data import packing
 
 Array = jax.Array
 Params = Any
@@ -47,6 +51,12 @@ class Model(Protocol):
     @property
     def vocab_size(self) -> int:
         """Rows of the output kernel's vocabulary dimension."""
+        ...
+
+    @property
+    def feature_format(self) -> packing.FeatureFormat:
+        """The layout of the training and evaluation rows this model reads (an encoder and
+        a decoder stream, or one decoder stream of inputs and targets)."""
         ...
 
     def init_params(self, rng: Array) -> Params:
@@ -106,3 +116,52 @@ class Model(Protocol):
         ``indices`` only move rows among the beams of the same input.
         """
         ...
+
+
+InitialParams = Callable[[Any, Any], Params]
+"""``(abstract_params, param_shardings) -> params``: where a fresh run's parameters come from."""
+
+
+@runtime_checkable
+class AdaptedModel(Model, Protocol):
+    """A model that trains a few parameters added to a frozen base model (LoRA adapters).
+
+    Its parameters are the base model's plus its own; its ``config`` is the base's
+    architecture. The trainer updates only the leaves :meth:`trainable_mask` marks, and a
+    run started from a checkpoint of the base model reads the base's parameters from it
+    and initialises the rest (:meth:`initial_params_from_base`).
+    """
+
+    @property
+    def base(self) -> Model:
+        """The wrapped model."""
+        ...
+
+    def trainable_mask(self) -> Params:
+        """A tree of Python bools with the parameters' structure: which ones train."""
+        ...
+
+    def initial_params_from_base(self, load_base: InitialParams, *, seed: int) -> InitialParams:
+        """Initial parameters: the base's from ``load_base``, the added ones from ``seed``."""
+        ...
+
+    def replace_config(self, **changes: Any) -> Model:
+        """The same wrapper around the base model with ``config`` fields replaced."""
+        ...
+
+
+def get_trainable_mask(model: Model) -> Params | None:
+    """Which parameters train (a tree of bools); None when all of them do."""
+    return model.trainable_mask() if isinstance(model, AdaptedModel) else None
+
+
+def replace_config(model: Model, **changes: Any) -> Model:
+    """``model`` with fields of its config replaced (e.g. ``dropout_rate``).
+
+    Models are frozen dataclasses with a ``config`` field; a wrapper whose config is its
+    base model's (:class:`AdaptedModel`) replaces it there.
+    """
+    if isinstance(model, AdaptedModel):
+        return model.replace_config(**changes)
+    config = dataclasses.replace(model.config, **changes)
+    return dataclasses.replace(model, config=config)  # type: ignore[type-var]

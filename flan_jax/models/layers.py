@@ -11,9 +11,10 @@ which is a no-op outside a mesh.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -120,10 +121,12 @@ def relative_position_bucket(
 # Modules
 # ------------------------------------------------------------------------------------------
 class EinsumDense(nn.Module):
-    """A bias-free projection `einsum(equation, x, kernel)`.
+    """A projection `einsum(equation, x, kernel)`, with an optional bias.
 
     Unlike `nn.DenseGeneral`, which initialises a flattened 2-D kernel and reshapes it, the
     kernel is created at its final shape, so its logical axis names are valid under a mesh.
+    The bias (`use_bias`) spans the kernel dimensions that reach the output, e.g. `[heads,
+    kv]` for "bld,dhk->blhk" and `[embed]` for "blhk,hkd->bld", with the same axis names.
 
     Attributes:
       kernel_shape: Kernel shape; a 0 entry takes the size of the input's last axis.
@@ -131,6 +134,7 @@ class EinsumDense(nn.Module):
       equation: The einsum contracting the input with the kernel.
       stddev: Standard deviation of the normal initialiser.
       dtype: Computation dtype (the float32 kernel is cast to it).
+      use_bias: Add a zero-initialised bias.
     """
 
     kernel_shape: tuple[int, ...]
@@ -138,6 +142,7 @@ class EinsumDense(nn.Module):
     equation: str
     stddev: float
     dtype: jnp.dtype = jnp.float32
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -151,7 +156,23 @@ class EinsumDense(nn.Module):
                 jnp.float32,
             ),
         )
-        return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+        out = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+        if not self.use_bias:
+            return out
+        kernel_letters, out_letters = self.equation.split(",")[1].split("->")
+        kept = [i for i, letter in enumerate(kernel_letters) if letter in out_letters]
+        bias = cast(
+            Array,
+            self.param(
+                "bias",
+                nn.with_logical_partitioning(
+                    nn.initializers.zeros, tuple(self.kernel_axes[i] for i in kept)
+                ),
+                tuple(shape[i] for i in kept),
+                jnp.float32,
+            ),
+        )
+        return out + bias.astype(self.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -181,6 +202,89 @@ class RMSNorm(nn.Module):
             jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon
         )
         return (normed * scale).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+    """Layer norm with mean subtraction, scale and bias (OPT), statistics in float32.
+
+    Attributes:
+      epsilon: Added to the variance before the reciprocal square root.
+      dtype: Output dtype.
+    """
+
+    epsilon: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = (x.shape[-1],)
+        scale, bias = (
+            cast(  # `param` returns the unboxed array; flax types it as the box.
+                Array,
+                self.param(
+                    name, nn.with_logical_partitioning(init, ("embed",)), features, jnp.float32
+                ),
+            )
+            for name, init in (("scale", nn.initializers.ones), ("bias", nn.initializers.zeros))
+        )
+        x32 = x.astype(jnp.float32)
+        centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        normed = centred * jax.lax.rsqrt(
+            jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + self.epsilon
+        )
+        return (normed * scale + bias).astype(self.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotary:
+    """Rotary position embeddings in Hugging Face's `rotate_half` layout, with Llama 3 scaling.
+
+    Head dimension `i < head_dim / 2` pairs with `i + head_dim / 2` (not with `i + 1` as in
+    the original paper), so HF query/key kernels convert without a permutation.
+
+    Attributes:
+      theta: Base of the frequencies `theta ** (-2i / head_dim)`.
+      scaling_factor: Llama 3 scaling factor (None: plain rotary).
+      low_freq_factor: Wavelengths above `original_max_length / low_freq_factor` are
+        divided by `scaling_factor`.
+      high_freq_factor: Wavelengths below `original_max_length / high_freq_factor` are
+        kept; those between are interpolated.
+      original_max_length: The pre-training context length of the scaled model.
+    """
+
+    theta: float = 10000.0
+    scaling_factor: float | None = None
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_length: int = 8192
+
+    def inverse_frequencies(self, head_dim: int) -> np.ndarray:
+        """The float32 `[head_dim / 2]` angular frequencies, in transformers' order of ops."""
+        exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim
+        inv_freq = (1.0 / (np.float32(self.theta) ** exponents)).astype(np.float32)
+        if self.scaling_factor is None:
+            return inv_freq
+        factor = np.float32(self.scaling_factor)
+        low_wavelen = self.original_max_length / self.low_freq_factor
+        high_wavelen = self.original_max_length / self.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (self.original_max_length / wavelen - self.low_freq_factor) / (
+            self.high_freq_factor - self.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+
+    def apply(self, x: Array, positions: Array) -> Array:
+        """Rotates `x` [batch, length, heads, head_dim] by `positions` [batch, length]."""
+        inv_freq = jnp.asarray(self.inverse_frequencies(x.shape[-1]))
+        angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, l, hd/2]
+        angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+        first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+        rotated = jnp.concatenate([-second, first], axis=-1)
+        out = x.astype(jnp.float32) * jnp.cos(angles) + rotated * jnp.sin(angles)
+        return out.astype(x.dtype)
 
 
 class RelativePositionBias(nn.Module):
@@ -224,20 +328,32 @@ class RelativePositionBias(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Dot-product attention without query scaling (T5 folds it into the initialisation).
+    """Dot-product attention, with grouped-query heads, biases and rotary positions as options.
+
+    The T5 defaults (no query scaling, folded into the initialisation; no biases; as many
+    key/value heads as query heads) keep T5's parameter tree. Decoder-only models set
+    `num_kv_heads` (keys and values then carry the "kv_heads" axis and query head `j` reads
+    key/value head `j // (num_heads // num_kv_heads)`, as transformers' `repeat_kv`),
+    `query_scale`, `use_bias` and `rotary`.
 
     With `decode=True` the keys and values are cached in the "cache" collection:
     `cache_mode="append"` (self-attention) writes each step's key/value at `cache_index` and
     attends to the whole cache; `cache_mode="static"` (cross-attention) projects the memory
     once, when the cache is created, and reuses it at every step. The cache is created by a
-    first `decode=True` call with the full-length inputs.
+    first `decode=True` call: with the full-length inputs (zeros), or with a prompt and a
+    `cache_length` (a prefill: the prompt's keys and values fill the cache's first slots).
 
     Attributes:
-      num_heads: Number of heads.
+      num_heads: Number of query heads.
       head_dim: Width of each head.
       dtype: Activation dtype.
       dropout_rate: Dropout on the attention weights.
       cache_mode: "append" or "static", see above.
+      num_kv_heads: Key/value heads (grouped-query attention); None: `num_heads`, with the
+        "heads" axis name (T5).
+      query_scale: Multiplies the queries (1.0: none, T5).
+      use_bias: Biases on the four projections.
+      rotary: Rotary position embedding of queries and keys (needs `positions`).
     """
 
     num_heads: int
@@ -245,14 +361,19 @@ class MultiHeadAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
     dropout_rate: float = 0.0
     cache_mode: str = "append"
+    num_kv_heads: int | None = None
+    query_scale: float = 1.0
+    use_bias: bool = False
+    rotary: Rotary | None = None
 
-    def _projection(self, name: str, stddev: float) -> EinsumDense:
+    def _projection(self, name: str, heads: int, heads_axis: str, stddev: float) -> EinsumDense:
         return EinsumDense(
-            (0, self.num_heads, self.head_dim),
-            ("embed", "heads", "kv"),
+            (0, heads, self.head_dim),
+            ("embed", heads_axis, "kv"),
             "bld,dhk->blhk",
             stddev,
             self.dtype,
+            self.use_bias,
             name=name,
         )
 
@@ -266,6 +387,8 @@ class MultiHeadAttention(nn.Module):
         deterministic: bool = True,
         decode: bool = False,
         cache_index: Array | None = None,
+        positions: Array | None = None,
+        cache_length: int | None = None,
     ) -> Array:
         """Attends from `inputs_q` [batch, q_len, embed] to `inputs_kv` [batch, kv_len, embed].
 
@@ -276,35 +399,63 @@ class MultiHeadAttention(nn.Module):
             relative positions); during cached decoding its kv_len is the cache length.
           deterministic: Disables dropout.
           decode: Use and update the key/value cache.
-          cache_index: Scalar position written by an "append" cache step.
+          cache_index: Where an "append" cache step writes: a scalar slot, or one slot per
+            row [batch] (rows at different lengths).
+          positions: [batch, len] positions of the (self-attention) inputs, for `rotary`.
+          cache_length: Slots of a cache created by a prefill (see above).
 
         Returns:
           [batch, q_len, embed] in `dtype`.
         """
         emb_dim = inputs_q.shape[-1]
-        query = self._projection("query", (emb_dim * self.head_dim) ** -0.5)(inputs_q)
-        key_proj = self._projection("key", emb_dim**-0.5)
-        value_proj = self._projection("value", emb_dim**-0.5)
+        kv_heads = self.num_kv_heads or self.num_heads
+        kv_axis = "heads" if self.num_kv_heads is None else "kv_heads"
+        # T5 folds the 1/sqrt(head_dim) query scale into the query initialisation.
+        query_stddev = (emb_dim * (self.head_dim if self.query_scale == 1.0 else 1)) ** -0.5
+        query = self._projection("query", self.num_heads, "heads", query_stddev)(inputs_q)
+        key_module = self._projection("key", kv_heads, kv_axis, emb_dim**-0.5)
+        value_proj = self._projection("value", kv_heads, kv_axis, emb_dim**-0.5)
+        rotary = self.rotary
+        if rotary is not None:
+            if positions is None:
+                raise ValueError("MultiHeadAttention: rotary positions need `positions`.")
+            query = rotary.apply(query, positions)
+
+        def key_proj(x: Array) -> Array:
+            key = key_module(x)
+            return key if rotary is None else rotary.apply(key, cast(Array, positions))
+
+        if self.query_scale != 1.0:
+            query = query * jnp.asarray(self.query_scale, query.dtype)
         if decode:
-            key, value = self._cached_key_value(inputs_kv, key_proj, value_proj, cache_index)
+            key, value = self._cached_key_value(
+                inputs_kv, key_proj, value_proj, cache_index, cache_length
+            )
         else:
             key, value = key_proj(inputs_kv), value_proj(inputs_kv)
         query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
-        key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
-        value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
+        key = nn.with_logical_constraint(key, ("batch", "length", kv_axis, "kv"))
+        value = nn.with_logical_constraint(value, ("batch", "length", kv_axis, "kv"))
 
-        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)  # [batch, heads, q, k]
+        batch, q_len = query.shape[:2]
+        # [batch, q, kv_heads, group, kv]: query head j reads key/value head j // group.
+        grouped = query.reshape(batch, q_len, kv_heads, self.num_heads // kv_heads, -1)
+        logits = jnp.einsum("bqhgd,bkhd->bhgqk", grouped, key)
+        logits = logits.reshape(batch, self.num_heads, q_len, -1)  # [batch, heads, q, k]
         if bias is not None:
             logits = logits + bias.astype(logits.dtype)
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-        mixed = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [batch, q, heads, kv]
+        weights = weights.reshape(batch, kv_heads, -1, q_len, weights.shape[-1])
+        mixed = jnp.einsum("bhgqk,bkhd->bqhgd", weights, value)
+        mixed = mixed.reshape(batch, q_len, self.num_heads, -1)  # [batch, q, heads, kv]
         out = EinsumDense(
             (self.num_heads, self.head_dim, emb_dim),
             ("heads", "kv", "embed"),
             "blhk,hkd->bld",
             (self.num_heads * self.head_dim) ** -0.5,
             self.dtype,
+            self.use_bias,
             name="out",
         )(mixed)
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))
@@ -312,9 +463,10 @@ class MultiHeadAttention(nn.Module):
     def _cached_key_value(
         self,
         inputs_kv: Array,
-        key_proj: nn.Module,
-        value_proj: nn.Module,
+        key_proj: Callable[[Array], Array],
+        value_proj: Callable[[Array], Array],
         cache_index: Array | None,
+        cache_length: int | None,
     ) -> tuple[Array, Array]:
         """Reads (and for "append", updates) the cache; creates it on the first call."""
         initialized = self.has_variable("cache", "cached_key")
@@ -332,63 +484,81 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"cache_mode must be 'append' or 'static', got {self.cache_mode!r}.")
         key, value = key_proj(inputs_kv), value_proj(inputs_kv)
         if not initialized:
-            # The creating call sees the full decode length and only sizes the cache.
-            self.put_variable("cache", "cached_key", jnp.zeros_like(key))
-            self.put_variable("cache", "cached_value", jnp.zeros_like(value))
+            for name, array in (("cached_key", key), ("cached_value", value)):
+                if cache_length is None:
+                    # The creating call sees the full decode length and only sizes the cache.
+                    cache = jnp.zeros_like(array)
+                else:  # a prefill: the prompt fills the first slots
+                    shape = (array.shape[0], cache_length) + array.shape[2:]
+                    cache = jax.lax.dynamic_update_slice(
+                        jnp.zeros(shape, self.dtype), array.astype(self.dtype), (0, 0, 0, 0)
+                    )
+                self.put_variable("cache", name, cache)
             return key, value
         if cache_index is None:
             raise ValueError("An 'append' cache step needs cache_index, the position to write.")
-        start = (0, cache_index, 0, 0)
-        cached_key = jax.lax.dynamic_update_slice(
-            self.get_variable("cache", "cached_key"), key.astype(self.dtype), start
-        )
-        cached_value = jax.lax.dynamic_update_slice(
-            self.get_variable("cache", "cached_value"), value.astype(self.dtype), start
-        )
-        self.put_variable("cache", "cached_key", cached_key)
-        self.put_variable("cache", "cached_value", cached_value)
-        return cached_key, cached_value
+        cached = []
+        for name, array in (("cached_key", key), ("cached_value", value)):
+            cache = self.get_variable("cache", name)
+            if jnp.ndim(cache_index) == 0:
+                cache = jax.lax.dynamic_update_slice(
+                    cache, array.astype(self.dtype), (0, cache_index, 0, 0)
+                )
+            else:  # one slot per row; the step holds one token per row
+                rows = jnp.arange(cache.shape[0])
+                cache = cache.at[rows, cache_index].set(array[:, 0].astype(self.dtype))
+            self.put_variable("cache", name, cache)
+            cached.append(cache)
+        return cached[0], cached[1]
 
 
 class MlpBlock(nn.Module):
-    """Feed-forward block: gated GELU (T5 1.1) or ReLU (T5 1.0), no biases.
+    """Feed-forward block: gated GELU (T5 1.1), ReLU (T5 1.0, OPT) or SwiGLU (Llama).
 
     Attributes:
       mlp_dim: Hidden width.
-      kind: "gated-gelu" or "relu".
+      kind: "gated-gelu", "relu" or "swiglu"; the gated kinds have a gate `wi_0` and an
+        up projection `wi_1`, "relu" one input projection `wi`.
       dtype: Activation dtype.
       dropout_rate: Dropout on the hidden activations.
+      use_bias: Biases on the projections (OPT).
     """
 
     mlp_dim: int
     kind: str = "gated-gelu"
     dtype: jnp.dtype = jnp.float32
     dropout_rate: float = 0.0
+    use_bias: bool = False
 
     def _dense(self, features: int, axes: tuple[str, str], fan_in: int, name: str) -> nn.Dense:
         return nn.Dense(
             features,
-            use_bias=False,
+            use_bias=self.use_bias,
             dtype=self.dtype,
             param_dtype=jnp.float32,
             name=name,
             kernel_init=nn.with_logical_partitioning(normal_init(fan_in**-0.5), axes),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
         )
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
         """Maps [batch, length, embed] to the same shape."""
         emb_dim = x.shape[-1]
-        if self.kind == "gated-gelu":
+        gates = {
             # The tanh approximation of GELU, as the published T5 1.1 checkpoints use.
-            gate = jax.nn.gelu(
-                self._dense(self.mlp_dim, ("embed", "mlp"), emb_dim, "wi_0")(x), approximate=True
-            )
+            "gated-gelu": lambda gate: jax.nn.gelu(gate, approximate=True),
+            "swiglu": jax.nn.silu,
+        }
+        if self.kind in gates:
+            gate = gates[self.kind](self._dense(self.mlp_dim, ("embed", "mlp"), emb_dim, "wi_0")(x))
             hidden = gate * self._dense(self.mlp_dim, ("embed", "mlp"), emb_dim, "wi_1")(x)
         elif self.kind == "relu":
             hidden = jax.nn.relu(self._dense(self.mlp_dim, ("embed", "mlp"), emb_dim, "wi")(x))
         else:
-            raise ValueError(f"MlpBlock.kind must be 'gated-gelu' or 'relu', got {self.kind!r}.")
+            raise ValueError(
+                f"MlpBlock.kind must be 'gated-gelu', 'relu' or 'swiglu', got {self.kind!r}."
+            )
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
         hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
         out = self._dense(emb_dim, ("mlp", "embed"), self.mlp_dim, "wo")(hidden)
@@ -396,24 +566,28 @@ class MlpBlock(nn.Module):
 
 
 class Embed(nn.Module):
-    """Token embedding table [vocab, embed], also usable as a tied output projection.
+    """An embedding table [num_embeddings, features], also usable as a tied output projection.
 
     Attributes:
-      num_embeddings: Vocabulary size.
+      num_embeddings: Vocabulary size (or position table size).
       features: Embedding width.
       dtype: Activation dtype of the looked-up vectors.
+      axes: Logical axis names of the table.
+      stddev: Standard deviation of the normal initialiser.
     """
 
     num_embeddings: int
     features: int
     dtype: jnp.dtype = jnp.float32
+    axes: tuple[str, str] = ("vocab", "embed")
+    stddev: float = 1.0
 
     def setup(self) -> None:
         self.embedding = cast(  # `param` returns the unboxed array; flax types it as the box.
             Array,
             self.param(
                 "embedding",
-                nn.with_logical_partitioning(normal_init(1.0), ("vocab", "embed")),
+                nn.with_logical_partitioning(normal_init(self.stddev), self.axes),
                 (self.num_embeddings, self.features),
                 jnp.float32,
             ),
@@ -427,3 +601,58 @@ class Embed(nn.Module):
     def attend(self, hidden: Array) -> Array:
         """Projects hidden states [..., embed] onto the vocabulary with the same table."""
         return jnp.einsum("...d,vd->...v", hidden, self.embedding.astype(self.dtype))
+
+
+# ------------------------------------------------------------------------------------------
+# Layer stacks
+# ------------------------------------------------------------------------------------------
+_REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def apply_layer_stack(
+    layer_cls: type[nn.Module],
+    config: Any,
+    num_layers: int,
+    x: Array,
+    *args: Any,
+    **attributes: Any,
+) -> Array:
+    """Runs `num_layers` copies of `layer_cls` over `x`, scanned and/or rematerialised.
+
+    Must be called from inside a compact method; the layers are named `layers_{i}`, or
+    `layers` when scanned. `args` are passed unchanged to every layer.
+
+    Args:
+      layer_cls: A layer module taking `config` and `scanned` attributes and `(x, *args)`;
+        with `scanned=True` it returns `(x, None)`.
+      config: A model config (T5Config, DecoderConfig); supplies `scan_layers` and
+        `remat_policy`, and is passed to every layer.
+      num_layers: Depth of the stack.
+      x: Input activations [batch, length, embed].
+      *args: Further positional arguments of the layer, shared by all layers.
+      **attributes: Module attributes of every layer (deterministic, decode, ...).
+    """
+    if config.remat_policy != "none":
+        layer_cls = nn.remat(
+            layer_cls,
+            policy=_REMAT_POLICIES[config.remat_policy],
+            prevent_cse=not config.scan_layers,
+        )
+    if config.scan_layers:
+        stack = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0, "cache": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * len(args),
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = stack(config=config, scanned=True, name="layers", **attributes)(x, *args)
+        return x
+    for i in range(num_layers):
+        x = layer_cls(config=config, name=f"layers_{i}", **attributes)(x, *args)
+    return x

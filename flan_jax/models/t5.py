@@ -19,7 +19,7 @@ subtree whose leaves carry a leading "layers" axis):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, cast
 
 import flax.linen as nn
@@ -27,6 +27,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from flan_jax.data.packing import EncoderDecoderFormat
 from flan_jax.models.config import T5Config
 from flan_jax.models.layers import (
     Embed,
@@ -34,6 +35,7 @@ from flan_jax.models.layers import (
     MultiHeadAttention,
     RelativePositionBias,
     RMSNorm,
+    apply_layer_stack,
     default_positions,
     make_causal_mask,
     make_segment_mask,
@@ -43,12 +45,6 @@ from flan_jax.models.layers import (
 
 Array = jax.Array
 Params = dict[str, Any]
-
-_REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
-    "full": None,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
 
 
 # ------------------------------------------------------------------------------------------
@@ -146,49 +142,6 @@ class DecoderLayer(nn.Module):
         x = x + dropout(mlp(normed, deterministic=det), deterministic=det)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return (x, None) if self.scanned else x
-
-
-def apply_layer_stack(
-    layer_cls: type[nn.Module],
-    config: T5Config,
-    num_layers: int,
-    x: Array,
-    *args: Any,
-    **attributes: Any,
-) -> Array:
-    """Runs `num_layers` copies of `layer_cls` over `x`, scanned and/or rematerialised.
-
-    Must be called from inside a compact method; the layers are named `layers_{i}`, or
-    `layers` when scanned. `args` are passed unchanged to every layer.
-
-    Args:
-      layer_cls: EncoderLayer, DecoderLayer or any layer with the same calling convention.
-      config: Supplies `scan_layers` and `remat_policy`.
-      num_layers: Depth of the stack.
-      x: Input activations [batch, length, embed].
-      *args: Further positional arguments of the layer, shared by all layers.
-      **attributes: Module attributes of every layer (deterministic, decode, ...).
-    """
-    if config.remat_policy != "none":
-        layer_cls = nn.remat(
-            layer_cls,
-            policy=_REMAT_POLICIES[config.remat_policy],
-            prevent_cse=not config.scan_layers,
-        )
-    if config.scan_layers:
-        stack = nn.scan(
-            layer_cls,
-            variable_axes={"params": 0, "cache": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * len(args),
-            length=num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
-        x, _ = stack(config=config, scanned=True, name="layers", **attributes)(x, *args)
-        return x
-    for i in range(num_layers):
-        x = layer_cls(config=config, name=f"layers_{i}", **attributes)(x, *args)
-    return x
 
 
 # ------------------------------------------------------------------------------------------
@@ -599,6 +552,10 @@ class T5Model:
     @property
     def vocab_size(self) -> int:
         return self.config.vocab_size
+
+    @property
+    def feature_format(self) -> EncoderDecoderFormat:
+        return EncoderDecoderFormat()
 
     def init_params(self, rng: Array) -> Params:
         return init_params(self.config, rng)

@@ -1,8 +1,9 @@
 """Helpers for data-pipeline tests and the packing benchmark.
 
-References the packer is compared against (seqio's greedy `trim_and_pack` and its unpacked
-`EncDecFeatureConverter`), an unpacker, and the length distribution of real instruction
-data read in place from the shared data folder (`../shared/data` beside the repository).
+References the packer is compared against (seqio's greedy `trim_and_pack`, its unpacked
+`EncDecFeatureConverter` and its `PrefixLMFeatureConverter`), unpackers of both feature
+formats, and the length distribution of real instruction data read in place from the
+shared data folder (`../shared/data` beside the repository).
 """
 
 from __future__ import annotations
@@ -97,6 +98,20 @@ def unpack_rows(features: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray
     return segments
 
 
+def unpack_decoder_only_rows(features: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Splits decoder-only rows into per-segment features (row-major, segment order).
+
+    Each entry holds every `decoder_*` feature of one segment, keyed by its name.
+    """
+    segments = []
+    ids = features["decoder_segment_ids"]
+    for r in range(ids.shape[0]):
+        for segment in range(1, int(ids[r].max()) + 1):
+            mask = ids[r] == segment
+            segments.append({name: value[r][mask] for name, value in features.items()})
+    return segments
+
+
 def _as_dataset(examples: Sequence[Mapping[str, np.ndarray]]):
     import tensorflow as tf
 
@@ -128,4 +143,19 @@ def seqio_trim_and_pack(
 
     packed = seqio.utils.trim_and_pack_dataset(_as_dataset(examples), dict(lengths))
     rows = list(packed.as_numpy_iterator())
+    return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+
+
+def seqio_prefix_lm_features(
+    examples: Sequence[Mapping[str, np.ndarray]],
+    lengths: Mapping[str, int],
+    *,
+    pack: bool,
+    loss_on_targets_only: bool = True,
+) -> dict[str, np.ndarray]:
+    """seqio's `PrefixLMFeatureConverter` output (rows of inputs + targets), stacked."""
+    import seqio
+
+    converter = seqio.PrefixLMFeatureConverter(pack=pack, loss_on_targets_only=loss_on_targets_only)
+    rows = list(converter(_as_dataset(examples), dict(lengths)).as_numpy_iterator())
     return {name: np.stack([row[name] for row in rows]) for name in rows[0]}

@@ -1,4 +1,4 @@
-"""Test helpers for the T5 model: the tiny config, a reference PyTorch model, a test vocabulary.
+"""Test helpers for the models: tiny T5 and decoder configs, a reference PyTorch T5, a vocabulary.
 
 Nothing here downloads anything: the Hugging Face reference model is built from a config with
 random weights, and the SentencePiece model is trained on a few generated sentences.
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from flan_jax.models.config import T5Config
+from flan_jax.models.config import DecoderConfig, T5Config
 
 # Configurations that stress the parts of the architecture parity tests should cover:
 # odd head counts, head_dim != emb_dim / num_heads, unequal depths, tied / untied,
@@ -67,6 +67,52 @@ PARITY_CONFIGS: dict[str, dict[str, Any]] = {
         relative_attention_max_distance=32,
     ),
 }
+
+
+# Configurations that stress the two families: grouped-query heads, Llama 3 rope scaling,
+# a sliding window shorter than the rows, tied output; OPT's learned positions, biases,
+# post-norm and project_in / project_out.
+DECODER_TEST_CONFIGS: dict[str, dict[str, Any]] = {
+    "llama_gqa_scaled_rope": dict(
+        family="llama",
+        num_heads=4,
+        num_kv_heads=2,
+        rope_scaling_factor=8.0,
+        rope_original_max_length=8,
+        rope_theta=500.0,
+    ),
+    "mistral_window": dict(family="llama", num_heads=4, num_kv_heads=1, sliding_window=3),
+    "opt_post_norm_projected": dict(
+        family="opt",
+        num_heads=4,
+        num_kv_heads=4,
+        positions="learned",
+        norm="layernorm",
+        activation="relu",
+        use_bias=True,
+        pre_norm=False,
+        word_embed_proj_dim=12,
+        tie_word_embeddings=True,
+        max_length=64,
+        start_token_id=2,
+    ),
+}
+
+
+def make_tiny_decoder_config(name: str, **overrides: Any) -> DecoderConfig:
+    """A tiny f32 decoder of family case `name` (a key of DECODER_TEST_CONFIGS)."""
+    fields: dict[str, Any] = dict(
+        vocab_size=50,
+        emb_dim=16,
+        head_dim=6,
+        mlp_dim=24,
+        num_layers=2,
+        dtype="float32",
+        start_token_id=3,
+    )
+    fields.update(DECODER_TEST_CONFIGS[name])
+    fields.update(overrides)
+    return DecoderConfig(**fields)
 
 
 def make_tiny_t5_config(**overrides: Any) -> T5Config:

@@ -15,12 +15,13 @@ For a parameter ``W`` with gradient ``G`` at step ``t`` (0-based, after ``step_o
 
 Which dimensions are "rows" and "columns" comes from the parameters' *logical* axis names
 (:data:`LOGICAL_FACTOR_RULES`): ``embed`` is the row axis, ``vocab``, ``mlp``, ``heads``,
-``kv`` and ``joined_kv`` are column axes, scanned-layer axes are batch axes (statistics are
-kept per layer), and anything else (relative-position tables, norm scales) leaves a
-parameter unfactored. A parameter is factored only when it has both row and column axes
-and each side spans at least ``min_dim_size_to_factor`` elements. Without logical axes,
-the t5x heuristic applies: factor the two largest dimensions when the smaller one is at
-least ``min_dim_size_to_factor``.
+``kv_heads``, ``kv``, ``joined_kv``, ``abspos`` and ``embed_proj`` are column axes,
+scanned-layer axes are batch axes (statistics are kept per layer), and anything else
+(relative-position tables, norm scales) leaves a parameter unfactored. A parameter is
+factored only when it has both row and column axes and each side spans at least
+``min_dim_size_to_factor`` elements. Without logical axes, the t5x heuristic applies:
+factor the two largest dimensions when the smaller one is at least
+``min_dim_size_to_factor``.
 
 The state is laid out so that it shards by the same logical rules as the parameters:
 :func:`adafactor_state_logical_axes` gives ``R`` the parameter's axes minus its column
@@ -58,7 +59,12 @@ LOGICAL_FACTOR_RULES: Mapping[str, FactorDim] = {
     "vocab": FactorDim.COLUMN,
     "mlp": FactorDim.COLUMN,
     "heads": FactorDim.COLUMN,
+    "kv_heads": FactorDim.COLUMN,
     "kv": FactorDim.COLUMN,
+    # Decoder-only models: OPT's learned position table (a table like vocab) and its
+    # narrower embedding width in project_in / project_out.
+    "abspos": FactorDim.COLUMN,
+    "embed_proj": FactorDim.COLUMN,
     "joined_kv": FactorDim.COLUMN,
     "relpos_buckets": FactorDim.NONE,
     "layers": FactorDim.BATCH,

@@ -39,7 +39,8 @@ from jax.experimental import multihost_utils
 
 from flan_jax import checkpoints
 from flan_jax.errors import ConfigError
-from flan_jax.models.config import T5Config
+from flan_jax.models import registry
+from flan_jax.models.registry import ModelConfig
 from flan_jax.training.train_state import TrainState
 
 PARAMS_ITEM = checkpoints.PARAMS_ITEM
@@ -153,7 +154,7 @@ class TrainCheckpointManager:
         config: period, retention and async options.
         model_config: written to ``flan_jax_config.json`` with the vocabulary, so the
             directory is a loadable model checkpoint.
-        vocab_path: the SentencePiece model copied into the directory.
+        vocab_path: the vocabulary (SentencePiece model or tokenizer.json) copied in.
         extra_ids: sentinel ids appended to the vocabulary.
         save_hook: called at each of :data:`SAVE_EVENTS` of every save (fault injection
             in tests); None for none.
@@ -164,7 +165,7 @@ class TrainCheckpointManager:
         model_dir: str | os.PathLike,
         config: CheckpointConfig,
         *,
-        model_config: T5Config,
+        model_config: ModelConfig,
         vocab_path: str | os.PathLike,
         extra_ids: int,
         save_hook: SaveHook | None = None,
@@ -381,7 +382,7 @@ class TrainCheckpointManager:
 def load_initial_params(
     path: str | os.PathLike,
     *,
-    model_config: T5Config,
+    model_config: ModelConfig,
     abstract_params: Any,
     shardings: Any,
     step: int | None = None,
@@ -405,6 +406,12 @@ def load_initial_params(
         UnreadableCheckpointError: if the step's parameters cannot be read.
     """
     metadata = checkpoints.read_model_metadata(path)
+    stored_kind, run_kind = registry.kind_of(metadata.config), registry.kind_of(model_config)
+    if stored_kind != run_kind:
+        raise checkpoints.CheckpointError(
+            f"INITIAL_CHECKPOINT_PATH {path}: it holds a {stored_kind!r} model, the run "
+            f"trains a {run_kind!r} model; include the gin file of a {stored_kind} size."
+        )
     if metadata.config != model_config:
         stored, wanted = metadata.config.to_dict(), model_config.to_dict()
         diff = {k: (stored[k], wanted[k]) for k in wanted if stored.get(k) != wanted[k]}

@@ -44,11 +44,14 @@ _RULES_1D: LogicalRules = (
     ("vocab", "model"),
     ("mlp", "model"),
     ("heads", "model"),
+    ("kv_heads", "model"),
     ("joined_kv", "model"),
     ("embed", None),
     ("kv", None),
     ("length", None),
     ("relpos_buckets", None),
+    ("abspos", None),
+    ("embed_proj", None),
     ("layers", None),
     ("stack", None),
 )
@@ -61,12 +64,15 @@ _RULES_2D: LogicalRules = (
     ("vocab", "model"),
     ("mlp", "model"),
     ("heads", "model"),
+    ("kv_heads", "model"),
     ("joined_kv", "model"),
     ("embed", "fsdp"),
     ("embed", None),
     ("kv", None),
     ("length", None),
     ("relpos_buckets", None),
+    ("abspos", None),
+    ("embed_proj", None),
     ("layers", None),
     ("stack", None),
 )
@@ -84,8 +90,10 @@ still unused by the other dimensions of the same array wins; a dimension no rule
 is replicated.
 
 - ``"1d"``: t5x's 1-D parameter partitioning. Batches split over ``data`` and ``fsdp``;
-  ``vocab``, ``mlp``, ``heads`` and ``joined_kv`` split over ``model``; ``embed``, ``kv``,
-  ``length`` and the relative-position buckets replicated.
+  ``vocab``, ``mlp``, ``heads``, ``kv_heads`` (grouped-query key/value heads) and
+  ``joined_kv`` split over ``model``; ``embed``, ``kv``, ``length``, the relative-position
+  buckets, the learned absolute positions (``abspos``) and OPT's narrower embedding width
+  (``embed_proj``) replicated.
 - ``"2d"`` (alias ``"fsdp"``): as ``"1d"``, and parameters' ``embed`` dimension split over
   ``fsdp`` (ZeRO-3-like: each fsdp shard holds a slice of every weight and of its Adafactor
   statistics).

@@ -157,6 +157,7 @@ class Evaluator:
             self._examples(task_name),
             batch_size=self.config.batch_size,
             task_feature_lengths=self.lengths,
+            feature_format=self.model.feature_format,
         )
         for batch, _ in batches:
             loss, num_correct, num_tokens = self._loss_fn(params, batch)

@@ -3,12 +3,18 @@
 ``TrainState`` holds plain arrays only (no partitioning boxes), so it can be saved by orbax
 and passed through ``jax.jit`` as is; its layout on the mesh comes from a parallel tree of
 logical ``PartitionSpec`` (:func:`get_train_state_logical_axes`) mapped through the rules.
+
+Parameters may be partly frozen (LoRA trains adapters on a frozen base): the optimizer's
+``trainable`` tree of bools says which leaves train. ``TrainState.params`` always holds
+every parameter (placed, sharded and checkpointed alike, so a resume needs nothing else);
+the optimizer state covers the trainable leaves alone, and the train step differentiates
+and updates only those (:func:`split_params` / :func:`merge_params`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.struct
@@ -28,13 +34,66 @@ class Optimizer:
     Attributes:
         tx: the transformation; ``tx.update`` is called with the params.
         learning_rate: the schedule ``tx`` uses, evaluated by the train step for metrics.
-        state_logical_axes: maps the params (or their shapes) to a tree of logical
-            ``PartitionSpec`` with the exact structure of ``tx.init(params)``.
+        state_logical_axes: maps the trainable params (or their shapes) to a tree of
+            logical ``PartitionSpec`` with the exact structure of ``tx.init(params)``.
+        trainable: a tree of Python bools with the params' structure (a bool may stand
+            for a whole subtree): which parameters this optimizer updates; ``tx`` sees the
+            trainable part of :func:`split_params` only. None: every parameter.
     """
 
     tx: optax.GradientTransformation
     learning_rate: optax.Schedule
     state_logical_axes: Callable[[Any], Any]
+    trainable: Any = None
+
+
+def _split(tree: Any, mask: Any) -> tuple[Any, Any]:
+    """``(trainable, frozen)`` subtrees of ``tree``; ``None`` stands for an empty side."""
+    if isinstance(mask, bool):
+        return (tree, None) if mask else (None, tree)
+    if not isinstance(tree, Mapping) or not isinstance(mask, Mapping):
+        raise ValueError(f"the trainable mask {mask!r} does not match the params' structure")
+    trainable, frozen = {}, {}
+    for key, subtree in tree.items():
+        if key not in mask:
+            raise ValueError(f"the trainable mask has no entry for parameter {key!r}")
+        kept, fixed = _split(subtree, mask[key])
+        if kept is not None:
+            trainable[key] = kept
+        if fixed is not None:
+            frozen[key] = fixed
+    return (trainable or None), (frozen or None)
+
+
+def split_params(params: Any, trainable: Any) -> tuple[Any, Any]:
+    """Splits params (or any tree with their structure) into trainable and frozen parts.
+
+    Args:
+        params: nested mappings of arrays (flax params), their shapes or their axes.
+        trainable: :attr:`Optimizer.trainable` (None: all trainable).
+
+    Returns:
+        ``(trainable, frozen)``: nested dicts holding only their own leaves (empty
+        branches dropped), e.g. ``{"a": {"kernel": W, "lora_a": A}}`` with mask
+        ``{"a": {"kernel": False, "lora_a": True}}`` gives ``({"a": {"lora_a": A}},
+        {"a": {"kernel": W}})``. Without a mask: ``(params, {})``.
+    """
+    if trainable is None:
+        return params, {}
+    kept, fixed = _split(params, trainable)
+    return (kept or {}), (fixed or {})
+
+
+def merge_params(trainable: Any, frozen: Any) -> Any:
+    """The inverse of :func:`split_params`: the full tree from its two parts."""
+    if not frozen:
+        return trainable
+    if not trainable:
+        return frozen
+    merged = dict(frozen)
+    for key, subtree in trainable.items():
+        merged[key] = merge_params(subtree, frozen[key]) if key in frozen else subtree
+    return merged
 
 
 def make_optax_optimizer(
@@ -89,7 +148,7 @@ def create_train_state(params: Any, optimizer: Optimizer) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=optimizer.tx.init(params),
+        opt_state=optimizer.tx.init(split_params(params, optimizer.trainable)[0]),
         num_skipped_steps=jnp.zeros((), jnp.int32),
     )
 
@@ -109,7 +168,9 @@ def get_train_state_logical_axes(
     return TrainState(
         step=scalar_axes,
         params=param_axes,
-        opt_state=optimizer.state_logical_axes(abstract_params),
+        opt_state=optimizer.state_logical_axes(
+            split_params(abstract_params, optimizer.trainable)[0]
+        ),
         num_skipped_steps=scalar_axes,
     )
 

@@ -23,6 +23,11 @@ draws the same masks as an uninterrupted one, and the masks do not depend on the
 
 The model enters through :class:`flan_jax.models.interface.Model`: its final hidden states
 and its output kernel, which the fused loss kernel combines chunk by chunk.
+
+Only the optimizer's trainable parameters (``Optimizer.trainable``; all by default) are
+differentiated and updated: the params are split into a trainable and a frozen part
+before ``jax.value_and_grad``, so no gradient of a frozen weight is formed or stored, and
+the frozen part is passed through to the next state unchanged (bit for bit).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from flan_jax.errors import ConfigError
 from flan_jax.models.interface import Model
 from flan_jax.training import losses, partitioning
-from flan_jax.training.train_state import Optimizer, TrainState
+from flan_jax.training.train_state import Optimizer, TrainState, merge_params, split_params
 
 Batch = Mapping[str, jax.Array]
 NONFINITE_MODES = ("raise", "skip")
@@ -121,7 +126,8 @@ class _GradientComputer:
         self._batch_sharding = batch_sharding
         self._rules = rules
 
-    def _loss(self, params, microbatch, weights, factor, rng):
+    def _loss(self, trainable, frozen, microbatch, weights, factor, rng):
+        params = merge_params(trainable, frozen)
         hidden = self._model.hidden_states(
             params, microbatch, dropout_rng=rng if self._enable_dropout else None
         )
@@ -137,11 +143,16 @@ class _GradientComputer:
         )
         return stats.loss, stats
 
-    def __call__(self, params, batch, weights, factor, rng):
-        """Returns ``(grads, LossStats)`` summed over the microbatches of ``batch``."""
+    def __call__(self, trainable, frozen, batch, weights, factor, rng):
+        """Returns ``(grads, LossStats)`` summed over the microbatches of ``batch``.
+
+        ``grads`` has the structure of ``trainable``; ``frozen`` is not differentiated.
+        """
         grad_fn = jax.value_and_grad(self._loss, has_aux=True)
         if self._num_microbatches == 1:
-            (_, stats), grads = grad_fn(params, batch, weights, factor, jax.random.fold_in(rng, 0))
+            (_, stats), grads = grad_fn(
+                trainable, frozen, batch, weights, factor, jax.random.fold_in(rng, 0)
+            )
             return grads, stats
         split = _split_microbatches(
             {**batch, "_weights": weights}, self._num_microbatches, self._batch_sharding
@@ -151,12 +162,12 @@ class _GradientComputer:
             index, microbatch = inputs
             mb_weights = microbatch.pop("_weights")
             (_, stats), grads = grad_fn(
-                params, microbatch, mb_weights, factor, jax.random.fold_in(rng, index)
+                trainable, frozen, microbatch, mb_weights, factor, jax.random.fold_in(rng, index)
             )
             return jax.tree.map(jnp.add, carry, (grads, stats)), None
 
         zeros = (
-            jax.tree.map(jnp.zeros_like, params),
+            jax.tree.map(jnp.zeros_like, trainable),
             losses.LossStats(*[jnp.zeros((), jnp.float32)] * len(losses.LossStats._fields)),
         )
         indices = jnp.arange(self._num_microbatches)
@@ -177,15 +188,16 @@ def _build_step_fn(
     def step_fn(state: TrainState, batch: Batch):
         weights, factor = losses.compute_loss_weights(batch, loss_config)
         rng = jax.random.fold_in(jax.random.key(config.dropout_seed), state.step)
-        grads, stats = compute_gradients(state.params, batch, weights, factor, rng)
+        trainable, frozen = split_params(state.params, optimizer.trainable)
+        grads, stats = compute_gradients(trainable, frozen, batch, weights, factor, rng)
         grad_norm = optax.global_norm(grads)
-        updates, new_opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
+        updates, new_opt_state = optimizer.tx.update(grads, state.opt_state, trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
         finite = jnp.isfinite(stats.loss) & jnp.isfinite(grad_norm)
         skipped = state.num_skipped_steps + (~finite).astype(jnp.int32)
         new_state = TrainState(
             step=state.step + 1,
-            params=_select_tree(finite, new_params, state.params),
+            params=merge_params(_select_tree(finite, new_trainable, trainable), frozen),
             opt_state=_select_tree(finite, new_opt_state, state.opt_state),
             num_skipped_steps=skipped,
         )

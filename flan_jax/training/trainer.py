@@ -9,8 +9,9 @@ points that build the three and call it. A run is a sequence of named phases:
 
 1. :func:`initialize_distributed_run`: ``jax.distributed`` when a coordinator is configured
    (called by the entry points, before the batch source asks for its process index);
-2. :func:`build_run`: mesh, logical rules, Adafactor, train-state shardings and the jitted
-   sharded train step;
+2. :func:`build_run`: mesh, logical rules, the optimizer (Adafactor or AdamW,
+   :mod:`flan_jax.training.optimizers`, over the model's trainable parameters: all of
+   them, or a LoRA model's adapters), train-state shardings and the jitted sharded step;
 3. :func:`restore_or_init`: the latest checkpoint of ``model_dir`` if there is one (train
    state and data position), else the initial parameters, else fresh ones;
 4. :func:`run_train_loop`: train steps, metrics every ``log_period`` steps, evaluation every
@@ -34,15 +35,17 @@ import jax
 import optax
 import seqio
 
-from flan_jax.data import pipeline
+from flan_jax.data import packing, pipeline, vocabularies
 from flan_jax.data.batch_source import PACKING_EFFICIENCY, BatchSource
 from flan_jax.errors import ConfigError, UserError
 from flan_jax.evaluation import task_suite
+from flan_jax.models import interface
 from flan_jax.models.interface import Model
 from flan_jax.training import (
     adafactor,
     checkpointing,
     losses,
+    optimizers,
     partitioning,
     task_eval,
     train_state,
@@ -110,11 +113,15 @@ class DataConfig:
         pack: best-fit pack examples into rows (segment ids and positions).
         buffer_size: examples per packing buffer.
         split: the training split.
+        loss_on_inputs: decoder-only models: put the loss on every real token (inputs
+            too, as for pre-training text) instead of on the targets only (OPT-IML);
+            an encoder-decoder model rejects it.
     """
 
     pack: bool = True
     buffer_size: int = 1024
     split: str = "train"
+    loss_on_inputs: bool = False
 
     def __post_init__(self) -> None:
         if self.buffer_size < 1:
@@ -179,7 +186,7 @@ class NonFiniteError(UserError, FloatingPointError):
 EvalHook = Callable[[Any], Mapping[str, float]]
 """``params -> scalars``: an evaluation hook the loop calls every ``eval_period`` steps."""
 
-InitialParams = Callable[[Any, Any], Any]
+InitialParams = interface.InitialParams
 """``(abstract_params, param_shardings) -> params``: where a fresh run's parameters come
 from (e.g. a converted checkpoint); without one they are initialised from the seed."""
 
@@ -211,15 +218,17 @@ def initialize_distributed_run(config: PartitioningConfig) -> None:
     )
 
 
-def get_task_vocabulary(mixture_or_task_name: str) -> seqio.SentencePieceVocabulary:
-    """The SentencePiece vocabulary of a task's ``targets`` feature (copied into MODEL_DIR)."""
+def get_task_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:
+    """The vocabulary of a task's ``targets`` feature (its file is copied into MODEL_DIR).
+
+    A SentencePiece model or a Hugging Face ``tokenizer.json`` (``vocabularies.get_vocabulary``).
+    """
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
     vocabulary = provider.output_features["targets"].vocabulary
-    if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
-        raise ConfigError(
-            f"{mixture_or_task_name}: training needs a SentencePiece vocabulary (it is stored "
-            f"in the checkpoint); the task uses {type(vocabulary).__name__}"
-        )
+    try:
+        vocabularies.vocabulary_file(vocabulary)
+    except TypeError as error:
+        raise ConfigError(f"{mixture_or_task_name}: {error}") from error
     return vocabulary
 
 
@@ -237,17 +246,25 @@ def build_run(
     model: Model,
     *,
     learning_rate: float | optax.Schedule,
-    optimizer_config: adafactor.AdafactorConfig,
+    optimizer_config: optimizers.OptimizerConfig,
     loss_config: losses.LossConfig,
     step_config: train_step.TrainStepConfig,
     partitioning_config: PartitioningConfig,
 ) -> _Run:
-    """Phase 2: the mesh, optimizer, shardings and the compiled-on-first-call train step."""
+    """Phase 2: the mesh, optimizer, shardings and the compiled-on-first-call train step.
+
+    The optimizer updates the model's trainable parameters
+    (:func:`flan_jax.models.interface.get_trainable_mask`: all, or a LoRA model's
+    adapters); the frozen ones stay in the state, placed and checkpointed like the rest.
+    """
     mesh = partitioning.make_mesh(partitioning_config.mesh)
     rules = partitioning.get_logical_axis_rules(partitioning_config.rules)
     param_axes = model.param_logical_axes()
-    optimizer = adafactor.make_adafactor(
-        learning_rate, param_axes=param_axes, config=optimizer_config
+    optimizer = optimizers.make_optimizer(
+        learning_rate,
+        param_axes=param_axes,
+        config=optimizer_config,
+        trainable=interface.get_trainable_mask(model),
     )
     abstract_params = model.abstract_params()
     shardings = train_state.get_train_state_shardings(
@@ -505,7 +522,7 @@ def fit(
     *,
     model: Model,
     batch_source: BatchSource,
-    vocabulary: seqio.SentencePieceVocabulary,
+    vocabulary: seqio.Vocabulary,
     model_dir: str,
     train_steps: int,
     batch_size: int,
@@ -513,7 +530,7 @@ def fit(
     learning_rate: float | optax.Schedule = 1e-3,
     initial_params: InitialParams | None = None,
     seed: int = 0,
-    optimizer_config: adafactor.AdafactorConfig = adafactor.AdafactorConfig(),
+    optimizer_config: optimizers.OptimizerConfig = adafactor.AdafactorConfig(),
     loss_config: losses.LossConfig = losses.LossConfig(),
     step_config: train_step.TrainStepConfig = train_step.TrainStepConfig(),
     partitioning_config: PartitioningConfig = PartitioningConfig(),
@@ -559,7 +576,7 @@ def fit(
         model_dir,
         checkpoint_config,
         model_config=model.config,
-        vocab_path=vocabulary.sentencepiece_model_file,
+        vocab_path=vocabularies.vocabulary_file(vocabulary),
         extra_ids=vocabulary.extra_ids,
     )
     writer = metrics_lib.MetricsWriter(model_dir, tensorboard=metrics_config.tensorboard)
@@ -583,8 +600,13 @@ def fit(
         manager.close()
 
 
-def make_data_iterator(config: RunConfig, data_config: DataConfig) -> pipeline.TrainIterator:
-    """This process's shard of a seqio task's or mixture's training batches."""
+def make_data_iterator(
+    config: RunConfig, data_config: DataConfig, *, feature_format: packing.FeatureFormat
+) -> pipeline.TrainIterator:
+    """This process's shard of a seqio task's or mixture's training batches.
+
+    ``feature_format`` is the model's (``Model.feature_format``).
+    """
     return pipeline.make_train_iterator(
         config.mixture_or_task_name,
         task_feature_lengths=config.task_feature_lengths,
@@ -596,12 +618,14 @@ def make_data_iterator(config: RunConfig, data_config: DataConfig) -> pipeline.T
         use_cached=config.use_cached_tasks,
         buffer_size=data_config.buffer_size,
         split=data_config.split,
+        feature_format=feature_format,
+        loss_on_inputs=data_config.loss_on_inputs,
     )
 
 
 def _make_evaluator(
     model: Model,
-    vocabulary: seqio.SentencePieceVocabulary,
+    vocabulary: seqio.Vocabulary,
     config: RunConfig,
     eval_config: task_eval.EvalConfig,
 ) -> task_eval.Evaluator | None:
@@ -629,7 +653,7 @@ def train(
     seed: int = 0,
     register_tasks: Sequence[Callable[[], Any]] = (),
     data_config: DataConfig = DataConfig(),
-    optimizer_config: adafactor.AdafactorConfig = adafactor.AdafactorConfig(),
+    optimizer_config: optimizers.OptimizerConfig = adafactor.AdafactorConfig(),
     loss_config: losses.LossConfig = losses.LossConfig(),
     step_config: train_step.TrainStepConfig = train_step.TrainStepConfig(),
     partitioning_config: PartitioningConfig = PartitioningConfig(),
@@ -672,14 +696,13 @@ def train(
         seed,
     )
     if dropout_rate is not None:
-        config_with_dropout = dataclasses.replace(model.config, dropout_rate=float(dropout_rate))
-        model = dataclasses.replace(model, config=config_with_dropout)  # type: ignore[type-var]
+        model = interface.replace_config(model, dropout_rate=float(dropout_rate))
     initialize_distributed_run(partitioning_config)
     for register in register_tasks:
         register()
     vocabulary = get_task_vocabulary(mixture_or_task_name)
     check_vocab_fits(model, vocabulary, mixture_or_task_name)
-    initial_params = None
+    initial_params: InitialParams | None = None
     if initial_checkpoint_path:
 
         def initial_params(abstract_params: Any, shardings: Any) -> Any:
@@ -691,9 +714,12 @@ def train(
                 shardings=shardings,
             )
 
+        if isinstance(model, interface.AdaptedModel):  # the checkpoint holds the base model
+            initial_params = model.initial_params_from_base(initial_params, seed=seed)
+
     return fit(
         model=model,
-        batch_source=make_data_iterator(config, data_config),
+        batch_source=make_data_iterator(config, data_config, feature_format=model.feature_format),
         vocabulary=vocabulary,
         model_dir=model_dir,
         train_steps=train_steps,

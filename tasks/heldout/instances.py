@@ -40,7 +40,9 @@ def held_out_buckets(fraction: float) -> int:
     return round(fraction * HASH_BUCKETS)
 
 
-def _salt(task_id: naming.TaskId, seed: int) -> str:
+def _salt(task_name: str, seed: int) -> str:
+    # A derived copy ("T:suffix", e.g. a demonstrations copy) shares T's dataset and salt.
+    task_id = naming.parse_task_name(task_name.partition(":")[0])
     return f"{seed}/{task_id.source}/{task_id.dataset}/"
 
 
@@ -51,7 +53,7 @@ def _is_held_out_tensor(key: tf.Tensor, salt: str, buckets: int) -> tf.Tensor:
 
 def is_held_out_instance(task_name: str, key: str, *, fraction: float, seed: int = 0) -> bool:
     """Whether example `key` of `task_name`'s dataset is a held-out instance."""
-    salt = _salt(naming.parse_task_name(task_name), seed)
+    salt = _salt(task_name, seed)
     return bool(_is_held_out_tensor(tf.constant(key), salt, held_out_buckets(fraction)))
 
 
@@ -87,7 +89,7 @@ def register_instance_split(task_name: str, *, fraction: float, seed: int = 0) -
     task = seqio.get_mixture_or_task(task_name)
     if "train" not in task.source.splits:
         raise ValueError(f"Task {task_name!r} has no train split to hold instances out of.")
-    salt = _salt(naming.parse_task_name(task_name), seed)
+    salt = _salt(task_name, seed)
     buckets = held_out_buckets(fraction)
     names = instance_task_names(task_name, fraction=fraction, seed=seed)
     for name, keep_held_out, split in zip(names, (False, True), (SEEN_SPLIT, HELD_OUT_SPLIT)):

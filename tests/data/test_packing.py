@@ -166,7 +166,7 @@ def test_overlong_examples_are_trimmed_to_a_prefix():
 
 def test_assign_rows_rejects_overlong_examples():
     with pytest.raises(ValueError, match="longer than the row capacities"):
-        packing.assign_rows([9], [1], LENGTHS)
+        packing.assign_rows([[9, 1]], (LENGTHS.inputs, LENGTHS.targets))
 
 
 def test_feature_lengths_name_the_bad_field():

@@ -56,16 +56,17 @@ def test_cache_is_keyed_by_corpus_and_settings(tmp_path):
     assert other.sentencepiece_model_file != first.sentencepiece_model_file
 
 
-def test_wrong_layout_and_bad_settings_are_explained(tmp_path):
-    prefix = str(tmp_path / "default_layout")
+def test_model_without_eos_and_bad_settings_are_explained(tmp_path):
+    prefix = str(tmp_path / "no_eos")
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(TEXTS),
         model_prefix=prefix,
         vocab_size=40,
         hard_vocab_limit=False,
+        eos_id=-1,
         minloglevel=2,
     )
-    with pytest.raises(ValueError, match="T5 id layout"):
+    with pytest.raises(ValueError, match="no end-of-sequence piece"):
         vocabularies.get_vocabulary(prefix + ".model")
     with pytest.raises(FileNotFoundError, match="not found"):
         vocabularies.get_vocabulary(str(tmp_path / "missing.model"))

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flan_jax.data import packing
 from flan_jax.data.batch_source import BatchSource
 from flan_jax.data.vocabularies import get_vocabulary
-from flan_jax.models import decoding, t5
+from flan_jax.models import decoding, registry, t5
 from flan_jax.models.interface import Model
 from flan_jax.testing import models as testing_models
 from flan_jax.testing import training
@@ -127,6 +128,10 @@ class ToyConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict, *, source: str) -> ToyConfig:
+        return cls(**values)
+
 
 class _ToyNet(nn.Module):
     """One layer: the decoder token's embedding plus the mean encoder embedding, then a dense."""
@@ -164,6 +169,10 @@ class ToyModel:
     @property
     def vocab_size(self):
         return self.config.vocab_size
+
+    @property
+    def feature_format(self):
+        return packing.EncoderDecoderFormat()
 
     def _boxed(self):
         dummy = jnp.ones((1, 2), jnp.int32)
@@ -212,7 +221,9 @@ class ToyModel:
         return jnp.take(state, indices, axis=0)
 
 
-def test_a_toy_model_trains_through_the_unchanged_trainer(tmp_path, vocabulary):
+def test_a_toy_model_trains_through_the_unchanged_trainer(tmp_path, vocabulary, monkeypatch):
+    # A new family is one registry row: its checkpoints record and reload their kind.
+    monkeypatch.setitem(registry.MODEL_KINDS, "toy", (ToyConfig, ToyModel))
     model = ToyModel()
     assert isinstance(model, Model)
     # The same two batches over and over: a model that learns drives the loss down.

@@ -1,0 +1,1 @@
+"""The OPT-IML instruction-tuning recipe: its two-level sampler, pre-training text and mixture."""
