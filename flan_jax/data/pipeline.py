@@ -186,7 +186,8 @@ class TrainIterator:
             shard_info=seqio.ShardInfo(config["shard_index"], config["num_shards"]),
             num_epochs=self._num_epochs,
         )
-        dataset = dataset.map(lambda ex: {k: ex[k] for k in ("inputs", "targets") if k in ex})
+        kept = ("inputs", "targets", packing.TARGETS_LOSS_MASK)
+        dataset = dataset.map(lambda ex: {k: ex[k] for k in kept if k in ex})
         return dataset.skip(skip).as_numpy_iterator()
 
     def _load_buffer(self) -> bool:
@@ -194,7 +195,7 @@ class TrainIterator:
         if self._examples is None:
             self._examples = self._open_examples(self._buffer_index * self._config["buffer_size"])
         examples = [
-            {"inputs": ex.get("inputs", np.zeros([0], np.int32)), "targets": ex["targets"]}
+            {"inputs": np.zeros([0], np.int32), **ex}
             for ex in itertools.islice(self._examples, self._config["buffer_size"])
         ]
         if not examples:
