@@ -311,10 +311,11 @@ def trim_example(example: Example, lengths: FeatureLengths) -> dict[str, np.ndar
     """Cuts inputs and targets (and `targets_loss_mask`) to their lengths.
 
     A safety net for the tokens, which seqio already trims; seqio does not trim the mask,
-    which is not an output feature, so this is where it is cut with its targets.
+    which is not an output feature, so this is where it is cut with its targets (it may
+    arrive longer than targets seqio has cut).
 
     Raises:
-      ValueError: `targets_loss_mask` is not as long as the targets or not 0/1.
+      ValueError: `targets_loss_mask` is shorter than the targets or not 0/1.
     """
     targets = np.asarray(example["targets"], np.int32)
     trimmed = {
@@ -323,13 +324,13 @@ def trim_example(example: Example, lengths: FeatureLengths) -> dict[str, np.ndar
     }
     if TARGETS_LOSS_MASK in example:
         mask = np.asarray(example[TARGETS_LOSS_MASK], np.int32)
-        if mask.shape != targets.shape or not np.isin(mask, (0, 1)).all():
+        if mask.ndim != 1 or len(mask) < len(targets) or not np.isin(mask, (0, 1)).all():
             raise ValueError(
                 f"{TARGETS_LOSS_MASK} must hold 0/1 for each target token; got shape "
                 f"{mask.shape} values {np.unique(mask).tolist()} for targets of shape "
                 f"{targets.shape}."
             )
-        trimmed[TARGETS_LOSS_MASK] = mask[: lengths.targets]
+        trimmed[TARGETS_LOSS_MASK] = mask[: len(trimmed["targets"])]
     return trimmed
 
 

@@ -96,9 +96,13 @@ def test_mask_is_trimmed_with_its_targets():
     example = {"inputs": [5, 1], "targets": [7, 8, 9, 1], MASK: [1, 0, 1, 1]}
     trimmed = packing.trim_example(example, packing.FeatureLengths(2, 3))
     np.testing.assert_array_equal(trimmed[MASK], [1, 0, 1])
+    # seqio trims the targets to the feature length but not the mask (not an output feature).
+    seqio_trimmed = {"inputs": [5, 1], "targets": [7, 8], MASK: [1, 0, 1, 1]}
+    trimmed = packing.trim_example(seqio_trimmed, packing.FeatureLengths(2, 3))
+    np.testing.assert_array_equal(trimmed[MASK], [1, 0])
 
 
-@pytest.mark.parametrize("mask", [[1, 1], [1, 2, 1]])
+@pytest.mark.parametrize("mask", [[1, 1], [1, 2, 1], [[1, 1, 1]]])
 def test_bad_mask_is_a_clear_error(mask):
     example = {"inputs": [5, 1], "targets": [7, 8, 1], MASK: mask}
     with pytest.raises(ValueError, match="targets_loss_mask must hold 0/1 for each target"):
