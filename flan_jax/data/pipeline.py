@@ -16,7 +16,8 @@ and serves batches of `batch_size // num_shards` rows:
 The rows are laid out in the model's feature format (`Model.feature_format`): encoder-
 decoder rows as above, or, with `feature_format=packing.DecoderOnlyFormat()`, one decoder
 stream of `inputs + targets` tokens (`[8, 96]` here) with the loss on the targets only
-(`loss_on_inputs=False`) or on every real token.
+(`loss_on_inputs=False`) or on every real token. An example's `targets_loss_mask`, when the
+task has one, is kept and multiplies the target loss weights (`packing.TARGETS_LOSS_MASK`).
 
 Everything a batch depends on is a function of (seed, shard, position), so the position
 (buffer index, rows already served from that buffer) is the whole state. Restoring replays

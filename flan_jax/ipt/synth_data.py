@@ -7,14 +7,17 @@ examples are that dataset's one-shot examples (`format.encode_example`: `[BOS] t
 [EOS]`) concatenated in source order up to `max_tokens` (4,096 in Instruction Pre-Training,
 arXiv 2406.14491):
 
-    inputs             []                                 (empty: a decoder-only example)
-    targets            [0 t t t 9 9 1 | 0 t t 9 9 9 1]    (two one-shot examples, BOS 0, EOS 1)
-    targets_loss_mask  [0 0 0 0 1 1 1 | 0 0 0 1 1 1 1]    (1 on the pair tokens and EOS)
+    inputs             []                               (empty: a decoder-only example)
+    targets            [t t t 9 9 1 | 0 t t 9 9 9 1]    (two one-shot examples, BOS 0, EOS 1)
+    targets_loss_mask  [0 0 0 1 1 1 | 0 0 0 1 1 1 1]    (1 on the pair tokens and EOS)
 
-A concatenation never exceeds `max_tokens` and never mixes datasets; an example longer than
-the budget alone is skipped. The loss mask reaches the loss weights through the training
-pipeline (`packing.TARGETS_LOSS_MASK`). A mixture over the tasks (equal rates, ours) is
-what `flan-jax train` reads (gin_configs/runs/ipt_synthesizer*.gin).
+The first example's BOS is not stored: the model's start token (which is the BOS,
+`register_synthesizer_data` checks) comes first in every decoder row, so the model reads
+`[BOS] t t t 9 9 1 0 t t ...` exactly as a synthesis prompt (`synthesis.Prompt.model_row`).
+A concatenation (first BOS included) never exceeds `max_tokens` and never mixes datasets; an
+example longer than the budget alone is skipped. The loss mask reaches the loss weights
+through the training pipeline (`packing.TARGETS_LOSS_MASK`). A mixture over the tasks
+(equal rates, ours) is what `flan-jax train` reads (gin_configs/runs/ipt_synthesizer*.gin).
 
 Examples are read through each family's own `load_split` (the one reader of its data), except
 T0, whose family fuses passage and question into one promptsource prompt: its rows are read
@@ -251,7 +254,8 @@ def concatenate_examples(
     """Greedily joins consecutive (tokens, loss_mask) examples into rows of <= `max_tokens`.
 
     Example: lengths 3, 4, 2, 5 with `max_tokens=7` give rows of 3 + 4, 2 + 5; an example
-    longer than `max_tokens` is skipped (cutting it would cut its pairs).
+    longer than `max_tokens` is skipped (cutting it would cut its pairs). Each row leaves
+    out its first token, the first example's BOS (module docstring).
     """
     tokens: list[np.ndarray] = []
     masks: list[np.ndarray] = []
@@ -272,8 +276,8 @@ def concatenate_examples(
 def _joined(tokens: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, np.ndarray]:
     return {
         "inputs": np.zeros([0], np.int32),
-        "targets": np.concatenate(tokens).astype(np.int32),
-        packing.TARGETS_LOSS_MASK: np.concatenate(masks).astype(np.int32),
+        "targets": np.concatenate(tokens)[1:].astype(np.int32),
+        packing.TARGETS_LOSS_MASK: np.concatenate(masks)[1:].astype(np.int32),
     }
 
 
@@ -286,7 +290,8 @@ class SynthesizerDataConfig:
         always uses the demo vocabulary.
       max_tokens: the token budget of one concatenation (paper: 4,096); the run's
         `TASK_FEATURE_LENGTHS["targets"]` must be at least this.
-      start_token_id: BOS of every one-shot example: the model's `start_token_id`.
+      start_token_id: BOS of every one-shot example: the model's `start_token_id`; None
+        takes it from the model given to `register_synthesizer_data`.
       vocabulary_path: the model's vocabulary (collection sources); see
         `registry.get_catalog_vocabulary`.
       extra_ids: sentinels added to `vocabulary_path` (decoder vocabularies: 0).
@@ -298,7 +303,7 @@ class SynthesizerDataConfig:
 
     sources: tuple[str, ...] = COLLECTION_SOURCES
     max_tokens: int = PAPER_MAX_TOKENS
-    start_token_id: int = 0
+    start_token_id: int | None = None
     vocabulary_path: str | None = None
     extra_ids: int = 0
     skip_missing: bool = True
@@ -320,7 +325,7 @@ class SynthesizerDataConfig:
             raise ConfigError(
                 f"SynthesizerDataConfig.max_tokens must be >= 2, got {self.max_tokens}."
             )
-        if self.start_token_id < 0:
+        if self.start_token_id is not None and self.start_token_id < 0:
             raise ConfigError(
                 f"SynthesizerDataConfig.start_token_id must be >= 0, got {self.start_token_id}."
             )
@@ -335,6 +340,9 @@ def iterate_task_examples(
     paths: data_paths.DataPaths | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """The concatenated examples of one dataset's split (module docstring)."""
+    if config.start_token_id is None:
+        raise ConfigError("SynthesizerDataConfig.start_token_id must be set to read examples.")
+    bos_id = config.start_token_id
 
     def encoded() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for key, fields in iterate_source_examples(
@@ -342,7 +350,7 @@ def iterate_task_examples(
         ):
             record = make_record(entry, fields, key=key)
             if record is not None:
-                yield ipt_format.encode_example(vocabulary, record, bos_id=config.start_token_id)
+                yield ipt_format.encode_example(vocabulary, record, bos_id=bos_id)
 
     return concatenate_examples(encoded(), max_tokens=config.max_tokens)
 
@@ -416,14 +424,38 @@ class SynthesizerData:
     skipped: dict[str, str]
 
 
+def _resolve_start_token(config: SynthesizerDataConfig, model: Any) -> SynthesizerDataConfig:
+    """`config` with the model's start token (a decoder-only model's `feature_format`'s)."""
+    if model is None:
+        if config.start_token_id is None:
+            raise ConfigError(
+                "register_synthesizer_data needs the model (gin: "
+                "synth_data.register_synthesizer_data.model = %MODEL) or "
+                "SynthesizerDataConfig.start_token_id."
+            )
+        return config
+    model_start = getattr(model.feature_format, "start_token_id", 0)
+    if config.start_token_id not in (None, model_start):
+        raise ConfigError(
+            f"SynthesizerDataConfig.start_token_id is {config.start_token_id} but the model "
+            f"starts from {model_start}; leave it unset to take the model's."
+        )
+    return dataclasses.replace(config, start_token_id=model_start)
+
+
 def register_synthesizer_data(
-    *, config: SynthesizerDataConfig = SynthesizerDataConfig()
+    *, config: SynthesizerDataConfig = SynthesizerDataConfig(), model: Any = None
 ) -> SynthesizerData:
     """Registers one task per catalog dataset of `config.sources` and their mixture.
 
     Idempotent for the same settings. Reads no data unless `skip_missing`, which checks
     each dataset's files exist (without reading them).
+
+    Args:
+      config: the data's settings.
+      model: the `interface.Model` to train: its start token is every example's BOS.
     """
+    config = _resolve_start_token(config, model)
     if config.sources == ("demo",):
         vocabulary: seqio.Vocabulary = demo_collection.get_demo_vocabulary()
     else:

@@ -30,7 +30,7 @@ from flan_jax.testing import hf_decoders, shared_data
 from flan_jax.training import checkpointing, metrics, task_eval, trainer
 
 DEMO = synth_data.SynthesizerDataConfig(
-    sources=("demo",), max_tokens=160, mixture_name="ipt_synthesizer_demo_test"
+    sources=("demo",), max_tokens=160, start_token_id=0, mixture_name="ipt_synthesizer_demo_test"
 )
 
 
@@ -51,9 +51,11 @@ def _catalog_entry(source, dataset=None):
     raise AssertionError(f"{source}/{dataset} not in the catalog")
 
 
-def _segments(row):
-    """Splits a concatenation at its EOS tokens' ends into (tokens, mask) one-shot examples."""
-    tokens, mask = row["targets"], row["targets_loss_mask"]
+def _segments(row, *, bos_id=0):
+    """Splits a concatenation into its (tokens, mask) one-shot examples, the first one's BOS
+    (which the model's start token supplies) put back."""
+    tokens = np.concatenate([[bos_id], row["targets"]])
+    mask = np.concatenate([[0], row["targets_loss_mask"]])
     ends = [
         i + 1
         for i in range(len(tokens))
@@ -154,11 +156,11 @@ def test_budget_and_no_mixing_over_many_examples(demo_data, demo_vocabulary, dat
         np.testing.assert_array_equal(tokens, want_tokens)
         np.testing.assert_array_equal(mask, want_mask)
     # ... within the budget, each row closed only when the next example did not fit.
-    lengths = [len(row["targets"]) for row in rows]
+    lengths = [len(row["targets"]) + 1 for row in rows]  # + the first BOS, the start token
     assert max(lengths) <= DEMO.max_tokens
     first_of_next = [len(_segments(row)[0][0]) for row in rows[1:]]
     assert all(n + f > DEMO.max_tokens for n, f in zip(lengths, first_of_next))
-    assert all(len(row["targets_loss_mask"]) == n for row, n in zip(rows, lengths))
+    assert all(len(row["targets_loss_mask"]) == n - 1 for row, n in zip(rows, lengths))
 
 
 def test_concatenation_skips_examples_over_budget():
@@ -166,10 +168,11 @@ def test_concatenation_skips_examples_over_budget():
         return np.full(n, n, np.int32), np.ones(n, np.int32)
 
     rows = list(synth_data.concatenate_examples(map(example, [3, 4, 9, 2, 5, 7]), max_tokens=7))
+    # Each row without its first token (the first example's BOS, here its first token).
     assert [row["targets"].tolist() for row in rows] == [
-        [3, 3, 3, 4, 4, 4, 4],
-        [2, 2, 5, 5, 5, 5, 5],
-        [7] * 7,
+        [3, 3, 4, 4, 4, 4],
+        [2, 5, 5, 5, 5, 5],
+        [7] * 6,
     ]
 
 
@@ -283,3 +286,33 @@ def test_trainer_batches_weigh_exactly_the_pair_tokens(
                 checked += 1
             assert not batch["decoder_loss_weights"][r][segment_ids == 0].any()
     assert checked >= 12
+
+
+CPU_STACK = ["models/decoder_tiny.gin", "runs/ipt_synthesizer.gin", "runs/ipt_synthesizer_cpu.gin"]
+PAPER_STACK = ["models/mistral_7b.gin", "runs/ipt_synthesizer.gin"]
+
+
+@pytest.mark.parametrize("stack,start", [(CPU_STACK, 0), (PAPER_STACK, 1)], ids=["cpu", "paper"])
+def test_run_configs_take_the_models_start_token_and_fit_the_budget(stack, start):
+    gin.clear_config()
+    try:
+        gin_flags.parse_gin(stack, ["MODEL_DIR = '/tmp/run'"])
+        register = gin.query_parameter("synth_data.register_synthesizer_data.config")
+        config = register.scoped_configurable_fn()
+        model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+        lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
+        mixture = gin.query_parameter("trainer.train.mixture_or_task_name")
+    finally:
+        gin.clear_config()
+    assert config.start_token_id is None  # taken from the model at registration
+    assert synth_data._resolve_start_token(config, model).start_token_id == start
+    assert lengths["targets"] == config.max_tokens and config.mixture_name == mixture
+    if stack is PAPER_STACK:
+        assert config.max_tokens == synth_data.PAPER_MAX_TOKENS
+        assert config.sources == synth_data.COLLECTION_SOURCES
+    else:
+        assert config.sources == ("demo",)
+    with pytest.raises(ConfigError, match="but the model starts from"):
+        synth_data._resolve_start_token(
+            dataclasses.replace(config, start_token_id=start + 5), model
+        )
