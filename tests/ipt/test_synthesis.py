@@ -26,10 +26,8 @@ from flan_jax.data import export
 from flan_jax.inference import DecodeConfig
 from flan_jax.ipt import synthesis
 from flan_jax.ipt.format import Pair, SynthesisRecord
-from flan_jax.models import decoder, t5
-from flan_jax.models.config import DecoderConfig
-from flan_jax.tasks import demo
-from flan_jax.testing.models import make_tiny_t5_config
+from flan_jax.models import t5
+from flan_jax.testing.models import make_tiny_t5_config, save_tiny_demo_decoder_checkpoint
 
 BYTES = seqio.ByteVocabulary()  # lossless, so a prompt decodes back to its exact text
 BOS = 0
@@ -252,33 +250,10 @@ TEXTS = [
 ]
 
 
-def _tiny_decoder_config() -> DecoderConfig:
-    return DecoderConfig(
-        vocab_size=1024,  # the demo vocabulary's 1000 ids
-        emb_dim=32,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        mlp_dim=48,
-        num_layers=2,
-        tie_word_embeddings=True,
-        dtype="float32",
-    )
-
-
 @pytest.fixture(scope="module")
 def synthesizer(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthesizer")
-    vocabulary = demo.get_demo_vocabulary(str(root / "vocab"))
-    config = _tiny_decoder_config()
-    ckpt = checkpoints.save_model_checkpoint(
-        root / "ckpt",
-        params=decoder.init_params(config, jax.random.key(0)),
-        config=config,
-        vocab_path=vocabulary.sentencepiece_model_file,
-        extra_ids=0,
-        step=1,
-    )
+    ckpt, _, _ = save_tiny_demo_decoder_checkpoint(root, step=1)
     return root, ckpt, _write_texts(root / "texts.jsonl", TEXTS)
 
 
