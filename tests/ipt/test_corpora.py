@@ -17,6 +17,7 @@ from flan_jax.errors import ConfigError
 from flan_jax.ipt import corpora, mixers, synth_data, synthesis
 from flan_jax.ipt import format as ipt_format
 from flan_jax.tasks import demo, mixtures, sources, templates
+from flan_jax.testing.tasks import forget_tasks_named
 
 DRAWS = 100_000
 PAIRS = (
@@ -451,6 +452,7 @@ def test_the_vanilla_baseline_needs_no_synthesis_output(mixer_inputs):
 # The synthesizer's real (demo) training data inside the mixture, and the run configs
 # ---------------------------------------------------------------------------------------
 def test_the_view_of_the_demo_synthesizer_data_is_its_tokens_without_the_loss_mask():
+    forget_tasks_named("ipt_synthesizer")  # registered elsewhere with another budget
     data = synth_data.register_synthesizer_data(
         config=synth_data.SynthesizerDataConfig(
             sources=("demo",), max_tokens=256, start_token_id=0, mixture_name="ipt_synthesizer_demo"

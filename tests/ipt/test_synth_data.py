@@ -27,6 +27,7 @@ from flan_jax.models.decoder import DecoderModel
 from flan_jax.tasks import data_paths, demo
 from flan_jax.tasks.flan2021 import catalog as flan2021_catalog
 from flan_jax.testing import hf_decoders, shared_data
+from flan_jax.testing.tasks import forget_tasks_named
 from flan_jax.training import checkpointing, metrics, task_eval, trainer
 
 DEMO = synth_data.SynthesizerDataConfig(
@@ -36,6 +37,8 @@ DEMO = synth_data.SynthesizerDataConfig(
 
 @pytest.fixture(scope="module")
 def demo_data():
+    # Another test module may have registered the same tasks with another budget.
+    forget_tasks_named("ipt_synthesizer")
     return synth_data.register_synthesizer_data(config=DEMO)
 
 
