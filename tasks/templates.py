@@ -72,6 +72,11 @@ OPTION_ITEM_STYLES = (
 )
 
 
+def find_placeholders(text: str) -> frozenset[str]:
+    """The names of the `{name}` placeholders in `text`."""
+    return frozenset(_PLACEHOLDER_RE.findall(text))
+
+
 class TemplateError(UserError, ValueError):
     """A template file or a rendering that does not satisfy the template schema."""
 
@@ -94,7 +99,7 @@ class Template:
 
     @property
     def placeholders(self) -> frozenset[str]:
-        return frozenset(_PLACEHOLDER_RE.findall(self.inputs + "\n" + self.targets))
+        return find_placeholders(self.inputs + "\n" + self.targets)
 
     @property
     def uses_options(self) -> bool:

@@ -61,6 +61,11 @@ def test_the_run_configs_are_shipped():
 DECODER_RUN_STACKS = (
     ("models/decoder_tiny.gin", "runs/optiml.gin"),
     ("models/decoder_tiny.gin", "runs/optiml.gin", "runs/optiml_demo_cpu.gin"),
+    ("models/mistral_7b.gin", "runs/ipt_synthesizer.gin"),
+    ("models/decoder_tiny.gin", "runs/ipt_synthesizer.gin", "runs/ipt_synthesizer_cpu.gin"),
+    ("models/decoder_tiny.gin", "runs/ipt_pretrain.gin"),
+    ("models/decoder_tiny.gin", "runs/ipt_pretrain.gin", "runs/ipt_pretrain_demo_cpu.gin"),
+    ("models/llama3_8b.gin", "runs/ipt_continual.gin"),
 )
 
 

@@ -139,6 +139,12 @@ def flags_from_gin(argv: list[str]) -> list[str]:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flan-jax infer", description=__doc__.split("\n")[0])
     add_checkpoint_arguments(parser)
+    add_decode_arguments(parser, max_decode_len=128)
+    return parser
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser, *, max_decode_len: int) -> None:
+    """The decoding flags `decode_config_from_args` reads (shared with `synthesize`)."""
     parser.add_argument("--decode", choices=("greedy", "sample", "beam"), default="greedy")
     parser.add_argument("--num_beams", type=flag_types.positive_int, default=4)
     parser.add_argument(
@@ -148,8 +154,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_k", type=flag_types.non_negative_int, default=0)
     parser.add_argument("--top_p", type=flag_types.probability, default=1.0)
     parser.add_argument("--seed", type=flag_types.non_negative_int, default=0)
-    parser.add_argument("--max_decode_len", type=flag_types.positive_int, default=128)
-    return parser
+    parser.add_argument("--max_decode_len", type=flag_types.positive_int, default=max_decode_len)
 
 
 def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:

@@ -36,13 +36,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "CoT distillation: teacher store, alignment, training, model selection",
     ),
     "data": ("flan_jax.cli.data", "export rendered mixtures to JSONL / ArrayRecord"),
+    "synthesize": (
+        "flan_jax.cli.synthesize",
+        "instruction-response pairs for raw texts (Instruction Pre-Training)",
+    ),
     "tasks": ("flan_jax.cli.tasks", "list, show and preview registered tasks"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: flan-jax COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<9} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items()]
     lines += [
         "",
         "`flan-jax COMMAND --help` describes a command's arguments; `--debug` (or",

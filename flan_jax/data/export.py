@@ -26,7 +26,8 @@ manifest (also replaced atomically) records it together with the sampler state: 
 generator's state, how many examples each task stream has consumed and which streams
 are exhausted. A killed export restarts from the last recorded shard by reopening each
 task stream past the examples it already consumed, so the resumed output is identical to
-an uninterrupted one: no duplicates, no gaps.
+an uninterrupted one: no duplicates, no gaps. This shard-then-manifest protocol
+(`open_sharded_output`, `write_manifest`) is shared with `flan_jax.ipt.synthesis`.
 
 A task whose stream runs out leaves the draw and the remaining rates are renormalised;
 the export ends at `max_examples` or when every stream is exhausted.
@@ -287,24 +288,19 @@ def _write_shard(path: str, export_format: str, sampler: MixtureSampler, budget:
 
 
 def _start_manifest(
-    config: ExportConfig, task_rates: Sequence[tuple[seqio.Task, float]], sampler: MixtureSampler
+    task_rates: Sequence[tuple[seqio.Task, float]], sampler: MixtureSampler
 ) -> dict[str, Any]:
-    manifest: dict[str, Any] = {"version": MANIFEST_VERSION}
-    manifest.update({field: getattr(config, field) for field in _RESUME_FIELDS})
-    manifest.update(
-        {
-            "rates": {task.name: rate for task, rate in task_rates},
-            "shards": [],
-            "num_examples": 0,
-            "complete": False,
-            "state": sampler.get_state(),
-        }
-    )
-    return manifest
+    return {
+        "rates": {task.name: rate for task, rate in task_rates},
+        "shards": [],
+        "num_examples": 0,
+        "complete": False,
+        "state": sampler.get_state(),
+    }
 
 
 def read_manifest(out_dir: str) -> dict[str, Any] | None:
-    """The manifest of an export directory, or None when there is none."""
+    """The manifest of an export (or other sharded output) directory, or None when none."""
     path = os.path.join(out_dir, MANIFEST_NAME)
     if not os.path.exists(path):
         return None
@@ -312,30 +308,66 @@ def read_manifest(out_dir: str) -> dict[str, Any] | None:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"{path}: cannot read the export manifest: {e}") from e
+        raise ExportError(f"{path}: cannot read the manifest: {e}") from e
 
 
-def _check_resumable(
-    manifest: Mapping[str, Any], config: ExportConfig, rates: Mapping[str, float]
-) -> None:
-    path = os.path.join(config.out_dir, MANIFEST_NAME)
+def write_manifest(out_dir: str, manifest: Mapping[str, Any]) -> None:
+    """Replaces the directory's manifest atomically (after the shard it records is in place)."""
+    file_io.write_json_atomically(os.path.join(out_dir, MANIFEST_NAME), manifest)
+
+
+def open_sharded_output(
+    out_dir: str, *, settings: Mapping[str, Any], start: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """The manifest of a resumable sharded output directory: a new one, or the one to resume.
+
+    The protocol of every resumable writer (the export, `flan_jax.ipt.synthesis`): a shard
+    is written to a temporary file and renamed into place, then the manifest recording it
+    is replaced atomically, so a killed writer loses at most the shard it was writing.
+
+    A directory without a manifest gets `{"version", **settings, **start()}`, written
+    before any shard. An existing manifest must have been written with the same version
+    and `settings` (compared as JSON values); the temporary file of a shard a killed writer
+    was writing is removed.
+
+    Args:
+      out_dir: the directory (created if missing); one writer owns it.
+      settings: the arguments that decide the output; a resume must repeat them.
+      start: the writer's own fields of a new manifest (shard list, progress, state).
+
+    Raises:
+      ExportError: the manifest is unreadable or was written with other settings.
+    """
+    settings = json.loads(json.dumps(settings))  # tuples as lists, as read back
+    os.makedirs(out_dir, exist_ok=True)
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        manifest = {"version": MANIFEST_VERSION, **settings, **start()}
+        write_manifest(out_dir, manifest)
+        return manifest
+    path = os.path.join(out_dir, MANIFEST_NAME)
     if manifest.get("version") != MANIFEST_VERSION:
         raise ExportError(
             f"{path}: version {manifest.get('version')!r} is not "
-            f"{MANIFEST_VERSION}; export to a new directory."
+            f"{MANIFEST_VERSION}; write to a new directory."
         )
-    for field in _RESUME_FIELDS:
-        if manifest.get(field) != getattr(config, field):
+    for field, value in settings.items():
+        if manifest.get(field) != value:
             raise ExportError(
-                f"{path}: field {field!r} is {manifest.get(field)!r} but this export asks for "
-                f"{getattr(config, field)!r}; resume with the same arguments or use a new "
-                "output directory."
+                f"{path}: field {field!r} is {manifest.get(field)!r} but this run asks for "
+                f"{value!r}; resume with the same arguments or use a new output directory."
             )
+    file_io.remove_temporary_files(out_dir)  # the shard a killed writer was writing
+    return manifest
+
+
+def _check_rates(manifest: Mapping[str, Any], config: ExportConfig, rates: Mapping[str, float]):
     if manifest["rates"] != dict(rates):
         changed = sorted(set(manifest["rates"].items()) ^ set(rates.items()))
         raise ExportError(
-            f"{path}: the tasks or rates of {config.name!r} changed since the "
-            f"export started (differences: {changed[:5]}); use a new directory."
+            f"{os.path.join(config.out_dir, MANIFEST_NAME)}: the tasks or rates of "
+            f"{config.name!r} changed since the export started (differences: {changed[:5]}); "
+            "use a new directory."
         )
 
 
@@ -355,15 +387,13 @@ def export_mixture(
     """
     task_rates = get_task_rates(config.name, config.split)
     sampler = MixtureSampler(task_rates, split=config.split, seed=config.seed)
-    os.makedirs(config.out_dir, exist_ok=True)
-    manifest = read_manifest(config.out_dir)
-    if manifest is None:
-        manifest = _start_manifest(config, task_rates, sampler)
-        file_io.write_json_atomically(os.path.join(config.out_dir, MANIFEST_NAME), manifest)
-    else:
-        _check_resumable(manifest, config, {task.name: rate for task, rate in task_rates})
-        file_io.remove_temporary_files(config.out_dir)  # the shard a killed export was writing
-        sampler.set_state(manifest["state"])
+    manifest = open_sharded_output(
+        config.out_dir,
+        settings={field: getattr(config, field) for field in _RESUME_FIELDS},
+        start=lambda: _start_manifest(task_rates, sampler),
+    )
+    _check_rates(manifest, config, {task.name: rate for task, rate in task_rates})
+    sampler.set_state(manifest["state"])  # a new manifest holds the initial state
     while not manifest["complete"]:
         budget = config.examples_per_shard
         if config.max_examples is not None:
@@ -375,7 +405,7 @@ def export_mixture(
         manifest["num_examples"] += count
         manifest["state"] = sampler.get_state()
         manifest["complete"] = count < budget or manifest["num_examples"] == config.max_examples
-        file_io.write_json_atomically(os.path.join(config.out_dir, MANIFEST_NAME), manifest)
+        write_manifest(config.out_dir, manifest)
         if on_shard is not None and count:
             on_shard(count)
     return manifest

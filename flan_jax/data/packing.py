@@ -60,6 +60,12 @@ and row 1 holds A alone: targets `[11, 12, 1, 21, 1, 0, ...]`, inputs `[2, 11, 1
 0, ...]`. Decoder-only rows always carry segment ids and positions, packed or not: token 0
 is a real token in Hugging Face vocabularies, so padding is segment id 0, never token 0.
 
+An example may carry `targets_loss_mask` (0/1, as long as its targets): the target part's loss
+weights are multiplied by it, packed or not, in both formats (an instruction synthesizer
+learns only its pairs, `flan_jax/ipt/format.py`). In the decoder-only example above, B with
+`targets_loss_mask=[0, 1, 1]` would give row 0 the weights `[0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1,
+1, 1, 0]`. An example without it weighs as before (all ones).
+
 Unpacked conversion (`pad_examples`) puts one example per row. For the encoder-decoder it
 matches seqio's `EncDecFeatureConverter(pack=False)` exactly, including its shift over the
 whole row; for the decoder-only format it is the packed layout with one example per row.
@@ -98,6 +104,8 @@ DECODER_ONLY_FEATURES = (
     "decoder_loss_weights",
 )
 PREFIX_LM_FEATURE = "decoder_causal_attention"
+# Optional example feature: 0/1 per target token, multiplied into its loss weight.
+TARGETS_LOSS_MASK = "targets_loss_mask"
 
 Example = Mapping[str, np.ndarray]
 
@@ -178,7 +186,9 @@ class EncoderDecoderFormat:
             ),
             "decoder_segment_ids": dec_segments,
             "decoder_positions": dec_positions,
-            "decoder_loss_weights": (dec_segments > 0).astype(np.int32),
+            "decoder_loss_weights": _apply_targets_loss_mask(
+                (dec_segments > 0).astype(np.int32), examples, rows, lengths.targets
+            ),
         }
 
     def make_unpacked_features(
@@ -262,7 +272,9 @@ class DecoderOnlyFormat:
             ),
             "decoder_segment_ids": segment_ids,
             "decoder_positions": positions,
-            "decoder_loss_weights": weighted.astype(np.int32),
+            "decoder_loss_weights": _apply_targets_loss_mask(
+                weighted.astype(np.int32), examples, rows, length, with_inputs=True
+            ),
         }
         if self.prefix_lm:
             # The start token and the inputs; the last input predicts the first target.
@@ -296,11 +308,55 @@ def check_layout(*, feature_format: FeatureFormat, loss_on_inputs: bool) -> None
 
 
 def trim_example(example: Example, lengths: FeatureLengths) -> dict[str, np.ndarray]:
-    """Cuts inputs and targets to their lengths (a safety net: seqio already trims)."""
-    return {
+    """Cuts inputs and targets (and `targets_loss_mask`) to their lengths.
+
+    A safety net for the tokens, which seqio already trims; seqio does not trim the mask,
+    which is not an output feature, so this is where it is cut with its targets (it may
+    arrive longer than targets seqio has cut).
+
+    Raises:
+      ValueError: `targets_loss_mask` is shorter than the targets or not 0/1.
+    """
+    targets = np.asarray(example["targets"], np.int32)
+    trimmed = {
         "inputs": np.asarray(example["inputs"], np.int32)[: lengths.inputs],
-        "targets": np.asarray(example["targets"], np.int32)[: lengths.targets],
+        "targets": targets[: lengths.targets],
     }
+    if TARGETS_LOSS_MASK in example:
+        mask = np.asarray(example[TARGETS_LOSS_MASK], np.int32)
+        if mask.ndim != 1 or len(mask) < len(targets) or not np.isin(mask, (0, 1)).all():
+            raise ValueError(
+                f"{TARGETS_LOSS_MASK} must hold 0/1 for each target token; got shape "
+                f"{mask.shape} values {np.unique(mask).tolist()} for targets of shape "
+                f"{targets.shape}."
+            )
+        trimmed[TARGETS_LOSS_MASK] = mask[: len(trimmed["targets"])]
+    return trimmed
+
+
+def _apply_targets_loss_mask(
+    weights: np.ndarray,
+    examples: Sequence[Example],
+    rows: Sequence[Sequence[int]],
+    length: int,
+    *,
+    with_inputs: bool = False,
+) -> np.ndarray:
+    """`weights` [rows, length] times the examples' `targets_loss_mask` laid out alike.
+
+    `with_inputs`: the stream holds `inputs ++ targets` (decoder-only); the inputs keep
+    their weights. Without any mask in the buffer, `weights` comes back untouched.
+    """
+    if not any(TARGETS_LOSS_MASK in e for e in examples):
+        return weights
+    masks = []
+    for e in examples:
+        mask = e.get(TARGETS_LOSS_MASK, np.ones(len(e["targets"]), np.int32))
+        masks.append(
+            np.concatenate([np.ones(len(e["inputs"]), np.int32), mask]) if with_inputs else mask
+        )
+    mask_stream, _, _ = _fill_stream(masks, rows, length)
+    return weights * mask_stream
 
 
 def _best_fit(

@@ -16,7 +16,8 @@ and serves batches of `batch_size // num_shards` rows:
 The rows are laid out in the model's feature format (`Model.feature_format`): encoder-
 decoder rows as above, or, with `feature_format=packing.DecoderOnlyFormat()`, one decoder
 stream of `inputs + targets` tokens (`[8, 96]` here) with the loss on the targets only
-(`loss_on_inputs=False`) or on every real token.
+(`loss_on_inputs=False`) or on every real token. An example's `targets_loss_mask`, when the
+task has one, is kept and multiplies the target loss weights (`packing.TARGETS_LOSS_MASK`).
 
 Everything a batch depends on is a function of (seed, shard, position), so the position
 (buffer index, rows already served from that buffer) is the whole state. Restoring replays
@@ -186,7 +187,8 @@ class TrainIterator:
             shard_info=seqio.ShardInfo(config["shard_index"], config["num_shards"]),
             num_epochs=self._num_epochs,
         )
-        dataset = dataset.map(lambda ex: {k: ex[k] for k in ("inputs", "targets") if k in ex})
+        kept = ("inputs", "targets", packing.TARGETS_LOSS_MASK)
+        dataset = dataset.map(lambda ex: {k: ex[k] for k in kept if k in ex})
         return dataset.skip(skip).as_numpy_iterator()
 
     def _load_buffer(self) -> bool:
@@ -194,7 +196,7 @@ class TrainIterator:
         if self._examples is None:
             self._examples = self._open_examples(self._buffer_index * self._config["buffer_size"])
         examples = [
-            {"inputs": ex.get("inputs", np.zeros([0], np.int32)), "targets": ex["targets"]}
+            {"inputs": np.zeros([0], np.int32), **ex}
             for ex in itertools.islice(self._examples, self._config["buffer_size"])
         ]
         if not examples:

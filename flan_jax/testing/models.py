@@ -229,3 +229,39 @@ def write_test_sentencepiece(
             sentences, str(Path(out_dir) / "test_spiece"), vocab_size
         )
     )
+
+
+def save_tiny_demo_decoder_checkpoint(root: Path, *, step: int) -> tuple[Path, Any, DecoderConfig]:
+    """A random tiny f32 decoder checkpoint over the demo vocabulary, under ``root``.
+
+    Returns (checkpoint directory, params, config); the vocabulary is built in
+    ``root / "vocab"``.
+    """
+    import jax
+
+    from flan_jax import checkpoints
+    from flan_jax.models import decoder
+    from flan_jax.tasks import demo
+
+    config = DecoderConfig(
+        vocab_size=1024,  # the demo vocabulary's 1000 ids
+        emb_dim=32,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        mlp_dim=48,
+        num_layers=2,
+        tie_word_embeddings=True,
+        dtype="float32",
+    )
+    vocabulary = demo.get_demo_vocabulary(str(root / "vocab"))
+    params = decoder.init_params(config, jax.random.key(0))
+    ckpt = checkpoints.save_model_checkpoint(
+        root / "ckpt",
+        params=params,
+        config=config,
+        vocab_path=vocabulary.sentencepiece_model_file,
+        extra_ids=0,
+        step=step,
+    )
+    return Path(ckpt), params, config

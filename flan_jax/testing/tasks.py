@@ -29,3 +29,15 @@ def forget_tasks(source: str, datasets: Iterable[str] | None = None) -> None:
             continue
         if task_id.source == source and (wanted is None or task_id.dataset in wanted):
             seqio.TaskRegistry.remove(name)
+
+
+def forget_tasks_named(prefix: str) -> None:
+    """Removes every registered task and mixture whose name starts with `prefix`.
+
+    For registries outside the naming scheme of `forget_tasks` (e.g. the Instruction
+    Pre-Training synthesizer data, `ipt_synthesizer__<source>__<dataset>`).
+    """
+    for registry in (seqio.TaskRegistry, seqio.MixtureRegistry):
+        for name in list(registry.names()):
+            if name.startswith(prefix):
+                registry.remove(name)

@@ -23,7 +23,7 @@ the file (and line).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import seqio
 import tensorflow as tf
@@ -107,14 +107,22 @@ def chunk_targets(
     dataset: tf.data.Dataset,
     sequence_length: Mapping[str, int] | None,
     output_features: Mapping[str, seqio.Feature],
+    *,
+    append_eos: bool = True,
 ) -> tf.data.Dataset:
-    """Appends EOS to each tokenised document and cuts it into target-length chunks."""
+    """Appends EOS to each tokenised document and cuts it into target-length chunks.
+
+    With `append_eos=False` the tokens are cut as they are (token streams that already end
+    with an EOS, e.g. the instruction synthesizer's training data).
+    """
     vocabulary = output_features["targets"].vocabulary
     length = None if sequence_length is None else sequence_length.get("targets")
 
     def split(example):
         tokens = example["targets"]
-        tokens = tf.concat([tokens, tf.constant([vocabulary.eos_id], tokens.dtype)], axis=0)
+        if append_eos:
+            eos = tf.constant([vocabulary.eos_id], tokens.dtype)
+            tokens = tf.concat([tokens, eos], axis=0)
         chunk = (
             tf.size(tokens, out_type=tf.int64) if length is None else tf.constant(length, tf.int64)
         )
@@ -131,6 +139,50 @@ def chunk_targets(
     return dataset.flat_map(split)
 
 
+def register_document_task(
+    name: str,
+    *,
+    iterate_texts: Callable[[], Iterable[str]],
+    vocabulary: seqio.Vocabulary,
+) -> str:
+    """Registers (or replaces) task `name`: the texts of `iterate_texts()`, targets only.
+
+    Each text is tokenised and cut by `chunk_targets`, so the task's examples hold empty
+    `inputs` and every token is a target. `iterate_texts` is called each time the task's
+    data is read (a new epoch), never at registration. The output features are the
+    instruction tasks' (`sources.make_output_features`), so the task mixes with them. Other
+    corpora of plain documents (e.g. the instruction-augmented ones of `flan_jax.ipt`)
+    register through this function too.
+    """
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        del split, shuffle_files, seed  # One stream; the pipeline shuffles examples.
+
+        def examples() -> Iterator[dict[str, str]]:
+            for text in iterate_texts():
+                yield {"inputs": "", "targets": text}
+
+        # carry_user_errors lets the CLI report the user error (e.g. a CorpusError naming
+        # file:line) that tf.data wraps.
+        return tf.data.Dataset.from_generator(
+            lambda: errors.carry_user_errors(examples),
+            output_signature={
+                "inputs": tf.TensorSpec([], tf.string),
+                "targets": tf.TensorSpec([], tf.string),
+            },
+        )
+
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)  # A new corpus or vocabulary replaces the old task.
+    seqio.TaskRegistry.add(
+        name,
+        source=seqio.FunctionDataSource(dataset_fn, splits=["train"]),
+        preprocessors=[seqio.preprocessors.tokenize, chunk_targets],
+        output_features=sources.make_output_features(vocabulary),
+    )
+    return name
+
+
 def register_pretrain_text_task(
     name: str,
     *,
@@ -141,34 +193,13 @@ def register_pretrain_text_task(
 ) -> str:
     """Registers (or replaces) task `name` over the corpus at `path`; returns `name`.
 
-    The corpus is checked to exist now and read when the task's data is read. The output
-    features are the instruction tasks' (`sources.make_output_features`), so the task
-    mixes with them.
+    The corpus is checked to exist now and read when the task's data is read
+    (`register_document_task`).
     """
     check_corpus_path(path)
 
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        del split, shuffle_files, seed  # One file; the pipeline shuffles examples.
+    def iterate_texts() -> Iterator[str]:
+        for _, text in iterate_documents(path, documents=documents, jsonl_field=jsonl_field):
+            yield text
 
-        def examples() -> Iterator[dict[str, str]]:
-            for _, text in iterate_documents(path, documents=documents, jsonl_field=jsonl_field):
-                yield {"inputs": "", "targets": text}
-
-        # carry_user_errors lets the CLI report the CorpusError that tf.data wraps.
-        return tf.data.Dataset.from_generator(
-            lambda: errors.carry_user_errors(examples),
-            output_signature={
-                "inputs": tf.TensorSpec([], tf.string),
-                "targets": tf.TensorSpec([], tf.string),
-            },
-        )
-
-    if name in seqio.TaskRegistry.names():
-        seqio.TaskRegistry.remove(name)  # A new path or vocabulary replaces the old task.
-    seqio.TaskRegistry.add(
-        name,
-        source=seqio.FunctionDataSource(dataset_fn, splits=["train"]),
-        preprocessors=[seqio.preprocessors.tokenize, chunk_targets],
-        output_features=sources.make_output_features(vocabulary),
-    )
-    return name
+    return register_document_task(name, iterate_texts=iterate_texts, vocabulary=vocabulary)

@@ -44,6 +44,9 @@ EXPORT = ("data", "export", "--mixture", "demo_mixture", "--max_examples", "4")
 SELECT = ("distill", "select", "--checkpoint_dir", "{dir}/empty", "--dev", "gsm8k")
 EVAL = ("eval", "--checkpoint", "{dir}/empty", "--out", "{dir}/new/eval")
 GENERATE = ("distill", "generate", "--teacher", "{dir}/empty", "--out", "{dir}/new/store")
+SYNTHESIZE = ("synthesize", "--synthesizer", "{dir}/empty", "--out", "{dir}/new/synth")
+SYNTHESIZE += ("--rounds", "2", "--pairs_per_text", "3")
+SYNTHESIZE_GOOD = (*SYNTHESIZE, "--input", "{dir}/texts.jsonl")
 
 # A fourth item marks a case whose error comes after the (cheap) T5Model object was built,
 # though before any JAX work.
@@ -237,6 +240,22 @@ CASES = [
         ),
         "not a teacher store",
     ),
+    # --- synthesize: input texts and flags, before any checkpoint is read ---
+    (
+        "synthesize-missing-text",
+        (*SYNTHESIZE, "--input", "{dir}/good.jsonl"),
+        "good.jsonl:1: missing field 'text'",
+    ),
+    (
+        "synthesize-text-not-string",
+        (*SYNTHESIZE, "--input", "{dir}/texts_bad.jsonl"),
+        "texts_bad.jsonl:2: field 'text' must be a string",
+    ),
+    ("synthesize-missing-input", (*SYNTHESIZE, "--input", "{dir}/none.jsonl"), "none.jsonl"),
+    ("synthesize-rounds-0", (*SYNTHESIZE_GOOD, "--rounds", "0"), "--rounds"),
+    ("synthesize-shard-not-groups", (*SYNTHESIZE_GOOD, "--shard_size", "5"), "multiple of rounds"),
+    ("synthesize-out-is-a-file", (*SYNTHESIZE_GOOD, "--out", "{dir}/good.jsonl"), "good.jsonl"),
+    ("synthesize-not-a-checkpoint", SYNTHESIZE_GOOD, "{dir}/empty"),
     # --- the command itself ---
     ("unknown-command", ("trian",), "trian"),
 ]
@@ -249,6 +268,8 @@ def _write_inputs(root: Path) -> None:
     (root / "bad.jsonl").write_text(json.dumps(GOOD_LINE) + '\n{"inputs": oops}\n')
     (root / "list.jsonl").write_text("[1, 2]\n")
     (root / "no_targets.jsonl").write_text('{"inputs": "x"}\n')
+    (root / "texts.jsonl").write_text('{"text": "The tide follows the moon."}\n')
+    (root / "texts_bad.jsonl").write_text('{"text": "fine"}\n{"text": ["a", "list"]}\n')
     (root / "typo.gin").write_text("# a user's overrides\nTRAIN_STPES = 5\n")
     (root / "syntax.gin").write_text("TRAIN_STEPS = = 5\n")
     (root / "bad_config").mkdir()

@@ -12,9 +12,8 @@ import pytest
 from flan_jax import checkpoints, inference
 from flan_jax.cli import main as cli
 from flan_jax.models import decoder, registry, t5
-from flan_jax.models.config import DecoderConfig, T5Config
-from flan_jax.tasks import demo
-from flan_jax.testing.models import make_tiny_t5_config
+from flan_jax.models.config import T5Config
+from flan_jax.testing.models import make_tiny_t5_config, save_tiny_demo_decoder_checkpoint
 from flan_jax.training import checkpointing
 
 TASK = "demo__arith__zs_noopt"
@@ -24,34 +23,10 @@ LINES = [
 ]
 
 
-def _tiny_decoder_config() -> DecoderConfig:
-    return DecoderConfig(
-        vocab_size=1024,  # the demo vocabulary's 1000 ids
-        emb_dim=32,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        mlp_dim=48,
-        num_layers=2,
-        tie_word_embeddings=True,
-        dtype="float32",
-    )
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("decoder_ckpt")
-    vocabulary = demo.get_demo_vocabulary(str(root / "vocab"))
-    config = _tiny_decoder_config()
-    params = decoder.init_params(config, jax.random.key(0))
-    ckpt = checkpoints.save_model_checkpoint(
-        root / "ckpt",
-        params=params,
-        config=config,
-        vocab_path=vocabulary.sentencepiece_model_file,
-        extra_ids=0,
-        step=3,
-    )
+    ckpt, params, config = save_tiny_demo_decoder_checkpoint(root, step=3)
     with open(root / "in.jsonl", "w") as f:
         f.writelines(json.dumps(line) + "\n" for line in LINES)
     return root, ckpt, params, config
