@@ -370,6 +370,7 @@ def format_table(evaluations: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
         cells = []
         for model in models:
             rows = evaluations[model]
+            row: Mapping[str, Any]
             if cluster == "mean":
                 row = {k: _mean(rows, k) for k in ("accuracy", "rank_accuracy", "target_loss")}
                 chance = _mean(rows, "chance")
@@ -416,19 +417,23 @@ def _caveats(results: Mapping[str, Any]) -> list[str]:
     lines = []
     if ranked and "config" in results:
         n = len(ranked) * results["config"]["max_eval_examples"]
-        p = np.mean([_mean(evaluations[m], "rank_accuracy") for m in (VANILLA, AUGMENTED)]) / 100
+        vanilla_rank = float(_mean(evaluations[VANILLA], "rank_accuracy") or 0.0)
+        augmented_rank = float(_mean(evaluations[AUGMENTED], "rank_accuracy") or 0.0)
+        p = (vanilla_rank + augmented_rank) / 200
         # Binomial standard error of a difference of two accuracies over n examples each.
-        se = 100 * np.sqrt(2 * p * (1 - p) / n)
-        gap = _mean(evaluations[AUGMENTED], "rank_accuracy") - _mean(
-            evaluations[VANILLA], "rank_accuracy"
-        )
+        se = 100 * float(np.sqrt(2 * p * (1 - p) / n))
+        gap = augmented_rank - vanilla_rank
         lines.append(
             f"The rank-classification gap ({gap:+.1f} points over {n} examples per model, one "
             f"seed) is {abs(gap) / se:.1f} binomial standard errors ({se:.1f} points)."
         )
     initial = _mean(evaluations[INITIAL], "target_loss")
     trained = {m: _mean(evaluations[m], "target_loss") for m in (VANILLA, AUGMENTED)}
-    above = [m for m, loss in trained.items() if loss is not None and loss > initial]
+    above = [
+        m
+        for m, loss in trained.items()
+        if loss is not None and initial is not None and loss > initial
+    ]
     if above:
         lines.append(
             f"The untrained initialisation's target loss ({initial:.3g}) is below that of "
