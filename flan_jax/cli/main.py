@@ -27,10 +27,16 @@ DEBUG_ENV = "FLAN_JAX_DEBUG"
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("flan_jax.cli.train", "train a model from gin configs (no arguments: the CPU demo)"),
-    "eval": ("flan_jax.cli.evaluate", "evaluate a checkpoint on seqio tasks from gin configs"),
+    "eval": (
+        "flan_jax.cli.evaluate",
+        "score checkpoints on evaluation suites (flan_t5, math, ...)",
+    ),
     "infer": ("flan_jax.cli.infer", "decode predictions for a JSONL file of inputs"),
     "score": ("flan_jax.cli.score", "log-likelihood of given targets for a JSONL file"),
-    "convert": ("flan_jax.cli.convert", "convert checkpoints to and from Hugging Face T5"),
+    "convert": (
+        "flan_jax.cli.convert",
+        "Hugging Face T5 / OPT / Llama / Mistral checkpoints both ways; merge LoRA adapters",
+    ),
     "distill": (
         "flan_jax.cli.distill",
         "CoT distillation: teacher store, alignment, training, model selection",
