@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gin
 from model_bench import _time
-from train_bench import _ListBatches
+from train_bench import _ListBatches, sample_real_length_examples
 
 from flan_jax.data import file_io, packing
 from flan_jax.models import decoder, decoding
@@ -309,15 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     configs = model_configs()
     names = args.models.split(",") if args.models else (["tiny"] if args.quick else list(configs))
     steps = args.steps or (2 if args.quick else 3)
-    pairs = data_testing.load_instruction_lengths()
-    if not pairs:
+    examples = sample_real_length_examples()
+    if not examples:
         print(f"No real data under {data_testing.shared_data_dir()}; nothing to measure.")
         return 1
-    rng = np.random.default_rng(0)
-    sample = [
-        pairs[int(i)] for i in rng.choice(len(pairs), size=min(4096, len(pairs)), replace=False)
-    ]
-    examples = data_testing.make_examples_from_lengths(sample, 0)
     runs = [
         bench_model(name, configs[name], examples, steps, 1 if args.quick else 2) for name in names
     ]

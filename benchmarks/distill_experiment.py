@@ -44,6 +44,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
+import experiment_io
 import jax
 import numpy as np
 from matplotlib.figure import Figure  # The object API: no pyplot state, no display backend.
@@ -427,7 +428,7 @@ def plot_results(results: dict[str, Any], path: str) -> None:
         axis.legend()
         axis.grid(alpha=0.3)
     fig.tight_layout()
-    file_io.write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+    experiment_io.save_png(fig, path)
 
 
 def run_experiment(

@@ -39,11 +39,11 @@ import argparse
 import dataclasses
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import experiment_io
 import jax
 import numpy as np
 import t5_sizes
@@ -539,7 +539,7 @@ def plot_cluster_transfer(records: Sequence[Mapping[str, Any]], path: str) -> No
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     fig.tight_layout()
-    file_io.write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+    experiment_io.save_png(fig, path)
 
 
 def plot_optiml_levels(optiml: Mapping[str, Any], path: str) -> None:
@@ -576,7 +576,7 @@ def plot_optiml_levels(optiml: Mapping[str, Any], path: str) -> None:
         axis.grid(alpha=0.3, axis="y")
         axis.legend(fontsize=8)
     fig.tight_layout()
-    file_io.write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+    experiment_io.save_png(fig, path)
 
 
 def run_experiment(
@@ -589,11 +589,7 @@ def run_experiment(
     """Runs both phases and writes `{NAME}.md`, `{NAME}.json` and the two PNGs."""
     start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
-    work_dir = work_dir or tempfile.mkdtemp(prefix=f"{NAME}_")
-    # Every run builds a fresh jitted train step of the same computation; XLA's persistent
-    # cache compiles it once (about 10 s saved per run on a 2-core CPU).
-    jax.config.update("jax_compilation_cache_dir", os.path.join(work_dir, "xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    work_dir = experiment_io.make_work_dir(f"{NAME}_", work_dir)
     vocabulary = demo.get_demo_vocabulary()
     demo.register_demo_tasks(vocabulary)
     model_config = tiny_t5_config(-(-vocabulary.vocab_size // 128) * 128)
@@ -601,7 +597,7 @@ def run_experiment(
         config,
         t5.T5Model(model_config),
         vocabulary,
-        work_dir or tempfile.mkdtemp(prefix=f"{NAME}_"),
+        work_dir,
     )
     cluster_records = run_cluster_transfer(harness)
     optiml = run_optiml_levels(harness) if config.optiml else None

@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -59,7 +58,8 @@ from flan_jax.tasks import demo
 from flan_jax.training import task_eval, trainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from heldout_experiment import rank_classification_scores  # noqa: E402  (a sibling script)
+import experiment_io  # noqa: E402  (sibling scripts)
+from heldout_experiment import rank_classification_scores  # noqa: E402
 
 _LOG = logging.getLogger(__name__)
 NAME = "ipt_experiment"
@@ -536,7 +536,7 @@ def plot_results(results: Mapping[str, Any], path: str) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     fig.tight_layout()
-    file_io.write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+    experiment_io.save_png(fig, path)
 
 
 def run_experiment(
@@ -549,11 +549,7 @@ def run_experiment(
     """Runs the five phases and writes `{NAME}.md`, `{NAME}.json` and `{NAME}.png`."""
     start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
-    work_dir = work_dir or tempfile.mkdtemp(prefix=f"{NAME}_")
-    os.makedirs(work_dir, exist_ok=True)
-    # The two pre-training runs jit the same train step; XLA's persistent cache compiles once.
-    jax.config.update("jax_compilation_cache_dir", os.path.join(work_dir, "xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    work_dir = experiment_io.make_work_dir(f"{NAME}_", work_dir)
     absl_logging.set_verbosity(absl_logging.ERROR)  # seqio's per-task "not cached" warnings
     vocabulary = demo.get_demo_vocabulary()
     demo.register_demo_tasks(vocabulary)

@@ -281,21 +281,29 @@ def print_tables(peak: float, runs: list[dict], packing_rows: list[dict]) -> Non
         )
 
 
+def sample_real_length_examples(count: int = 4096) -> list[dict]:
+    """Random-token examples with the (input, target) lengths of ``count`` real instruction
+    examples (seeded); empty when ``../shared/data`` is absent."""
+    pairs = data_testing.load_instruction_lengths()
+    if not pairs:
+        return []
+    rng = np.random.default_rng(0)
+    sample = [
+        pairs[int(i)] for i in rng.choice(len(pairs), size=min(count, len(pairs)), replace=False)
+    ]
+    return data_testing.make_examples_from_lengths(sample, 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer timed steps")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per framework")
     args = parser.parse_args(argv)
     steps = args.steps or (2 if args.quick else 5)
-    pairs = data_testing.load_instruction_lengths()
-    if not pairs:
+    examples = sample_real_length_examples()
+    if not examples:
         print(f"No real data under {data_testing.shared_data_dir()}; nothing to measure.")
         return 1
-    rng = np.random.default_rng(0)
-    sample = [
-        pairs[int(i)] for i in rng.choice(len(pairs), size=min(4096, len(pairs)), replace=False)
-    ]
-    examples = data_testing.make_examples_from_lengths(sample, 0)
     peak = measure_matmul_peak()
     runs = [bench_size(size, examples, steps, peak) for size in SIZES]
     packing_rows = bench_packing(examples[: 2048 if args.quick else 4096])

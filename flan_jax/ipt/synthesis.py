@@ -375,9 +375,8 @@ def synthesize_corpus(
             "complete": summary.num_texts == 0,
         },
     )
-    texts = read_texts(input_path)
-    for _ in itertools.islice(texts, manifest["num_texts"]):
-        pass  # texts of the recorded shards
+    # Past the texts of the shards already recorded.
+    texts = itertools.islice(read_texts(input_path), manifest["num_texts"], None)
     key = jax.random.key(predictor.config.seed)
     while not manifest["complete"]:
         index = len(manifest["shards"])

@@ -7,12 +7,14 @@ package. torch and transformers are imported inside the functions (test referenc
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from flan_jax.data import file_io
+from flan_jax.testing.models import random_sentences
 
 # Hugging Face configs of the parity tests: odd head counts, kv_heads < heads, tied and
 # untied output, Llama with biases on every projection, OPT's post-norm with
@@ -144,13 +146,6 @@ def hf_state_dict_numpy(model: Any) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()}
 
 
-_WORDS = (
-    "the a model learns to answer questions about numbers and words quickly seven eight "
-    "nine ten cat dog bird tree river mountain question answer yes no because therefore "
-    "first then finally translate summarize"
-).split()
-
-
 def write_test_tokenizer(
     out_dir: str | os.PathLike, *, vocab_size: int = 300, with_config: bool = True
 ) -> Path:
@@ -168,7 +163,7 @@ def write_test_tokenizer(
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     rng = np.random.default_rng(0)
-    sentences = [" ".join(rng.choice(_WORDS, size=int(rng.integers(3, 12)))) for _ in range(500)]
+    sentences = random_sentences(rng, 500)
     tokenizer = tokenizers.Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -185,5 +180,5 @@ def write_test_tokenizer(
     tokenizer.save(str(path))
     if with_config:
         special = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
-        (out_dir / "tokenizer_config.json").write_text(json.dumps(special) + "\n")
+        file_io.write_json_atomically(out_dir / "tokenizer_config.json", special, indent=None)
     return path

@@ -7,6 +7,7 @@ random weights, and the SentencePiece model is trained on a few generated senten
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,13 @@ _WORDS = (
 ).split()
 
 
+def random_sentences(
+    rng: np.random.Generator, count: int, words: Sequence[str] = tuple(_WORDS)
+) -> list[str]:
+    """`count` sentences of 3 to 11 words drawn from `words`: tokenizer training text."""
+    return [" ".join(rng.choice(words, size=int(rng.integers(3, 12)))) for _ in range(count)]
+
+
 def write_test_sentencepiece(
     out_dir: str | os.PathLike, *, vocab_size: int = 96, seed: int = 0
 ) -> Path:
@@ -223,7 +231,7 @@ def write_test_sentencepiece(
     ]
     invented = ["".join(rng.choice(syllables, size=int(rng.integers(1, 4)))) for _ in range(300)]
     words = list(_WORDS) + invented
-    sentences = [" ".join(rng.choice(words, size=int(rng.integers(3, 12)))) for _ in range(2000)]
+    sentences = random_sentences(rng, 2000, words)
     return Path(
         vocabularies.build_sentencepiece_model(
             sentences, str(Path(out_dir) / "test_spiece"), vocab_size
