@@ -438,17 +438,27 @@ class MultiHeadAttention(nn.Module):
         value = nn.with_logical_constraint(value, ("batch", "length", kv_axis, "kv"))
 
         batch, q_len = query.shape[:2]
-        # [batch, q, kv_heads, group, kv]: query head j reads key/value head j // group.
-        grouped = query.reshape(batch, q_len, kv_heads, self.num_heads // kv_heads, -1)
-        logits = jnp.einsum("bqhgd,bkhd->bhgqk", grouped, key)
-        logits = logits.reshape(batch, self.num_heads, q_len, -1)  # [batch, heads, q, k]
+        group = self.num_heads // kv_heads
+        if group == 1:
+            # One key/value head per query head (T5): the plain einsums. The grouped form
+            # below is the same sum but compiles to other reductions, which changes T5's
+            # float rounding (and the demo's trained numbers).
+            logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)  # [batch, heads, q, k]
+        else:
+            # [batch, q, kv_heads, group, kv]: query head j reads key/value head j // group.
+            grouped = query.reshape(batch, q_len, kv_heads, group, -1)
+            logits = jnp.einsum("bqhgd,bkhd->bhgqk", grouped, key)
+            logits = logits.reshape(batch, self.num_heads, q_len, -1)
         if bias is not None:
             logits = logits + bias.astype(logits.dtype)
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-        weights = weights.reshape(batch, kv_heads, -1, q_len, weights.shape[-1])
-        mixed = jnp.einsum("bhgqk,bkhd->bqhgd", weights, value)
-        mixed = mixed.reshape(batch, q_len, self.num_heads, -1)  # [batch, q, heads, kv]
+        if group == 1:
+            mixed = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [batch, q, heads, kv]
+        else:
+            weights = weights.reshape(batch, kv_heads, group, q_len, weights.shape[-1])
+            mixed = jnp.einsum("bhgqk,bkhd->bqhgd", weights, value)
+            mixed = mixed.reshape(batch, q_len, self.num_heads, -1)
         out = EinsumDense(
             (self.num_heads, self.head_dim, emb_dim),
             ("heads", "kv", "embed"),
