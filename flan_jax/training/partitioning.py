@@ -13,6 +13,14 @@ axis, replicated over data); a batch ``[batch, length]`` gets
 ``PartitionSpec(("data", "fsdp"), None)``, i.e. 4 batch shards, each replicated over the 2
 model devices.
 
+Multi-slice (several TPU slices joined over the data-center network, DCN):
+``MeshConfig(num_slices=2, fsdp=4)`` on 2 slices of 16 chips builds the mesh with
+``jax.experimental.mesh_utils.create_hybrid_device_mesh``: the ``data`` axis has
+``2 * 4`` entries, slice-major (entries ``0..3`` are slice 0's devices, ``4..7`` slice
+1's), while every ``fsdp`` and ``model`` group lies inside one slice. Only the gradient
+all-reduce of data parallelism crosses the slow DCN links; the parameter all-gathers of
+fsdp and the activations of tensor parallelism stay on the fast inter-chip links (ICI).
+
 Multi-host: every process reads only its own rows of the global batch (see
 :func:`get_local_batch_rows`) and :func:`make_global_batch` assembles the global
 ``jax.Array`` with ``jax.make_array_from_process_local_data``.
@@ -20,6 +28,7 @@ Multi-host: every process reads only its own rows of the global batch (see
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
 import logging
@@ -29,6 +38,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flan_jax.errors import ConfigError
@@ -104,19 +114,30 @@ is replicated.
 class MeshConfig:
     """Sizes of the ``("data", "fsdp", "model")`` device mesh.
 
+    ``data``, ``fsdp`` and ``model`` are the sizes inside one slice (all devices when
+    ``num_slices == 1``); the mesh's ``data`` axis is ``num_slices * data`` long.
+
     Attributes:
         data: Data-parallel size; ``-1`` means "all devices the other axes leave".
         fsdp: Size of the axis that, under the ``"2d"`` rules, also shards parameters.
             ``-1`` allowed (at most one axis may be ``-1``).
         model: Tensor-parallel size (vocab, mlp, heads split). ``-1`` allowed.
+        num_slices: TPU slices the run spans (a multi-slice queued resource's node count);
+            data parallelism crosses the slices over DCN, fsdp and model stay inside one.
     """
 
     data: int = -1
     fsdp: int = 1
     model: int = 1
+    num_slices: int = 1
 
     def __post_init__(self) -> None:
-        sizes = dataclasses.asdict(self)
+        if not isinstance(self.num_slices, int) or self.num_slices < 1:
+            raise ConfigError(
+                "MeshConfig.num_slices must be a positive int (the TPU slices of the run); "
+                f"got {self.num_slices!r}"
+            )
+        sizes = self._slice_sizes()
         for name, size in sizes.items():
             if not isinstance(size, int) or (size < 1 and size != -1):
                 raise ConfigError(
@@ -128,39 +149,123 @@ class MeshConfig:
                 f"MeshConfig: at most one axis may be -1 (the remaining devices); got {sizes}"
             )
 
+    def _slice_sizes(self) -> dict[str, int]:
+        """The per-slice axis sizes as configured (``-1`` unresolved)."""
+        return {"data": self.data, "fsdp": self.fsdp, "model": self.model}
+
+    def resolve_slice(self, num_devices: int) -> tuple[int, int, int]:
+        """The concrete per-slice ``(data, fsdp, model)`` sizes for ``num_devices`` devices.
+
+        Raises:
+            ValueError: if the devices do not split evenly over the slices, or the sizes
+                do not multiply to one slice's devices.
+        """
+        if num_devices % self.num_slices:
+            raise ValueError(
+                f"MeshConfig.num_slices={self.num_slices} does not divide the {num_devices} "
+                "devices; set num_slices to the node count of the queued resource"
+            )
+        per_slice = num_devices // self.num_slices
+        where = " per slice" if self.num_slices > 1 else ""
+        sizes = list(self._slice_sizes().values())
+        known = int(np.prod([s for s in sizes if s != -1]))
+        if -1 in sizes:
+            if per_slice % known:
+                raise ValueError(
+                    f"MeshConfig {dataclasses.asdict(self)}: {per_slice} devices{where} are "
+                    f"not divisible by the fixed axes' product {known}"
+                )
+            sizes[sizes.index(-1)] = per_slice // known
+        if int(np.prod(sizes)) != per_slice:
+            raise ValueError(
+                f"MeshConfig {dataclasses.asdict(self)} needs {int(np.prod(sizes))} "
+                f"devices{where}, but {per_slice} are available; set one axis to -1 to "
+                "absorb the rest"
+            )
+        return sizes[0], sizes[1], sizes[2]
+
     def resolve(self, num_devices: int) -> tuple[int, int, int]:
-        """Returns the concrete ``(data, fsdp, model)`` sizes for ``num_devices`` devices.
+        """Returns the concrete mesh ``(data, fsdp, model)`` sizes for ``num_devices`` devices.
+
+        The data axis spans the slices: ``num_slices`` times the per-slice data size.
 
         Raises:
             ValueError: if the sizes do not multiply to ``num_devices``.
         """
-        sizes = [self.data, self.fsdp, self.model]
-        known = int(np.prod([s for s in sizes if s != -1]))
-        if -1 in sizes:
-            if num_devices % known:
-                raise ValueError(
-                    f"MeshConfig {dataclasses.asdict(self)}: {num_devices} devices are not "
-                    f"divisible by the fixed axes' product {known}"
-                )
-            sizes[sizes.index(-1)] = num_devices // known
-        if int(np.prod(sizes)) != num_devices:
-            raise ValueError(
-                f"MeshConfig {dataclasses.asdict(self)} needs {int(np.prod(sizes))} devices, "
-                f"but {num_devices} are available; set one axis to -1 to absorb the rest"
-            )
-        return sizes[0], sizes[1], sizes[2]
+        data, fsdp, model = self.resolve_slice(num_devices)
+        return data * self.num_slices, fsdp, model
 
 
 def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """Builds the ``("data", "fsdp", "model")`` mesh over ``devices`` (default: all).
 
-    Devices are laid out by ``jax.make_mesh``, which keeps each process's devices
-    contiguous along the leading axes, so every process holds whole rows of a batch.
+    On one slice, devices are laid out by ``jax.make_mesh``, which keeps each process's
+    devices contiguous along the leading axes, so every process holds whole rows of a
+    batch. On several (``config.num_slices > 1``) see :func:`make_multislice_device_array`.
     """
     devices = list(jax.devices() if devices is None else devices)
-    shape = config.resolve(len(devices))
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+    if config.num_slices == 1:
+        _check_single_slice(devices)
+        shape = config.resolve(len(devices))
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+    device_array = make_multislice_device_array(config, devices)
+    return Mesh(device_array, MESH_AXES, axis_types=auto)
+
+
+def make_multislice_device_array(config: MeshConfig, devices: Sequence[Any]) -> np.ndarray:
+    """The ``[data, fsdp, model]`` array of devices of a multi-slice mesh.
+
+    ``create_hybrid_device_mesh`` lays each slice out for its ICI torus with the per-slice
+    sizes and stacks the slices along ``data`` (DCN shape ``(num_slices, 1, 1)``), ordered
+    by ``slice_index``: ``array[s * data + i]`` is in slice ``s``.
+
+    Raises:
+        ConfigError: if the devices carry no ``slice_index`` (CPU and GPU devices do not),
+            or their slices do not match ``config.num_slices`` or have unequal sizes.
+    """
+    slices = _count_devices_per_slice(devices)
+    if slices is None:
+        raise ConfigError(
+            f"MeshConfig.num_slices={config.num_slices} needs devices with a slice_index "
+            f"(multi-slice TPUs); {devices[0]!r} has none. Set "
+            "--gin.partitioning.MeshConfig.num_slices=1 on one slice, GPUs or CPUs"
+        )
+    counts = dict(sorted(slices.items()))
+    if len(slices) != config.num_slices:
+        raise ConfigError(
+            f"MeshConfig.num_slices={config.num_slices}, but the devices span "
+            f"{len(slices)} slice(s) ({counts}: slice_index -> devices); set "
+            f"--gin.partitioning.MeshConfig.num_slices={len(slices)}"
+        )
+    if len(set(counts.values())) != 1:
+        raise ConfigError(
+            f"the slices have unequal device counts {counts} (slice_index -> devices); a "
+            "multi-slice mesh needs every slice whole: pass all devices (jax.devices())"
+        )
+    ici_shape = config.resolve_slice(len(devices))
+    dcn_shape = (config.num_slices, 1, 1)
+    return mesh_utils.create_hybrid_device_mesh(
+        ici_shape, dcn_shape, devices, allow_split_physical_axes=True
+    )
+
+
+def _count_devices_per_slice(devices: Sequence[Any]) -> dict[int, int] | None:
+    """``slice_index -> device count``; None when the devices have no ``slice_index``."""
+    if not all(hasattr(d, "slice_index") for d in devices):
+        return None
+    return dict(collections.Counter(int(d.slice_index) for d in devices))
+
+
+def _check_single_slice(devices: Sequence[Any]) -> None:
+    """Refuses a one-slice mesh over several slices: fsdp would cross the slow DCN."""
+    slices = _count_devices_per_slice(devices)
+    if slices is not None and len(slices) > 1:
+        raise ConfigError(
+            f"the devices span {len(slices)} TPU slices, but MeshConfig.num_slices=1; set "
+            f"--gin.partitioning.MeshConfig.num_slices={len(slices)} so that only data "
+            "parallelism crosses the slices"
+        )
 
 
 def get_logical_axis_rules(rules: str | Sequence[tuple[Any, Any]]) -> LogicalRules:

@@ -1,5 +1,7 @@
 """Mesh sizing, the logical-rules presets (exact PartitionSpecs) and batch placement."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -7,6 +9,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from flan_jax.errors import ConfigError
 from flan_jax.models import t5
 from flan_jax.testing import training
 from flan_jax.testing.models import make_tiny_t5_config
@@ -145,3 +148,94 @@ def test_optax_optimizer_state_follows_param_axes():
 def test_process_batch_fraction_on_one_process():
     mesh = partitioning.make_mesh(partitioning.MeshConfig(), jax.devices()[:1])
     assert partitioning.get_process_batch_fraction(mesh, R1) == (1, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FakeTpuDevice:
+    """A device as multi-slice TPUs report it: a global id and the slice it sits in."""
+
+    id: int
+    slice_index: int
+    process_index: int = 0
+    platform: str = "fake"  # not "tpu": the per-slice layout is then a plain reshape
+    device_kind: str = "fake"
+
+
+def _fake_slices(num_slices: int, per_slice: int) -> list[_FakeTpuDevice]:
+    # Listed slice 1 first, as nothing promises jax.devices() is slice-ordered.
+    return [
+        _FakeTpuDevice(id=s * per_slice + i, slice_index=s)
+        for s in reversed(range(num_slices))
+        for i in range(per_slice)
+    ]
+
+
+def test_multislice_mesh_puts_only_data_across_slices():
+    devices = _fake_slices(num_slices=2, per_slice=8)
+    config = partitioning.MeshConfig(data=-1, fsdp=4, model=2, num_slices=2)
+    array = partitioning.make_multislice_device_array(config, devices)
+    assert array.shape == (2, 4, 2) and config.resolve(16) == (2, 4, 2)
+    slice_of = np.vectorize(lambda d: d.slice_index)(array)
+    # Data entry s is slice s; each [fsdp, model] block is one slice's 8 devices in order.
+    np.testing.assert_array_equal(slice_of, np.arange(2)[:, None, None] * np.ones((2, 4, 2)))
+    ids = np.vectorize(lambda d: d.id)(array)
+    np.testing.assert_array_equal(ids, np.arange(16).reshape(2, 4, 2))
+
+
+def test_multislice_mesh_with_data_parallelism_inside_slices():
+    devices = _fake_slices(num_slices=3, per_slice=4)
+    config = partitioning.MeshConfig(data=2, fsdp=-1, num_slices=3)
+    array = partitioning.make_multislice_device_array(config, devices)
+    assert array.shape == (6, 2, 1)
+    slice_of = np.vectorize(lambda d: d.slice_index)(array)[:, 0, 0]
+    np.testing.assert_array_equal(slice_of, [0, 0, 1, 1, 2, 2])
+
+
+@pytest.mark.parametrize(
+    "config, devices, message",
+    [
+        (
+            partitioning.MeshConfig(num_slices=2),
+            _fake_slices(num_slices=4, per_slice=2),
+            r"devices span 4 slice\(s\).*MeshConfig.num_slices=4",
+        ),
+        (
+            partitioning.MeshConfig(fsdp=3, num_slices=2),
+            _fake_slices(num_slices=2, per_slice=4),
+            "4 devices per slice are not divisible by the fixed axes' product 3",
+        ),
+        (
+            partitioning.MeshConfig(num_slices=2),
+            _fake_slices(num_slices=2, per_slice=4)[:7],
+            r"unequal device counts \{0: 3, 1: 4\}",
+        ),
+    ],
+)
+def test_multislice_mesh_errors_name_the_fix(config, devices, message):
+    with pytest.raises(ValueError, match=message):  # ConfigError is a ValueError
+        partitioning.make_multislice_device_array(config, devices)
+
+
+def test_multislice_needs_devices_with_a_slice_index():
+    config = partitioning.MeshConfig(num_slices=2)
+    with pytest.raises(ConfigError, match=r"has none.*MeshConfig.num_slices=1"):
+        partitioning.make_mesh(config, jax.devices()[:2])
+    with pytest.raises(ConfigError, match="num_slices must be a positive int"):
+        partitioning.MeshConfig(num_slices=0)
+
+
+def test_one_slice_mesh_refuses_devices_of_several_slices():
+    with pytest.raises(ConfigError, match="span 2 TPU slices.*num_slices=2"):
+        partitioning.make_mesh(partitioning.MeshConfig(), _fake_slices(2, 2))
+
+
+def test_one_slice_mesh_is_unchanged():
+    devices = jax.devices()[:8]
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(fsdp=2, model=2), devices)
+    expected = jax.make_mesh(
+        (2, 2, 2),
+        partitioning.MESH_AXES,
+        axis_types=(jax.sharding.AxisType.Auto,) * 3,
+        devices=devices,
+    )
+    assert mesh == expected
