@@ -219,7 +219,7 @@ def test_multislice_mesh_errors_name_the_fix(config, devices, message):
 def test_multislice_needs_devices_with_a_slice_index():
     config = partitioning.MeshConfig(num_slices=2)
     with pytest.raises(ConfigError, match=r"has none.*MeshConfig.num_slices=1"):
-        partitioning.make_mesh(config, jax.devices()[:2])
+        partitioning.make_mesh(config, jax.devices())
     with pytest.raises(ConfigError, match="num_slices must be a positive int"):
         partitioning.MeshConfig(num_slices=0)
 
@@ -230,12 +230,8 @@ def test_one_slice_mesh_refuses_devices_of_several_slices():
 
 
 def test_one_slice_mesh_is_unchanged():
-    devices = jax.devices()[:8]
-    mesh = partitioning.make_mesh(partitioning.MeshConfig(fsdp=2, model=2), devices)
-    expected = jax.make_mesh(
-        (2, 2, 2),
-        partitioning.MESH_AXES,
-        axis_types=(jax.sharding.AxisType.Auto,) * 3,
-        devices=devices,
-    )
+    devices = jax.devices()  # CPU devices: no slice_index, the jax.make_mesh path as before
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(), devices)
+    auto = (jax.sharding.AxisType.Auto,) * 3
+    expected = jax.make_mesh((len(devices), 1, 1), partitioning.MESH_AXES, axis_types=auto)
     assert mesh == expected
