@@ -5,7 +5,7 @@
 # and the train step with deferred metrics vs a per-step host read (step_sync_bench).
 # Logs and JSON go to $OUT when set, else benchmarks/results.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 out="${OUT:-benchmarks/results}"
 mkdir -p "$out" benchmarks/results
