@@ -256,7 +256,9 @@ def _state_bytes_per_gpu(model, rules_name: str, mesh_sizes: dict[str, int]) -> 
     total = 0.0
     for shape, spec in zip(shapes, specs):
         split = 1
-        for dim_axes in nn.logical_to_mesh_axes(tuple(spec), rules):
+        mesh_axes = nn.logical_to_mesh_axes(tuple(spec), rules)
+        assert mesh_axes is not None  # None only without dimension names
+        for dim_axes in mesh_axes:
             for axis in (dim_axes,) if isinstance(dim_axes, str) else dim_axes or ():
                 split *= mesh_sizes[axis]
         total += math.prod(shape.shape) * STATE_BYTES_PER_PARAMETER / split
