@@ -23,6 +23,8 @@ The (input, target) lengths come from real instruction data (``../shared/data``,
 ``benchmarks/results/decoder_bench.json``.
 
     python benchmarks/decoder_bench.py [--quick] [--models tiny,llama_125m,opt_125m]
+    # on an accelerator (accelerator_check.sh): bf16, flan_jax only, with MFU
+    python benchmarks/decoder_bench.py --dtype bfloat16 --jax_only --lengths auto
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gin
 from model_bench import _time
-from train_bench import _ListBatches, sample_real_length_examples
+from train_bench import _ListBatches, device_peak, sample_examples
 
 from flan_jax.data import file_io, packing
 from flan_jax.models import decoder, decoding
@@ -69,11 +71,11 @@ def _parse_model_gin(name: str) -> DecoderConfig:
         gin.clear_config()
 
 
-def model_configs() -> dict[str, DecoderConfig]:
-    """The benchmarked models, float32; vocabularies cut to 32,000 except OPT's own."""
+def model_configs(dtype: str = "float32") -> dict[str, DecoderConfig]:
+    """The benchmarked models in ``dtype``; vocabularies cut to 32,000 except OPT's own."""
     llama = _parse_model_gin("llama3_1b")
     return {
-        "tiny": _parse_model_gin("decoder_tiny").replace(dtype="float32"),
+        "tiny": _parse_model_gin("decoder_tiny").replace(dtype=dtype),
         # Llama-style at about 125M parameters (GPT-2 small's shape with GQA and SwiGLU).
         "llama_125m": llama.replace(
             vocab_size=32000,
@@ -85,9 +87,9 @@ def model_configs() -> dict[str, DecoderConfig]:
             mlp_dim=2048,
             num_layers=12,
             tie_word_embeddings=False,
-            dtype="float32",
+            dtype=dtype,
         ),
-        "opt_125m": _parse_model_gin("opt_125m").replace(dtype="float32"),
+        "opt_125m": _parse_model_gin("opt_125m").replace(dtype=dtype),
     }
 
 
@@ -132,7 +134,13 @@ def bench_flan_jax_training(config: DecoderConfig, params: Any, batches: list[di
     seconds = time.perf_counter() - start
     tokens = sum(float(out["num_real_target_tokens"]) for out in fetched)
     steps = len(batches) - 1
-    return {"seconds_per_step": seconds / steps, "real_target_tokens_per_s": tokens / seconds}
+    length = LENGTHS["inputs"] + LENGTHS["targets"]
+    flops = decoder.estimate_train_flops_per_step(config, batch_size=ROWS, length=length) * steps
+    return {
+        "seconds_per_step": seconds / steps,
+        "real_target_tokens_per_s": tokens / seconds,
+        "flops_per_s": flops / seconds,
+    }
 
 
 def torch_model(config: DecoderConfig, params: Any) -> Any:
@@ -261,11 +269,23 @@ def maxtext_status() -> dict:
     return {"run": False, "reason": lines[-1] if lines else done.stderr.strip()[-200:]}
 
 
-def bench_model(name: str, config: DecoderConfig, examples, steps: int, iters: int) -> dict:
+def bench_model(
+    name: str,
+    config: DecoderConfig,
+    examples,
+    steps: int,
+    iters: int,
+    *,
+    peak: float,
+    jax_only: bool = False,
+) -> dict:
     print(f"{name}: {parameter_count(config) / 1e6:.1f}M parameters ...", flush=True)
     params = jax.tree.map(np.asarray, decoder.init_params(config, jax.random.key(0)))
     batches = make_batches(examples, config, steps + 1)
     ours = bench_flan_jax_training(config, params, batches)
+    ours["mfu"] = ours["flops_per_s"] / peak
+    if jax_only:  # the accelerator check: no PyTorch peer on the accelerator
+        return {"model": name, "parameters": parameter_count(config), "train": {"flan_jax": ours}}
     theirs = bench_torch_training(config, params, batches)
     return {
         "model": name,
@@ -277,6 +297,19 @@ def bench_model(name: str, config: DecoderConfig, examples, steps: int, iters: i
         },
         "greedy_decode": bench_decoding(config, params, iters),
     }
+
+
+def print_jax_only_table(runs: list[dict], peak_source: str) -> None:
+    print(f"\nMFU against {peak_source}")
+    header = f"{'model':<11} | {'params':>7} | {'s/step':>7} | {'train tgt tok/s':>15} | {'MFU':>6}"
+    print(header + "\n" + "-" * len(header))
+    for run in runs:
+        ours = run["train"]["flan_jax"]
+        print(
+            f"{run['model']:<11} | {run['parameters'] / 1e6:>6.1f}M | "
+            f"{ours['seconds_per_step']:>7.3f} | {ours['real_target_tokens_per_s']:>15,.0f} | "
+            f"{ours['mfu']:>6.1%}"
+        )
 
 
 def print_table(runs: list[dict], maxtext: dict) -> None:
@@ -302,20 +335,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the tiny model, 2 timed steps")
     parser.add_argument("--models", default=None, help="comma-separated subset of the models")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps")
+    parser.add_argument("--dtype", default="float32", help="activation dtype (bfloat16 on TPU/GPU)")
+    parser.add_argument(
+        "--jax_only", action="store_true", help="flan_jax training only: no PyTorch, no MaxText"
+    )
+    parser.add_argument(
+        "--lengths", choices=("real", "synthetic", "auto"), default="real", help="as train_bench"
+    )
     args = parser.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    configs = model_configs()
+    configs = model_configs(args.dtype)
     names = args.models.split(",") if args.models else (["tiny"] if args.quick else list(configs))
     steps = args.steps or (2 if args.quick else 3)
-    examples = sample_real_length_examples()
+    examples = sample_examples(args.lengths)
     if not examples:
         print(f"No real data under {data_testing.shared_data_dir()}; nothing to measure.")
         return 1
-    runs = [
-        bench_model(name, configs[name], examples, steps, 1 if args.quick else 2) for name in names
-    ]
+    peak, peak_source = device_peak()
+    if args.jax_only:
+        runs = [
+            bench_model(name, configs[name], examples, steps, 1, peak=peak, jax_only=True)
+            for name in names
+        ]
+        print_jax_only_table(runs, peak_source)
+        report = {
+            "device_kind": jax.devices()[0].device_kind,
+            "device_count": jax.device_count(),
+            "dtype": args.dtype,
+            "rows_per_step": ROWS,
+            "lengths": LENGTHS,
+            "timed_steps": steps,
+            "peak_flops_per_s": peak,
+            "peak_source": peak_source,
+            "runs": runs,
+        }
+        name = RESULTS.with_name("decoder_bench_accelerator.json")
+        file_io.write_json_atomically(name, report)
+        print(f"wrote {name}")
+        return 0
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    iters = 1 if args.quick else 2
+    runs = [bench_model(name, configs[name], examples, steps, iters, peak=peak) for name in names]
     maxtext = maxtext_status()
     print_table(runs, maxtext)
     report = {

@@ -1,6 +1,6 @@
 """T5 1.1 layer dimensions the benchmarks train, named as ``gin_configs/models/*.gin`` name them.
 
-The same figures as ``t5_1_1_tiny.gin`` and ``t5_1_1_small.gin`` (REFERENCE.md), kept as
+The same figures as ``t5_1_1_{tiny,small,base,large,xl}.gin`` (REFERENCE.md), kept as
 plain dicts so the benchmarks run where gin is not installed (``accelerator_check.sh``).
 """
 
@@ -24,5 +24,29 @@ T5_1_1_DIMS: dict[str, dict[str, Any]] = {
         mlp_dim=1024,
         num_encoder_layers=8,
         num_decoder_layers=8,
+    ),
+    "base": dict(
+        emb_dim=768,
+        num_heads=12,
+        head_dim=64,
+        mlp_dim=2048,
+        num_encoder_layers=12,
+        num_decoder_layers=12,
+    ),
+    "large": dict(
+        emb_dim=1024,
+        num_heads=16,
+        head_dim=64,
+        mlp_dim=2816,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
+    ),
+    "xl": dict(
+        emb_dim=2048,
+        num_heads=32,
+        head_dim=64,
+        mlp_dim=5120,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
     ),
 }

@@ -11,12 +11,16 @@ both on the same examples, whose (input, target) lengths come from real instruct
 (``../shared/data/flan_cot_data`` and ``gsm8k``; see ``benchmarks/packing_bench.py``).
 The figure of merit is real (non-padding) target tokens per second. MFU is the model's
 matmul FLOPs per second of the padded shapes over the matmul peak of this CPU, measured
-here by timing a large float32 matmul in JAX. Packing efficiency of our packer vs seqio's
-``trim_and_pack`` on the same data is reported too (from ``packing_bench``).
+here by timing a large float32 matmul in JAX, or, on an accelerator with a published peak
+(``accelerator_peaks.tsv``), that peak times the device count. Packing efficiency of our
+packer vs seqio's ``trim_and_pack`` on the same data is reported too (from ``packing_bench``).
 
 Prints a table and writes ``benchmarks/results/train_bench.json``.
 
     python benchmarks/train_bench.py [--quick]
+    # on an accelerator (accelerator_check.sh): larger sizes in bf16, no PyTorch peer
+    python benchmarks/train_bench.py --sizes base,large --dtype bfloat16 --jax_only \
+        --lengths auto
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import accelerator_peaks
 import packing_bench
 import t5_sizes
 
@@ -51,10 +56,16 @@ from flan_jax.training import (
 RESULTS = Path(__file__).parent / "results" / "train_bench.json"
 SIZES = t5_sizes.T5_1_1_DIMS
 # Rows per step and row lengths per size; small is kept short so a CPU step takes seconds.
+# base and larger are for accelerators: rows of 512 / 128 tokens, XL with half the rows so a
+# 2.85B-parameter train step fits one large device.
 SHAPES = {
     "tiny": (8, {"inputs": 256, "targets": 128}),
     "small": (4, {"inputs": 192, "targets": 128}),
+    "base": (32, {"inputs": 512, "targets": 128}),
+    "large": (32, {"inputs": 512, "targets": 128}),
+    "xl": (16, {"inputs": 512, "targets": 128}),
 }
+CPU_SIZES = ("tiny", "small")  # the default: what the 2-core CPU runs in minutes
 
 
 def measure_matmul_peak(size: int = 3072, trials: int = 5, repeats: int = 3) -> float:
@@ -76,8 +87,8 @@ def measure_matmul_peak(size: int = 3072, trials: int = 5, repeats: int = 3) -> 
     return best
 
 
-def make_model_config(size: str) -> T5Config:
-    return T5Config(vocab_size=32128, dtype="float32", **SIZES[size])
+def make_model_config(size: str, dtype: str = "float32") -> T5Config:
+    return T5Config(vocab_size=32128, dtype=dtype, **SIZES[size])
 
 
 class _ListBatches:
@@ -224,22 +235,23 @@ def bench_torch(config: T5Config, packed_batches: list[dict]) -> dict:
     }
 
 
-def bench_size(size: str, examples, steps: int, peak: float) -> dict:
-    config = make_model_config(size)
+def bench_size(
+    size: str, examples, steps: int, peak: float, *, dtype: str = "float32", jax_only: bool = False
+) -> dict:
+    config = make_model_config(size, dtype)
     rows, lengths = SHAPES[size]
     batches = make_packed_batches(examples, rows, lengths, steps + 1)
     ours = bench_flan_jax(config, batches, lengths)
-    theirs = bench_torch(config, batches)
-    for result in (ours, theirs):
-        result["mfu"] = result["flops_per_s"] / peak
-    return {
-        "size": size,
-        "rows": rows,
-        "lengths": lengths,
-        "flan_jax": ours,
-        "pytorch": theirs,
-        "tokens_per_s_ratio": ours["real_target_tokens_per_s"] / theirs["real_target_tokens_per_s"],
-    }
+    ours["mfu"] = ours["flops_per_s"] / peak
+    run = {"size": size, "dtype": dtype, "rows": rows, "lengths": lengths, "flan_jax": ours}
+    if not jax_only:
+        theirs = bench_torch(config, batches)
+        theirs["mfu"] = theirs["flops_per_s"] / peak
+        run["pytorch"] = theirs
+        run["tokens_per_s_ratio"] = (
+            ours["real_target_tokens_per_s"] / theirs["real_target_tokens_per_s"]
+        )
+    return run
 
 
 def bench_packing(examples) -> list[dict]:
@@ -255,8 +267,8 @@ def bench_packing(examples) -> list[dict]:
     return rows
 
 
-def print_tables(peak: float, runs: list[dict], packing_rows: list[dict]) -> None:
-    print(f"\nmeasured f32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+def print_tables(peak: float, peak_source: str, runs: list[dict], packing_rows: list[dict]) -> None:
+    print(f"\nMFU against {peak_source}: {peak / 1e9:,.1f} GFLOP/s")
     header = (
         f"{'size':<6} | {'framework':<9} | {'s/step':>7} | {'real tgt tok/s':>14} | "
         f"{'seq/s':>7} | {'MFU':>6} | {'ratio':>6}"
@@ -264,14 +276,18 @@ def print_tables(peak: float, runs: list[dict], packing_rows: list[dict]) -> Non
     print(header + "\n" + "-" * len(header))
     for run in runs:
         for name in ("flan_jax", "pytorch"):
+            if name not in run:
+                continue
             r = run[name]
-            ratio = f"{run['tokens_per_s_ratio']:.2f}x" if name == "flan_jax" else ""
+            ratio = f"{run['tokens_per_s_ratio']:.2f}x" if "tokens_per_s_ratio" in run else ""
+            ratio = ratio if name == "flan_jax" else ""
             print(
                 f"{run['size']:<6} | {name:<9} | {r['seconds_per_step']:>7.3f} | "
                 f"{r['real_target_tokens_per_s']:>14,.0f} | {r['sequences_per_s']:>7.1f} | "
                 f"{r['mfu']:>6.1%} | {ratio:>6}"
             )
-    print("\npacking efficiency (share of real tokens, both streams; bottleneck stream)")
+    if packing_rows:
+        print("\npacking efficiency (share of real tokens, both streams; bottleneck stream)")
     for row in packing_rows:
         ours, theirs = row["flan_jax"], row["seqio_trim_and_pack"]
         print(
@@ -279,6 +295,33 @@ def print_tables(peak: float, runs: list[dict], packing_rows: list[dict]) -> Non
             f"{ours['combined']:.1%} ({ours['bottleneck']:.1%}) vs seqio "
             f"{theirs['combined']:.1%} ({theirs['bottleneck']:.1%})"
         )
+
+
+def sample_synthetic_length_examples(count: int = 4096) -> list[dict]:
+    """Random-token examples with seeded uniform lengths (inputs 8-400, targets 2-100), for
+    a machine without ``../shared/data`` (an accelerator lent for a few minutes)."""
+    rng = np.random.default_rng(0)
+    pairs = list(zip(rng.integers(8, 401, count).tolist(), rng.integers(2, 101, count).tolist()))
+    return data_testing.make_examples_from_lengths(pairs, 0)
+
+
+def sample_examples(lengths: str) -> list[dict]:
+    """``real`` (instruction data lengths, empty without the data), ``synthetic``, or
+    ``auto`` (real when the data is there)."""
+    examples = sample_real_length_examples() if lengths in ("real", "auto") else []
+    if not examples and lengths in ("synthetic", "auto"):
+        examples = sample_synthetic_length_examples()
+    return examples
+
+
+def device_peak() -> tuple[float, str]:
+    """The FLOP/s MFU is measured against, and what it is."""
+    kind = jax.devices()[0].device_kind
+    published = accelerator_peaks.published_peak(kind)
+    if published is not None:
+        count = jax.device_count()
+        return published["flops_per_s"] * count, f"{count} x {published['device']} bf16 peak"
+    return measure_matmul_peak(), f"the measured f32 matmul peak of this {kind}"
 
 
 def sample_real_length_examples(count: int = 4096) -> list[dict]:
@@ -298,26 +341,48 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer timed steps")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per framework")
+    parser.add_argument("--sizes", default=",".join(CPU_SIZES), help=f"of {', '.join(SHAPES)}")
+    parser.add_argument("--dtype", default="float32", help="activation dtype (bfloat16 on TPU/GPU)")
+    parser.add_argument("--jax_only", action="store_true", help="no PyTorch peer, no packing")
+    parser.add_argument(
+        "--lengths",
+        choices=("real", "synthetic", "auto"),
+        default="real",
+        help="example lengths: real instruction data, seeded uniform, or real when present",
+    )
     args = parser.parse_args(argv)
     steps = args.steps or (2 if args.quick else 5)
-    examples = sample_real_length_examples()
+    sizes = args.sizes.split(",")
+    unknown = sorted(set(sizes) - set(SHAPES))
+    if unknown:
+        parser.error(f"--sizes: unknown {unknown}; choose from {', '.join(SHAPES)}")
+    examples = sample_examples(args.lengths)
     if not examples:
         print(f"No real data under {data_testing.shared_data_dir()}; nothing to measure.")
         return 1
-    peak = measure_matmul_peak()
-    runs = [bench_size(size, examples, steps, peak) for size in SIZES]
-    packing_rows = bench_packing(examples[: 2048 if args.quick else 4096])
-    print_tables(peak, runs, packing_rows)
+    peak, peak_source = device_peak()
+    runs = [
+        bench_size(size, examples, steps, peak, dtype=args.dtype, jax_only=args.jax_only)
+        for size in sizes
+    ]
+    packing_rows = [] if args.jax_only else bench_packing(examples[: 2048 if args.quick else 4096])
+    print_tables(peak, peak_source, runs, packing_rows)
     result = {
         "machine": platform.processor() or platform.machine(),
         "devices": [str(d) for d in jax.devices()],
         "quick": args.quick,
         "timed_steps": steps,
-        "matmul_peak_flops_per_s": peak,
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "lengths": args.lengths,
+        "peak_flops_per_s": peak,
+        "peak_source": peak_source,
         "runs": runs,
         "packing": packing_rows,
     }
     name = RESULTS.with_name("train_bench_quick.json" if args.quick else RESULTS.name)
+    if args.jax_only:  # an accelerator check's run never overwrites the CPU comparison
+        name = RESULTS.with_name("train_bench_accelerator.json")
     file_io.write_json_atomically(name, result)
     print(f"wrote {name}")
     return 0
