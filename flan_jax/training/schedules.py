@@ -18,10 +18,12 @@ import math
 import jax.numpy as jnp
 import optax
 
+from flan_jax.errors import ConfigError
+
 
 def _check_nonnegative(name: str, value: float) -> None:
     if value < 0:
-        raise ValueError(f"schedule argument {name} must be >= 0; got {value}")
+        raise ConfigError(f"schedule argument {name} must be >= 0; got {value}")
 
 
 def constant(value: float) -> optax.Schedule:
@@ -37,7 +39,7 @@ def rsqrt_decay(scale: float = 1.0, warmup_steps: int = 10_000) -> optax.Schedul
     """
     _check_nonnegative("scale", scale)
     if warmup_steps < 1:
-        raise ValueError(f"rsqrt_decay: warmup_steps must be >= 1; got {warmup_steps}")
+        raise ConfigError(f"rsqrt_decay: warmup_steps must be >= 1; got {warmup_steps}")
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
@@ -68,8 +70,10 @@ def _check_decay_args(peak: float, warmup_steps: int, total_steps: int, end_valu
     _check_nonnegative("end_value", end_value)
     _check_nonnegative("warmup_steps", warmup_steps)
     if total_steps < warmup_steps:
-        raise ValueError(
-            f"schedule: total_steps ({total_steps}) must be >= warmup_steps ({warmup_steps})"
+        raise ConfigError(
+            f"schedule: total_steps ({total_steps}) must be >= warmup_steps ({warmup_steps}); "
+            "lower warmup_steps with the train steps (e.g. --gin.schedules.linear_decay."
+            "warmup_steps=...)"
         )
 
 
