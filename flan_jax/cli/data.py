@@ -68,6 +68,8 @@ def _add_cache_parser(commands: argparse._SubParsersAction) -> None:
         "cache",
         help="cache tasks offline with Apache Beam (seqio's format, optionally ArrayRecord); "
         "Beam pipeline options follow `--`",
+        epilog="Beam pipeline options follow `--`, e.g. `-- --runner=DataflowRunner "
+        "--project=P --region=R --temp_location=gs://B/tmp` (default: the DirectRunner).",
     )
     tasks_cli.add_catalog_arguments(cache)
     cache.add_argument(

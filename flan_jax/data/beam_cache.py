@@ -36,6 +36,11 @@ need flan_jax installed (`--setup_file=./setup.py` or `--sdk_container_image`) a
 at the same local path (the catalogs read local files with `open`, so the data root must be
 baked into the container image or mounted; a `gs://` root does not work yet). Each task's
 rendered source is one seqio shard, so the parallelism is across tasks, not within a task.
+
+Scale limit: every task gets its own branch of seqio's transforms (seqio's own script does
+the same), so the pipeline graph grows with the task count: about 0.35 MB of pipeline proto
+and 0.45 s of construction per task (measured: 500 Flan 2022 tasks, 175 MB, 227 s). Dataflow
+refuses graphs beyond ~10 MB, so cache collections in batches of a few dozen tasks per job.
 """
 
 from __future__ import annotations
