@@ -53,6 +53,8 @@ setuptools.setup(
         # `flan-jax data cache` (seqio's offline caching on any Beam runner) and the Grain
         # input pipeline over its ArrayRecord shards.
         "apache-beam==2.77.0",
+        # Beam's TFRecord writer (seqio's cache format) checksums records with it.
+        "google-crc32c==1.9.0",
         "grain==0.2.18",
         "safetensors==0.8.0",
         # Hugging Face tokenizer.json vocabularies (flan_jax.data.tokenizer_vocabulary).

@@ -41,7 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "flan_jax.cli.distill",
         "CoT distillation: teacher store, alignment, training, model selection",
     ),
-    "data": ("flan_jax.cli.data", "export rendered mixtures to JSONL / ArrayRecord"),
+    "data": (
+        "flan_jax.cli.data",
+        "export rendered mixtures (JSONL / ArrayRecord); cache tasks offline with Beam",
+    ),
     "synthesize": (
         "flan_jax.cli.synthesize",
         "instruction-response pairs for raw texts (Instruction Pre-Training)",

@@ -1,12 +1,12 @@
 """The ArrayRecord shards of a task's offline cache: file names, the index, the records.
 
-`flan-jax data cache --format arrayrecord` writes them next to seqio's own cache files, in
+`flan-jax data cache --array_record` writes them next to seqio's own cache files, in
 the task's cache directory (`{cache_dir}/{task_name}/`, which seqio finds through its global
 cache dirs), and the Grain input pipeline reads them by index:
 
     {cache_dir}/{task_name}/
       info.train.json, stats.train.json, COMPLETED        seqio's cache metadata
-      train.tfrecord-00000-of-00004 ...                   seqio's cache (`--format seqio`)
+      train.tfrecord-00000-of-00004 ...                   seqio's cache (always written)
       train.array_record-00000-of-00004 ...               the ArrayRecord shards
       train.array_record.index.json                       the index of those shards
 
@@ -123,7 +123,7 @@ def read_index(task_dir: str | os.PathLike, split: str) -> ArrayRecordIndex:
     if not tf.io.gfile.exists(path):
         raise UserError(
             f"{path}: no ArrayRecord index; build the cache with `flan-jax data cache "
-            "--format arrayrecord`"
+            "--array_record`"
         )
     with tf.io.gfile.GFile(path) as f:
         try:
