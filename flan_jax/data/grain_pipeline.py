@@ -18,6 +18,10 @@ directly and a restore reads nothing. The task seed is drawn from (seed, task na
 same in every process, so the processes' slices of each epoch are disjoint and together
 hold every record once.
 
+Cost per element: Grain's index shuffle (a keyed permutation of the task's records) takes
+about 2-20 us from a thousand records up on this CPU, but about 0.3 ms on a 50-record task,
+so tasks of a few dozen records read slowly; decoding takes about 5 us.
+
 The mixture interleaves its tasks deterministically in the proportions of the rates
 (Grain rounds them to integers with the smallest at 100, so a share is off by under 1% of
 itself), so every packing buffer holds the tasks in those proportions; the row shuffle of
