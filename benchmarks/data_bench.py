@@ -12,6 +12,11 @@ proportional to each file's rows), then measures, on this host:
                     `export_mixture`, in a child process
   trainer tiny/small examples/s one train step of the tiny / T5 1.1 small model consumes,
                     from timed steps on packed batches of this data (or `--trainer_rate`)
+  cached readers    examples/s of the cached mixture (`bench_cache.cache_mixture`, up to
+                    `--max_examples_per_task` per task) read by tf.data (seqio
+                    `use_cached=True`, shuffled, mixed) and by Grain (ArrayRecord by index),
+                    as examples and as packed training batches (`make_train_iterator`
+                    with `input_pipeline="seqio"` / `"grain"`), after a warm-up buffer
   few-shot          examples/s and Python peak memory of rendering the CoT `fs_opt` tasks
                     with FLAN's two forms (each alone, and mixed as registered), the
                     zero-shot rendering of the same rows, and the single-form few-shot of
@@ -26,6 +31,8 @@ pipeline examples/s divided by trainer examples/s (above 1 is good).
     python benchmarks/data_bench.py [--num_examples 2000] [--sizes tiny,small]
         [--trainer_rate small=350.0]  # e.g. a rate measured on an accelerator
         [--few_shot_only]             # only the few-shot section (about a minute)
+        [--cached_only] [--cache_dir DIR] [--max_examples_per_task 300]
+                                      # only the cached readers (tf.data vs Grain)
 
 Writes benchmarks/results/data_bench.json.
 """
@@ -47,11 +54,12 @@ import tempfile
 import time
 import tracemalloc
 
+import bench_cache
 import numpy as np
 import seqio
 import t5_sizes
 
-from flan_jax.data import export, file_io, packing, vocabularies
+from flan_jax.data import export, file_io, grain_pipeline, packing, pipeline, vocabularies
 from flan_jax.tasks import cot, data_paths, few_shot, naming, sources
 from flan_jax.testing.shared_data import shared_data_dir
 
@@ -169,6 +177,78 @@ def measure_pipeline(num_examples: int) -> tuple[dict, list[dict]]:
         "target_tokens_per_s": target_tokens / seconds,
         "examples_per_row": examples / rows,
     }, batches
+
+
+def time_examples(examples, num_examples: int) -> float:
+    """Examples/s of an example iterator, after a warm-up buffer (opening, first reads)."""
+    for _ in range(PACK_BUFFER):
+        next(examples)
+    start = time.perf_counter()
+    for _ in range(num_examples):
+        next(examples)
+    return num_examples / (time.perf_counter() - start)
+
+
+def time_packed_batches(input_pipeline: str, num_examples: int) -> float:
+    """Examples/s served in packed training batches, after the first batch."""
+    iterator = pipeline.make_train_iterator(
+        MIXTURE,
+        task_feature_lengths={"inputs": LENGTHS.inputs, "targets": LENGTHS.targets},
+        batch_size=8,
+        seed=0,
+        buffer_size=PACK_BUFFER,
+        use_cached=True,
+        input_pipeline=input_pipeline,
+    )
+    next(iterator)
+    warm = iterator.stats.examples
+    start = time.perf_counter()
+    while iterator.stats.examples - warm < num_examples:
+        next(iterator)
+    return (iterator.stats.examples - warm) / (time.perf_counter() - start)
+
+
+def measure_cached_readers(num_examples: int, *, cache_dir: str, max_examples: int) -> dict:
+    """tf.data vs Grain examples/s on the cached mixture, as examples and as packed batches."""
+    start = time.perf_counter()
+    counts = bench_cache.cache_mixture(
+        MIXTURE, cache_dir=cache_dir, max_examples_per_task=max_examples
+    )
+    cache_s = time.perf_counter() - start
+    lengths = {"inputs": LENGTHS.inputs, "targets": LENGTHS.targets}
+    tf_data = seqio.get_mixture_or_task(MIXTURE).get_dataset(
+        lengths, split="train", use_cached=True, shuffle=True, seed=0, num_epochs=None
+    )
+    grain_dataset = grain_pipeline.make_mixture_dataset(
+        MIXTURE, split="train", task_feature_lengths=lengths, seed=0
+    )
+    grain_examples = (grain_dataset[i] for i in itertools.count())
+    return {
+        "cached_examples": sum(counts.values()),
+        "cache_build_s": cache_s,
+        "examples_per_s": {
+            "tf.data": time_examples(tf_data.as_numpy_iterator(), num_examples),
+            "grain": time_examples(grain_examples, num_examples),
+        },
+        "packed_examples_per_s": {
+            "tf.data": time_packed_batches("seqio", num_examples),
+            "grain": time_packed_batches("grain", num_examples),
+        },
+    }
+
+
+def print_cached_table(cached: dict) -> None:
+    lines = [f"{'cached mixture':<24}{'tf.data':>12}{'grain':>12}{'grain / tf.data':>18}"]
+    for title, key in (
+        ("examples/s", "examples_per_s"),
+        ("packed examples/s", "packed_examples_per_s"),
+    ):
+        tf_rate, grain_rate = cached[key]["tf.data"], cached[key]["grain"]
+        lines.append(
+            f"{title:<24}{tf_rate:>12,.0f}{grain_rate:>12,.0f}{grain_rate / tf_rate:>17.2f}x"
+        )
+    lines.append(f"({cached['cached_examples']:,} cached examples)")
+    print("\n".join(lines))
 
 
 def measure_export(num_examples: int) -> dict:
@@ -391,18 +471,18 @@ def print_few_shot_table(few: dict) -> None:
 
 
 def print_table(results: dict) -> None:
-    pipeline = results["pipeline"]["render_tokenize_pack"]["examples_per_s"]
+    pipeline_rate = results["pipeline"]["render_tokenize_pack"]["examples_per_s"]
     lines = [
         f"{'stage':<24}{'examples/s':>14}{'pipeline / trainer':>22}",
         f"{'render':<24}{results['pipeline']['render']['examples_per_s']:>14,.0f}",
-        f"{'render+tokenize+pack':<24}{pipeline:>14,.0f}",
+        f"{'render+tokenize+pack':<24}{pipeline_rate:>14,.0f}",
         f"{'export (jsonl)':<24}{results['export']['examples_per_s']:>14,.0f}",
     ]
     for size, trainer in results["trainer"].items():
         rate = trainer["examples_per_s"]
         lines.append(
             f"{'trainer ' + size + ' (' + trainer['source'] + ')':<24}{rate:>14,.1f}"
-            f"{pipeline / rate:>21,.1f}x"
+            f"{pipeline_rate / rate:>21,.1f}x"
         )
     lines.append(
         f"export peak RSS growth: {results['export']['peak_rss_growth_mb']:.1f} MB over "
@@ -427,6 +507,11 @@ def main() -> None:
     parser.add_argument(
         "--few_shot_only", action="store_true", help="run only the few-shot section"
     )
+    parser.add_argument(
+        "--cached_only", action="store_true", help="run only the cached readers section"
+    )
+    parser.add_argument("--cache_dir", help="the cached mixture's directory (default: temp)")
+    parser.add_argument("--max_examples_per_task", type=int, default=300)
     parser.add_argument("--export_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.export_child:
@@ -448,13 +533,26 @@ def main() -> None:
         file_io.write_json_atomically(path, results)
         print_few_shot_table(results["few_shot"])
         return
-    pipeline, batches = measure_pipeline(args.num_examples)
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="data_bench_cache_")
+    cached = functools.partial(
+        measure_cached_readers,
+        args.num_examples,
+        cache_dir=cache_dir,
+        max_examples=args.max_examples_per_task,
+    )
+    if args.cached_only:
+        results["cached_readers"] = cached()
+        file_io.write_json_atomically(RESULTS_PATH.replace(".json", "_cached.json"), results)
+        print_cached_table(results["cached_readers"])
+        return
+    pipeline_rates, batches = measure_pipeline(args.num_examples)
     results["pipeline"] = {
         "render": measure_render(args.num_examples),
-        "render_tokenize_pack": pipeline,
+        "render_tokenize_pack": pipeline_rates,
     }
     results["export"] = measure_export(args.num_examples)
-    results["few_shot"] = measure_few_shot(vocabulary, pipeline["examples_per_s"])
+    results["few_shot"] = measure_few_shot(vocabulary, pipeline_rates["examples_per_s"])
+    results["cached_readers"] = cached()
     given = dict(item.split("=", 1) for item in args.trainer_rate)
     unknown = sorted(set(args.sizes.split(",") + list(given)) - set(TRAIN_ROWS) - {""})
     if unknown:
@@ -465,12 +563,13 @@ def main() -> None:
             results["trainer"][size] = {"examples_per_s": float(given[size]), "source": "given"}
             continue
         timing = measure_train_step(size, batches)
-        timing["examples_per_s"] = timing["rows_per_s"] * pipeline["examples_per_row"]
+        timing["examples_per_s"] = timing["rows_per_s"] * pipeline_rates["examples_per_row"]
         timing["source"] = f"timed, {timing['device']}"
         results["trainer"][size] = timing
     file_io.write_json_atomically(RESULTS_PATH, results)
     print_table(results)
     print_few_shot_table(results["few_shot"])
+    print_cached_table(results["cached_readers"])
 
 
 if __name__ == "__main__":

@@ -20,9 +20,20 @@ stream of `inputs + targets` tokens (`[8, 96]` here) with the loss on the target
 task has one, is kept and multiplies the target loss weights (`packing.TARGETS_LOSS_MASK`).
 
 Everything a batch depends on is a function of (seed, shard, position), so the position
-(buffer index, rows already served from that buffer) is the whole state. Restoring replays
-the example stream up to the buffer's start (`tf.data` `skip`), which reads but does not
-pack the skipped examples; with `use_cached=True` tasks that replay is fast.
+(buffer index, rows already served from that buffer) is the whole state. Only where the
+examples come from differs between the two input pipelines (`input_pipeline`):
+
+- "seqio": the task's or mixture's `tf.data` stream (`seqio` mixing, shuffle buffers).
+  Restoring replays the stream up to the buffer's start (`skip`), which reads, without
+  packing, every example before it: resume time grows with the run.
+- "grain": the ArrayRecord shards of the tasks' offline cache, read by index through Grain
+  (`grain_pipeline.py`): buffer b is examples [b * buffer_size, (b + 1) * buffer_size) of
+  this process's index-addressed mixture, so restoring reads nothing and costs the same at
+  step 10 and at step 1M.
+
+"auto" takes "grain" when `use_cached` is set and every task of the mixture has an
+ArrayRecord index for the split, else "seqio". The pipeline is part of the state, so a
+run cannot silently resume with the other one (their example orders differ).
 """
 
 from __future__ import annotations
@@ -30,17 +41,18 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import seqio
 
-from flan_jax.data import batch_source, packing
+from flan_jax.data import batch_source, grain_pipeline, packing
 
 STATE_VERSION = 1
 # Fields of the state that must match the iterator it is restored into.
 _STATE_IDENTITY = (
     "mixture_or_task_name",
+    "input_pipeline",
     "split",
     "seed",
     "shard_index",
@@ -54,9 +66,13 @@ _STATE_IDENTITY = (
 )
 # What a state saved before the field existed means (every run was encoder-decoder then).
 _STATE_DEFAULTS = {
+    "input_pipeline": "seqio",
     "feature_format": packing.EncoderDecoderFormat().to_dict(),
     "loss_on_inputs": False,
 }
+
+# How to set a field whose mismatch is not obvious from its name.
+_STATE_FIELD_HINTS = {"input_pipeline": " (DataConfig.input_pipeline)"}
 
 
 @dataclasses.dataclass
@@ -108,48 +124,131 @@ def count_examples(batch: Mapping[str, np.ndarray]) -> int:
     return int(np.count_nonzero(np.asarray(batch["decoder_target_tokens"])[:, 0]))
 
 
+class ExampleSource(Protocol):
+    """Where a `TrainIterator` reads examples: this process's stream, cut into buffers.
+
+    Buffer `b` is examples `[b * buffer_size, (b + 1) * buffer_size)` of the stream, each a
+    dict with 1-D int32 "targets" (EOS included), usually "inputs", and optionally
+    `packing.TARGETS_LOSS_MASK`. Implementations: `SeqioExampleSource` (a seqio task or
+    mixture read by `tf.data`) and `grain_pipeline.GrainExampleSource` (cached ArrayRecord
+    shards read by index).
+    """
+
+    # "seqio" or "grain": saved in the state, so a run resumes with the pipeline it started with.
+    pipeline_name: str
+
+    def read_buffer(self, buffer_index: int, buffer_size: int) -> list[dict[str, np.ndarray]]:
+        """The examples of buffer `buffer_index`; fewer at the end of a finite stream, then []."""
+        ...
+
+
+class SeqioExampleSource:
+    """A seqio task's or mixture's shuffled, repeated examples of one process, by `tf.data`.
+
+    Reading buffer `b` after buffer `b - 1` continues the open stream; any other buffer
+    (the first read after a restore) reopens the stream and skips `b * buffer_size` examples,
+    which reads, without packing, every example before it.
+    """
+
+    pipeline_name = "seqio"
+
+    def __init__(
+        self,
+        provider: seqio.Task | seqio.Mixture,
+        *,
+        task_feature_lengths: Mapping[str, int],
+        split: str,
+        seed: int,
+        shard_index: int,
+        num_shards: int,
+        use_cached: bool,
+        num_epochs: int | None,
+    ):
+        self._provider = provider
+        self._dataset_args = dict(
+            sequence_length=dict(task_feature_lengths),
+            split=split,
+            use_cached=use_cached,
+            shuffle=True,
+            seed=seed,
+            shard_info=seqio.ShardInfo(shard_index, num_shards),
+            num_epochs=num_epochs,
+        )
+        self._examples: Iterator[dict] | None = None
+        self._next_buffer = 0
+
+    def read_buffer(self, buffer_index: int, buffer_size: int) -> list[dict[str, np.ndarray]]:
+        if self._examples is None or buffer_index != self._next_buffer:
+            dataset = self._provider.get_dataset(**self._dataset_args)
+            kept = ("inputs", "targets", packing.TARGETS_LOSS_MASK)
+            dataset = dataset.map(lambda ex: {k: ex[k] for k in kept if k in ex})
+            self._examples = dataset.skip(buffer_index * buffer_size).as_numpy_iterator()
+        self._next_buffer = buffer_index + 1
+        return list(itertools.islice(self._examples, buffer_size))
+
+
+def check_batching(
+    *,
+    batch_size: int,
+    shard_index: int,
+    num_shards: int,
+    buffer_size: int,
+    feature_format: packing.FeatureFormat,
+    loss_on_inputs: bool,
+) -> None:
+    """Raises ValueError for a sharding, batch, buffer or layout a `TrainIterator` cannot serve."""
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}.")
+    if batch_size < 1 or batch_size % num_shards:
+        raise ValueError(
+            f"batch_size ({batch_size}) must be a positive multiple of "
+            f"num_shards ({num_shards}): each process serves batch_size / "
+            "num_shards rows."
+        )
+    if buffer_size < 1:
+        raise ValueError(f"buffer_size must be >= 1, got {buffer_size}.")
+    packing.check_layout(feature_format=feature_format, loss_on_inputs=loss_on_inputs)
+
+
 class TrainIterator:
     """Deterministic, resumable iterator of training batches (see the module docstring).
 
-    Use `make_train_iterator` to build one; iterate it for batch dicts of int32 arrays
+    Packs the buffers of an `ExampleSource`, shuffles their rows and serves them as batches;
+    `get_state` / `set_state` are the position (buffer, row) whatever the source. Use
+    `make_train_iterator` to build one; iterate it for batch dicts of int32 arrays
     `[batch_size // num_shards, length]`.
     """
 
     def __init__(
         self,
-        mixture_or_task_name: str,
+        source: ExampleSource,
         *,
+        mixture_or_task_name: str,
         task_feature_lengths: Mapping[str, int],
         batch_size: int,
         seed: int,
         shard_index: int,
         num_shards: int,
         pack: bool,
-        use_cached: bool,
         buffer_size: int,
         split: str,
-        num_epochs: int | None,
         feature_format: packing.FeatureFormat,
         loss_on_inputs: bool,
     ):
-        if num_shards < 1 or not 0 <= shard_index < num_shards:
-            raise ValueError(
-                f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}."
-            )
-        if batch_size < 1 or batch_size % num_shards:
-            raise ValueError(
-                f"batch_size ({batch_size}) must be a positive multiple of "
-                f"num_shards ({num_shards}): each process serves batch_size / "
-                "num_shards rows."
-            )
-        if buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}.")
-        # Before any data is read, as a bad buffer_size is.
-        packing.check_layout(feature_format=feature_format, loss_on_inputs=loss_on_inputs)
+        check_batching(
+            batch_size=batch_size,
+            shard_index=shard_index,
+            num_shards=num_shards,
+            buffer_size=buffer_size,
+            feature_format=feature_format,
+            loss_on_inputs=loss_on_inputs,
+        )
+        self._source = source
         self._lengths = packing.FeatureLengths.from_mapping(task_feature_lengths)
         self._format = feature_format
         self._config: dict[str, Any] = {
             "mixture_or_task_name": mixture_or_task_name,
+            "input_pipeline": source.pipeline_name,
             "split": split,
             "seed": int(seed),
             "shard_index": int(shard_index),
@@ -164,40 +263,23 @@ class TrainIterator:
             "feature_format": feature_format.to_dict(),
             "loss_on_inputs": bool(loss_on_inputs),
         }
-        # Raises a clear error for an unknown name before any data is read.
-        self._provider = seqio.get_mixture_or_task(mixture_or_task_name)
-        self._use_cached = use_cached
-        self._num_epochs = num_epochs
         self.local_batch_size = batch_size // num_shards
         self.stats = PackingStats()
         self._buffer_index = 0
         self._row_offset = 0
         self._batches = 0
-        self._examples: Iterator[dict] | None = None
         self._rows: dict[str, np.ndarray] | None = None
 
-    def _open_examples(self, skip: int) -> Iterator[dict]:
-        config = self._config
-        dataset = self._provider.get_dataset(
-            sequence_length=config["task_feature_lengths"],
-            split=config["split"],
-            use_cached=self._use_cached,
-            shuffle=True,
-            seed=config["seed"],
-            shard_info=seqio.ShardInfo(config["shard_index"], config["num_shards"]),
-            num_epochs=self._num_epochs,
-        )
-        kept = ("inputs", "targets", packing.TARGETS_LOSS_MASK)
-        dataset = dataset.map(lambda ex: {k: ex[k] for k in kept if k in ex})
-        return dataset.skip(skip).as_numpy_iterator()
+    @property
+    def input_pipeline(self) -> str:
+        """The source's pipeline, "seqio" or "grain"."""
+        return self._config["input_pipeline"]
 
     def _load_buffer(self) -> bool:
-        """Packs buffer `_buffer_index` from the open stream; False at the end of data."""
-        if self._examples is None:
-            self._examples = self._open_examples(self._buffer_index * self._config["buffer_size"])
+        """Packs buffer `_buffer_index` of the source; False at the end of data."""
         examples = [
             {"inputs": np.zeros([0], np.int32), **ex}
-            for ex in itertools.islice(self._examples, self._config["buffer_size"])
+            for ex in self._source.read_buffer(self._buffer_index, self._config["buffer_size"])
         ]
         if not examples:
             return False
@@ -278,14 +360,17 @@ class TrainIterator:
             if saved != self._config[key]:
                 raise ValueError(
                     f"data state field {key!r} is {saved!r} but this iterator has "
-                    f"{self._config[key]!r}; resume with the configuration it was saved with."
+                    f"{self._config[key]!r}; resume with the configuration it was saved with"
+                    f"{_STATE_FIELD_HINTS.get(key, '')}."
                 )
         self._buffer_index = int(state["buffer_index"])
         self._row_offset = int(state["row_offset"])
         self._batches = int(state["batches"])
         self.stats = PackingStats(**state["stats"])
-        self._examples = None
         self._rows = None
+
+
+INPUT_PIPELINES = ("auto", "seqio", "grain")
 
 
 def make_train_iterator(
@@ -303,6 +388,7 @@ def make_train_iterator(
     num_epochs: int | None = None,
     feature_format: packing.FeatureFormat = packing.EncoderDecoderFormat(),
     loss_on_inputs: bool = False,
+    input_pipeline: str = "seqio",
     state: Mapping[str, Any] | None = None,
 ) -> TrainIterator:
     """Builds the training batch iterator of one process.
@@ -325,21 +411,61 @@ def make_train_iterator(
         (the last partial batch is dropped).
       feature_format: the row layout the model reads (`Model.feature_format`).
       loss_on_inputs: decoder-only: put loss weights on the inputs too (pre-training text).
+      input_pipeline: "seqio", "grain" (the tasks' cached ArrayRecord shards; see the
+        module docstring) or "auto" (grain when `use_cached` and every task has them).
       state: a `get_state()` dict to continue from; it must have been saved by an iterator
-        of the same configuration (feature format included).
+        of the same configuration (feature format and input pipeline included).
     """
+    if input_pipeline not in INPUT_PIPELINES:
+        raise ValueError(f"input_pipeline must be one of {INPUT_PIPELINES}; got {input_pipeline!r}")
+    check_batching(
+        batch_size=batch_size,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        buffer_size=buffer_size,
+        feature_format=feature_format,
+        loss_on_inputs=loss_on_inputs,
+    )
+    # Raises a clear error for an unknown name before any data is read.
+    provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    if input_pipeline == "auto":
+        cached = use_cached and grain_pipeline.has_array_record_caches(mixture_or_task_name, split)
+        input_pipeline = "grain" if cached else "seqio"
+    source: ExampleSource
+    if input_pipeline == "grain":
+        source = grain_pipeline.GrainExampleSource(
+            grain_pipeline.make_mixture_dataset(
+                mixture_or_task_name,
+                split=split,
+                task_feature_lengths=task_feature_lengths,
+                seed=seed,
+                shard_index=shard_index,
+                num_shards=num_shards,
+                num_epochs=num_epochs,
+            )
+        )
+    else:
+        source = SeqioExampleSource(
+            provider,
+            task_feature_lengths=task_feature_lengths,
+            split=split,
+            seed=seed,
+            shard_index=shard_index,
+            num_shards=num_shards,
+            use_cached=use_cached,
+            num_epochs=num_epochs,
+        )
     iterator = TrainIterator(
-        mixture_or_task_name,
+        source,
+        mixture_or_task_name=mixture_or_task_name,
         task_feature_lengths=task_feature_lengths,
         batch_size=batch_size,
         seed=seed,
         shard_index=shard_index,
         num_shards=num_shards,
         pack=pack,
-        use_cached=use_cached,
         buffer_size=buffer_size,
         split=split,
-        num_epochs=num_epochs,
         feature_format=feature_format,
         loss_on_inputs=loss_on_inputs,
     )

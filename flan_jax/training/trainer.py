@@ -116,16 +116,35 @@ class DataConfig:
         loss_on_inputs: decoder-only models: put the loss on every real token (inputs
             too, as for pre-training text) instead of on the targets only (OPT-IML);
             an encoder-decoder model rejects it.
+        input_pipeline: ``"seqio"`` (``tf.data``; resuming replays the stream),
+            ``"grain"`` (the tasks' cached ArrayRecord shards, read by index; resuming
+            reads nothing) or ``"auto"``: grain when ``USE_CACHED_TASKS`` is set and every
+            task has ArrayRecord shards for the split, else seqio. A run resumes only with
+            the pipeline it started with.
+        cache_dirs: directories of offline task caches (``flan-jax data cache``) added to
+            seqio's global cache dirs before the data is opened.
     """
 
     pack: bool = True
     buffer_size: int = 1024
     split: str = "train"
     loss_on_inputs: bool = False
+    input_pipeline: str = "auto"
+    cache_dirs: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         if self.buffer_size < 1:
             raise ConfigError(f"DataConfig.buffer_size must be >= 1; got {self.buffer_size}")
+        if self.input_pipeline not in pipeline.INPUT_PIPELINES:
+            raise ConfigError(
+                f"DataConfig.input_pipeline must be one of {pipeline.INPUT_PIPELINES}; "
+                f"got {self.input_pipeline!r}"
+            )
+        if isinstance(self.cache_dirs, str):
+            raise ConfigError(
+                f"DataConfig.cache_dirs must be a list of directories; got the string "
+                f"{self.cache_dirs!r} (write [{self.cache_dirs!r}])"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -605,8 +624,11 @@ def make_data_iterator(
 ) -> pipeline.TrainIterator:
     """This process's shard of a seqio task's or mixture's training batches.
 
-    ``feature_format`` is the model's (``Model.feature_format``).
+    ``feature_format`` is the model's (``Model.feature_format``). Adds
+    ``data_config.cache_dirs`` to seqio's global cache dirs first.
     """
+    if data_config.cache_dirs:
+        seqio.add_global_cache_dirs(list(data_config.cache_dirs))
     return pipeline.make_train_iterator(
         config.mixture_or_task_name,
         task_feature_lengths=config.task_feature_lengths,
@@ -620,6 +642,7 @@ def make_data_iterator(
         split=data_config.split,
         feature_format=feature_format,
         loss_on_inputs=data_config.loss_on_inputs,
+        input_pipeline=data_config.input_pipeline,
     )
 
 
