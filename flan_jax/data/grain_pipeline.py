@@ -37,6 +37,8 @@ preprocessors is refused: its examples would differ from seqio's.
 
 from __future__ import annotations
 
+import json
+import os
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -115,14 +117,49 @@ class PostCacheSteps:
 
     def __call__(self, record: bytes) -> dict[str, np.ndarray]:
         example = array_record_cache.decode_example(record, self._features)
-        for name, eos_id in self._eos.items():
-            value = example[name]
-            if name in self._lengths:  # seqio appends EOS after trimming only with a length
-                value = value[: self._lengths[name] - 1]
-            example[name] = np.append(value, np.int32(eos_id)).astype(example[name].dtype)
-        for name, length in self._lengths.items():
-            example[name] = example[name][:length]
-        return example
+        return _append_eos_and_trim(example, eos_ids=self._eos, lengths=self._lengths)
+
+
+def _append_eos_and_trim(
+    example: dict[str, np.ndarray], *, eos_ids: Mapping[str, int], lengths: Mapping[str, int]
+) -> dict[str, np.ndarray]:
+    """seqio's `append_eos_after_trim` for the `eos_ids` features, then the cut to `lengths`."""
+    for name, eos_id in eos_ids.items():
+        value = example[name]
+        if name in lengths:  # seqio appends EOS after trimming only with a length
+            value = value[: lengths[name] - 1]
+        example[name] = np.append(value, np.int32(eos_id)).astype(example[name].dtype)
+    for name, length in lengths.items():
+        example[name] = example[name][:length]
+    return example
+
+
+class ExportedTextSteps:
+    """Tokenizes an exported record (`flan-jax data export`) as the task's features would.
+
+    The export holds the rendered text of each example (its tasks' sources and text
+    preprocessors, before tokenization); this does the rest of what our tasks do after
+    that: tokenize `inputs` and `targets` with the features' vocabulary, then
+    `append_eos_after_trim` and the cut to the feature lengths.
+    """
+
+    def __init__(self, task: seqio.Task, lengths: Mapping[str, int]):
+        features = {k: v for k, v in task.output_features.items() if k in ("inputs", "targets")}
+        self._vocabularies = {name: feature.vocabulary for name, feature in features.items()}
+        self._eos = {
+            name: int(feature.vocabulary.eos_id)
+            for name, feature in features.items()
+            if feature.add_eos
+        }
+        self._lengths = {name: int(lengths[name]) for name in features if name in lengths}
+
+    def __call__(self, record: bytes) -> dict[str, np.ndarray]:
+        text = json.loads(record)
+        example = {
+            name: np.asarray(vocabulary.encode(text[name]), np.int32)
+            for name, vocabulary in self._vocabularies.items()
+        }
+        return _append_eos_and_trim(example, eos_ids=self._eos, lengths=self._lengths)
 
 
 def _placeholder(task: seqio.Task) -> seqio.CacheDatasetPlaceholder:
@@ -188,13 +225,50 @@ def make_mixture_dataset(
     return grain.MapDataset.mix(datasets, weights=[rate for _, rate in tasks_and_rates])
 
 
+def make_export_dataset(
+    export_dir: str,
+    *,
+    mixture_or_task_name: str,
+    split: str,
+    task_feature_lengths: Mapping[str, int],
+    seed: int,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    num_epochs: int | None = None,
+) -> grain.MapDataset:
+    """This process's index-addressed examples of an ArrayRecord export of the mixture.
+
+    The export (`flan-jax data export --format arrayrecord`) is already mixed, so its
+    records are shuffled per epoch, sliced per process and tokenized; the mixture (or
+    task) names the features and their vocabulary and must be the one exported.
+    """
+    manifest = export.read_manifest(export_dir)
+    if manifest is None:
+        raise UserError(f"{export_dir}: no {export.MANIFEST_NAME}; not an export directory")
+    where = os.path.join(export_dir, export.MANIFEST_NAME)
+    expected = {"format": "arrayrecord", "name": mixture_or_task_name, "split": split}
+    for field, value in expected.items():
+        if manifest.get(field) != value:
+            raise UserError(
+                f"{where}: {field} is {manifest.get(field)!r}, but training needs {value!r}"
+                + (" (export with --format arrayrecord)" if field == "format" else "")
+            )
+    paths = [os.path.join(export_dir, shard["file"]) for shard in manifest["shards"]]
+    if sum(shard["num_examples"] for shard in manifest["shards"]) < num_shards:
+        raise UserError(f"{where}: too few examples to share by {num_shards} processes")
+    task, _ = export.get_task_rates(mixture_or_task_name, split)[0]
+    records = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
+    dataset = records.shuffle(seed=task_seed(seed, mixture_or_task_name))[shard_index::num_shards]
+    return dataset.repeat(num_epochs).map(ExportedTextSteps(task, task_feature_lengths))
+
+
 class GrainExampleSource:
     """A `pipeline.ExampleSource` over a Grain `MapDataset`: buffer b is a range of indices."""
 
-    pipeline_name = "grain"
-
-    def __init__(self, dataset: grain.MapDataset):
+    def __init__(self, dataset: grain.MapDataset, *, pipeline_name: str = "grain"):
         self._dataset = dataset
+        # In the data state: a run resumes only from the same kind of data.
+        self.pipeline_name = pipeline_name
 
     def read_buffer(self, buffer_index: int, buffer_size: int) -> list[dict[str, Any]]:
         length = len(self._dataset)

@@ -389,6 +389,7 @@ def make_train_iterator(
     feature_format: packing.FeatureFormat = packing.EncoderDecoderFormat(),
     loss_on_inputs: bool = False,
     input_pipeline: str = "seqio",
+    export_dir: str | None = None,
     state: Mapping[str, Any] | None = None,
 ) -> TrainIterator:
     """Builds the training batch iterator of one process.
@@ -412,7 +413,10 @@ def make_train_iterator(
       feature_format: the row layout the model reads (`Model.feature_format`).
       loss_on_inputs: decoder-only: put loss weights on the inputs too (pre-training text).
       input_pipeline: "seqio", "grain" (the tasks' cached ArrayRecord shards; see the
-        module docstring) or "auto" (grain when `use_cached` and every task has them).
+        module docstring) or "auto" (grain when `use_cached` and every task has them, or
+        with `export_dir`).
+      export_dir: read an ArrayRecord export of the mixture (`flan-jax data export --format
+        arrayrecord`) with grain instead of the tasks (`grain_pipeline.make_export_dataset`).
       state: a `get_state()` dict to continue from; it must have been saved by an iterator
         of the same configuration (feature format and input pipeline included).
     """
@@ -428,11 +432,27 @@ def make_train_iterator(
     )
     # Raises a clear error for an unknown name before any data is read.
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    if export_dir is not None and input_pipeline == "seqio":
+        raise ValueError("an export directory is read by the grain pipeline, not by seqio")
     if input_pipeline == "auto":
         cached = use_cached and grain_pipeline.has_array_record_caches(mixture_or_task_name, split)
-        input_pipeline = "grain" if cached else "seqio"
+        input_pipeline = "grain" if cached or export_dir is not None else "seqio"
     source: ExampleSource
-    if input_pipeline == "grain":
+    if export_dir is not None:
+        source = grain_pipeline.GrainExampleSource(
+            grain_pipeline.make_export_dataset(
+                export_dir,
+                mixture_or_task_name=mixture_or_task_name,
+                split=split,
+                task_feature_lengths=task_feature_lengths,
+                seed=seed,
+                shard_index=shard_index,
+                num_shards=num_shards,
+                num_epochs=num_epochs,
+            ),
+            pipeline_name="grain-export",
+        )
+    elif input_pipeline == "grain":
         source = grain_pipeline.GrainExampleSource(
             grain_pipeline.make_mixture_dataset(
                 mixture_or_task_name,

@@ -123,6 +123,8 @@ class DataConfig:
             the pipeline it started with.
         cache_dirs: directories of offline task caches (``flan-jax data cache``) added to
             seqio's global cache dirs before the data is opened.
+        export_dir: train on an ArrayRecord export of the mixture (``flan-jax data export
+            --format arrayrecord``) through grain, instead of on its tasks.
     """
 
     pack: bool = True
@@ -131,6 +133,7 @@ class DataConfig:
     loss_on_inputs: bool = False
     input_pipeline: str = "auto"
     cache_dirs: Sequence[str] = ()
+    export_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.buffer_size < 1:
@@ -643,6 +646,7 @@ def make_data_iterator(
         feature_format=feature_format,
         loss_on_inputs=data_config.loss_on_inputs,
         input_pipeline=data_config.input_pipeline,
+        export_dir=data_config.export_dir,
     )
 
 

@@ -17,6 +17,7 @@ import pytest
 import seqio
 
 from flan_jax.data import grain_pipeline, packing, pipeline
+from flan_jax.errors import UserError
 from flan_jax.tasks import demo
 from flan_jax.testing import task_cache
 from flan_jax.testing.tasks import forget_tasks_named
@@ -203,3 +204,57 @@ def test_trainer_data_config_adds_cache_dirs_and_picks_grain(cache_dir, tmp_path
     iterator = trainer.make_data_iterator(run, data, feature_format=packing.EncoderDecoderFormat())
     assert iterator.input_pipeline == "grain"
     assert next(iterator)["encoder_input_tokens"].shape == (4, LENGTHS["inputs"])
+
+
+def test_grain_reads_an_arrayrecord_export_as_seqio_tokenizes_it(tmp_path_factory):
+    from flan_jax.data import export
+
+    vocabulary = demo.get_demo_vocabulary(str(tmp_path_factory.mktemp("vocab")))
+    demo.register_demo_tasks(vocabulary)
+    name, lengths = "demo__words__zs_opt", {"inputs": 20, "targets": 5}
+    out_dir = str(tmp_path_factory.mktemp("export"))
+    config = export.ExportConfig(
+        name=name, out_dir=out_dir, format="arrayrecord", max_examples=120, examples_per_shard=50
+    )
+    export.export_mixture(config)
+    ours = grain_pipeline.make_export_dataset(
+        out_dir,
+        mixture_or_task_name=name,
+        split="train",
+        task_feature_lengths=lengths,
+        seed=0,
+        num_epochs=1,
+    )
+    # The export of one task is its first 120 examples in order; seqio tokenizes them itself.
+    reference = (
+        seqio.get_mixture_or_task(name)
+        .get_dataset(lengths, split="train", shuffle=False, num_epochs=1)
+        .take(120)
+    )
+
+    def key(example):
+        return tuple(example["inputs"].tolist()), tuple(example["targets"].tolist())
+
+    assert sorted(key(ours[i]) for i in range(len(ours))) == sorted(
+        key(ex) for ex in reference.as_numpy_iterator()
+    )
+    assert len(ours) == 120
+    iterator = pipeline.make_train_iterator(
+        name,
+        task_feature_lengths=lengths,
+        batch_size=4,
+        seed=0,
+        buffer_size=16,
+        export_dir=out_dir,
+        input_pipeline="auto",
+    )
+    assert iterator.input_pipeline == "grain-export"
+    next(iterator)
+    with pytest.raises(UserError, match="manifest.json: name is"):
+        grain_pipeline.make_export_dataset(
+            out_dir,
+            mixture_or_task_name="demo_mixture",
+            split="train",
+            task_feature_lengths=lengths,
+            seed=0,
+        )
