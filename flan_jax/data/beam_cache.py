@@ -1,33 +1,43 @@
 """Offline caching of tasks and mixtures with Apache Beam: seqio's cache, optionally ArrayRecord.
 
-`cache_tasks` builds ONE Beam pipeline over every task of the names it is given (a mixture
-stands for its tasks) out of seqio's own transforms (`seqio.beam_utils`: `PreprocessTask`,
-`WriteExampleTfRecord`, `GetInfo`, `GetStats`, `WriteJson`), so the result is seqio's cache
-format and `get_dataset(use_cached=True)` (`USE_CACHED_TASKS=True` in gin) reads it:
+`cache_tasks` builds ONE Beam pipeline for every task of the names it is given (a mixture
+stands for its tasks). The result is seqio's cache format, so `get_dataset(use_cached=True)`
+(`USE_CACHED_TASKS=True` in gin) reads it:
 
     {output_dir}/{task_name}/
       train.tfrecord-00000-of-00016 ...     the task's examples after its preprocessors up to
                                             `CacheDatasetPlaceholder` (token ids, no EOS yet)
-      info.train.json, stats.train.json     features and counts (seqio's)
+      info.train.json, stats.train.json     features and counts (seqio's formats)
       train.array_record-00000-of-00016 ... with `array_record=True`: the same records,
-      train.array_record.index.json         in provenance order, and their index
+      train.array_record.index.json         and their index
       COMPLETED                             written last, once everything above is written
 
-A record carries the task's features after the placeholder, the `_task_name`,
-`_example_key`, ... metadata of `tasks.sources` included; seqio's `provenance/*` keys are
-used to order the ArrayRecord shards and then dropped, so the TFRecord and ArrayRecord
-records are the same examples. The ArrayRecord layout and index are
-`flan_jax.data.array_record_cache`'s: record `i` of a split is the `i`-th example in
-(source shard, index within the shard) order, the order seqio's `get_dataset(shuffle=False)`
-yields them, on any runner.
+The pipeline is task-keyed: its graph is the same for 1 task or 4,000 (the tasks are data,
+not transforms), so a whole collection fits one Dataflow job:
+
+    Create (task, split, source shard) -> read the shard through the task (seqio's
+      PreprocessTask reader: its per-shard seed and provenance), emit ((task, split), record)
+      and, per source shard, a summary (example count, features, token counts)
+    summaries -> GroupByKey per (task, split) -> the split's layout (a side input)
+    records -> output shard from the global index -> GroupByKey (task, split, output shard)
+      -> write the TFRecord shard (and the ArrayRecord shard) in index order
+    written shards + summaries -> CoGroupByKey per (task, split) -> info, stats, index
+      -> GroupByKey per task -> COMPLETED
+
+A record is `seqio.dict_to_tfexample` of the task's features after the placeholder (the
+`_task_name`, `_example_key`, ... metadata of `tasks.sources` included; seqio's
+`provenance/*` keys dropped). Record `i` of a split is the `i`-th example in (source shard,
+index within the shard) order, the order seqio's `get_dataset(shuffle=False)` yields them, on
+any runner; output shard `k` of `s` holds records `[k*n//s, (k+1)*n//s)`, in both formats, so
+the TFRecord and ArrayRecord shards hold the same records in the same order (the layout and
+index are `flan_jax.data.array_record_cache`'s).
 
 Runners: the DirectRunner by default; `pipeline_args` go straight to Beam's
 `PipelineOptions` (`--runner=DataflowRunner --project=P --region=R --temp_location=gs://...`,
-Flink, Spark). Memory per worker: the preprocessing streams (seqio renders one source shard
-per worker, an example at a time) and seqio's writers stream; the one grouping is the
-ArrayRecord writer, which sorts one output shard in memory before writing it, so a worker
-holds at most one ArrayRecord shard (a split's bytes / `num_shards`); raise `num_shards` to
-lower it.
+Flink, Spark). Memory per worker: reading streams (one source shard, an example at a time);
+a writer sorts one output shard in memory (a split's bytes / `num_shards`: raise
+`num_shards` to lower it); the side input is one small layout per task split (a count per
+source shard). No worker holds a whole task unless the task is one output shard.
 
 Workers find the tasks by name in seqio's registry, so a remote worker must register them
 first: `setup_fn` runs on every worker before it reads a task (`CatalogRegistration` registers
@@ -35,18 +45,16 @@ flan_jax's catalog with the launching machine's vocabulary and data root). The w
 need flan_jax installed (`--setup_file=./setup.py` or `--sdk_container_image`) and the data
 at the same local path (the catalogs read local files with `open`, so the data root must be
 baked into the container image or mounted; a `gs://` root does not work yet). Each task's
-rendered source is one seqio shard, so the parallelism is across tasks, not within a task.
-
-Scale limit: every task gets its own branch of seqio's transforms (seqio's own script does
-the same), so the pipeline graph grows with the task count: about 0.35 MB of pipeline proto
-and 0.45 s of construction per task (measured: 500 Flan 2022 tasks, 175 MB, 227 s). Dataflow
-refuses graphs beyond ~10 MB, so cache collections in batches of a few dozen tasks per job.
+rendered source is one seqio shard, so the reading is parallel across tasks, not within a
+task; the writing is parallel across output shards.
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
+import importlib
 import json
 import os
 import tempfile
@@ -63,7 +71,13 @@ from seqio import beam_utils
 from flan_jax.data import array_record_cache, export
 from flan_jax.errors import UserError
 
-__all__ = ["CachedTask", "CatalogRegistration", "cache_tasks", "resolve_cache_tasks"]
+__all__ = [
+    "CachedTask",
+    "CatalogRegistration",
+    "add_cache_transforms",
+    "cache_tasks",
+    "resolve_cache_tasks",
+]
 
 # Output shards per task split when `num_shards` is not given (seqio's script uses 64; a
 # task's rendered source is one shard, and 16 shards already let 16 hosts read in parallel).
@@ -195,7 +209,7 @@ def _no_setup() -> None:
 
 
 def _to_numpy(example: Mapping[str, Any]) -> dict[str, Any]:
-    # PreprocessTask yields eager tensors; numpy values pickle cheaply between Beam stages.
+    # PreprocessTask yields eager tensors; numpy values encode and pickle cheaply.
     return {key: value.numpy() if tf.is_tensor(value) else value for key, value in example.items()}
 
 
@@ -207,165 +221,287 @@ def _without_provenance(example: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _source_position(example: Mapping[str, Any]) -> tuple[int, int]:
-    return (
-        int(example[beam_utils.SOURCE_SHARD_ID_PROVENANCE_KEY]),
-        int(example[beam_utils.ID_WITHIN_SHARD_PROVENANCE_KEY]),
-    )
+@dataclasses.dataclass(frozen=True)
+class _SourceShard:
+    """One pipeline input: a source shard of a task split, and the split's output shards."""
+
+    task: str
+    split: str
+    index: int
+    name: str
+    num_output_shards: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardSummary:
+    """What reading one source shard found: its example count, the features of its first
+    example (seqio's info format) and its token counts (seqio's stats keys)."""
+
+    source_shard: int
+    num_examples: int
+    num_output_shards: int
+    features: Mapping[str, Any] | None
+    token_sums: Mapping[str, int]
+    token_maxima: Mapping[str, int]
+
+
+class _ReadSourceShard(beam.DoFn):
+    """Renders one source shard through its task the way seqio's `PreprocessTask` does (its
+    per-shard preprocessor seed and provenance): emits `((task, split), (source shard, index
+    in shard, record))` per example, streaming, and one `_ShardSummary` on the `summary`
+    output at the end."""
+
+    def __init__(self, setup_fn: Callable[[], object], modules_to_import: Sequence[str]):
+        self._setup_fn = setup_fn
+        self._modules_to_import = tuple(modules_to_import)
+
+    def process(self, shard: _SourceShard) -> Iterator[Any]:
+        # Registers the tasks on this worker first: the registry is how it finds them.
+        self._setup_fn()
+        for module in self._modules_to_import:
+            importlib.import_module(module)
+        task = seqio.TaskRegistry.get(shard.task)
+        preprocess = beam_utils.PreprocessTask(
+            task,
+            shard.split,
+            setup_fn=self._setup_fn,
+            modules_to_import=self._modules_to_import,
+            add_provenance=True,
+        )
+        # seqio's own per-shard reader (private, but it is the code seqio's cache is built
+        # with: the same seed and provenance per source shard).
+        examples = preprocess._emit_examples((shard.index, shard.name))
+        # seqio's token counter (GetStats' own), applied per example here so that the
+        # stats need no pass of their own over the examples.
+        count_tokens = beam_utils._CountTokens(task.output_features)
+        sums: dict[str, int] = collections.Counter()
+        maxima: dict[str, int] = {}
+        features = None
+        count = 0
+        for example in map(_to_numpy, examples):
+            count += 1
+            index = int(example[beam_utils.ID_WITHIN_SHARD_PROVENANCE_KEY])
+            example = _without_provenance(example)
+            if features is None:
+                features = beam_utils.GetInfo(num_shards=0)._info_dict([example])["features"]
+            for name, tokens in count_tokens.process(example):
+                sums[name] += tokens
+                maxima[name] = max(tokens, maxima.get(name, tokens))
+            record = array_record_cache.encode_example(example)
+            yield (shard.task, shard.split), (shard.index, index, record)
+        summary = _ShardSummary(
+            shard.index, count, shard.num_output_shards, features, dict(sums), maxima
+        )
+        yield beam.pvalue.TaggedOutput("summary", ((shard.task, shard.split), summary))
+
+
+@dataclasses.dataclass(frozen=True)
+class _SplitLayout:
+    """Where a split's examples go: record `offsets[source shard] + index in shard`, and
+    output shard `k` of `num_shards` holds records `[k*n//s, (k+1)*n//s)`."""
+
+    num_examples: int
+    num_shards: int
+    offsets: Mapping[int, int]
+
+    @classmethod
+    def from_summaries(cls, summaries: Iterable[_ShardSummary]) -> _SplitLayout:
+        ordered = sorted(summaries, key=lambda summary: summary.source_shard)
+        offsets, total = {}, 0
+        for summary in ordered:
+            offsets[summary.source_shard] = total
+            total += summary.num_examples
+        return cls(total, min(ordered[0].num_output_shards, total), offsets)
+
+    def output_shard(self, record_index: int) -> int:
+        starts = [k * self.num_examples // self.num_shards for k in range(self.num_shards)]
+        return bisect.bisect_right(starts, record_index) - 1
+
+
+def _layout_entry(
+    element: tuple[tuple[str, str], Iterable[_ShardSummary]],
+) -> tuple[tuple[str, str], _SplitLayout]:
+    key, summaries = element
+    return key, _SplitLayout.from_summaries(summaries)
 
 
 def _key_by_output_shard(
-    example: Mapping[str, Any], counts_per_source_shard: Mapping[int, int], num_shards: int
-) -> tuple[int, tuple[int, bytes]]:
-    """`(output shard, (record index, record))`: record indices follow the provenance order,
-    and output shard `k` of `s` holds the contiguous indices `[k*n//s, (k+1)*n//s)`."""
-    source_shard, index_within_shard = _source_position(example)
-    offset = sum(count for shard, count in counts_per_source_shard.items() if shard < source_shard)
-    index = offset + index_within_shard
-    total = sum(counts_per_source_shard.values())
-    shards = min(num_shards, total)
-    starts = [k * total // shards for k in range(shards)]
-    shard = bisect.bisect_right(starts, index) - 1
-    record = array_record_cache.encode_example(_without_provenance(example))
-    return shard, (index, record)
+    element: tuple[tuple[str, str], tuple[int, int, bytes]],
+    layouts: Mapping[tuple[str, str], _SplitLayout],
+) -> tuple[tuple[str, str, int, int], tuple[int, bytes]]:
+    """`((task, split, output shard, output shards), (record index, record))`."""
+    (task, split), (source_shard, index_within_shard, record) = element
+    layout = layouts[(task, split)]
+    index = layout.offsets[source_shard] + index_within_shard
+    return (task, split, layout.output_shard(index), layout.num_shards), (index, record)
 
 
-class _WriteArrayRecordShard(beam.DoFn):
-    """Sorts one output shard's records by index and writes them as one ArrayRecord file."""
+def _write_local_then_copy(name: str, task_dir: str, write: Callable[[str], None]) -> None:
+    # The record writers write local files: write on the worker, then copy (GCS or local).
+    with tempfile.TemporaryDirectory() as scratch:
+        local_path = os.path.join(scratch, name)
+        write(local_path)
+        tf.io.gfile.copy(local_path, os.path.join(task_dir, name), overwrite=True)
 
-    def __init__(self, task_dir: str, split: str, num_shards: int):
-        self._task_dir = task_dir
-        self._split = split
-        self._num_shards = num_shards
+
+class _WriteOutputShard(beam.DoFn):
+    """Sorts one output shard's records by index and writes seqio's TFRecord shard (and the
+    ArrayRecord shard when asked); emits `((task, split), (shard, records))`."""
+
+    def __init__(self, output_dir: str, array_record: bool):
+        self._output_dir = output_dir
+        self._array_record = array_record
 
     def process(
-        self,
-        element: tuple[int, Iterable[tuple[int, bytes]]],
-        counts_per_source_shard: Mapping[int, int],
-    ) -> Iterator[tuple[int, str, int]]:
-        shard, records = element
-        ordered = sorted(records, key=lambda pair: pair[0])
-        shards = min(self._num_shards, sum(counts_per_source_shard.values()))
-        name = array_record_cache.shard_file_name(self._split, shard, shards)
-        # ArrayRecord writes local files: write on the worker, then copy (GCS or local).
-        with tempfile.TemporaryDirectory() as scratch:
-            local_path = os.path.join(scratch, name)
-            writer = array_record_module.ArrayRecordWriter(local_path, _ARRAY_RECORD_OPTIONS)
-            for _, record in ordered:
+        self, element: tuple[tuple[str, str, int, int], Iterable[tuple[int, bytes]]]
+    ) -> Iterator[tuple[tuple[str, str], tuple[int, int]]]:
+        (task, split, shard, num_shards), indexed_records = element
+        records = [record for _, record in sorted(indexed_records, key=lambda pair: pair[0])]
+        task_dir = _task_dir(self._output_dir, task)
+
+        def write_tfrecord(path: str) -> None:
+            with tf.io.TFRecordWriter(path) as writer:
+                for record in records:
+                    writer.write(record)
+
+        def write_array_record(path: str) -> None:
+            writer = array_record_module.ArrayRecordWriter(path, _ARRAY_RECORD_OPTIONS)
+            for record in records:
                 writer.write(record)
             writer.close()
-            tf.io.gfile.copy(local_path, os.path.join(self._task_dir, name), overwrite=True)
-        yield shard, name, len(ordered)
+
+        prefix = os.path.basename(seqio.get_cached_tfrecord_prefix(task_dir, split))
+        tfrecord_name = f"{prefix}-{shard:05d}-of-{num_shards:05d}"  # WriteToTFRecord's names
+        _write_local_then_copy(tfrecord_name, task_dir, write_tfrecord)
+        if self._array_record:
+            name = array_record_cache.shard_file_name(split, shard, num_shards)
+            _write_local_then_copy(name, task_dir, write_array_record)
+        yield (task, split), (shard, len(records))
 
 
-def _write_index(
-    shards: list[tuple[int, str, int]], info: Mapping[str, Any], *, task_dir: str, split: str
-) -> str:
-    features = {name: spec["dtype"] for name, spec in info.get("features", {}).items()}
-    array_record_cache.write_index(
-        task_dir, split, features, [(name, count) for _, name, count in sorted(shards)]
-    )
-    return array_record_cache.index_file_name(split)
+def _write_json(path: str, value: Mapping[str, Any]) -> None:
+    # WriteJson's layout: sorted keys, indent 2, one trailing newline.
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(value, sort_keys=True, indent=2) + "\n")
 
 
-def _write_array_record(
-    examples: beam.PCollection,
-    info: beam.PCollection,
-    *,
-    label: str,
-    task_dir: str,
-    split: str,
-    num_shards: int,
-) -> beam.PCollection:
-    """The ArrayRecord shards in provenance order, then their index; returns the index's
-    PCollection (one file name, once everything is written)."""
-    counts = (
-        examples
-        | f"{label}/source_shard" >> beam.Map(lambda ex: _source_position(ex)[0])
-        | f"{label}/count_per_source_shard" >> beam.combiners.Count.PerElement()
-        | f"{label}/counts_dict" >> beam.combiners.ToDict()
-    )
-    counts_side = beam.pvalue.AsSingleton(counts)
-    shards = (
-        examples
-        | f"{label}/key_by_output_shard"
-        >> beam.Map(_key_by_output_shard, counts_side, num_shards=num_shards)
-        | f"{label}/group_output_shard" >> beam.GroupByKey()
-        | f"{label}/write_array_record"
-        >> beam.ParDo(_WriteArrayRecordShard(task_dir, split, num_shards), counts_side)
-    )
-    return (
-        shards
-        | f"{label}/list_array_record_shards" >> beam.combiners.ToList()
-        | f"{label}/write_index"
-        >> beam.Map(_write_index, beam.pvalue.AsSingleton(info), task_dir=task_dir, split=split)
-    )
+class _WriteSplitMetadata(beam.DoFn):
+    """Once a split's shards are written: seqio's info and stats files (and the ArrayRecord
+    index when asked), from the per-source-shard summaries; emits the task name."""
+
+    def __init__(self, output_dir: str, array_record: bool):
+        self._output_dir = output_dir
+        self._array_record = array_record
+
+    def process(
+        self, element: tuple[tuple[str, str], Mapping[str, Iterable[Any]]]
+    ) -> Iterator[str]:
+        (task, split), grouped = element
+        summaries = sorted(grouped["summaries"], key=lambda summary: summary.source_shard)
+        written = sorted(grouped["shards"])
+        task_dir = _task_dir(self._output_dir, task)
+        layout = _SplitLayout.from_summaries(summaries)
+        features = next((s.features for s in summaries if s.features is not None), None)
+        # GetInfo's and GetStats' formats; like them, an empty split gets empty info.
+        info = (
+            {}
+            if features is None
+            else {
+                "num_shards": layout.num_shards,
+                "features": features,
+                "seqio_version": seqio.__version__,
+            }
+        )
+        stats: dict[str, int] = {"examples": layout.num_examples}
+        for summary in summaries:
+            for name, tokens in summary.token_sums.items():
+                stats[name] = stats.get(name, 0) + tokens
+            for name, tokens in summary.token_maxima.items():
+                max_name = name.replace("tokens", "max_tokens")
+                stats[max_name] = max(tokens, stats.get(max_name, tokens))
+        _write_json(seqio.get_cached_info_path(task_dir, split), info)
+        _write_json(seqio.get_cached_stats_path(task_dir, split), stats)
+        if self._array_record:
+            dtypes = {name: spec["dtype"] for name, spec in info.get("features", {}).items()}
+            names = [
+                (array_record_cache.shard_file_name(split, shard, layout.num_shards), count)
+                for shard, count in written
+            ]
+            array_record_cache.write_index(task_dir, split, dtypes, names)
+        yield task
 
 
-def _add_task(
+def _write_completed(element: tuple[str, Iterable[str]], *, output_dir: str) -> None:
+    # An empty file written once every split of the task is written (seqio's script does the
+    # same): readers take a task's cache as complete when COMPLETED exists.
+    task, _ = element
+    with tf.io.gfile.GFile(os.path.join(_task_dir(output_dir, task), COMPLETED_FILE), "w") as f:
+        f.write("")  # GFile creates the file on its first write.
+
+
+def _task_dir(output_dir: str, task_name: str) -> str:
+    return os.path.join(output_dir, seqio.get_task_dir_from_name(task_name))
+
+
+def _source_shards(
+    tasks: Sequence[seqio.Task], *, splits: Sequence[str], num_shards: int | None
+) -> list[_SourceShard]:
+    """The pipeline's input: every source shard of every task split to cache."""
+    inputs: list[_SourceShard] = []
+    for task in tasks:
+        for split in [split for split in splits if split in task.splits]:
+            names = task.source.list_shards(split)
+            if not names:
+                raise UserError(f"Task {task.name} lists no source shards for split {split}.")
+            output_shards = num_shards or max(len(names), DEFAULT_NUM_SHARDS)
+            inputs.extend(
+                _SourceShard(task.name, split, index, name, output_shards)
+                for index, name in enumerate(names)
+            )
+    return inputs
+
+
+def add_cache_transforms(
     pipeline: beam.Pipeline,
-    task: seqio.Task,
+    tasks: Sequence[seqio.Task],
     *,
-    task_dir: str,
+    output_dir: str,
     splits: Sequence[str],
     array_record: bool,
     num_shards: int | None,
     setup_fn: Callable[[], object],
     modules_to_import: Sequence[str],
 ) -> None:
-    """Adds one task's splits to `pipeline`, and its COMPLETED file after all of them."""
-    written = []
-    for split in [split for split in splits if split in task.splits]:
-        label = f"{task.name}:{split}"
-        preprocess = beam_utils.PreprocessTask(
-            task,
-            split,
-            setup_fn=setup_fn,
-            modules_to_import=modules_to_import,
-            add_provenance=True,
+    """Adds the caching of `tasks` to `pipeline`: the same transforms for any number of
+    tasks (the tasks are data, keyed by `(task, split)`); see the module docstring."""
+    read = (
+        pipeline
+        | "source_shards"
+        >> beam.Create(_source_shards(tasks, splits=splits, num_shards=num_shards))
+        | "read_source_shards"
+        >> beam.ParDo(_ReadSourceShard(setup_fn, modules_to_import)).with_outputs(
+            "summary", main="records"
         )
-        shards = num_shards or max(len(preprocess.shards), DEFAULT_NUM_SHARDS)
-        examples = (
-            pipeline
-            | f"{label}/preprocess" >> preprocess
-            | f"{label}/to_numpy" >> beam.Map(_to_numpy)
-        )
-        features = examples | f"{label}/drop_provenance" >> beam.Map(_without_provenance)
-        written.append(
-            features
-            | f"{label}/write_tfrecord"
-            >> beam_utils.WriteExampleTfRecord(
-                seqio.get_cached_tfrecord_prefix(task_dir, split), num_shards=shards
-            )
-        )
-        info = features | f"{label}/info" >> beam_utils.GetInfo(shards)
-        written.append(
-            info
-            | f"{label}/write_info"
-            >> beam_utils.WriteJson(seqio.get_cached_info_path(task_dir, split))
-        )
-        written.append(
-            features
-            | f"{label}/stats" >> beam_utils.GetStats(task.output_features)
-            | f"{label}/write_stats"
-            >> beam_utils.WriteJson(seqio.get_cached_stats_path(task_dir, split))
-        )
-        if array_record:
-            written.append(
-                _write_array_record(
-                    examples, info, label=label, task_dir=task_dir, split=split, num_shards=shards
-                )
-            )
-    # An empty file written only once every write above has finished (seqio's script does
-    # the same): readers take a task's cache as complete when COMPLETED exists.
+    )
+    summaries = read.summary
+    layouts = (
+        summaries
+        | "group_summaries" >> beam.GroupByKey()
+        | "split_layouts" >> beam.Map(_layout_entry)
+    )
+    written = (
+        read.records
+        | "key_by_output_shard" >> beam.Map(_key_by_output_shard, beam.pvalue.AsDict(layouts))
+        | "group_output_shards" >> beam.GroupByKey()
+        | "write_output_shards" >> beam.ParDo(_WriteOutputShard(output_dir, array_record))
+    )
     _ = (
-        written
-        | f"{task.name}/all_written" >> beam.Flatten()
-        | f"{task.name}/nothing" >> beam.Filter(lambda _: False)
-        | f"{task.name}/write_completed"
-        >> beam.io.WriteToText(
-            os.path.join(task_dir, COMPLETED_FILE), num_shards=1, shard_name_template=""
-        )
+        {"summaries": summaries, "shards": written}
+        | "group_split" >> beam.CoGroupByKey()
+        | "write_split_metadata" >> beam.ParDo(_WriteSplitMetadata(output_dir, array_record))
+        | "key_by_task" >> beam.Map(lambda task: (task, task))
+        | "group_task" >> beam.GroupByKey()
+        | "write_completed" >> beam.Map(_write_completed, output_dir=output_dir)
     )
 
 
@@ -427,24 +563,20 @@ def cache_tasks(
     """
     tasks = resolve_cache_tasks(names, splits)
     options = _make_pipeline_options(pipeline_args)
-    task_dirs = {
-        task.name: os.path.join(output_dir, seqio.get_task_dir_from_name(task.name))
-        for task in tasks
-    }
+    task_dirs = {task.name: _task_dir(output_dir, task.name) for task in tasks}
     for task_dir in task_dirs.values():
         _prepare_task_dir(task_dir, overwrite=overwrite)
     with beam.Pipeline(options=options) as pipeline:
-        for task in tasks:
-            _add_task(
-                pipeline,
-                task,
-                task_dir=task_dirs[task.name],
-                splits=splits,
-                array_record=array_record,
-                num_shards=num_shards,
-                setup_fn=setup_fn or _no_setup,
-                modules_to_import=modules_to_import,
-            )
+        add_cache_transforms(
+            pipeline,
+            tasks,
+            output_dir=output_dir,
+            splits=splits,
+            array_record=array_record,
+            num_shards=num_shards,
+            setup_fn=setup_fn or _no_setup,
+            modules_to_import=modules_to_import,
+        )
     return {
         task.name: CachedTask(
             task_dir=task_dirs[task.name],

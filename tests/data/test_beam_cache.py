@@ -5,8 +5,8 @@ demo tasks, with ArrayRecord shards, into 3 shards so the shards are uneven (66/
 The comparisons are independent of the cache writer: seqio's on-the-fly `get_dataset`
 (source -> tokenize -> append_eos_after_trim, shuffle off) against seqio's
 `get_dataset(use_cached=True)` (cache -> append_eos_after_trim), matched by the unique
-`_example_key` because the TFRecord shards hold the examples in Beam's shuffled order; and
-the ArrayRecord records against the TFRecord records and the on-the-fly order.
+`_example_key` because seqio's cached reader interleaves the shards; and the ArrayRecord
+and TFRecord records against each other and the on-the-fly order.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import glob
 import os
 from collections.abc import Iterator
 
+import apache_beam as beam
 import numpy as np
 import pytest
 import seqio
@@ -112,8 +113,9 @@ def test_array_records_are_the_tfrecords_in_source_order(cache_dir, name):
     assert index.features["inputs"] == index.features["targets"] == "int32"
     # Record i is the i-th example seqio yields with shuffling off.
     assert [example_key(r) for r in array_records] == [e["_example_key"] for e in on_the_fly(name)]
+    # Both formats hold the same records in the same order.
+    assert read_tfrecords(task_dir) == array_records
     tfrecords = {example_key(r): tf.train.Example.FromString(r) for r in read_tfrecords(task_dir)}
-    assert len(tfrecords) == len(array_records)
     for record in array_records:
         example = tf.train.Example.FromString(record)
         assert example == tfrecords[example_key(record)]
@@ -190,3 +192,31 @@ def test_cli_builds_the_same_records_and_refuses_bad_input(cache_dir, capsys, tm
         code, stdout, stderr = run_cli(capsys, *bad_argv)
         assert code == 2 and message in stderr and "Traceback" not in stderr, bad_argv
     assert {path: os.path.getmtime(path) for path in glob.glob(f"{out}/*/*")} == files
+
+
+def test_the_pipeline_graph_does_not_grow_with_the_task_count(cache_dir, tmp_path):
+    """The tasks are data (keyed elements), not transforms: 2 and 6 tasks build the same graph."""
+    names = sorted(task.name for task in seqio.MixtureRegistry.get(demo.DEMO_MIXTURE).tasks)
+    assert len(names) >= 6
+
+    def graph(num_tasks: int) -> tuple[list[str], int]:
+        pipeline = beam.Pipeline()
+        beam_cache.add_cache_transforms(
+            pipeline,
+            beam_cache.resolve_cache_tasks(names[:num_tasks], ["train"]),
+            output_dir=str(tmp_path),
+            splits=("train",),
+            array_record=True,
+            num_shards=None,
+            setup_fn=lambda: None,
+            modules_to_import=(),
+        )
+        proto = pipeline.to_runner_api()
+        labels = sorted(t.unique_name for t in proto.components.transforms.values())
+        return labels, proto.ByteSize()
+
+    (labels_2, size_2), (labels_6, size_6) = graph(2), graph(6)
+    assert labels_2 == labels_6
+    assert "read_source_shards" in labels_2 and not any(names[0] in label for label in labels_2)
+    # Only beam.Create's payload grows: a few hundred bytes per source shard.
+    assert size_6 - size_2 < 4 * 1000, (size_2, size_6)
