@@ -1,9 +1,8 @@
-"""The offline cache the input-pipeline benchmarks read: one function, one place to change.
+"""The offline cache the input-pipeline benchmarks read, built by the real Beam caching.
 
-`cache_mixture` writes seqio's cache and the ArrayRecord shards of every task of a mixture
-(train split) under `cache_dir`, and adds `cache_dir` to seqio's global cache dirs. It
-writes them in this process with `flan_jax.testing.task_cache` (no Beam), up to
-`max_examples_per_task` per task; a task already cached there is kept.
+`cache_mixture` caches every task of a mixture (one split) under `cache_dir` with
+`beam_cache.cache_tasks` on the DirectRunner (seqio's TFRecord cache and the ArrayRecord
+shards), keeps tasks already cached there, and adds `cache_dir` to seqio's global cache dirs.
 """
 
 from __future__ import annotations
@@ -12,21 +11,27 @@ import os
 
 import seqio
 
-from flan_jax.data import array_record_cache, export
-from flan_jax.testing import task_cache
+from flan_jax.data import array_record_cache, beam_cache
 
 
 def cache_mixture(
-    mixture_or_task_name: str, *, cache_dir: str, max_examples_per_task: int, split: str = "train"
+    mixture_or_task_name: str, *, cache_dir: str, split: str = "train"
 ) -> dict[str, int]:
     """Caches every task of the mixture; returns task name -> cached records."""
-    counts = {}
-    for task, _ in export.get_task_rates(mixture_or_task_name, split):
-        task_dir = os.path.join(cache_dir, seqio.utils.get_task_dir_from_name(task.name))
-        if not os.path.exists(os.path.join(task_dir, "COMPLETED")):  # written last
-            task_cache.write_task_cache(
-                task.name, cache_dir=cache_dir, split=split, max_examples=max_examples_per_task
-            )
-        counts[task.name] = array_record_cache.read_index(task_dir, split).num_records
+    tasks = beam_cache.resolve_cache_tasks([mixture_or_task_name], [split])
+    task_dirs = {
+        task.name: os.path.join(cache_dir, seqio.utils.get_task_dir_from_name(task.name))
+        for task in tasks
+    }
+    missing = [
+        name
+        for name, task_dir in task_dirs.items()
+        if not os.path.exists(os.path.join(task_dir, "COMPLETED"))
+    ]
+    if missing:
+        beam_cache.cache_tasks(missing, output_dir=cache_dir, splits=[split], array_record=True)
     seqio.add_global_cache_dirs([cache_dir])
-    return counts
+    return {
+        name: array_record_cache.read_index(task_dir, split).num_records
+        for name, task_dir in task_dirs.items()
+    }

@@ -12,8 +12,8 @@ proportional to each file's rows), then measures, on this host:
                     `export_mixture`, in a child process
   trainer tiny/small examples/s one train step of the tiny / T5 1.1 small model consumes,
                     from timed steps on packed batches of this data (or `--trainer_rate`)
-  cached readers    examples/s of the cached mixture (`bench_cache.cache_mixture`, up to
-                    `--max_examples_per_task` per task) read by tf.data (seqio
+  cached readers    examples/s of the mixture cached by `flan-jax data cache`'s Beam
+                    pipeline (`bench_cache.cache_mixture`) read by tf.data (seqio
                     `use_cached=True`, shuffled, mixed) and by Grain (ArrayRecord by index),
                     as examples and as packed training batches (`make_train_iterator`
                     with `input_pipeline="seqio"` / `"grain"`), after a warm-up buffer
@@ -31,7 +31,7 @@ pipeline examples/s divided by trainer examples/s (above 1 is good).
     python benchmarks/data_bench.py [--num_examples 2000] [--sizes tiny,small]
         [--trainer_rate small=350.0]  # e.g. a rate measured on an accelerator
         [--few_shot_only]             # only the few-shot section (about a minute)
-        [--cached_only] [--cache_dir DIR] [--max_examples_per_task 300]
+        [--cached_only] [--cache_dir DIR]
                                       # only the cached readers (tf.data vs Grain)
 
 Writes benchmarks/results/data_bench.json.
@@ -208,12 +208,10 @@ def time_packed_batches(input_pipeline: str, num_examples: int) -> float:
     return (iterator.stats.examples - warm) / (time.perf_counter() - start)
 
 
-def measure_cached_readers(num_examples: int, *, cache_dir: str, max_examples: int) -> dict:
+def measure_cached_readers(num_examples: int, *, cache_dir: str) -> dict:
     """tf.data vs Grain examples/s on the cached mixture, as examples and as packed batches."""
     start = time.perf_counter()
-    counts = bench_cache.cache_mixture(
-        MIXTURE, cache_dir=cache_dir, max_examples_per_task=max_examples
-    )
+    counts = bench_cache.cache_mixture(MIXTURE, cache_dir=cache_dir)
     cache_s = time.perf_counter() - start
     lengths = {"inputs": LENGTHS.inputs, "targets": LENGTHS.targets}
     tf_data = seqio.get_mixture_or_task(MIXTURE).get_dataset(
@@ -511,7 +509,6 @@ def main() -> None:
         "--cached_only", action="store_true", help="run only the cached readers section"
     )
     parser.add_argument("--cache_dir", help="the cached mixture's directory (default: temp)")
-    parser.add_argument("--max_examples_per_task", type=int, default=300)
     parser.add_argument("--export_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.export_child:
@@ -534,12 +531,7 @@ def main() -> None:
         print_few_shot_table(results["few_shot"])
         return
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="data_bench_cache_")
-    cached = functools.partial(
-        measure_cached_readers,
-        args.num_examples,
-        cache_dir=cache_dir,
-        max_examples=args.max_examples_per_task,
-    )
+    cached = functools.partial(measure_cached_readers, args.num_examples, cache_dir=cache_dir)
     if args.cached_only:
         results["cached_readers"] = cached()
         file_io.write_json_atomically(RESULTS_PATH.replace(".json", "_cached.json"), results)

@@ -1,7 +1,7 @@
 """Data-iterator restore time vs the step restored: the seqio `skip` path against Grain.
 
-Caches the demo mixture's tasks (`bench_cache.cache_mixture`: seqio's TFRecord cache and
-the ArrayRecord shards, `--max_examples_per_task` each), then, for each input pipeline,
+Caches the demo mixture's tasks with the Beam caching (`bench_cache.cache_mixture`: seqio's
+TFRecord cache and the ArrayRecord shards), then, for each input pipeline,
 restores the training iterator at each of `--steps` and times it:
 
   seqio   `use_cached=True`: the restore reopens the cached `tf.data` stream and skips
@@ -15,7 +15,7 @@ the next batch after it (where the seqio replay happens); "total" is both, the t
 resumed run waits before its first step. Seconds are the best of `--repeats`.
 
     python benchmarks/resume_bench.py [--steps 10,1000,10000] [--batch_size 8]
-        [--buffer_size 256] [--max_examples_per_task 1000] [--cache_dir DIR]
+        [--buffer_size 256] [--cache_dir DIR]
 
 Writes benchmarks/results/resume_bench.json.
 """
@@ -117,7 +117,6 @@ def main() -> None:
     parser.add_argument("--steps", default="10,1000,10000")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--buffer_size", type=int, default=256)
-    parser.add_argument("--max_examples_per_task", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache_dir", help="where the cache is (re)used; default: a temp dir")
     args = parser.parse_args()
@@ -126,11 +125,7 @@ def main() -> None:
     vocabulary = demo.get_demo_vocabulary(os.path.join(cache_dir, "vocabulary"))
     demo.register_demo_tasks(vocabulary)
     start = time.perf_counter()
-    counts = bench_cache.cache_mixture(
-        demo.DEMO_MIXTURE,
-        cache_dir=cache_dir,
-        max_examples_per_task=args.max_examples_per_task,
-    )
+    counts = bench_cache.cache_mixture(demo.DEMO_MIXTURE, cache_dir=cache_dir)
     print(
         f"cache: {sum(counts.values()):,} examples of {len(counts)} tasks in "
         f"{time.perf_counter() - start:.0f} s",

@@ -1,8 +1,8 @@
 """The grain input pipeline over cached ArrayRecord shards: rates, resume, sharding, content.
 
-The caches are written in-process by `flan_jax.testing.task_cache` (what `flan-jax data
-cache --array_record` writes, without Beam). The counting tasks' tokens say which task and
-which example they are (`task_cache.counting_example`).
+The caches are built by `beam_cache.cache_tasks` (`flan-jax data cache --array_record`) on
+the DirectRunner. The counting tasks' tokens say which task and which example they are
+(`counting_tasks.counting_example`).
 """
 
 import json
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import seqio
 
-from flan_jax.data import grain_pipeline, packing, pipeline
+from flan_jax.data import beam_cache, grain_pipeline, packing, pipeline
 from flan_jax.errors import UserError
 from flan_jax.tasks import demo
-from flan_jax.testing import task_cache
+from flan_jax.testing import counting_tasks
 from flan_jax.testing.tasks import forget_tasks_named
 
 PREFIX = "grain_test_"
@@ -35,9 +35,8 @@ BUFFER = 8  # examples per packing buffer: a couple of batches
 def cache_dir(tmp_path_factory):
     saved_dirs = seqio.utils.get_global_cache_dirs()
     directory = str(tmp_path_factory.mktemp("cache"))
-    task_cache.register_counting_tasks(SIZES, mixture_name=MIXTURE, rates=RATES)
-    for name in SIZES:
-        task_cache.write_task_cache(name, cache_dir=directory, num_shards=3)
+    counting_tasks.register_counting_tasks(SIZES, mixture_name=MIXTURE, rates=RATES)
+    beam_cache.cache_tasks(list(SIZES), output_dir=directory, array_record=True, num_shards=3)
     seqio.add_global_cache_dirs([directory])
     yield directory
     seqio.set_global_cache_dirs(saved_dirs)
@@ -62,7 +61,7 @@ def test_mixture_shares_match_the_seqio_rates(cache_dir):
         MIXTURE, split="train", task_feature_lengths=LENGTHS, seed=0
     )
     draws = 6000
-    tags = np.array([dataset[i]["targets"][0] for i in range(draws)]) - task_cache.TASK_OFFSET
+    tags = np.array([dataset[i]["targets"][0] for i in range(draws)]) - counting_tasks.TASK_OFFSET
     shares = np.bincount(tags, minlength=len(SIZES)) / draws
     mixture = seqio.get_mixture_or_task(MIXTURE)
     rates = np.array([mixture.get_rate(seqio.get_mixture_or_task(n)) for n in SIZES])
@@ -120,15 +119,15 @@ _SHARD_SCRIPT = """
 import json, sys
 import seqio
 from flan_jax.data import pipeline
-from flan_jax.testing import task_cache
+from flan_jax.testing import counting_tasks
 cache_dir, name, size, shard = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-task_cache.register_counting_tasks({name: size})
+counting_tasks.register_counting_tasks({name: size})
 seqio.add_global_cache_dirs([cache_dir])
 iterator = pipeline.make_train_iterator(
     name, task_feature_lengths={"inputs": 16, "targets": 8}, batch_size=2, seed=7,
     shard_index=shard, num_shards=2, pack=False, num_epochs=1, buffer_size=32,
     input_pipeline="grain")
-ids = [int(row[0]) - task_cache.ID_OFFSET for batch in iterator
+ids = [int(row[0]) - counting_tasks.ID_OFFSET for batch in iterator
        for row in batch["encoder_input_tokens"]]
 print(json.dumps(ids))
 """
@@ -137,8 +136,8 @@ print(json.dumps(ids))
 def test_two_processes_read_disjoint_shards_covering_the_data(cache_dir):
     # A task of its own, with an odd size, so the two shards differ in length.
     name, size = f"{PREFIX}sharded", 1001
-    task_cache.register_counting_tasks({name: size})
-    task_cache.write_task_cache(name, cache_dir=cache_dir, num_shards=4)
+    counting_tasks.register_counting_tasks({name: size})
+    beam_cache.cache_tasks([name], output_dir=cache_dir, array_record=True, num_shards=4)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     children = [
         subprocess.Popen(
@@ -164,12 +163,12 @@ def test_grain_examples_equal_seqio_cached_examples(cache_dir, tmp_path_factory)
     vocabulary = demo.get_demo_vocabulary(str(tmp_path_factory.mktemp("vocab")))
     demo.register_demo_tasks(vocabulary)
     name, lengths = "demo__nli__zs_opt", {"inputs": 24, "targets": 6}
-    task_cache.write_task_cache(name, cache_dir=cache_dir, max_examples=300)
+    beam_cache.cache_tasks([name], output_dir=cache_dir, splits=["validation"], array_record=True)
     grain_examples = grain_pipeline.make_mixture_dataset(
-        name, split="train", task_feature_lengths=lengths, seed=0, num_epochs=1
+        name, split="validation", task_feature_lengths=lengths, seed=0, num_epochs=1
     )
     seqio_examples = seqio.get_mixture_or_task(name).get_dataset(
-        lengths, split="train", use_cached=True, shuffle=False, num_epochs=1
+        lengths, split="validation", use_cached=True, shuffle=False, num_epochs=1
     )
 
     def key(example):
@@ -177,7 +176,7 @@ def test_grain_examples_equal_seqio_cached_examples(cache_dir, tmp_path_factory)
 
     ours = sorted(key(grain_examples[i]) for i in range(len(grain_examples)))
     reference = sorted(key(ex) for ex in seqio_examples.as_numpy_iterator())
-    assert len(ours) == 300 and ours == reference
+    assert len(ours) == 200 and ours == reference
     # The post-cache steps were exercised: some inputs were cut and all end with EOS.
     assert any(len(inputs) == lengths["inputs"] for inputs, _ in ours)
     assert all(inputs[-1] == vocabulary.eos_id for inputs, _ in ours)
@@ -191,8 +190,8 @@ def test_trainer_data_config_adds_cache_dirs_and_picks_grain(cache_dir, tmp_path
         trainer.DataConfig(input_pipeline="tf.data")
     # A task whose cache seqio has not looked for yet (seqio remembers a found cache).
     name = f"{PREFIX}trainer"
-    task_cache.register_counting_tasks({name: 1000})
-    task_cache.write_task_cache(name, cache_dir=str(tmp_path))
+    counting_tasks.register_counting_tasks({name: 1000})
+    beam_cache.cache_tasks([name], output_dir=str(tmp_path), array_record=True)
     run = trainer.RunConfig("unused", name, LENGTHS, 1, 4, use_cached_tasks=True)
     assert (
         trainer.make_data_iterator(
