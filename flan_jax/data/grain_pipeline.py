@@ -274,3 +274,19 @@ class GrainExampleSource:
         length = len(self._dataset)
         start = min(buffer_index * buffer_size, length)
         return [self._dataset[i] for i in range(start, min(start + buffer_size, length))]
+
+
+def make_example_source(
+    mixture_or_task_name: str, *, export_dir: str | None = None, **dataset_args: Any
+) -> GrainExampleSource:
+    """The grain source of a mixture: its tasks' caches, or its export when `export_dir`.
+
+    `dataset_args`: the keyword arguments of `make_mixture_dataset` (split, lengths, seed,
+    process shard, epochs).
+    """
+    if export_dir is None:
+        return GrainExampleSource(make_mixture_dataset(mixture_or_task_name, **dataset_args))
+    dataset = make_export_dataset(
+        export_dir, mixture_or_task_name=mixture_or_task_name, **dataset_args
+    )
+    return GrainExampleSource(dataset, pipeline_name="grain-export")

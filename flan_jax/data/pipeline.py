@@ -438,31 +438,16 @@ def make_train_iterator(
         cached = use_cached and grain_pipeline.has_array_record_caches(mixture_or_task_name, split)
         input_pipeline = "grain" if cached or export_dir is not None else "seqio"
     source: ExampleSource
-    if export_dir is not None:
-        source = grain_pipeline.GrainExampleSource(
-            grain_pipeline.make_export_dataset(
-                export_dir,
-                mixture_or_task_name=mixture_or_task_name,
-                split=split,
-                task_feature_lengths=task_feature_lengths,
-                seed=seed,
-                shard_index=shard_index,
-                num_shards=num_shards,
-                num_epochs=num_epochs,
-            ),
-            pipeline_name="grain-export",
-        )
-    elif input_pipeline == "grain":
-        source = grain_pipeline.GrainExampleSource(
-            grain_pipeline.make_mixture_dataset(
-                mixture_or_task_name,
-                split=split,
-                task_feature_lengths=task_feature_lengths,
-                seed=seed,
-                shard_index=shard_index,
-                num_shards=num_shards,
-                num_epochs=num_epochs,
-            )
+    if input_pipeline == "grain":
+        source = grain_pipeline.make_example_source(
+            mixture_or_task_name,
+            export_dir=export_dir,
+            split=split,
+            task_feature_lengths=task_feature_lengths,
+            seed=seed,
+            shard_index=shard_index,
+            num_shards=num_shards,
+            num_epochs=num_epochs,
         )
     else:
         source = SeqioExampleSource(
