@@ -26,6 +26,7 @@ from flan_jax.cli import main as cli
 from flan_jax.data import array_record_cache, beam_cache
 from flan_jax.errors import UserError
 from flan_jax.tasks import demo
+from flan_jax.testing.tasks import forget_tasks_named
 
 TASKS = ("demo__arith__zs_noopt", "demo__nli__zs_opt")
 SPLIT = "validation"
@@ -33,13 +34,15 @@ NUM_SHARDS = 3
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> str:
+def cache_dir(tmp_path_factory) -> Iterator[str]:
     demo.register_demo_tasks(demo.get_demo_vocabulary())
     out = str(tmp_path_factory.mktemp("beam_cache"))
     beam_cache.cache_tasks(
         TASKS, output_dir=out, splits=(SPLIT,), array_record=True, num_shards=NUM_SHARDS
     )
-    return out
+    yield out
+    # Later modules register the demo tasks with vocabularies of their own.
+    forget_tasks_named("demo_")
 
 
 @pytest.fixture

@@ -159,9 +159,17 @@ def test_two_processes_read_disjoint_shards_covering_the_data(cache_dir):
     assert sorted(shards[0] + shards[1]) == list(range(size))
 
 
-def test_grain_examples_equal_seqio_cached_examples(cache_dir, tmp_path_factory):
+@pytest.fixture(scope="module")
+def demo_vocabulary(tmp_path_factory):
     vocabulary = demo.get_demo_vocabulary(str(tmp_path_factory.mktemp("vocab")))
     demo.register_demo_tasks(vocabulary)
+    yield vocabulary
+    # Later modules register the demo tasks with vocabularies of their own.
+    forget_tasks_named("demo_")
+
+
+def test_grain_examples_equal_seqio_cached_examples(cache_dir, demo_vocabulary):
+    vocabulary = demo_vocabulary
     name, lengths = "demo__nli__zs_opt", {"inputs": 24, "targets": 6}
     beam_cache.cache_tasks([name], output_dir=cache_dir, splits=["validation"], array_record=True)
     grain_examples = grain_pipeline.make_mixture_dataset(
@@ -205,11 +213,9 @@ def test_trainer_data_config_adds_cache_dirs_and_picks_grain(cache_dir, tmp_path
     assert next(iterator)["encoder_input_tokens"].shape == (4, LENGTHS["inputs"])
 
 
-def test_grain_reads_an_arrayrecord_export_as_seqio_tokenizes_it(tmp_path_factory):
+def test_grain_reads_an_arrayrecord_export_as_seqio_tokenizes_it(demo_vocabulary, tmp_path_factory):
     from flan_jax.data import export
 
-    vocabulary = demo.get_demo_vocabulary(str(tmp_path_factory.mktemp("vocab")))
-    demo.register_demo_tasks(vocabulary)
     name, lengths = "demo__words__zs_opt", {"inputs": 20, "targets": 5}
     out_dir = str(tmp_path_factory.mktemp("export"))
     config = export.ExportConfig(
