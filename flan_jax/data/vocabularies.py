@@ -198,8 +198,13 @@ def _writer(data: bytes) -> Callable[[IO[bytes]], object]:
 
 
 def corpus_digest(texts: Sequence[str], settings: SentencePieceSettings) -> str:
-    """A digest naming a (corpus, settings) pair, used as the cache key."""
+    """A digest naming a (corpus, settings, sentencepiece version) triple: the cache key.
+
+    The version is part of it because sentencepiece releases write different models from
+    the same corpus (0.2.2 and 0.2.3 differ in the normalizer's compiled character map).
+    """
     digest = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    digest.update(spm.__version__.encode("utf-8"))
     for text in texts:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
@@ -216,8 +221,9 @@ def get_or_build_vocabulary(
 ) -> seqio.SentencePieceVocabulary:
     """Returns the cached vocabulary for (corpus, settings), building it on first use.
 
-    The file is `{cache_dir}/{name}_{digest[:16]}.model`, so a changed corpus or changed
-    settings build a new model instead of silently reusing a stale one.
+    The file is `{cache_dir}/{name}_{digest[:16]}.model`, so a changed corpus, changed
+    settings or another sentencepiece release build a new model instead of silently
+    reusing a stale one.
 
     Args:
       name: a file-name prefix such as "demo_spm".
