@@ -68,7 +68,7 @@ from apache_beam.options import pipeline_options
 from array_record.python import array_record_module
 from seqio import beam_utils
 
-from flan_jax.data import array_record_cache, export
+from flan_jax.data import array_record_cache, export, file_io
 from flan_jax.errors import UserError
 
 __all__ = [
@@ -381,8 +381,7 @@ class _WriteOutputShard(beam.DoFn):
 
 def _write_json(path: str, value: Mapping[str, Any]) -> None:
     # WriteJson's layout: sorted keys, indent 2, one trailing newline.
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(value, sort_keys=True, indent=2) + "\n")
+    file_io.write_text_atomically(path, json.dumps(value, sort_keys=True, indent=2) + "\n")
 
 
 class _WriteSplitMetadata(beam.DoFn):

@@ -135,8 +135,16 @@ def write_atomically(
 
     On any error the temporary file is removed and the target is left untouched. The data
     is fsynced before the rename, so after a crash the target holds the old or the new
-    contents, never an empty file.
+    contents, never an empty file. A URL path (`gs://...`) is written through TF's file
+    systems as one upload.
     """
+    if "://" in os.fspath(path):
+        # An object store (gs://) makes an upload visible whole when it closes: no rename.
+        import tensorflow as tf  # only remote paths need TF's file systems
+
+        with tf.io.gfile.GFile(os.fspath(path), mode) as f:
+            write(f)
+        return
     with atomic_output_path(path) as temp_path:
         encoding = None if "b" in mode else "utf-8"
         with open(temp_path, mode, encoding=encoding) as f:

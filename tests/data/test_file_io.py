@@ -135,3 +135,12 @@ def test_a_line_that_is_not_utf8_is_named_with_its_file_and_line(tmp_path):
     path.write_bytes(b"ok\nline two \xff\n")
     with pytest.raises(KeyError, match=rf"{path}:2: not valid UTF-8 \(byte 0xff at column 10\)"):
         file_io.read_text(path, error_type=KeyError)
+
+
+def test_a_url_path_is_written_through_tensorflow_file_systems():
+    import tensorflow as tf
+
+    path = "ram://file_io_test/dir/data.json"
+    file_io.write_json_atomically(path, {"a": [1, 2]})
+    with tf.io.gfile.GFile(path) as f:
+        assert json.load(f) == {"a": [1, 2]}
